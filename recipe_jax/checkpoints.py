@@ -1,0 +1,43 @@
+"""Orbax checkpoints of the train state plus a small JSON of run metadata, with restore fallback."""
+import os
+import shutil
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+def manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, like_state):
+  """(state, meta) from the newest checkpoint that restores, or (None, None) if there is none.
+
+  A checkpoint that fails to restore is moved to `<dir>_corrupt/` (kept for a post-mortem)
+  and the one before it is tried.
+  """
+  abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      return restored['state'], restored['meta']
+    except Exception as e:  # any corruption: truncated files, bad metadata, wrong shapes
+      quarantine = os.path.join(str(mngr.directory) + '_corrupt', str(step))
+      logging.warning('checkpoint at step %d failed to restore (%s: %s); moved it to %s and '
+                      'falling back to the one before', step, type(e).__name__,
+                      str(e).splitlines()[0][:200], quarantine)
+      if jax.process_index() == 0:
+        shutil.rmtree(quarantine, ignore_errors=True)
+        shutil.move(os.path.join(str(mngr.directory), str(step)), quarantine)
+      mngr.reload()
+  return None, None
+

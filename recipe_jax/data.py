@@ -1,0 +1,147 @@
+"""Datasets as in-memory arrays, a deterministic validation split, and a (seed, step) batch order.
+
+Every dataset ends up as float32 inputs and int32 labels for train / val / test. The batch
+for a step is `epoch_permutation(seed, step // steps_per_epoch)` sliced at the step's offset:
+a pure function of (seed, step), so a restarted run sees exactly the batches it would have seen.
+"""
+import dataclasses
+import functools
+import os
+
+import jax
+import numpy as np
+
+from recipe_jax import rng
+from recipe_jax.errors import UserError
+
+EMBEDDED = ('mnist1d', 'digits')
+NPZ_PREFIX = 'npz:'
+NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
+VAL_SPLIT_SEED = 0  # fixed, so changing config.seed never changes which examples are validation
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_val: np.ndarray
+  y_val: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+  mean: np.ndarray  # per-channel statistics of the training split (before normalising)
+  std: np.ndarray
+
+
+def load(dataset_config) -> Dataset:
+  """Loads, splits off validation and (optionally) normalises the configured dataset."""
+  x_train, y_train, x_test, y_test, num_classes = _load_arrays(dataset_config)
+  train_idx, val_idx = validation_split(len(y_train), dataset_config.val_fraction)
+  x_val, y_val = x_train[val_idx], y_train[val_idx]
+  x_train, y_train = x_train[train_idx], y_train[train_idx]
+  mean, std = channel_stats(x_train)
+  if dataset_config.normalize:
+    x_train, x_val, x_test = [(x - mean) / std for x in (x_train, x_val, x_test)]
+  f32, i32 = lambda x: np.asarray(x, np.float32), lambda y: np.asarray(y, np.int32)
+  return Dataset(dataset_config.name, f32(x_train), i32(y_train), f32(x_val), i32(y_val),
+                 f32(x_test), i32(y_test), num_classes, mean, std)
+
+
+def validation_split(num_examples: int, val_fraction: float):
+  """Sorted (train_indices, val_indices); the same for every run and every seed."""
+  order = np.random.default_rng(VAL_SPLIT_SEED).permutation(num_examples)
+  num_val = int(round(num_examples * val_fraction))
+  return np.sort(order[num_val:]), np.sort(order[:num_val])
+
+
+def channel_stats(x: np.ndarray):
+  """Mean and std per channel (last axis) for images, one scalar for 1-D sequences."""
+  x = np.asarray(x, np.float64)
+  axes = tuple(range(x.ndim - 1)) if x.ndim >= 4 else None
+  mean, std = x.mean(axis=axes), x.std(axis=axes)
+  return mean.astype(np.float32), np.maximum(std, 1e-8).astype(np.float32)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  if batch_size > num_examples:
+    raise UserError(f'batch_size={batch_size} is larger than the training split '
+                    f'({num_examples} examples); use a batch_size <= {num_examples}')
+  return num_examples // batch_size  # the remainder of each epoch's permutation is skipped
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def epoch_permutation(seed, epoch, num_examples: int):
+  return jax.random.permutation(rng.stream_key(seed, 'data_order', epoch), num_examples)
+
+
+def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """The training-example indices of `step` (the same slice the jitted train step takes)."""
+  per_epoch = steps_per_epoch(num_examples, batch_size)
+  perm = np.asarray(epoch_permutation(seed, step // per_epoch, num_examples))
+  start = (step % per_epoch) * batch_size
+  return perm[start:start + batch_size]
+
+
+def _load_arrays(cfg):
+  if cfg.name.startswith(NPZ_PREFIX):
+    return _load_npz(cfg.name[len(NPZ_PREFIX):])
+  return _load_tfds(cfg)
+
+
+def _load_npz(path):
+  path = os.path.expanduser(path)
+  if not os.path.isfile(path):
+    raise UserError(f"npz file '{path}' does not exist; expected a .npz with arrays "
+                    f"{', '.join(NPZ_KEYS)}")
+  with np.load(path) as npz:
+    missing = [k for k in NPZ_KEYS if k not in npz.files]
+    if missing:
+      raise UserError(f"npz file '{path}' lacks {', '.join(missing)}; it has "
+                      f"{', '.join(npz.files) or 'no arrays'} and needs {', '.join(NPZ_KEYS)}")
+    x_train, y_train, x_test, y_test = (npz[k] for k in NPZ_KEYS)
+  for split, x, y in (('train', x_train, y_train), ('test', x_test, y_test)):
+    if len(x) != len(y) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+      raise UserError(f"npz '{path}': x_{split} has {len(x)} rows and y_{split} has shape "
+                      f'{y.shape}, dtype {y.dtype}; labels must be 1-D integers, one per row')
+  num_classes = int(max(y_train.max(), y_test.max())) + 1
+  return x_train, y_train, x_test, y_test, num_classes
+
+
+def _load_tfds(cfg):
+  import tensorflow_datasets as tfds
+  from recipe_jax import tfds_builders  # noqa: F401  registers mnist1d and digits
+  builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
+  if cfg.name in EMBEDDED or builder.is_prepared():
+    builder.download_and_prepare()  # embedded: generated locally, no network
+  else:
+    where = os.path.join(builder.data_dir_root, cfg.name)
+    how = (f"On a machine with internet run `tfds build {cfg.name} --data_dir=DIR`, copy "
+           f"DIR/{cfg.name} to {where} (or set --config.dataset.data_dir=DIR)")
+    if not _online():
+      raise UserError(f"TFDS dataset '{cfg.name}' is not prepared under {where} and this "
+                      f'machine is offline. {how}')
+    try:
+      builder.download_and_prepare()
+    except Exception as e:
+      raise UserError(f"TFDS dataset '{cfg.name}' could not be downloaded "
+                      f'({type(e).__name__}: {e}). {how}') from None
+  label_feature = builder.info.features[cfg.label_key]
+  arrays = {}
+  for split in ('train', 'test'):
+    if split not in builder.info.splits:
+      raise UserError(f"TFDS dataset '{cfg.name}' has no '{split}' split; it has "
+                      f"{', '.join(builder.info.splits)}")
+    examples = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    arrays[split] = (examples[cfg.image_key], examples[cfg.label_key])
+  return (*arrays['train'], *arrays['test'], label_feature.num_classes)
+
+
+def _online(host='storage.googleapis.com', timeout_s=3.0) -> bool:
+  """A quick reachability probe, so an offline machine fails now, not after minutes of retries."""
+  import socket
+  try:
+    socket.create_connection((host, 443), timeout=timeout_s).close()
+    return True
+  except OSError:
+    return False

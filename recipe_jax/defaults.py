@@ -1,0 +1,45 @@
+"""Every config key the pipeline knows, with its default.
+
+Config files in configs/ start from `get_config()` and change what they need, so an
+override of a key that is not listed here is an error rather than a silent no-op.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = 'train'
+  c.seed = 0
+  c.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'mnist1d'  # mnist1d | digits | npz:PATH | any TFDS name
+  c.dataset.data_dir = config_dict.placeholder(str)  # None: TFDS default
+  c.dataset.val_fraction = 0.1  # carved from train; test never selects models
+  c.dataset.normalize = True  # standardise with train-split statistics
+  c.dataset.image_key = 'image'  # feature names for TFDS datasets
+  c.dataset.label_key = 'label'
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'mlp'  # see recipe_jax.models.MODELS, or package.module:Factory
+  c.model.width = config_dict.placeholder(int)  # None: the model's reference width
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adam'  # adam | adamw | sgd
+  c.optimizer.learning_rate = 3e-4  # the recipe's safe Adam default
+  c.optimizer.momentum = 0.9  # sgd only
+  c.optimizer.weight_decay = 0.0  # adamw only (decoupled)
+  c.optimizer.schedule = 'constant'  # constant | cosine | warmup_cosine
+  c.optimizer.warmup_steps = 0
+  c.optimizer.grad_clip_norm = config_dict.placeholder(float)
+
+  c.batch_size = 100  # global, split over all devices
+  c.eval_batch_size = 1000
+  c.num_train_steps = 6000
+  c.log_every_steps = 100
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 1000
+  c.max_to_keep = 3
+  c.divergence_factor = 100.0  # stop when loss > factor * initial loss
+  return c

@@ -1,0 +1,11 @@
+"""Errors that end a run with a one-line message and a fixed exit code (no traceback)."""
+
+
+class UserError(Exception):
+  """A bad config, name or path: the message says what was wrong and what is allowed."""
+  exit_code = 2
+
+
+class DivergenceError(Exception):
+  """The loss went non-finite or exploded; checkpoints up to the last good step are kept."""
+  exit_code = 3

@@ -1,0 +1,180 @@
+"""Flax models by name, or a user's own via `package.module:Factory`.
+
+Every model maps a batch of examples to logits and is called as `model(x, train=bool)`.
+The MNIST-1D models follow the MNIST-1D paper's reference implementations.
+"""
+import functools
+import importlib
+import inspect
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from recipe_jax.errors import UserError
+
+
+def _as_sequence(x):
+  """(B, L) -> (B, L, 1); (B, H, W, C) -> (B, H, W*C): rows become time steps."""
+  if x.ndim == 2:
+    return x[..., None]
+  if x.ndim == 4:
+    return x.reshape(x.shape[0], x.shape[1], -1)
+  return x
+
+
+class Linear(nn.Module):
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+class MLP(nn.Module):
+  """Two hidden ReLU layers, the second with a residual connection (MNIST-1D reference)."""
+  num_classes: int
+  width: int = 100
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.relu(nn.Dense(self.width)(x.reshape(x.shape[0], -1)))
+    h = h + nn.relu(nn.Dense(self.width)(h))
+    return nn.Dense(self.num_classes)(h)
+
+
+class CNN1D(nn.Module):
+  """Three stride-2 convolutions (kernels 5, 3, 3) then a linear classifier (MNIST-1D reference)."""
+  num_classes: int
+  width: int = 25
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = _as_sequence(x)
+    for kernel in (5, 3, 3):
+      h = nn.relu(nn.Conv(self.width, (kernel,), strides=(2,), padding=[(1, 1)])(h))
+    return nn.Dense(self.num_classes)(h.reshape(h.shape[0], -1))
+
+
+class GRU(nn.Module):
+  """Bidirectional GRU; the outputs of all time steps feed a linear layer (MNIST-1D reference)."""
+  num_classes: int
+  width: int = 6
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.Bidirectional(nn.RNN(nn.GRUCell(self.width)), nn.RNN(nn.GRUCell(self.width)))(
+        _as_sequence(x))
+    return nn.Dense(self.num_classes)(h.reshape(h.shape[0], -1))
+
+
+class CNN2D(nn.Module):
+  """A small image CNN: two 3x3 conv layers, a stride-2 one, and a hidden dense layer."""
+  num_classes: int
+  width: int = 32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if x.ndim == 3:
+      x = x[..., None]
+    h = nn.relu(nn.Conv(self.width, (3, 3))(x))
+    h = nn.relu(nn.Conv(2 * self.width, (3, 3), strides=(2, 2))(h))
+    h = nn.relu(nn.Dense(4 * self.width)(h.reshape(h.shape[0], -1)))
+    return nn.Dense(self.num_classes)(h)
+
+
+class ResidualBlock(nn.Module):
+  filters: int
+  strides: int
+  norm: Any
+  bottleneck: bool
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False)
+    if self.bottleneck:
+      h = nn.relu(self.norm()(conv(self.filters, (1, 1))(x)))
+      h = nn.relu(self.norm()(conv(self.filters, (3, 3), strides=self.strides)(h)))
+      h = self.norm(scale_init=nn.initializers.zeros)(conv(4 * self.filters, (1, 1))(h))
+    else:
+      h = nn.relu(self.norm()(conv(self.filters, (3, 3), strides=self.strides)(x)))
+      h = self.norm(scale_init=nn.initializers.zeros)(conv(self.filters, (3, 3))(h))
+    if x.shape != h.shape:
+      x = self.norm()(conv(h.shape[-1], (1, 1), strides=self.strides)(x))
+    return nn.relu(x + h)
+
+
+class ResNet(nn.Module):
+  """ResNet v1.5. Small inputs (<= 64 px, e.g. CIFAR) get a 3x3 stem without max-pooling.
+
+  BatchNorm uses batch statistics in training (averaged over devices through `bn_axis_name`)
+  and the running averages in evaluation.
+  """
+  num_classes: int
+  stage_sizes: Sequence[int]
+  bottleneck: bool
+  width: int = 64
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if x.ndim == 3:
+      x = x[..., None]
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, axis_name=self.bn_axis_name if train else None)
+    if x.shape[1] <= 64:
+      h = nn.relu(norm()(nn.Conv(self.width, (3, 3), use_bias=False)(x)))
+    else:
+      h = nn.relu(norm()(nn.Conv(self.width, (7, 7), strides=2, use_bias=False)(x)))
+      h = nn.max_pool(h, (3, 3), strides=(2, 2), padding='SAME')
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        h = ResidualBlock(self.width * 2**i, 2 if i > 0 and j == 0 else 1, norm,
+                          self.bottleneck)(h)
+    return nn.Dense(self.num_classes)(jnp.mean(h, axis=(1, 2)))
+
+
+MODELS = {
+    'linear': Linear,
+    'mlp': MLP,
+    'cnn1d': CNN1D,
+    'gru': GRU,
+    'cnn2d': CNN2D,
+    'resnet18': functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), bottleneck=False),
+    'resnet50': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), bottleneck=True),
+}
+
+
+def check_name(name: str) -> None:
+  """Raises UserError unless `name` is a built-in model or a `package.module:Factory` path."""
+  if name in MODELS:
+    return
+  if ':' not in name:
+    raise UserError(f"unknown model '{name}'; use one of {', '.join(MODELS)} or "
+                    "'package.module:Factory' for your own Flax module")
+  module_name, _, attr = name.partition(':')
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise UserError(f"model '{name}': cannot import module '{module_name}' ({e})") from None
+  if not callable(getattr(module, attr, None)):
+    raise UserError(f"model '{name}': module '{module_name}' has no callable '{attr}'")
+
+
+def create(model_config, num_classes: int, bn_axis_name: str | None = None) -> nn.Module:
+  """The configured model. A user factory is called as Factory(num_classes=...)."""
+  check_name(model_config.name)
+  if model_config.name not in MODELS:
+    module_name, _, attr = model_config.name.partition(':')
+    return getattr(importlib.import_module(module_name), attr)(num_classes=num_classes)
+  kwargs = {'num_classes': num_classes}
+  if model_config.width is not None:
+    kwargs['width'] = model_config.width
+  if model_config.name.startswith('resnet'):
+    kwargs['bn_axis_name'] = bn_axis_name
+  return MODELS[model_config.name](**kwargs)
+
+
+def takes_train_flag(model: nn.Module) -> bool:
+  """User modules may omit the `train` argument; ours all take it."""
+  return 'train' in inspect.signature(model.__call__).parameters
