@@ -112,29 +112,42 @@ def _load_tfds(cfg):
   import tensorflow_datasets as tfds
   from recipe_jax import tfds_builders  # noqa: F401  registers mnist1d and digits
   builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
-  if cfg.name in EMBEDDED or builder.is_prepared():
-    builder.download_and_prepare()  # embedded: generated locally, no network
-  else:
-    where = os.path.join(builder.data_dir_root, cfg.name)
-    how = (f"On a machine with internet run `tfds build {cfg.name} --data_dir=DIR`, copy "
-           f"DIR/{cfg.name} to {where} (or set --config.dataset.data_dir=DIR)")
-    if not _online():
-      raise UserError(f"TFDS dataset '{cfg.name}' is not prepared under {where} and this "
-                      f'machine is offline. {how}')
-    try:
-      builder.download_and_prepare()
-    except Exception as e:
-      raise UserError(f"TFDS dataset '{cfg.name}' could not be downloaded "
-                      f'({type(e).__name__}: {e}). {how}') from None
-  label_feature = builder.info.features[cfg.label_key]
-  arrays = {}
+  if cfg.name in EMBEDDED:
+    builder.download_and_prepare()  # generated locally, no network
+  try:
+    return _read_tfds_splits(builder, cfg)
+  except AssertionError:  # TFDS: "could not find data in DIR"
+    pass
+  where = os.path.join(builder.data_dir_root, cfg.name)
+  how = (f"On a machine with internet run `tfds build {cfg.name} --data_dir=DIR`, copy "
+         f"DIR/{cfg.name} to {where} (or set --config.dataset.data_dir=DIR)")
+  if not _online():
+    raise UserError(f"TFDS dataset '{cfg.name}' is not prepared under {where} and this "
+                    f'machine is offline. {how}')
+  try:
+    builder.download_and_prepare()
+  except Exception as e:
+    raise UserError(f"TFDS dataset '{cfg.name}' could not be downloaded "
+                    f'({type(e).__name__}: {e}). {how}') from None
+  return _read_tfds_splits(builder, cfg)
+
+
+def _read_tfds_splits(builder, cfg):
+  import tensorflow_datasets as tfds
+  for key in (cfg.image_key, cfg.label_key):
+    if key not in builder.info.features:
+      raise UserError(f"TFDS dataset '{cfg.name}' has no feature '{key}'; it has "
+                      f"{', '.join(builder.info.features)} (set dataset.image_key / label_key)")
+  arrays = []
   for split in ('train', 'test'):
-    if split not in builder.info.splits:
+    if builder.info.splits and split not in builder.info.splits:  # empty until prepared
       raise UserError(f"TFDS dataset '{cfg.name}' has no '{split}' split; it has "
                       f"{', '.join(builder.info.splits)}")
-    examples = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    arrays[split] = (examples[cfg.image_key], examples[cfg.label_key])
-  return (*arrays['train'], *arrays['test'], label_feature.num_classes)
+    # Batched reads: `batch_size=-1` crashes under tfds.testing.mock_data.
+    parts = list(tfds.as_numpy(builder.as_dataset(split=split).batch(4096)))
+    arrays += [np.concatenate([p[cfg.image_key] for p in parts]),
+               np.concatenate([p[cfg.label_key] for p in parts])]
+  return (*arrays, builder.info.features[cfg.label_key].num_classes)
 
 
 def _online(host='storage.googleapis.com', timeout_s=3.0) -> bool:

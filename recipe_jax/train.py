@@ -75,7 +75,8 @@ def _apply(model, variables, x, train, **kwargs):
 def init_state(model, tx, example_shape, seed: int) -> TrainState:
   dummy = jnp.zeros((1, *example_shape), jnp.float32)
   init_kwargs = {'train': False} if models.takes_train_flag(model) else {}
-  variables = model.init(rng.stream_key(seed, 'init'), dummy, **init_kwargs)
+  init = jax.jit(functools.partial(model.init, **init_kwargs))  # eager init of a ResNet is slow
+  variables = init(rng.stream_key(seed, 'init'), dummy)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))

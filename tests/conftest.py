@@ -1,0 +1,60 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from recipe_jax import defaults
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """One TFDS data_dir for the session: mnist1d and digits are prepared into it on first use."""
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture
+def small_config(data_dir):
+  """A short mnist1d MLP run; tests change what they exercise."""
+  c = defaults.get_config()
+  c.dataset.name = 'mnist1d'
+  c.dataset.data_dir = data_dir
+  c.model.name = 'mlp'
+  c.optimizer.learning_rate = 1e-2
+  c.num_train_steps = 60
+  c.log_every_steps = 20
+  c.eval_every_steps = 30
+  c.checkpoint_every_steps = 30
+  return c
+
+
+def overrides(config, keys):
+  """--config.KEY=VALUE flags reproducing `keys` of an in-process config on the command line."""
+  flags = []
+  for key in keys:
+    value = config
+    for part in key.split('.'):
+      value = value[part]
+    flags.append(f'--config.{key}={value}')
+  return flags
+
+
+def run_main(workdir, *flags, env=None, timeout=300):
+  return subprocess.run(
+      [sys.executable, '-m', 'recipe_jax.main', f'--workdir={workdir}', *flags],
+      capture_output=True, text=True, cwd=REPO, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def start_main(workdir, *flags, env=None):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'recipe_jax.main', f'--workdir={workdir}', *flags],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+      env={**os.environ, **(env or {})})
+
+
+def read_summary(workdir):
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    return json.load(f)
