@@ -3,6 +3,7 @@ import os
 import shutil
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -41,3 +42,14 @@ def restore_latest(mngr: ocp.CheckpointManager, like_state):
       mngr.reload()
   return None, None
 
+
+
+def read_state_as_numpy(step_directory: str) -> dict:
+  """The saved train state as nested dicts of numpy arrays, whatever device topology wrote it."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  path = os.path.join(os.path.abspath(step_directory), 'state')
+  metadata = checkpointer.metadata(path)
+  tree = getattr(metadata, 'item_metadata', metadata)
+  tree = getattr(tree, 'tree', tree)
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, restore_args=restore_args)

@@ -29,9 +29,14 @@ def fail(message: str, exit_code: int):
 
 def parse_flags(argv):
   try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # bad flag, override key or type, missing or broken config file
+    remaining = flags.FLAGS(argv)
+  except Exception as e:  # bad flag, override key or type
     fail(' '.join(str(e).split()), UserError.exit_code)
+  try:
+    _CONFIG.value.to_dict()  # ml_collections defers a load failure until first use
+  except Exception as e:  # missing file, or an error inside it: its last line says which
+    fail(f'cannot load --config: {str(e).strip().splitlines()[-1].strip()}', UserError.exit_code)
+  return remaining
 
 
 def quiet_orbax_info(record) -> bool:

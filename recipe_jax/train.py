@@ -239,7 +239,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   try:
     with sigterm_requested() as preempted:
-      while step < config.num_train_steps and not preempted.is_set():
+      stop_requested = False
+      while step < config.num_train_steps and not stop_requested:
         epoch = step // per_epoch
         if epoch != perm_epoch:
           perm = put_replicated(mesh, np.asarray(data_lib.epoch_permutation(
@@ -252,9 +253,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
           jax.block_until_ready(state)
           timed_from = (time.time(), step)
         progress(step)
+        stop_requested = preempted.is_set()  # read once: it decides both the save and the exit
         is_last = step == config.num_train_steps
         eval_now = step % config.eval_every_steps == 0 or is_last
-        save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted.is_set()
+        save_now = step % config.checkpoint_every_steps == 0 or is_last or stop_requested
         if step % config.log_every_steps == 0 or eval_now or save_now:
           flush_pending()
         if eval_now:
@@ -264,7 +266,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             meta['best_eval_accuracy'], meta['best_step'] = eval_metrics['eval_accuracy'], step
         if save_now:
           save_checkpoint()
-      if preempted.is_set():
+      if stop_requested:
         logging.warning('SIGTERM: saved a checkpoint at step %d; exiting', step)
   finally:
     mngr.wait_until_finished()

@@ -1,0 +1,115 @@
+"""The command line as a user meets it: exit codes, one-line errors, preemption and crashes."""
+import os
+import signal
+import time
+
+import numpy as np
+import optax
+import pytest
+
+from conftest import overrides, read_summary, run_main, start_main
+from recipe_jax import checkpoints, models, train
+
+CONFIG = '--config=configs/mnist1d/mlp.py'
+
+
+def cli_flags(config):
+  return [CONFIG, *overrides(config, ['dataset.data_dir', 'num_train_steps', 'log_every_steps',
+                                      'eval_every_steps', 'checkpoint_every_steps'])]
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--config.no_such_key=1'], 'no_such_key'),
+    (['--config.batch_size=abc'], 'abc'),
+    (['--config.dataset.name=no_such_dataset'], "unknown dataset 'no_such_dataset'; use one of"),
+    (['--config.model.name=transformer'], "unknown model 'transformer'; use one of"),
+    (['--config.optimizer.name=lion'], "unknown optimizer.name 'lion'; use one of adam"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, flags, message):
+  result = run_main(tmp_path, CONFIG, *flags)
+  assert result.returncode == 2, result.stderr
+  error_lines = [l for l in result.stderr.splitlines() if l.startswith('recipe_jax: error:')]
+  assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_missing_config_file_is_one_line_exit_2(tmp_path):
+  result = run_main(tmp_path, '--config=configs/nope/missing.py')
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert 'configs/nope/missing.py' in result.stderr.strip().splitlines()[-1]
+
+
+def test_huge_learning_rate_stops_with_exit_3_and_keeps_checkpoints(small_config, tmp_path):
+  flags = cli_flags(small_config)
+  assert run_main(tmp_path, *flags, '--config.num_train_steps=30').returncode == 0
+  result = run_main(tmp_path, *flags, '--config.optimizer.learning_rate=1e6')
+  assert result.returncode == 3, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert 'diverged at step' in last and 'learning rate (1e+06)' in last, last
+  assert 'last good checkpoint: step 30' in last
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['30']
+
+
+def wait_for_checkpoint(proc, directory, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
+      return
+    time.sleep(0.01)
+  raise AssertionError(f'no finished checkpoint in {directory} (exit code {proc.poll()})')
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0(small_config, tmp_path):
+  small_config.num_train_steps = 10**6
+  small_config.checkpoint_every_steps = 100
+  proc = start_main(tmp_path, *cli_flags(small_config))
+  wait_for_checkpoint(proc, tmp_path / 'checkpoints')
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, output
+  summary = read_summary(tmp_path)
+  assert summary['preempted'] and 0 < summary['step'] < 10**6
+  assert str(summary['step']) in os.listdir(tmp_path / 'checkpoints')
+
+
+def test_run_killed_after_a_checkpoint_resumes_bit_identically(small_config, tmp_path):
+  small_config.num_train_steps = 1500
+  small_config.checkpoint_every_steps = 100
+  straight = train.train_and_evaluate(small_config, str(tmp_path / 'straight'))
+  workdir = tmp_path / 'killed'
+  proc = start_main(workdir, *cli_flags(small_config))
+  wait_for_checkpoint(proc, workdir / 'checkpoints')
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert not os.path.exists(workdir / 'summary.json'), 'the run finished before it was killed'
+  result = run_main(workdir, *cli_flags(small_config))
+  assert result.returncode == 0, result.stderr
+  resumed = read_summary(workdir)
+  assert 0 < resumed['resumed_from_step'] < 1500
+  assert resumed['params_sha256'] == straight['params_sha256']
+
+
+def test_one_and_two_devices_agree(small_config, tmp_path):
+  small_config.num_train_steps = 20
+  small_config.checkpoint_every_steps = 20
+  # SGD: linear in the gradient, so rounding in the cross-device mean stays at rounding level.
+  # (Adam divides by sqrt(v): a near-zero gradient's rounding becomes an lr-sized step.)
+  flags = [*cli_flags(small_config), '--config.optimizer.name=sgd',
+           '--config.optimizer.learning_rate=0.1']
+  one = run_main(tmp_path / 'one', *flags)
+  two = run_main(tmp_path / 'two', *flags,
+                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+  assert one.returncode == 0 and two.returncode == 0, two.stderr
+  assert read_summary(tmp_path / 'one')['num_devices'] == 1
+  assert read_summary(tmp_path / 'two')['num_devices'] == 2
+  one_params, two_params = (
+      checkpoints.read_state_as_numpy(tmp_path / run / 'checkpoints/20')['params']
+      for run in ('one', 'two'))
+  init_params = train.init_state(
+      models.create(small_config.model, 10), optax.adam(1e-3), (40,), small_config.seed).params
+  for layer in one_params:
+    for name in one_params[layer]:
+      np.testing.assert_allclose(one_params[layer][name], two_params[layer][name],
+                                 rtol=1e-4, atol=1e-5)
+      assert not np.allclose(one_params[layer][name], init_params[layer][name])  # it trained
