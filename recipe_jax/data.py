@@ -9,6 +9,7 @@ import functools
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from recipe_jax import rng
@@ -70,17 +71,28 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size  # the remainder of each epoch's permutation is skipped
 
 
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """The order of the training examples in `epoch`, a pure function of (seed, epoch).
+
+  The random bits come from the run's jax.random key stream (on the host CPU device); ranking
+  them with numpy's stable sort costs ~0.1 ms, where a sort on XLA's CPU backend in the middle
+  of training cost ~2.7 ms per epoch. Ties (equal 32-bit draws) are rare and break by index.
+  """
+  with jax.default_device(jax.devices('cpu')[0]):
+    bits = _epoch_bits(seed, epoch, num_examples)
+  return np.argsort(np.asarray(bits), kind='stable').astype(np.int32)
+
+
 @functools.partial(jax.jit, static_argnums=(2,))
-def epoch_permutation(seed, epoch, num_examples: int):
-  return jax.random.permutation(rng.stream_key(seed, 'data_order', epoch), num_examples)
+def _epoch_bits(seed, epoch, num_examples: int):
+  return jax.random.bits(rng.stream_key(seed, 'data_order', epoch), (num_examples,), jnp.uint32)
 
 
 def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
   """The training-example indices of `step` (the same slice the jitted train step takes)."""
   per_epoch = steps_per_epoch(num_examples, batch_size)
-  perm = np.asarray(epoch_permutation(seed, step // per_epoch, num_examples))
   start = (step % per_epoch) * batch_size
-  return perm[start:start + batch_size]
+  return epoch_permutation(seed, step // per_epoch, num_examples)[start:start + batch_size]
 
 
 def _load_arrays(cfg):

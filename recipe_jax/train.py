@@ -41,6 +41,11 @@ class TrainMetrics(metrics.Collection):
   accuracy: metrics.Average.from_output('accuracy')
 
 
+@jax.jit
+def stack_steps(step_metrics: list) -> dict:
+  return jax.tree.map(lambda *values: jnp.stack(values), *step_metrics)
+
+
 def params_sha256(params) -> str:
   """Hash of every parameter leaf's bytes in tree order: equal hashes mean bit-identical params."""
   digest = hashlib.sha256()
@@ -87,7 +92,7 @@ def cross_entropy(logits, labels):
 
 
 def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int, seed: int):
-  """(state, x_train, y_train, epoch_perm) -> (state, TrainMetrics), jitted; state is donated."""
+  """(state, x_train, y_train, epoch_perm) -> (state, {loss, accuracy}), jitted; donates state."""
   local_batch = batch_size // mesh.size
 
   def step_fn(state, x_all, y_all, perm):
@@ -110,9 +115,8 @@ def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int
     new_state = state.replace(step=state.step + 1,
                               params=optax.apply_updates(state.params, param_updates),
                               batch_stats=batch_stats, opt_state=opt_state)
-    step_metrics = TrainMetrics.single_from_model_output(
-        loss=jax.lax.pmean(loss, AXIS),
-        accuracy=jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == y), AXIS))
+    step_metrics = {'loss': jax.lax.pmean(loss, AXIS),
+                    'accuracy': jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == y), AXIS)}
     return new_state, step_metrics
 
   sharded = jax.shard_map(step_fn, mesh=mesh, in_specs=(P(), P(), P(), P()),
@@ -149,6 +153,11 @@ def make_eval_fn(model, mesh: Mesh, eval_batch_size: int):
   sharded = jax.shard_map(eval_fn, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
                           out_specs=P(), check_vma=False)
   return jax.jit(sharded)
+
+
+def run_eval(evaluate, state, splits, split: str) -> dict:
+  prefix = 'eval' if split == 'val' else split
+  return {f'{prefix}_{k}': float(v) for k, v in evaluate[split](state, *splits[split]).items()}
 
 
 @contextlib.contextmanager
@@ -203,17 +212,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   resumed_from = int(state.step) if restored is not None else None
 
   x_train, y_train = put_replicated(mesh, (dataset.x_train, dataset.y_train))
-  splits = {name: [put_sharded(mesh, a) for a in pad_for_eval(x, y, config.eval_batch_size)]
-            for name, x, y in (('val', dataset.x_val, dataset.y_val),
-                               ('test', dataset.x_test, dataset.y_test))}
+  eval_batch = {}
+  splits = {}
+  for name, x, y in (('val', dataset.x_val, dataset.y_val), ('test', dataset.x_test, dataset.y_test)):
+    # Never pad a small split up to a large eval batch; keep it divisible by the device count.
+    eval_batch[name] = min(config.eval_batch_size, -(-max(len(y), 1) // mesh.size) * mesh.size)
+    splits[name] = [put_sharded(mesh, a) for a in pad_for_eval(x, y, eval_batch[name])]
   train_step = make_train_step(model, tx, mesh, config.batch_size, per_epoch, config.seed)
-  evaluate = make_eval_fn(model, mesh, config.eval_batch_size)
+  # Compiled before training, so a model that cannot be evaluated fails now, not at the 1st eval.
+  evaluate = {name: make_eval_fn(model, mesh, eval_batch[name]).lower(state, *splits[name]).compile()
+              for name in splits}
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
                                              writer=writer, every_secs=30)
   step = int(state.step)
-  pending = []  # (step, TrainMetrics) still on device, checked and logged in batches
+  pending = []  # (step, {loss, accuracy}) still on device, checked and logged in batches
   train_summary, eval_metrics = {}, {}
   perm_epoch, perm = None, None
   segment_start = time.time()
@@ -223,13 +237,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     nonlocal train_summary
     if not pending:
       return
-    host = jax.device_get([m for _, m in pending])
-    losses = [(s, float(m.loss.compute())) for (s, _), m in zip(pending, host)]
+    window = jax.device_get(stack_steps([m for _, m in pending]))  # one transfer, not one per step
+    losses = [(s, float(loss)) for (s, _), loss in zip(pending, window['loss'])]
     if meta['initial_loss'] is None:
       meta['initial_loss'] = losses[0][1]
     check_losses(losses, meta['initial_loss'], config.divergence_factor,
                  config.optimizer.learning_rate, mngr.latest_step())
-    merged = functools.reduce(lambda a, b: a.merge(b), host).compute()
+    merged = TrainMetrics.single_from_model_output(**window).compute()
     train_summary = {f'train_{k}': float(v) for k, v in merged.items()}
     writer.write_scalars(step, train_summary)
     pending.clear()
@@ -243,8 +257,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       while step < config.num_train_steps and not stop_requested:
         epoch = step // per_epoch
         if epoch != perm_epoch:
-          perm = put_replicated(mesh, np.asarray(data_lib.epoch_permutation(
-              config.seed, epoch, num_train)))
+          perm = put_replicated(mesh, data_lib.epoch_permutation(config.seed, epoch, num_train))
           perm_epoch = epoch
         state, step_metrics = train_step(state, x_train, y_train, perm)
         step += 1
@@ -252,20 +265,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if timed_from is None:
           jax.block_until_ready(state)
           timed_from = (time.time(), step)
-        progress(step)
         stop_requested = preempted.is_set()  # read once: it decides both the save and the exit
         is_last = step == config.num_train_steps
         eval_now = step % config.eval_every_steps == 0 or is_last
         save_now = step % config.checkpoint_every_steps == 0 or is_last or stop_requested
         if step % config.log_every_steps == 0 or eval_now or save_now:
           flush_pending()
+          progress(step)  # time-based (every_secs), so calling it only here is enough
         if eval_now:
-          eval_metrics = {f'eval_{k}': float(v) for k, v in evaluate(state, *splits['val']).items()}
+          eval_metrics = run_eval(evaluate, state, splits, 'val')
           writer.write_scalars(step, eval_metrics)
           if eval_metrics['eval_accuracy'] > meta['best_eval_accuracy']:
             meta['best_eval_accuracy'], meta['best_step'] = eval_metrics['eval_accuracy'], step
         if save_now:
           save_checkpoint()
+      loop_end = time.time()
       if stop_requested:
         logging.warning('SIGTERM: saved a checkpoint at step %d; exiting', step)
   finally:
@@ -275,13 +289,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   finished = step >= config.num_train_steps
   if not eval_metrics:
-    eval_metrics = {f'eval_{k}': float(v) for k, v in evaluate(state, *splits['val']).items()}
+    eval_metrics = run_eval(evaluate, state, splits, 'val')
   test_metrics = {}
   if finished:  # the test split is looked at once, at the end, never for selection
-    test_metrics = {f'test_{k}': float(v) for k, v in evaluate(state, *splits['test']).items()}
+    test_metrics = run_eval(evaluate, state, splits, 'test')
     writer.write_scalars(step, test_metrics)
     writer.flush()
-  elapsed = time.time() - timed_from[0] if timed_from else 0.0
+  elapsed = loop_end - timed_from[0] if timed_from else 0.0
   timed_steps = step - timed_from[1] if timed_from else 0
   return {
       'stage': config.stage,

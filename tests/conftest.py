@@ -31,14 +31,14 @@ def small_config(data_dir):
   return c
 
 
-def overrides(config, keys):
-  """--config.KEY=VALUE flags reproducing `keys` of an in-process config on the command line."""
+def as_flags(config, prefix='config'):
+  """--config.KEY=VALUE for every set leaf, so a CLI run uses exactly this in-process config."""
   flags = []
-  for key in keys:
-    value = config
-    for part in key.split('.'):
-      value = value[part]
-    flags.append(f'--config.{key}={value}')
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      flags += as_flags(value, f'{prefix}.{key}')
+    elif value is not None:
+      flags.append(f'--{prefix}.{key}={value}')
   return flags
 
 

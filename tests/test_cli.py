@@ -7,15 +7,14 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import overrides, read_summary, run_main, start_main
+from conftest import as_flags, read_summary, run_main, start_main
 from recipe_jax import checkpoints, models, train
 
 CONFIG = '--config=configs/mnist1d/mlp.py'
 
 
 def cli_flags(config):
-  return [CONFIG, *overrides(config, ['dataset.data_dir', 'num_train_steps', 'log_every_steps',
-                                      'eval_every_steps', 'checkpoint_every_steps'])]
+  return [CONFIG, *as_flags(config)]
 
 
 @pytest.mark.parametrize('flags, message', [

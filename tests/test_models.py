@@ -73,3 +73,12 @@ def test_user_model_from_import_path():
 def test_bad_model_names_are_user_errors(name, message):
   with pytest.raises(UserError, match=message):
     models.check_name(name)
+
+
+def test_gru_starts_from_the_reference_uniform_init():
+  model = models.create(model_config('gru'), num_classes=10)
+  params = train.init_state(model, optax.adam(1e-3), (40,), seed=0).params
+  gru_leaves = jax.tree.leaves({k: v for k, v in params.items() if k != 'Dense_0'})
+  bound = 6 ** -0.5
+  assert max(float(jnp.abs(leaf).max()) for leaf in gru_leaves) <= bound
+  assert min(float(jnp.abs(leaf).max()) for leaf in gru_leaves) > bound / 2  # biases too
