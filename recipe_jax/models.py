@@ -1,7 +1,8 @@
 """Flax models by name, or a user's own via `package.module:Factory`.
 
 Every model maps a batch of examples to logits and is called as `model(x, train=bool)`.
-The MNIST-1D models follow the MNIST-1D paper's reference implementations.
+The MNIST-1D models (linear, mlp, cnn1d, gru) follow the MNIST-1D paper's reference
+implementations, initialisation included.
 """
 import functools
 import importlib
@@ -24,12 +25,28 @@ def _as_sequence(x):
   return x
 
 
+def symmetric_uniform(bound: float):
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def reference_dense(features: int, fan_in: int) -> nn.Dense:
+  """PyTorch's default Linear init, U(+-1/sqrt(fan_in)) for weights and biases, as in the
+  MNIST-1D reference models (Flax's lecun_normal weights are sqrt(3) wider, biases zero)."""
+  init = symmetric_uniform(fan_in ** -0.5)
+  return nn.Dense(features, kernel_init=init, bias_init=init)
+
+
+def _flat(x):
+  return x.reshape(x.shape[0], -1)
+
+
 class Linear(nn.Module):
   num_classes: int
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+    x = _flat(x)
+    return reference_dense(self.num_classes, x.shape[-1])(x)
 
 
 class MLP(nn.Module):
@@ -39,9 +56,10 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    h = nn.relu(nn.Dense(self.width)(x.reshape(x.shape[0], -1)))
-    h = h + nn.relu(nn.Dense(self.width)(h))
-    return nn.Dense(self.num_classes)(h)
+    x = _flat(x)
+    h = nn.relu(reference_dense(self.width, x.shape[-1])(x))
+    h = h + nn.relu(reference_dense(self.width, self.width)(h))
+    return reference_dense(self.num_classes, self.width)(h)
 
 
 class CNN1D(nn.Module):
@@ -53,12 +71,11 @@ class CNN1D(nn.Module):
   def __call__(self, x, train: bool = False):
     h = _as_sequence(x)
     for kernel in (5, 3, 3):
-      h = nn.relu(nn.Conv(self.width, (kernel,), strides=(2,), padding=[(1, 1)])(h))
-    return nn.Dense(self.num_classes)(h.reshape(h.shape[0], -1))
-
-
-def symmetric_uniform(bound: float):
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+      init = symmetric_uniform((h.shape[-1] * kernel) ** -0.5)  # PyTorch Conv1d default
+      h = nn.relu(nn.Conv(self.width, (kernel,), strides=(2,), padding=[(1, 1)],
+                          kernel_init=init, bias_init=init)(h))
+    h = _flat(h)
+    return reference_dense(self.num_classes, h.shape[-1])(h)
 
 
 class GRU(nn.Module):
@@ -76,8 +93,8 @@ class GRU(nn.Module):
     init = symmetric_uniform(self.width ** -0.5)
     cell = functools.partial(nn.GRUCell, self.width, kernel_init=init,
                              recurrent_kernel_init=init, bias_init=init)
-    h = nn.Bidirectional(nn.RNN(cell()), nn.RNN(cell()))(_as_sequence(x))
-    return nn.Dense(self.num_classes)(h.reshape(h.shape[0], -1))
+    h = _flat(nn.Bidirectional(nn.RNN(cell()), nn.RNN(cell()))(_as_sequence(x)))
+    return reference_dense(self.num_classes, h.shape[-1])(h)
 
 
 class CNN2D(nn.Module):

@@ -212,16 +212,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   resumed_from = int(state.step) if restored is not None else None
 
   x_train, y_train = put_replicated(mesh, (dataset.x_train, dataset.y_train))
-  eval_batch = {}
-  splits = {}
-  for name, x, y in (('val', dataset.x_val, dataset.y_val), ('test', dataset.x_test, dataset.y_test)):
+  splits, evaluate = {}, {}
+  for name, x, y in (('val', dataset.x_val, dataset.y_val),
+                     ('test', dataset.x_test, dataset.y_test)):
     # Never pad a small split up to a large eval batch; keep it divisible by the device count.
-    eval_batch[name] = min(config.eval_batch_size, -(-max(len(y), 1) // mesh.size) * mesh.size)
-    splits[name] = [put_sharded(mesh, a) for a in pad_for_eval(x, y, eval_batch[name])]
+    batch = min(config.eval_batch_size, -(-max(len(y), 1) // mesh.size) * mesh.size)
+    splits[name] = [put_sharded(mesh, a) for a in pad_for_eval(x, y, batch)]
+    # Compiled now, so a model that cannot be evaluated fails before training, not at step 500.
+    evaluate[name] = make_eval_fn(model, mesh, batch).lower(state, *splits[name]).compile()
   train_step = make_train_step(model, tx, mesh, config.batch_size, per_epoch, config.seed)
-  # Compiled before training, so a model that cannot be evaluated fails now, not at the 1st eval.
-  evaluate = {name: make_eval_fn(model, mesh, eval_batch[name]).lower(state, *splits[name]).compile()
-              for name in splits}
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
@@ -249,7 +248,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     pending.clear()
 
   def save_checkpoint():
-    checkpoints.save(mngr, step, state, {**meta, 'wall_s': meta['wall_s'] + time.time() - segment_start})
+    wall_s = meta['wall_s'] + time.time() - segment_start
+    checkpoints.save(mngr, step, state, {**meta, 'wall_s': wall_s})
 
   try:
     with sigterm_requested() as preempted:

@@ -82,3 +82,11 @@ def test_gru_starts_from_the_reference_uniform_init():
   bound = 6 ** -0.5
   assert max(float(jnp.abs(leaf).max()) for leaf in gru_leaves) <= bound
   assert min(float(jnp.abs(leaf).max()) for leaf in gru_leaves) > bound / 2  # biases too
+
+
+def test_mnist1d_mlp_starts_from_the_reference_pytorch_init():
+  model = models.create(model_config('mlp'), num_classes=10)
+  first = train.init_state(model, optax.adam(1e-3), (40,), seed=0).params['Dense_0']
+  bound = 40 ** -0.5  # U(+-1/sqrt(fan_in)) for weights and biases
+  for leaf in (first['kernel'], first['bias']):
+    assert bound / 2 < float(jnp.abs(leaf).max()) <= bound
