@@ -1,0 +1,33 @@
+"""README's quickstart is what CI runs: exactly two commands, the second the one .ci/run greps."""
+import os
+import re
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(name):
+  with open(os.path.join(REPO, name)) as f:
+    return f.read()
+
+
+def quickstart_commands():
+  section = read('README.md').split('## Quickstart', 1)[1]
+  block = re.search(r'```bash\n(.*?)```', section, re.S).group(1)
+  return [line for line in block.splitlines() if line.strip()]
+
+
+def test_quickstart_is_exactly_two_commands_install_and_run_then_install_and_test():
+  train_cmd, test_cmd = quickstart_commands()
+  assert train_cmd.startswith('pip install -e . && python -m recipe_jax.main --config=configs/')
+  assert test_cmd == 'pip install -e ".[test]" && python -m pytest -q'
+
+
+def test_ci_runs_readmes_test_command():
+  pattern = re.search(r"grep -m1 '(.*?)' README.md", read('.ci/run')).group(1)
+  matches = [l for l in read('README.md').splitlines() if re.match(pattern, l)]
+  assert matches and matches[0] == quickstart_commands()[1]
+
+
+def test_every_config_named_in_readme_and_reference_script_exists():
+  named = set(re.findall(r'configs/[\w/]+\.py', read('README.md') + read('scripts/reference_results.py')))
+  assert named and all(os.path.isfile(os.path.join(REPO, path)) for path in named), named
