@@ -16,7 +16,8 @@ from recipe_jax import config_check  # noqa: E402
 from recipe_jax.errors import DivergenceError, UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. configs/mnist1d/cnn.py; override keys with --config.KEY=VALUE.',
+    'config', None,
+    'Config file, e.g. configs/mnist1d/cnn.py; override keys with --config.KEY=VALUE.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, reports.')
 flags.mark_flags_as_required(['config', 'workdir'])

@@ -197,6 +197,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if config[name] % mesh.size:
       raise UserError(f'{name}={config[name]} must be divisible by the number of devices '
                       f'({mesh.size})')
+  if len(dataset.y_val) == 0:
+    raise UserError(f'dataset.val_fraction={config.dataset.val_fraction} leaves no validation '
+                    'examples; training needs some (e.g. 0.05) to report eval metrics')
   num_train = len(dataset.y_train)
   per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size)
   model = models.create(config.model, dataset.num_classes, bn_axis_name=AXIS)

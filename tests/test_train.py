@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from recipe_jax import train
-from recipe_jax.errors import DivergenceError
+from recipe_jax.errors import DivergenceError, UserError
 
 SUMMARY_KEYS = {'stage', 'step', 'train_loss', 'eval_loss', 'eval_accuracy', 'best_eval_accuracy',
                 'params_sha256', 'wall_s', 'examples_per_s'}
@@ -71,3 +71,9 @@ def test_divergence_rule_names_the_first_bad_step():
 def test_eval_padding_masks_the_extra_examples():
   x, y, mask = train.pad_for_eval(np.ones((7, 3), np.float32), np.arange(7), 4)
   assert x.shape == (8, 3) and mask.tolist() == [1] * 7 + [0]
+
+
+def test_no_validation_split_is_a_user_error(small_config, tmp_path):
+  small_config.dataset.val_fraction = 0.0
+  with pytest.raises(UserError, match='val_fraction=0.0 leaves no validation examples'):
+    train.train_and_evaluate(small_config, str(tmp_path))
