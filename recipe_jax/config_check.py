@@ -2,7 +2,7 @@
 from recipe_jax import data, models, optim
 from recipe_jax.errors import UserError
 
-STAGES = ('train',)
+STAGES = ('train', 'inspect')
 
 
 def check(config) -> None:

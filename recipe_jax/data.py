@@ -42,6 +42,8 @@ def load(dataset_config) -> Dataset:
   x_val, y_val = x_train[val_idx], y_train[val_idx]
   x_train, y_train = x_train[train_idx], y_train[train_idx]
   mean, std = channel_stats(x_train)
+  if dataset_config.stats_from:
+    mean, std = load_input_stats(dataset_config.stats_from, mean.shape)
   if dataset_config.normalize:
     x_train, x_val, x_test = [(x - mean) / std for x in (x_train, x_val, x_test)]
   f32, i32 = lambda x: np.asarray(x, np.float32), lambda y: np.asarray(y, np.int32)
@@ -54,6 +56,24 @@ def validation_split(num_examples: int, val_fraction: float):
   order = np.random.default_rng(VAL_SPLIT_SEED).permutation(num_examples)
   num_val = int(round(num_examples * val_fraction))
   return np.sort(order[num_val:]), np.sort(order[:num_val])
+
+
+def load_input_stats(path: str, shape):
+  """mean/std written by the inspect stage (`DIR/inspect/input_stats.json`, or DIR itself)."""
+  import json
+  if os.path.isdir(path):
+    path = os.path.join(path, 'inspect', 'input_stats.json')
+  if not os.path.isfile(path):
+    raise UserError(f"dataset.stats_from: '{path}' does not exist; run the inspect stage first "
+                    '(configs/<dataset>/inspect.py) and pass its workdir or input_stats.json')
+  with open(path) as f:
+    stats = json.load(f)
+  channels = int(np.prod(shape, dtype=int))
+  if np.size(stats['mean']) != channels or np.size(stats['std']) != channels:
+    raise UserError(f"dataset.stats_from: '{path}' has {np.size(stats['mean'])} channel means; "
+                    f'this dataset has {channels} channels')
+  mean = np.asarray(stats['mean'], np.float32).reshape(shape)
+  return mean, np.maximum(np.asarray(stats['std'], np.float32).reshape(shape), 1e-8)
 
 
 def channel_stats(x: np.ndarray):

@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.data_dir = config_dict.placeholder(str)  # None: TFDS default
   c.dataset.val_fraction = 0.1  # carved from train; test never selects models
   c.dataset.normalize = True  # standardise with train-split statistics
+  c.dataset.stats_from = config_dict.placeholder(str)  # inspect run dir or input_stats.json
   c.dataset.image_key = 'image'  # feature names for TFDS datasets
   c.dataset.label_key = 'label'
 
@@ -42,4 +43,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.max_to_keep = 3
   c.divergence_factor = 100.0  # stop when loss > factor * initial loss
+
+  c.inspect = ml_collections.ConfigDict()  # stage='inspect'
+  c.inspect.max_imbalance = 3.0  # WARN when largest / smallest train class exceeds this
+  c.inspect.leakage_rms_threshold = 0.1  # FAIL: val/test this close (RMS, standardised) to train
+  c.inspect.examples_per_class = 8  # in the sample grid
+  c.inspect.outlier_z = 5.0  # WARN: robust z of the distance to the class mean above this
+  c.inspect.cv_folds = 5  # label noise: k-fold cross-validated small MLP ...
+  c.inspect.cv_steps = 300  # ... trained full batch for this many Adam steps per fold
+  c.inspect.cv_max_examples = 20000  # ... on at most this many train examples (random subset)
+  c.inspect.cv_min_accuracy = 0.8  # below this the model is too weak to judge labels
   return c

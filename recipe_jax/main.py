@@ -55,10 +55,10 @@ def main(argv):
       import jax
       jax.distributed.initialize()
     stage = importlib.import_module(f'recipe_jax.stages.{config.stage}')
-    summary = stage.run(config, _WORKDIR.value)
+    stage.run(config, _WORKDIR.value)
   except (UserError, DivergenceError) as e:
     fail(str(e), e.exit_code)
-  logging.info('done: %s', {k: summary[k] for k in sorted(summary) if 'accuracy' in k})
+  logging.info('done: %s', _WORKDIR.value)
 
 
 if __name__ == '__main__':

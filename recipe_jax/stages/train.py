@@ -3,6 +3,7 @@ import json
 import os
 
 import jax
+from absl import logging
 
 from recipe_jax import train
 
@@ -19,4 +20,6 @@ def run(config, workdir: str) -> dict:
   write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   summary = train.train_and_evaluate(config, workdir)
   write_json(os.path.join(workdir, 'summary.json'), summary)
+  logging.info('accuracy: %s', {k: round(v, 4) for k, v in sorted(summary.items())
+                                if 'accuracy' in k and v is not None})
   return summary
