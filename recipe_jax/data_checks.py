@@ -112,6 +112,14 @@ def exact_duplicates(splits: dict) -> list:
   return verdicts
 
 
+def _standardise(x_train, *others):
+  rows = _rows(x_train).astype(np.float32)
+  mean, std = np.nanmean(rows, 0), np.nanstd(rows, 0)
+  std[~(std > 0)] = 1.0
+  scale = lambda a: np.nan_to_num((_rows(a).astype(np.float32) - mean) / std)
+  return [scale(a) for a in (x_train, *others)]
+
+
 @functools.partial(jax.jit, static_argnames=('block',))
 def _nearest(queries, reference, block: int):
   """Per query: (squared distance, index) of the nearest reference row, in reference blocks."""
@@ -137,14 +145,11 @@ def _nearest(queries, reference, block: int):
 def nearest_train_neighbour(x_train, x_query, block: int = 2048):
   """RMS per-feature distance (in train-standardised space) and index of each query's nearest
   training example, computed blockwise on the default device."""
-  train = _rows(x_train).astype(np.float32)
-  mean, std = train.mean(0), train.std(0)
-  std[std == 0] = 1.0
-  scale = lambda a: jnp.asarray((_rows(a).astype(np.float32) - mean) / std)
-  reference = scale(train)
+  train, queries = _standardise(x_train, x_query)
+  reference = jnp.asarray(train)
   distances, indices = [], []
-  for start in range(0, len(x_query), block):  # query blocks bound the distance matrix's size
-    d2, index = _nearest(scale(x_query[start:start + block]), reference, block)
+  for start in range(0, len(queries), block):  # query blocks bound the distance matrix's size
+    d2, index = _nearest(jnp.asarray(queries[start:start + block]), reference, block)
     distances.append(np.sqrt(np.asarray(d2) / train.shape[1]))
     indices.append(np.asarray(index))
   return np.concatenate(distances), np.concatenate(indices)
@@ -172,14 +177,6 @@ def near_duplicate_leakage(splits: dict, rms_threshold: float) -> list:
         f'example (median nearest distance {evidence["median_nearest_rms_distance"]:.3g})',
         evidence))
   return verdicts
-
-
-def _standardise(x_train, *others):
-  rows = _rows(x_train).astype(np.float32)
-  mean, std = np.nanmean(rows, 0), np.nanstd(rows, 0)
-  std[~(std > 0)] = 1.0
-  scale = lambda a: np.nan_to_num((_rows(a).astype(np.float32) - mean) / std)
-  return [scale(a) for a in (x_train, *others)]
 
 
 def outliers(x, y, num_classes: int, z_threshold: float) -> Verdict:
