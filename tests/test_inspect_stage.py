@@ -59,3 +59,37 @@ def test_training_data_can_take_its_normalisation_from_an_inspect_run(tmp_path, 
   config.dataset.stats_from = str(tmp_path / 'shifted.json')
   shifted = data.load(config.dataset)
   assert float(shifted.x_train.mean()) < float(recomputed.x_train.mean()) - 10
+
+
+def test_inspect_stage_finds_every_defect_planted_in_an_npz(tmp_path):
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(5, 20)) * 4
+  y_train, y_test = np.repeat(np.arange(5), 100), np.repeat(np.arange(5), 20)
+  x_train = (centres[y_train] + rng.normal(size=(500, 20))).astype(np.float32)
+  x_test = (centres[y_test] + rng.normal(size=(100, 20))).astype(np.float32)
+  duplicated = [110, 230, 340]  # copies of train rows 10, 20, 30 (same labels)
+  x_train[duplicated], y_train[duplicated] = x_train[[10, 20, 30]], y_train[[10, 20, 30]]
+  leaked = list(range(6))  # test rows 0..5: train rows 50..55 plus small noise
+  x_test[leaked] = x_train[50:56] + 0.01 * rng.normal(size=(6, 20))
+  flipped = list(range(3, 500, 25))  # 20 labels
+  y_train[flipped] = (y_train[flipped] + 2) % 5
+  x_train[:, 7] = x_test[:, 7] = 0.5  # a constant feature
+  x_test[60, 2] = np.nan
+  np.savez(tmp_path / 'planted.npz', x_train=x_train, y_train=y_train, x_test=x_test,
+           y_test=y_test)
+  config = defaults.get_config()
+  config.stage = 'inspect'
+  config.dataset.name = f'npz:{tmp_path / "planted.npz"}'
+  config.dataset.val_fraction = 0.0  # keep train indices equal to the planted ones
+
+  v = {verdict.check: verdict for verdict in inspect_stage.run(config, str(tmp_path))}
+
+  assert v['duplicates_within_splits'].evidence['redundant'] == {'train': 3}
+  assert sorted(v['near_duplicates_test_train'].evidence['leaked_test_indices']) == leaked
+  assert v['near_duplicates_test_train'].status == 'FAIL'
+  found = set(v['label_noise'].evidence['indices'])
+  recall = len(found & set(flipped)) / len(flipped)
+  assert v['label_noise'].status == 'WARN' and recall >= 0.9, recall  # asserted recall: 90%
+  assert v['constant_features'].evidence['constant_feature_indices'] == [7]
+  assert v['non_finite_values'].evidence['rows_with_non_finite'] == {'test': [60]}
+  assert os.path.getsize(tmp_path / 'inspect' / 'label_noise.png') > 1000
