@@ -6,6 +6,7 @@ a pure function of (seed, step), so a restarted run sees exactly the batches it 
 """
 import dataclasses
 import functools
+import json
 import os
 
 import jax
@@ -60,7 +61,6 @@ def validation_split(num_examples: int, val_fraction: float):
 
 def load_input_stats(path: str, shape):
   """mean/std written by the inspect stage (`DIR/inspect/input_stats.json`, or DIR itself)."""
-  import json
   if os.path.isdir(path):
     path = os.path.join(path, 'inspect', 'input_stats.json')
   if not os.path.isfile(path):

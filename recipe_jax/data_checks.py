@@ -9,6 +9,7 @@ import hashlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from recipe_jax.report import Verdict
 
@@ -25,6 +26,8 @@ def basic_statistics(splits: dict) -> list:
   stats, non_finite = {}, {}
   for name, (x, y) in splits.items():
     rows = _rows(x).astype(np.float64)
+    if name == 'train':
+      train_rows = rows  # reused below for the constant-feature check
     finite = np.isfinite(rows)
     bad_rows = np.flatnonzero(~finite.all(axis=1))
     stats[name] = {'examples': len(y), 'shape': list(np.shape(x)[1:]), 'dtype': str(x.dtype),
@@ -43,7 +46,6 @@ def basic_statistics(splits: dict) -> list:
         {'rows_with_non_finite': non_finite, 'counts': counts}))
   else:
     verdicts.append(Verdict('non_finite_values', 'PASS', 'no NaN or Inf values', {}))
-  train_rows = _rows(splits['train'][0]).astype(np.float64)
   constant = np.flatnonzero(np.nanmax(train_rows, 0) == np.nanmin(train_rows, 0))
   status = 'WARN' if len(constant) else 'PASS'
   verdicts.append(Verdict('constant_features', status,
@@ -204,7 +206,6 @@ def cross_validated_probabilities(x, y, num_classes: int, folds: int = 5, steps:
                                   hidden: int = 128, seed: int = 0) -> np.ndarray:
   """Out-of-sample class probabilities: each fold predicted by a small MLP trained in JAX
   (full batch, Adam) on the other folds."""
-  import optax
   [rows] = _standardise(x)
   fold_of = np.random.default_rng(seed).permutation(len(y)) % folds
   tx = optax.adamw(1e-2, weight_decay=1e-3)

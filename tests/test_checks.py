@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from recipe_jax import checks, models
 
@@ -97,9 +98,5 @@ def test_nan_gradients_fail():
 
 def test_two_examples_are_refused():
   apply_fn, variables, x, y = setup(models.MLP(num_classes=5), batch=2)
-  try:
+  with pytest.raises(ValueError, match='at least 4'):
     checks.batch_dependency(apply_fn, variables, x, y, loss_fn)
-  except ValueError as e:
-    assert 'at least 4' in str(e)
-  else:
-    raise AssertionError('a batch of 2 was accepted')
