@@ -1,8 +1,8 @@
 """Checks a resolved config before anything heavy runs; each problem is one UserError line."""
-from recipe_jax import data, models, optim
+from recipe_jax import data, losses, models, optim
 from recipe_jax.errors import UserError
 
-STAGES = ('train', 'inspect')
+STAGES = ('train', 'inspect', 'sanity')
 
 
 def check(config) -> None:
@@ -10,6 +10,7 @@ def check(config) -> None:
     raise UserError(f"unknown stage '{config.stage}'; use one of {', '.join(STAGES)}")
   check_dataset_name(config.dataset.name)
   models.check_name(config.model.name)
+  losses.create(config.loss)
   if config.optimizer.name not in optim.OPTIMIZERS:
     raise UserError(f"unknown optimizer.name '{config.optimizer.name}'; use one of "
                     f"{', '.join(optim.OPTIMIZERS)}")

@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'  # see recipe_jax.models.MODELS, or package.module:Factory
   c.model.width = config_dict.placeholder(int)  # None: the model's reference width
+  c.model.log_prior_output_bias = True  # "init well": final bias = log class priors
+
+  c.loss = 'cross_entropy'  # or package.module:function, (logits, labels) -> per-example losses
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'  # adam | adamw | sgd
@@ -43,6 +46,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.max_to_keep = 3
   c.divergence_factor = 100.0  # stop when loss > factor * initial loss
+
+  c.human_baseline = config_dict.placeholder(float)  # your own accuracy on these examples
+
+  c.sanity = ml_collections.ConfigDict()  # stage='sanity'
+  c.sanity.seed_steps = 10  # fixed seed: runs this long are compared bit for bit
+  c.sanity.init_loss_batches = 20  # loss at init: batches measured ...
+  c.sanity.init_loss_batch_size = 64  # ... of this size (fixed: the spread depends on it)
+  c.sanity.init_loss_max_z = 5.0  # FAIL beyond this many batch-to-batch std from expected
+  c.sanity.dependency_examples = 8  # backprop dependency check batch
+  c.sanity.steps = 500  # short runs: model vs zero-input baseline, decreasing loss, dynamics
+  c.sanity.baseline_margin = 0.05  # model must beat the zero-input baseline by this accuracy
+  c.sanity.min_loss_drop = 0.1  # relative fall of the loss, first vs last 10% of the run
+  c.sanity.dynamics_every = 25  # record predictions on a fixed val batch this often ...
+  c.sanity.dynamics_examples = 16  # ... of this many examples
+  c.sanity.overfit_examples = 8  # overfit one batch of this many training examples ...
+  c.sanity.overfit_steps = 500  # ... within this many steps ...
+  c.sanity.overfit_max_loss = 0.05  # ... to at most this loss and 100% accuracy
 
   c.inspect = ml_collections.ConfigDict()  # stage='inspect'
   c.inspect.max_imbalance = 3.0  # WARN when largest / smallest train class exceeds this

@@ -9,3 +9,8 @@ class UserError(Exception):
 class DivergenceError(Exception):
   """The loss went non-finite or exploded; checkpoints up to the last good step are kept."""
   exit_code = 3
+
+
+class ChecksFailed(Exception):
+  """A stage's check gave FAIL; its report says which and why. Lets CI and sweeps gate on it."""
+  exit_code = 1

@@ -1,6 +1,7 @@
 """python -m recipe_jax.main --config=configs/mnist1d/cnn.py --workdir=DIR [--config.key=value ...]
 
-Exit codes: 0 done (or preempted by SIGTERM after saving), 2 bad input, 3 training diverged.
+Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed (sanity stage),
+2 bad input, 3 training diverged.
 """
 import importlib
 import logging as pylogging
@@ -13,7 +14,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from recipe_jax import config_check  # noqa: E402
-from recipe_jax.errors import DivergenceError, UserError  # noqa: E402
+from recipe_jax.errors import ChecksFailed, DivergenceError, UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None,
@@ -56,7 +57,7 @@ def main(argv):
       jax.distributed.initialize()
     stage = importlib.import_module(f'recipe_jax.stages.{config.stage}')
     stage.run(config, _WORKDIR.value)
-  except (UserError, DivergenceError) as e:
+  except (UserError, DivergenceError, ChecksFailed) as e:
     fail(str(e), e.exit_code)
   logging.info('done: %s', _WORKDIR.value)
 

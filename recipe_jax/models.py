@@ -5,14 +5,15 @@ The MNIST-1D models (linear, mlp, cnn1d, gru) follow the MNIST-1D paper's refere
 implementations, initialisation included.
 """
 import functools
-import importlib
 import inspect
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from recipe_jax import user_code
 from recipe_jax.errors import UserError
 
 
@@ -176,26 +177,18 @@ MODELS = {
 
 def check_name(name: str) -> None:
   """Raises UserError unless `name` is a built-in model or a `package.module:Factory` path."""
-  if name in MODELS:
-    return
-  if ':' not in name:
-    raise UserError(f"unknown model '{name}'; use one of {', '.join(MODELS)} or "
-                    "'package.module:Factory' for your own Flax module")
-  module_name, _, attr = name.partition(':')
-  try:
-    module = importlib.import_module(module_name)
-  except ImportError as e:
-    raise UserError(f"model '{name}': cannot import module '{module_name}' ({e})") from None
-  if not callable(getattr(module, attr, None)):
-    raise UserError(f"model '{name}': module '{module_name}' has no callable '{attr}'")
+  if name not in MODELS:
+    if ':' not in name:
+      raise UserError(f"unknown model '{name}'; use one of {', '.join(MODELS)} or "
+                      "'package.module:Factory' for your own Flax module")
+    user_code.load(name, 'model')
 
 
 def create(model_config, num_classes: int, bn_axis_name: str | None = None) -> nn.Module:
   """The configured model. A user factory is called as Factory(num_classes=...)."""
   check_name(model_config.name)
   if model_config.name not in MODELS:
-    module_name, _, attr = model_config.name.partition(':')
-    return getattr(importlib.import_module(module_name), attr)(num_classes=num_classes)
+    return user_code.load(model_config.name, 'model')(num_classes=num_classes)
   kwargs = {'num_classes': num_classes}
   if model_config.width is not None:
     kwargs['width'] = model_config.width
@@ -207,3 +200,54 @@ def create(model_config, num_classes: int, bn_axis_name: str | None = None) -> n
 def takes_train_flag(model: nn.Module) -> bool:
   """User modules may omit the `train` argument; ours all take it."""
   return 'train' in inspect.signature(model.__call__).parameters
+
+
+def output_bias_candidates(params, num_classes: int) -> list[tuple]:
+  """Paths of every 'bias' of shape (num_classes,), the most recently created layer first."""
+  found = []
+
+  def walk(tree, path):
+    for key, value in tree.items():  # Flax keeps submodules in creation order
+      if hasattr(value, 'items'):
+        walk(value, (*path, key))
+      elif key == 'bias' and np.shape(value) == (num_classes,):
+        found.append((*path, key))
+
+  walk(params, ())
+  return found[::-1]
+
+
+def get_leaf(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def replace_leaf(tree, path, value):
+  """A copy of the nested dict `tree` with the leaf at `path` replaced."""
+  if not path:
+    return value
+  return {**tree, path[0]: replace_leaf(tree[path[0]], path[1:], value)}
+
+
+def find_output_bias(logits_fn, params, num_classes: int):
+  """The bias that adds directly to the logits, or None.
+
+  Shape alone can pick a hidden layer of the same width, and a bias followed by a softmax has
+  the right shape but does not add to the logits; so each candidate is shifted and only one
+  that shifts every logit by exactly that amount is accepted. `logits_fn(params) -> logits`.
+  """
+  base = np.asarray(logits_fn(params))
+  shift = np.linspace(-1.0, 1.0, num_classes, dtype=np.float32)
+  tolerance = 1e-4 * (1.0 + np.abs(base).max())
+  for path in output_bias_candidates(params, num_classes):
+    shifted = logits_fn(replace_leaf(params, path, get_leaf(params, path) + shift))
+    if np.allclose(np.asarray(shifted) - base, shift, rtol=0, atol=tolerance):
+      return path
+  return None
+
+
+def class_log_prior(labels, num_classes: int) -> np.ndarray:
+  """log of each class's frequency; an absent class counts as one example, not log(0)."""
+  counts = np.maximum(np.bincount(labels, minlength=num_classes), 1)
+  return np.log(counts / counts.sum()).astype(np.float32)

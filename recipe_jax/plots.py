@@ -52,3 +52,68 @@ def class_counts(path, counts: dict):
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
+
+
+def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
+           hlines: dict | None = None):
+  """Line plot of {label: (x, y)}, with optional labelled horizontal reference lines."""
+  fig, ax = plt.subplots(figsize=(6, 3.2))
+  for label, (x, y) in series.items():
+    ax.plot(x, y, label=label, linewidth=1.2)
+  for i, (label, value) in enumerate((hlines or {}).items()):
+    ax.axhline(value, linestyle='--', color=f'C{len(series) + i}', linewidth=1, label=label)
+  if logy:
+    ax.set_yscale('log')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def bars(path, values: dict, ylabel: str):
+  fig, ax = plt.subplots(figsize=(6, 3))
+  ax.bar(list(values), list(values.values()), color=[f'C{i}' for i in range(len(values))])
+  for i, v in enumerate(values.values()):
+    ax.text(i, v, f'{v:.3f}', ha='center', va='bottom', fontsize=8)
+  ax.set_ylabel(ylabel)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def matrix(path, values, xlabel: str, ylabel: str, title: str):
+  fig, ax = plt.subplots(figsize=(4, 3.5))
+  image = ax.imshow(values, cmap='viridis')
+  fig.colorbar(image, ax=ax)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def prediction_dynamics(path, probabilities, eval_steps, labels, columns: int = 4):
+  """One panel per example: predicted class probabilities (rows) over training (columns),
+  the true class outlined."""
+  p = np.asarray(probabilities)  # (evals, examples, classes)
+  rows = -(-p.shape[1] // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 1.9 * rows), squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  for i, label in enumerate(labels):
+    ax = axes.flat[i]
+    ax.axis('on')
+    ax.imshow(p[:, i, :].T, aspect='auto', vmin=0, vmax=1, cmap='magma', origin='lower',
+              extent=(eval_steps[0], eval_steps[-1], -0.5, p.shape[2] - 0.5))
+    ax.axhline(label - 0.5, color='cyan', linewidth=0.8)
+    ax.axhline(label + 0.5, color='cyan', linewidth=0.8)
+    ax.set_title(f'example {i}, label {label}', fontsize=7)
+    ax.tick_params(labelsize=6)
+  axes[-1, 0].set_xlabel('step', fontsize=7)
+  axes[-1, 0].set_ylabel('class', fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)

@@ -22,7 +22,7 @@ from absl import logging
 from clu import metric_writers, metrics, periodic_actions
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from recipe_jax import checkpoints, data as data_lib, models, optim, rng
+from recipe_jax import checkpoints, data as data_lib, losses, models, optim, rng
 from recipe_jax.errors import DivergenceError, UserError
 
 AXIS = 'data'
@@ -71,44 +71,85 @@ def put_sharded(mesh: Mesh, x: np.ndarray):
   return jax.make_array_from_callback(x.shape, NamedSharding(mesh, P(AXIS)), lambda i: x[i])
 
 
-def _apply(model, variables, x, train, **kwargs):
+def apply_model(model, variables, x, train, **kwargs):
+  """model.apply, passing `train` only to models that take it."""
   if models.takes_train_flag(model):
     kwargs['train'] = train
   return model.apply(variables, x, **kwargs)
 
 
-def init_state(model, tx, example_shape, seed: int) -> TrainState:
+@functools.lru_cache(maxsize=None)
+def _jitted_init(model):
+  """Compiled once per model: an init compiles for seconds (each random initializer is a
+  threefry kernel), and stages such as sanity initialise the same model several times."""
+  kwargs = {'train': False} if models.takes_train_flag(model) else {}
+  return jax.jit(functools.partial(model.init, **kwargs))
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_logits(model):
+  """(variables, x) -> eval-mode logits, compiled once per model."""
+  return jax.jit(lambda variables, x: apply_model(model, variables, x, False))
+
+
+def init_state(model, tx, example_shape, seed: int, output_bias=None) -> TrainState:
+  """Initial state from the 'init' key stream. `output_bias` (e.g. the log class priors, the
+  recipe's "init well") replaces the bias of the layer that adds to the logits."""
   dummy = jnp.zeros((1, *example_shape), jnp.float32)
-  init_kwargs = {'train': False} if models.takes_train_flag(model) else {}
-  init = jax.jit(functools.partial(model.init, **init_kwargs))  # eager init of a ResNet is slow
-  variables = init(rng.stream_key(seed, 'init'), dummy)
-  params = variables['params']
+  variables = _jitted_init(model)(rng.stream_key(seed, 'init'), dummy)
+  params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  if output_bias is not None:
+    logits = lambda p: jitted_logits(model)({'params': p, 'batch_stats': batch_stats}, dummy)
+    path = models.find_output_bias(logits, params, len(output_bias))
+    if path is None:
+      logging.warning('init well: no bias adds directly to the logits (is there an activation '
+                      'after the last layer?); the output bias keeps its default init')
+    else:
+      params = models.replace_leaf(params, path, jnp.asarray(output_bias))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+                    batch_stats=batch_stats, opt_state=tx.init(params))
 
 
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def make_apply_fn(model, batch_stats, dropout_key):
+  """(params, x, train) -> logits, for checks: train mode uses batch statistics (BatchNorm)
+  and dropout with `dropout_key`, and discards the updated statistics."""
+  def apply_fn(params, x, train):
+    variables = {'params': params, 'batch_stats': batch_stats}
+    if not train:
+      return apply_model(model, variables, x, False)
+    logits, _ = apply_model(model, variables, x, True, rngs={'dropout': dropout_key},
+                            mutable=['batch_stats'])
+    return logits
+  return apply_fn
 
 
-def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int, seed: int):
+def batch_inputs(x_all, y_all, perm, step, batch_size: int, steps_per_epoch: int,
+                 offset, size: int):
+  """Rows [offset, offset + size) of step's batch: exactly what the model sees at that step."""
+  start = (step % steps_per_epoch) * batch_size + offset
+  idx = jax.lax.dynamic_slice_in_dim(perm, start, size)
+  return x_all[idx], y_all[idx]
+
+
+@functools.lru_cache(maxsize=None)  # a stage that trains several short runs compiles once
+def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int, seed: int,
+                    loss_fn=losses.cross_entropy):
   """(state, x_train, y_train, epoch_perm) -> (state, {loss, accuracy}), jitted; donates state."""
   local_batch = batch_size // mesh.size
 
   def step_fn(state, x_all, y_all, perm):
     device = jax.lax.axis_index(AXIS)
-    start = (state.step % steps_per_epoch) * batch_size + device * local_batch
-    idx = jax.lax.dynamic_slice_in_dim(perm, start, local_batch)
-    x, y = x_all[idx], y_all[idx]
+    x, y = batch_inputs(x_all, y_all, perm, state.step, batch_size, steps_per_epoch,
+                        device * local_batch, local_batch)
     dropout_key = jax.random.fold_in(rng.stream_key(seed, 'dropout', state.step), device)
 
-    def loss_fn(params):
+    def mean_loss(params):
       variables = {'params': params, 'batch_stats': state.batch_stats}
-      logits, updates = _apply(model, variables, x, True, rngs={'dropout': dropout_key},
+      logits, updates = apply_model(model, variables, x, True, rngs={'dropout': dropout_key},
                                mutable=['batch_stats'])
-      return cross_entropy(logits, y).mean(), (logits, updates)
+      return loss_fn(logits, y).mean(), (logits, updates)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, updates)), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
     grads = jax.lax.pmean(grads, AXIS)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     batch_stats = jax.lax.pmean(updates.get('batch_stats', state.batch_stats), AXIS)
@@ -121,7 +162,17 @@ def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int
 
   sharded = jax.shard_map(step_fn, mesh=mesh, in_specs=(P(), P(), P(), P()),
                           out_specs=(P(), P()), check_vma=False)
-  return jax.jit(sharded, donate_argnums=(0,))
+  step = jax.jit(sharded, donate_argnums=(0,))
+  if mesh.size > 1 and mesh.devices.flat[0].platform == 'cpu':
+    return one_at_a_time(step)
+  return step
+
+
+def one_at_a_time(step):
+  """Each call completes before it returns. XLA:CPU runs all virtual devices' collectives on
+  one shared thread pool; with many steps queued (async dispatch), 2 virtual devices on 2 cores
+  deadlocked in the step's all-reduce after a few hundred steps, shard_map or not."""
+  return lambda *args: jax.block_until_ready(step(*args))
 
 
 def pad_for_eval(x: np.ndarray, y: np.ndarray, eval_batch_size: int):
@@ -133,7 +184,7 @@ def pad_for_eval(x: np.ndarray, y: np.ndarray, eval_batch_size: int):
   return x, y, mask
 
 
-def make_eval_fn(model, mesh: Mesh, eval_batch_size: int):
+def make_eval_fn(model, mesh: Mesh, eval_batch_size: int, loss_fn=losses.cross_entropy):
   """(state, x, y, mask) -> {'loss', 'accuracy'} over a padded split sharded over devices."""
   local_batch = eval_batch_size // mesh.size
 
@@ -142,8 +193,8 @@ def make_eval_fn(model, mesh: Mesh, eval_batch_size: int):
 
     def one_batch(batch):
       bx, by, bmask = batch
-      logits = _apply(model, variables, bx, False)
-      return jnp.stack([jnp.sum(cross_entropy(logits, by) * bmask),
+      logits = apply_model(model, variables, bx, False)
+      return jnp.stack([jnp.sum(loss_fn(logits, by) * bmask),
                         jnp.sum((jnp.argmax(logits, -1) == by) * bmask), jnp.sum(bmask)])
 
     chunks = jax.tree.map(lambda a: a.reshape(-1, local_batch, *a.shape[1:]), (x, y, mask))
@@ -189,6 +240,42 @@ def check_losses(pending, initial_loss: float, factor: float, learning_rate, las
         f'--config.optimizer.grad_clip_norm=1.0. Otherwise look for bad inputs or labels. {saved}')
 
 
+def run_steps(model, tx, loss_fn, x_train, y_train, *, num_steps: int, batch_size: int,
+              seed: int, output_bias=None, every: int = 0, callback=None):
+  """A short run from a fresh init, for stages that train briefly (sanity checks): the same
+  init, batch order and jitted step as `train_and_evaluate`, without checkpoints or metric
+  files. `callback(step, state)` runs every `every` steps and after the last one.
+  Returns (final state, {'loss', 'accuracy'} per step as numpy arrays).
+  The callback and the caller get the state on the host, so checks may run any jitted
+  function on it without touching the replicated arrays."""
+  mesh = make_mesh()
+  state = put_replicated(mesh, init_state(model, tx, x_train.shape[1:], seed, output_bias))
+  per_epoch = data_lib.steps_per_epoch(len(y_train), batch_size)
+  train_step = make_train_step(model, tx, mesh, batch_size, per_epoch, seed, loss_fn)
+  x_all, y_all = put_replicated(mesh, (x_train, y_train))
+  history = []
+  for step in range(num_steps):
+    if step % per_epoch == 0:
+      perm = put_replicated(mesh, data_lib.epoch_permutation(seed, step // per_epoch,
+                                                              len(y_train)))
+    if every and step % every == 0 and callback:
+      callback(step, jax.device_get(state))
+    state, step_metrics = train_step(state, x_all, y_all, perm)
+    history.append(step_metrics)
+  state = jax.device_get(state)
+  if callback:
+    callback(num_steps, state)
+  history = jax.device_get(history)
+  return state, {k: np.array([m[k] for m in history]) for k in ('loss', 'accuracy')}
+
+
+def output_bias(config, dataset):
+  """The log class priors when `model.log_prior_output_bias` is on, else None."""
+  if not config.model.log_prior_output_bias:
+    return None
+  return models.class_log_prior(dataset.y_train, dataset.num_classes)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the latest checkpoint in workdir) and returns the run summary."""
   dataset = data_lib.load(config.dataset)
@@ -204,7 +291,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size)
   model = models.create(config.model, dataset.num_classes, bn_axis_name=AXIS)
   tx = optim.create(config.optimizer, config.num_train_steps)
-  state = put_replicated(mesh, init_state(model, tx, dataset.x_train.shape[1:], config.seed))
+  loss_fn = losses.create(config.loss)
+  state = put_replicated(mesh, init_state(model, tx, dataset.x_train.shape[1:], config.seed,
+                                          output_bias(config, dataset)))
 
   mngr = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.max_to_keep)
   restored, meta = checkpoints.restore_latest(mngr, state)
@@ -222,8 +311,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     batch = min(config.eval_batch_size, -(-max(len(y), 1) // mesh.size) * mesh.size)
     splits[name] = [put_sharded(mesh, a) for a in pad_for_eval(x, y, batch)]
     # Compiled now, so a model that cannot be evaluated fails before training, not at step 500.
-    evaluate[name] = make_eval_fn(model, mesh, batch).lower(state, *splits[name]).compile()
-  train_step = make_train_step(model, tx, mesh, config.batch_size, per_epoch, config.seed)
+    evaluate[name] = make_eval_fn(model, mesh, batch, loss_fn).lower(state, *splits[name]).compile()
+  train_step = make_train_step(model, tx, mesh, config.batch_size, per_epoch, config.seed,
+                               loss_fn)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,

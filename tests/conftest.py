@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import subprocess
@@ -29,6 +30,14 @@ def small_config(data_dir):
   c.eval_every_steps = 30
   c.checkpoint_every_steps = 30
   return c
+
+
+def load_config(relative_path):
+  """A config file's get_config(), as --config=PATH would load it."""
+  spec = importlib.util.spec_from_file_location('config_file', os.path.join(REPO, relative_path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def as_flags(config, prefix='config'):

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from recipe_jax import checks, models
+from recipe_jax import checks, models, train
 
 
 class SubtractsBatchMean(nn.Module):  # a classic silent bug: normalising over the batch axis
@@ -100,3 +100,116 @@ def test_two_examples_are_refused():
   apply_fn, variables, x, y = setup(models.MLP(num_classes=5), batch=2)
   with pytest.raises(ValueError, match='at least 4'):
     checks.batch_dependency(apply_fn, variables, x, y, loss_fn)
+
+
+def test_fixed_seed_catches_unseeded_randomness_and_an_ignored_seed():
+  params = lambda seed: {'w': np.full(3, seed, np.float32)}
+  assert checks.fixed_seed(params, 0).status == 'PASS'
+  unseeded = lambda seed: {'w': np.random.default_rng().normal(size=3).astype(np.float32)}
+  v = checks.fixed_seed(unseeded, 0)
+  assert v.status == 'FAIL' and 'different parameters' in v.summary
+  v = checks.fixed_seed(lambda seed: params(0), 0)
+  assert v.status == 'FAIL' and 'identical' in v.summary
+
+
+def test_loss_at_init_is_two_sided_with_a_tolerance_from_the_batch_spread():
+  rng = np.random.default_rng(0)
+  expected = np.log(10)
+  near = expected + 0.01 * rng.standard_normal(20)
+  assert checks.loss_at_init(near, expected).status == 'PASS'
+  v = checks.loss_at_init(near + 0.2, expected)  # 20 batch std too high
+  assert v.status == 'FAIL' and 'too high' in v.summary
+  v = checks.loss_at_init(near - 0.2, expected)
+  assert v.status == 'FAIL' and 'too low' in v.summary
+  # The same 0.2 offset is fine when batches spread that much: the tolerance is not a factor.
+  assert checks.loss_at_init(expected + 0.2 + 0.1 * rng.standard_normal(20),
+                             expected).status == 'PASS'
+
+
+def test_expected_initial_loss_is_the_prior_entropy_or_log_c():
+  prior = np.array([0.5, 0.25, 0.25])
+  assert checks.expected_initial_loss(prior, True) == pytest.approx(1.0397, abs=1e-4)
+  assert checks.expected_initial_loss(prior, False) == pytest.approx(np.log(3))
+
+
+def init_well_verdict(model, log_prior, set_bias=True):
+  state = train.init_state(model, optax.adam(1e-3), (12,), 0, log_prior if set_bias else None)
+  x = jnp.ones((4, 12))
+  return checks.init_well(lambda p: model.apply({'params': p}, x), state.params, log_prior,
+                          enabled=set_bias)
+
+
+def test_init_well_sets_the_output_bias_and_verifies_it():
+  log_prior = np.log(np.array([0.7, 0.1, 0.1, 0.05, 0.05], np.float32))
+  v = init_well_verdict(models.MLP(num_classes=5, width=5), log_prior)  # hidden bias (5,) too
+  assert v.status == 'PASS' and v.evidence['output_bias'] == 'Dense_2/bias'
+  np.testing.assert_allclose(v.evidence['bias'], log_prior)
+  assert init_well_verdict(models.MLP(num_classes=5), log_prior, set_bias=False).status == 'WARN'
+
+
+class SoftmaxHead(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    return jax.nn.softmax(nn.Dense(5)(x))
+
+
+def test_init_well_fails_when_the_bias_cannot_reach_the_logits():
+  v = init_well_verdict(SoftmaxHead(), np.log(np.full(5, 0.2, np.float32)))
+  assert v.status == 'FAIL' and 'softmax' in v.summary
+
+
+def test_dumb_baselines_need_a_margin_over_the_zero_input_model():
+  labels = np.array([0, 0, 1, 2])
+  prior = np.array([0.5, 0.25, 0.25])
+  zero = {'accuracy': 0.5, 'loss': 1.04}
+  v = checks.dumb_baselines(labels, prior, zero, {'accuracy': 0.53, 'loss': 1.0}, 0.05, 0.9)
+  assert v.status == 'FAIL' and 'human 0.900' in v.summary
+  assert v.evidence['validation']['majority class']['accuracy'] == 0.5
+  assert v.evidence['validation']['class prior']['loss'] == pytest.approx(1.0397, abs=1e-4)
+  assert checks.dumb_baselines(labels, prior, zero, {'accuracy': 0.75, 'loss': 0.7},
+                               0.05).status == 'PASS'
+
+
+def test_overfit_one_batch_needs_low_loss_and_full_accuracy():
+  losses = np.geomspace(2.3, 1e-3, 100)
+  assert checks.overfit_one_batch(losses, np.ones(100), 0.05).status == 'PASS'
+  assert checks.overfit_one_batch(losses, np.full(100, 0.875), 0.05).status == 'FAIL'
+  v = checks.overfit_one_batch(np.full(100, 1.46), np.ones(100), 0.05)  # softmax-then-CE floor
+  assert v.status == 'FAIL' and v.evidence['first_step_fitted'] is None
+
+
+def test_decreasing_loss_fails_on_a_flat_or_rising_curve():
+  rng = np.random.default_rng(0)
+  steps = np.arange(300)
+  assert checks.decreasing_loss(2.3 * np.exp(-steps / 100)).status == 'PASS'
+  assert checks.decreasing_loss(2.3 + 0.05 * rng.standard_normal(300)).status == 'FAIL'
+  assert checks.decreasing_loss(2.3 + steps / 100).status == 'FAIL'
+  assert checks.decreasing_loss(np.array([2.3, np.nan, 1.0])).status == 'FAIL'
+
+
+def test_inputs_before_net_grades_the_scale():
+  rng = np.random.default_rng(0)
+  standard = rng.standard_normal((16, 8, 8))
+  assert checks.inputs_before_net(standard).status == 'PASS'
+  assert checks.inputs_before_net(rng.uniform(0, 1, (16, 8, 8))).status == 'WARN'  # [0, 1]
+  assert checks.inputs_before_net(rng.integers(0, 256, (16, 8, 8))).status == 'FAIL'  # raw pixels
+  assert checks.inputs_before_net(np.ones((16, 8, 8))).status == 'FAIL'  # all equal
+  with_nan = standard.copy()
+  with_nan[3, 2, 1] = np.nan
+  assert checks.inputs_before_net(with_nan).status == 'FAIL'
+
+
+def test_prediction_dynamics_warns_when_stuck_or_collapsed():
+  labels = np.array([0, 1, 2])
+  learning = np.stack([np.full((3, 3), 1 / 3), np.eye(3) * 0.8 + 0.2 / 3])
+  assert checks.prediction_dynamics(learning, labels).status == 'PASS'
+  stuck = np.stack([np.full((3, 3), 1 / 3)] * 4)
+  assert 'never moved' in checks.prediction_dynamics(stuck, labels).summary
+  collapsed = np.stack([np.full((3, 3), 1 / 3), np.tile([0.9, 0.05, 0.05], (3, 1))])
+  v = checks.prediction_dynamics(collapsed, labels)
+  assert v.status == 'WARN' and 'one class' in v.summary
+
+
+def test_human_baseline_is_reported_or_asked_for():
+  assert checks.human_baseline(0.96, 0.9, 500).status == 'PASS'
+  assert checks.human_baseline(None, 0.9, 500).status == 'WARN'

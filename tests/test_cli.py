@@ -112,3 +112,16 @@ def test_one_and_two_devices_agree(small_config, tmp_path):
       np.testing.assert_allclose(one_params[layer][name], two_params[layer][name],
                                  rtol=1e-4, atol=1e-5)
       assert not np.allclose(one_params[layer][name], init_params[layer][name])  # it trained
+
+
+def test_hundreds_of_queued_steps_on_two_cpu_devices_do_not_deadlock(small_config, tmp_path):
+  """Without one-step-at-a-time dispatch on CPU meshes this aborted: XLA gave up waiting in the
+  step's all-reduce after 40 s, a few hundred asynchronously queued CNN steps in."""
+  small_config.model.name = 'cnn1d'
+  for key in ('num_train_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
+    small_config[key] = 800
+  result = run_main(tmp_path, *cli_flags(small_config), timeout=400,
+                    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert read_summary(tmp_path)['num_devices'] == 2
+  assert read_summary(tmp_path)['test_accuracy'] > 0.5

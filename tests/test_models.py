@@ -25,7 +25,10 @@ def model_config(name, width=None):
 def test_every_builtin_model_maps_a_batch_to_logits(name, example_shape):
   width = 8 if name.startswith('resnet') else None  # narrow: the test checks wiring, not capacity
   model = models.create(model_config(name, width), num_classes=7)
-  state = train.init_state(model, optax.adam(1e-3), example_shape, seed=0)
+  log_prior = np.log(np.arange(1, 8) / 28).astype(np.float32)
+  state = train.init_state(model, optax.adam(1e-3), example_shape, seed=0, output_bias=log_prior)
+  path = models.output_bias_candidates(state.params, 7)[0]
+  np.testing.assert_array_equal(models.get_leaf(state.params, path), log_prior)  # init well
   x = jax.random.normal(jax.random.key(1), (3, *example_shape))
   logits = jax.jit(model.apply)({'params': state.params, 'batch_stats': state.batch_stats}, x)
   assert logits.shape == (3, 7) and bool(jnp.all(jnp.isfinite(logits)))
