@@ -34,8 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 3e-4  # the recipe's safe Adam default
   c.optimizer.momentum = 0.9  # sgd only
   c.optimizer.weight_decay = 0.0  # adamw only (decoupled)
-  c.optimizer.schedule = 'constant'  # constant | cosine | warmup_cosine
-  c.optimizer.warmup_steps = 0
+  c.optimizer.schedule = 'constant'  # constant | cosine | warmup_cosine | linear | step
+  c.optimizer.warmup_steps = 0  # linear warmup from 0, before any schedule
+  c.optimizer.decay_at = (0.5, 0.75)  # step: fractions of the (post-warmup) run ...
+  c.optimizer.decay_factor = 0.1  # ... where the learning rate is multiplied by this
   c.optimizer.grad_clip_norm = config_dict.placeholder(float)
 
   c.batch_size = 100  # global, split over all devices
@@ -63,6 +65,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.sanity.overfit_examples = 8  # overfit one batch of this many training examples ...
   c.sanity.overfit_steps = 500  # ... within this many steps ...
   c.sanity.overfit_max_loss = 0.05  # ... to at most this loss and 100% accuracy
+
+  c.lr_find = ml_collections.ConfigDict()  # stage='lr_find': exponential LR range test
+  c.lr_find.min_lr = 1e-6
+  c.lr_find.max_lr = 10.0
+  c.lr_find.steps = 300
+  c.lr_find.seeds = 3  # the suggestion's spread over this many seeds is reported
+  c.lr_find.smoothing = 0.9  # EMA factor for the loss curve
+  c.lr_find.stop_factor = 4.0  # the curve ends where the smoothed loss exceeds this x its min
 
   c.inspect = ml_collections.ConfigDict()  # stage='inspect'
   c.inspect.max_imbalance = 3.0  # WARN when largest / smallest train class exceeds this

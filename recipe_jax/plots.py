@@ -55,15 +55,22 @@ def class_counts(path, counts: dict):
 
 
 def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
-           hlines: dict | None = None):
-  """Line plot of {label: (x, y)}, with optional labelled horizontal reference lines."""
+           hlines: dict | None = None, logx: bool = False, vlines: dict | None = None,
+           ylim: tuple | None = None):
+  """Line plot of {label: (x, y)}, with optional labelled reference lines."""
   fig, ax = plt.subplots(figsize=(6, 3.2))
   for label, (x, y) in series.items():
     ax.plot(x, y, label=label, linewidth=1.2)
-  for i, (label, value) in enumerate((hlines or {}).items()):
-    ax.axhline(value, linestyle='--', color=f'C{len(series) + i}', linewidth=1, label=label)
+  references = [(ax.axhline, item) for item in (hlines or {}).items()]
+  references += [(ax.axvline, item) for item in (vlines or {}).items()]
+  for i, (draw, (label, value)) in enumerate(references):
+    draw(value, linestyle='--', color=f'C{len(series) + i}', linewidth=1, label=label)
   if logy:
     ax.set_yscale('log')
+  if logx:
+    ax.set_xscale('log')
+  if ylim:
+    ax.set_ylim(*ylim)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.legend(fontsize=8)

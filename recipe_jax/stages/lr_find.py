@@ -1,0 +1,104 @@
+"""stage='lr_find': an exponential learning-rate range test (recipe step 3).
+
+From the same initial state training starts from, the learning rate grows exponentially from
+`lr_find.min_lr` to `lr_find.max_lr` over `lr_find.steps` steps while the loss is recorded.
+Nothing is saved to the run's checkpoints, so later training starts exactly as without it.
+
+The rule, stated in result.json: smooth the loss (bias-corrected exponential moving average),
+cut the curve where it diverges (above `stop_factor` x its minimum so far, or non-finite), and
+suggest the learning rate of steepest descent of the smoothed loss against log(lr) before its
+minimum. Repeated for `lr_find.seeds` seeds (init and batch order change); the suggestion is
+their median in log space, with the spread reported.
+"""
+import json
+import os
+
+import numpy as np
+import optax
+from absl import logging
+
+from recipe_jax import data as data_lib, losses, models, optim, plots, train
+from recipe_jax.errors import UserError
+
+RULE = ('steepest descent of the EMA-smoothed loss against log(lr), before the smoothed '
+        'minimum, on the curve cut where the smoothed loss exceeds stop_factor x its running '
+        'minimum; median over seeds in log space')
+
+
+def smoothed(losses_, beta: float) -> np.ndarray:
+  """Bias-corrected exponential moving average (the first values are not pulled to 0)."""
+  average, out = 0.0, []
+  for i, loss in enumerate(losses_):
+    average = beta * average + (1 - beta) * loss
+    out.append(average / (1 - beta ** (i + 1)))
+  return np.array(out)
+
+
+def suggest(lrs, losses_, beta: float = 0.9, stop_factor: float = 4.0) -> dict:
+  """The steepest-descent learning rate of one range-test curve (see the module docstring)."""
+  lrs, smooth = np.asarray(lrs, np.float64), smoothed(np.asarray(losses_, np.float64), beta)
+  running_min = np.minimum.accumulate(np.where(np.isfinite(smooth), smooth, np.inf))
+  diverged = np.flatnonzero(~np.isfinite(smooth) | (smooth > stop_factor * running_min))
+  end = int(diverged[0]) if len(diverged) else len(lrs)
+  lowest = int(np.argmin(smooth[:end]))
+  # A centred difference over a window damps the remaining batch-to-batch noise.
+  window = max(1, end // 20)
+  log_lr = np.log(lrs)
+  slopes = np.full(end, np.inf)
+  for i in range(window, min(lowest, end - window - 1) + 1):
+    slopes[i] = ((smooth[i + window] - smooth[i - window]) /
+                 (log_lr[i + window] - log_lr[i - window]))
+  steepest = int(np.argmin(slopes)) if np.isfinite(slopes).any() else lowest // 2
+  return {'suggestion': float(lrs[steepest]), 'min_loss_lr': float(lrs[lowest]),
+          'diverged_at_lr': float(lrs[end]) if end < len(lrs) else None,
+          'smoothed_loss': smooth}
+
+
+def run(config, workdir: str) -> dict:
+  out = os.path.join(workdir, 'lr_find')
+  os.makedirs(out, exist_ok=True)
+  cfg = config.lr_find
+  if not 0 < cfg.min_lr < cfg.max_lr:
+    raise UserError(f'lr_find needs 0 < min_lr < max_lr, got {cfg.min_lr}, {cfg.max_lr}')
+  dataset = data_lib.load(config.dataset)
+  model = models.create(config.model, dataset.num_classes, bn_axis_name=train.AXIS)
+  schedule = optax.exponential_decay(cfg.min_lr, cfg.steps - 1, cfg.max_lr / cfg.min_lr)
+  tx = optim.create(config.optimizer, cfg.steps, schedule=schedule)
+  lrs = np.array([float(schedule(i)) for i in range(cfg.steps)])
+  curves = []
+  for seed in range(config.seed, config.seed + cfg.seeds):
+    _, history = train.run_steps(model, tx, losses.create(config.loss), dataset.x_train,
+                                 dataset.y_train, num_steps=cfg.steps,
+                                 batch_size=config.batch_size, seed=seed,
+                                 output_bias=train.output_bias(config, dataset))
+    found = suggest(lrs, history['loss'], cfg.smoothing, cfg.stop_factor)
+    curves.append({'seed': seed, 'losses': history['loss'], **found})
+    logging.info('lr_find seed %d: suggestion %.3g (min loss at %.3g)', seed,
+                 found['suggestion'], found['min_loss_lr'])
+  suggestions = np.array([c['suggestion'] for c in curves])
+  result = {
+      'suggestion': float(np.exp(np.median(np.log(suggestions)))),
+      'rule': RULE,
+      'spread_factor': float(suggestions.max() / suggestions.min()),
+      'optimizer': config.optimizer.name,
+      'lrs': lrs.tolist(),
+      'per_seed': [{k: np.asarray(v).tolist() if isinstance(v, np.ndarray) else v
+                    for k, v in c.items()} for c in curves],
+  }
+  with open(os.path.join(out, 'result.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  _plot(os.path.join(out, 'lr_find.png'), lrs, curves, result['suggestion'])
+  logging.info('lr_find: suggested learning rate %.3g (%s; seeds span a factor of %.2f); '
+               'try --config.optimizer.learning_rate=%.2g', result['suggestion'],
+               config.optimizer.name, result['spread_factor'], result['suggestion'])
+  return result
+
+
+def _plot(path, lrs, curves, suggestion):
+  series = {f"seed {c['seed']} (suggests {c['suggestion']:.2g})": (lrs, c['smoothed_loss'])
+            for c in curves}
+  finite = np.concatenate([c['smoothed_loss'][np.isfinite(c['smoothed_loss'])] for c in curves])
+  top = 1.5 * max(c['smoothed_loss'][0] for c in curves)  # the diverged tail would dwarf the rest
+  plots.curves(path, series, 'learning rate', 'smoothed training loss', logx=True,
+               vlines={f'suggestion {suggestion:.2g}': suggestion},
+               ylim=(0.9 * finite.min(), top))

@@ -1,0 +1,49 @@
+"""LR range test: its rule on noisy curves, reproducibility, and no effect on later training."""
+import json
+import os
+
+import numpy as np
+
+from conftest import read_summary
+from recipe_jax.stages import lr_find
+from recipe_jax.stages import train as train_stage
+
+
+def synthetic_curve(lrs, noise_seed):
+  """Flat, then a descent centred at lr 1e-3, a minimum near 1e-1, then divergence."""
+  x = np.log10(lrs)
+  loss = 2.3 - 1.5 / (1 + np.exp(-3 * (x + 3))) + np.where(x > -1, 20 * (x + 1) ** 2, 0)
+  return loss + 0.05 * np.random.default_rng(noise_seed).standard_normal(len(lrs))
+
+
+def test_suggestion_finds_the_steepest_descent_despite_noise():
+  lrs = np.geomspace(1e-6, 10, 300)
+  for noise_seed in range(5):
+    found = lr_find.suggest(lrs, synthetic_curve(lrs, noise_seed))
+    assert 3e-4 < found['suggestion'] < 3e-3, found['suggestion']
+    assert 1e-2 < found['min_loss_lr'] < 2e-1
+    assert found['diverged_at_lr'] is not None and found['diverged_at_lr'] < 3
+
+
+def test_range_test_is_reproducible_and_leaves_training_untouched(small_config, tmp_path):
+  small_config.lr_find.steps = 60
+  small_config.lr_find.seeds = 2
+  small_config.lr_find.min_lr = 1e-5
+  small_config.lr_find.max_lr = 1.0
+  first = lr_find.run(small_config, str(tmp_path / 'a'))
+  again = lr_find.run(small_config, str(tmp_path / 'b'))
+  assert first['per_seed'][0]['losses'] == again['per_seed'][0]['losses']
+  assert first['per_seed'][0]['losses'] != first['per_seed'][1]['losses']  # seeds differ
+  assert first['suggestion'] == again['suggestion']
+  assert 1e-5 <= first['suggestion'] <= 1.0 and first['spread_factor'] >= 1.0
+  with open(tmp_path / 'a' / 'lr_find' / 'result.json') as f:
+    assert json.load(f)['rule'] == lr_find.RULE
+  assert os.path.getsize(tmp_path / 'a' / 'lr_find' / 'lr_find.png') > 1000
+  assert not os.path.exists(tmp_path / 'a' / 'checkpoints')
+
+  small_config.stage = 'train'
+  train_stage.run(small_config, str(tmp_path / 'a'))  # in the workdir lr_find used
+  train_stage.run(small_config, str(tmp_path / 'fresh'))
+  assert read_summary(tmp_path / 'a')['resumed_from_step'] is None
+  assert (read_summary(tmp_path / 'a')['params_sha256'] ==
+          read_summary(tmp_path / 'fresh')['params_sha256'])
