@@ -8,15 +8,22 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
-def manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+def manager(directory: str, max_to_keep: int, best_metric: str | None = None):
+  """Keeps the newest `max_to_keep` checkpoints, or with `best_metric` the ones where that
+  metric (passed to `save`) was highest."""
+  best = {}
+  if best_metric:
+    best = dict(best_fn=lambda metrics: metrics[best_metric], best_mode='max',
+                keep_checkpoints_without_metrics=False)
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         cleanup_tmp_directories=True)
+                                         cleanup_tmp_directories=True, **best)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict, metrics=None) -> None:
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta)), force=True)
+                                          meta=ocp.args.JsonSave(meta)), metrics=metrics,
+            force=True)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, like_state):

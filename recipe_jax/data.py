@@ -39,6 +39,8 @@ class Dataset:
 def load(dataset_config) -> Dataset:
   """Loads, splits off validation and (optionally) normalises the configured dataset."""
   x_train, y_train, x_test, y_test, num_classes = _load_arrays(dataset_config)
+  if dataset_config.downsample > 1:
+    x_train, x_test = (downsample(x, dataset_config.downsample) for x in (x_train, x_test))
   train_idx, val_idx = validation_split(len(y_train), dataset_config.val_fraction)
   x_val, y_val = x_train[val_idx], y_train[val_idx]
   x_train, y_train = x_train[train_idx], y_train[train_idx]
@@ -50,6 +52,18 @@ def load(dataset_config) -> Dataset:
   f32, i32 = lambda x: np.asarray(x, np.float32), lambda y: np.asarray(y, np.int32)
   return Dataset(dataset_config.name, f32(x_train), i32(y_train), f32(x_val), i32(y_val),
                  f32(x_test), i32(y_test), num_classes, mean, std)
+
+
+def downsample(x: np.ndarray, factor: int) -> np.ndarray:
+  """Averages blocks of `factor` along the length of 1-D inputs (N, L) or the height and
+  width of images (N, H, W[, C]): a smaller input, one of the recipe's regularisers."""
+  spatial = 1 if x.ndim == 2 else 2
+  shape = x.shape[1:1 + spatial]
+  if any(size % factor for size in shape):
+    raise UserError(f'dataset.downsample={factor} must divide the input size {shape}')
+  blocked = x.reshape(x.shape[0], *[d for size in shape for d in (size // factor, factor)],
+                      *x.shape[1 + spatial:])
+  return blocked.mean(axis=tuple(2 + 2 * i for i in range(spatial)))
 
 
 def validation_split(num_examples: int, val_fraction: float):

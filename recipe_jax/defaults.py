@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.data_dir = config_dict.placeholder(str)  # None: TFDS default
   c.dataset.val_fraction = 0.1  # carved from train; test never selects models
   c.dataset.normalize = True  # standardise with train-split statistics
+  c.dataset.downsample = 1  # > 1: average-pool inputs by this factor (a smaller input)
   c.dataset.stats_from = config_dict.placeholder(str)  # inspect run dir or input_stats.json
   c.dataset.image_key = 'image'  # feature names for TFDS datasets
   c.dataset.label_key = 'label'
@@ -25,9 +26,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'  # see recipe_jax.models.MODELS, or package.module:Factory
   c.model.width = config_dict.placeholder(int)  # None: the model's reference width
+  c.model.depth = config_dict.placeholder(int)  # mlp, cnn1d; None: the reference depth
+  c.model.dropout = 0.0  # mlp, cnn1d, cnn2d: dropout rate before the classifier
   c.model.log_prior_output_bias = True  # "init well": final bias = log class priors
 
   c.loss = 'cross_entropy'  # or package.module:function, (logits, labels) -> per-example losses
+
+  # Regularisation (recipe step 4): each off by default.
+  c.label_smoothing = 0.0  # cross_entropy only; evaluation reports the plain loss
+  c.ema_decay = 0.0  # > 0: evaluate an exponential moving average of the weights
+  c.augment = ml_collections.ConfigDict()  # inside the jitted step, keys from (seed, step)
+  c.augment.shift = 0  # 1-D: circular shift by up to this many positions
+  c.augment.scale = 0.0  # 1-D: multiply by U(1 - scale, 1 + scale)
+  c.augment.noise = 0.0  # any input: add N(0, noise^2)
+  c.augment.crop_padding = 0  # images: zero-pad this much, then crop back at random
+  c.augment.flip = False  # images: random horizontal flip (only where flips keep the label)
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.patience = 0  # > 0: stop after this many evals without improvement
+  c.early_stopping.min_delta = 0.0  # an eval_accuracy gain up to this is not an improvement
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'  # adam | adamw | sgd
@@ -48,6 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.max_to_keep = 3
   c.divergence_factor = 100.0  # stop when loss > factor * initial loss
+  c.eval_train_split = False  # also evaluate the whole training split at the end
+
+  c.overfit = ml_collections.ConfigDict()  # stage='overfit'
+  c.overfit.target_accuracy = 0.99  # on the whole training split, eval mode
 
   c.human_baseline = config_dict.placeholder(float)  # your own accuracy on these examples
 
@@ -73,6 +93,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.lr_find.seeds = 3  # the suggestion's spread over this many seeds is reported
   c.lr_find.smoothing = 0.9  # EMA factor for the loss curve
   c.lr_find.stop_factor = 4.0  # the curve ends where the smoothed loss exceeds this x its min
+
+  c.compare = ml_collections.ConfigDict()  # stage='compare': one change at a time
+  c.compare.variants = '{}'  # JSON {"name": {"config.key": value, ...}, ...}
+  c.compare.seeds = 3
+  c.compare.metric = 'eval_accuracy'  # from each run's summary.json
 
   c.inspect = ml_collections.ConfigDict()  # stage='inspect'
   c.inspect.max_imbalance = 3.0  # WARN when largest / smallest train class exceeds this

@@ -4,6 +4,9 @@ A loss maps (logits (B, C), integer labels (B,)) to one loss per example, shape 
 the train step takes the mean. Every stage uses the configured loss, so a sanity run checks
 the loss that training will use.
 """
+import functools
+
+import jax
 import optax
 
 from recipe_jax import user_code
@@ -17,10 +20,27 @@ def cross_entropy(logits, labels):
 LOSSES = {'cross_entropy': cross_entropy}
 
 
-def create(name: str):
+def smoothed_cross_entropy(label_smoothing: float):
+  """Cross-entropy against one-hot labels mixed with the uniform distribution."""
+  def loss(logits, labels):
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+  return loss
+
+
+def create(name: str, label_smoothing: float = 0.0):
+  if label_smoothing:
+    if name != 'cross_entropy':
+      raise UserError(f"label_smoothing applies to loss 'cross_entropy', not '{name}'")
+    return _smoothed(label_smoothing)
   if name in LOSSES:
     return LOSSES[name]
   if ':' not in name:
     raise UserError(f"unknown loss '{name}'; use one of {', '.join(LOSSES)} or "
                     "'package.module:function' taking (logits, labels) -> per-example losses")
   return user_code.load(name, 'loss')
+
+
+@functools.lru_cache(maxsize=None)  # one function per value, so compiled steps are reused
+def _smoothed(label_smoothing: float):
+  return smoothed_cross_entropy(label_smoothing)

@@ -54,12 +54,16 @@ class MLP(nn.Module):
   """Two hidden ReLU layers, the second with a residual connection (MNIST-1D reference)."""
   num_classes: int
   width: int = 100
+  dropout: float = 0.0
+  depth: int = 2  # hidden layers; each after the first is residual
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = _flat(x)
     h = nn.relu(reference_dense(self.width, x.shape[-1])(x))
-    h = h + nn.relu(reference_dense(self.width, self.width)(h))
+    for _ in range(self.depth - 1):
+      h = h + nn.relu(reference_dense(self.width, self.width)(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
     return reference_dense(self.num_classes, self.width)(h)
 
 
@@ -67,15 +71,17 @@ class CNN1D(nn.Module):
   """Three stride-2 convolutions (kernels 5, 3, 3) then a linear classifier (MNIST-1D reference)."""
   num_classes: int
   width: int = 25
+  dropout: float = 0.0
+  depth: int = 3  # stride-2 convolutions: kernel 5, then 3
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     h = _as_sequence(x)
-    for kernel in (5, 3, 3):
+    for kernel in (5, *[3] * (self.depth - 1)):
       init = symmetric_uniform((h.shape[-1] * kernel) ** -0.5)  # PyTorch Conv1d default
       h = nn.relu(nn.Conv(self.width, (kernel,), strides=(2,), padding=[(1, 1)],
                           kernel_init=init, bias_init=init)(h))
-    h = _flat(h)
+    h = nn.Dropout(self.dropout, deterministic=not train)(_flat(h))
     return reference_dense(self.num_classes, h.shape[-1])(h)
 
 
@@ -102,6 +108,7 @@ class CNN2D(nn.Module):
   """A small image CNN: two 3x3 conv layers, a stride-2 one, and a hidden dense layer."""
   num_classes: int
   width: int = 32
+  dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -110,6 +117,7 @@ class CNN2D(nn.Module):
     h = nn.relu(nn.Conv(self.width, (3, 3))(x))
     h = nn.relu(nn.Conv(2 * self.width, (3, 3), strides=(2, 2))(h))
     h = nn.relu(nn.Dense(4 * self.width)(h.reshape(h.shape[0], -1)))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
     return nn.Dense(self.num_classes)(h)
 
 
@@ -175,6 +183,10 @@ MODELS = {
 }
 
 
+DROPOUT_MODELS = ('mlp', 'cnn1d', 'cnn2d')
+DEPTH_MODELS = ('mlp', 'cnn1d')
+
+
 def check_name(name: str) -> None:
   """Raises UserError unless `name` is a built-in model or a `package.module:Factory` path."""
   if name not in MODELS:
@@ -188,13 +200,34 @@ def create(model_config, num_classes: int, bn_axis_name: str | None = None) -> n
   """The configured model. A user factory is called as Factory(num_classes=...)."""
   check_name(model_config.name)
   if model_config.name not in MODELS:
+    if model_config.get('dropout') or model_config.get('depth') is not None:
+      raise UserError('model.dropout and model.depth apply to the built-in models; build them '
+                      f"into your own module '{model_config.name}' instead")
     return user_code.load(model_config.name, 'model')(num_classes=num_classes)
   kwargs = {'num_classes': num_classes}
   if model_config.width is not None:
     kwargs['width'] = model_config.width
+  if model_config.get('depth') is not None:
+    if model_config.name not in DEPTH_MODELS:
+      raise UserError(f"model.depth is for {', '.join(DEPTH_MODELS)}, not '{model_config.name}'")
+    kwargs['depth'] = model_config.depth
+  if model_config.get('dropout'):
+    if model_config.name not in DROPOUT_MODELS:
+      raise UserError(f"model.dropout is for {', '.join(DROPOUT_MODELS)}; '{model_config.name}' "
+                      'has no dropout layer')
+    kwargs['dropout'] = model_config.dropout
   if model_config.name.startswith('resnet'):
     kwargs['bn_axis_name'] = bn_axis_name
   return MODELS[model_config.name](**kwargs)
+
+
+def reference_width(name: str) -> int | None:
+  """A built-in model's default width (None for user models)."""
+  if name not in MODELS:
+    return None
+  builder = MODELS[name]
+  cls = builder.func if isinstance(builder, functools.partial) else builder
+  return getattr(cls, 'width', None)
 
 
 def takes_train_flag(model: nn.Module) -> bool:

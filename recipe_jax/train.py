@@ -22,7 +22,7 @@ from absl import logging
 from clu import metric_writers, metrics, periodic_actions
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from recipe_jax import checkpoints, data as data_lib, losses, models, optim, rng
+from recipe_jax import augment, checkpoints, data as data_lib, losses, models, optim, rng
 from recipe_jax.errors import DivergenceError, UserError
 
 AXIS = 'data'
@@ -33,6 +33,7 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any
   batch_stats: Any
   opt_state: Any
+  ema_params: Any  # exponential moving average of params; {} when config.ema_decay is 0
 
 
 @flax.struct.dataclass
@@ -92,7 +93,8 @@ def jitted_logits(model):
   return jax.jit(lambda variables, x: apply_model(model, variables, x, False))
 
 
-def init_state(model, tx, example_shape, seed: int, output_bias=None) -> TrainState:
+def init_state(model, tx, example_shape, seed: int, output_bias=None,
+               ema: bool = False) -> TrainState:
   """Initial state from the 'init' key stream. `output_bias` (e.g. the log class priors, the
   recipe's "init well") replaces the bias of the layer that adds to the logits."""
   dummy = jnp.zeros((1, *example_shape), jnp.float32)
@@ -106,8 +108,8 @@ def init_state(model, tx, example_shape, seed: int, output_bias=None) -> TrainSt
                       'after the last layer?); the output bias keeps its default init')
     else:
       params = models.replace_leaf(params, path, jnp.asarray(output_bias))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=batch_stats, opt_state=tx.init(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), ema_params=params if ema else {})
 
 
 def make_apply_fn(model, batch_stats, dropout_key):
@@ -124,23 +126,24 @@ def make_apply_fn(model, batch_stats, dropout_key):
 
 
 def batch_inputs(x_all, y_all, perm, step, batch_size: int, steps_per_epoch: int,
-                 offset, size: int):
-  """Rows [offset, offset + size) of step's batch: exactly what the model sees at that step."""
+                 offset, size: int, seed=0, augmentation=None):
+  """Rows [offset, offset + size) of step's batch, augmented: exactly what the model sees."""
   start = (step % steps_per_epoch) * batch_size + offset
   idx = jax.lax.dynamic_slice_in_dim(perm, start, size)
-  return x_all[idx], y_all[idx]
+  x = augment.apply(augmentation, seed, step, offset + jnp.arange(size), x_all[idx])
+  return x, y_all[idx]
 
 
 @functools.lru_cache(maxsize=None)  # a stage that trains several short runs compiles once
 def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int, seed: int,
-                    loss_fn=losses.cross_entropy):
+                    loss_fn=losses.cross_entropy, augmentation=None, ema_decay: float = 0.0):
   """(state, x_train, y_train, epoch_perm) -> (state, {loss, accuracy}), jitted; donates state."""
   local_batch = batch_size // mesh.size
 
   def step_fn(state, x_all, y_all, perm):
     device = jax.lax.axis_index(AXIS)
     x, y = batch_inputs(x_all, y_all, perm, state.step, batch_size, steps_per_epoch,
-                        device * local_batch, local_batch)
+                        device * local_batch, local_batch, seed, augmentation)
     dropout_key = jax.random.fold_in(rng.stream_key(seed, 'dropout', state.step), device)
 
     def mean_loss(params):
@@ -153,9 +156,13 @@ def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int
     grads = jax.lax.pmean(grads, AXIS)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     batch_stats = jax.lax.pmean(updates.get('batch_stats', state.batch_stats), AXIS)
-    new_state = state.replace(step=state.step + 1,
-                              params=optax.apply_updates(state.params, param_updates),
-                              batch_stats=batch_stats, opt_state=opt_state)
+    params = optax.apply_updates(state.params, param_updates)
+    ema_params = state.ema_params
+    if ema_decay:
+      ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
+                                state.ema_params, params)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, ema_params=ema_params)
     step_metrics = {'loss': jax.lax.pmean(loss, AXIS),
                     'accuracy': jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == y), AXIS)}
     return new_state, step_metrics
@@ -184,12 +191,14 @@ def pad_for_eval(x: np.ndarray, y: np.ndarray, eval_batch_size: int):
   return x, y, mask
 
 
-def make_eval_fn(model, mesh: Mesh, eval_batch_size: int, loss_fn=losses.cross_entropy):
+def make_eval_fn(model, mesh: Mesh, eval_batch_size: int, loss_fn=losses.cross_entropy,
+                 use_ema: bool = False):
   """(state, x, y, mask) -> {'loss', 'accuracy'} over a padded split sharded over devices."""
   local_batch = eval_batch_size // mesh.size
 
   def eval_fn(state, x, y, mask):
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    params = state.ema_params if use_ema else state.params
+    variables = {'params': params, 'batch_stats': state.batch_stats}
 
     def one_batch(batch):
       bx, by, bmask = batch
@@ -241,7 +250,7 @@ def check_losses(pending, initial_loss: float, factor: float, learning_rate, las
 
 
 def run_steps(model, tx, loss_fn, x_train, y_train, *, num_steps: int, batch_size: int,
-              seed: int, output_bias=None, every: int = 0, callback=None):
+              seed: int, output_bias=None, augmentation=None, every: int = 0, callback=None):
   """A short run from a fresh init, for stages that train briefly (sanity checks): the same
   init, batch order and jitted step as `train_and_evaluate`, without checkpoints or metric
   files. `callback(step, state)` runs every `every` steps and after the last one.
@@ -251,7 +260,8 @@ def run_steps(model, tx, loss_fn, x_train, y_train, *, num_steps: int, batch_siz
   mesh = make_mesh()
   state = put_replicated(mesh, init_state(model, tx, x_train.shape[1:], seed, output_bias))
   per_epoch = data_lib.steps_per_epoch(len(y_train), batch_size)
-  train_step = make_train_step(model, tx, mesh, batch_size, per_epoch, seed, loss_fn)
+  train_step = make_train_step(model, tx, mesh, batch_size, per_epoch, seed, loss_fn,
+                               augmentation)
   x_all, y_all = put_replicated(mesh, (x_train, y_train))
   history = []
   for step in range(num_steps):
@@ -291,29 +301,40 @@ def train_and_evaluate(config, workdir: str) -> dict:
   per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size)
   model = models.create(config.model, dataset.num_classes, bn_axis_name=AXIS)
   tx = optim.create(config.optimizer, config.num_train_steps)
-  loss_fn = losses.create(config.loss)
+  loss_fn = losses.create(config.loss)  # evaluation: the plain loss, without label smoothing
+  use_ema = config.ema_decay > 0
   state = put_replicated(mesh, init_state(model, tx, dataset.x_train.shape[1:], config.seed,
-                                          output_bias(config, dataset)))
+                                          output_bias(config, dataset), ema=use_ema))
+  early_stopping = config.early_stopping.patience > 0
 
   mngr = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.max_to_keep)
   restored, meta = checkpoints.restore_latest(mngr, state)
   if restored is not None:
     state = restored
     logging.info('resumed from the checkpoint at step %d', int(state.step))
-  meta = meta or {'initial_loss': None, 'best_eval_accuracy': 0.0, 'best_step': 0, 'wall_s': 0.0}
+  meta = {'initial_loss': None, 'best_eval_accuracy': 0.0, 'best_step': 0, 'wall_s': 0.0,
+          'evals_without_improvement': 0, 'stopped_early': False, 'history': [], **(meta or {})}
+  best_mngr = None
+  if early_stopping:  # the best validation checkpoint, kept apart from the latest ones
+    best_mngr = checkpoints.manager(os.path.join(workdir, 'checkpoints_best'), 1,
+                                    best_metric='eval_accuracy')
   resumed_from = int(state.step) if restored is not None else None
 
   x_train, y_train = put_replicated(mesh, (dataset.x_train, dataset.y_train))
   splits, evaluate = {}, {}
-  for name, x, y in (('val', dataset.x_val, dataset.y_val),
-                     ('test', dataset.x_test, dataset.y_test)):
+  named_splits = [('val', dataset.x_val, dataset.y_val), ('test', dataset.x_test, dataset.y_test)]
+  if config.eval_train_split:
+    named_splits.append(('train_split', dataset.x_train, dataset.y_train))
+  for name, x, y in named_splits:
     # Never pad a small split up to a large eval batch; keep it divisible by the device count.
     batch = min(config.eval_batch_size, -(-max(len(y), 1) // mesh.size) * mesh.size)
     splits[name] = [put_sharded(mesh, a) for a in pad_for_eval(x, y, batch)]
     # Compiled now, so a model that cannot be evaluated fails before training, not at step 500.
-    evaluate[name] = make_eval_fn(model, mesh, batch, loss_fn).lower(state, *splits[name]).compile()
+    evaluate[name] = make_eval_fn(model, mesh, batch, loss_fn, use_ema).lower(
+        state, *splits[name]).compile()
   train_step = make_train_step(model, tx, mesh, config.batch_size, per_epoch, config.seed,
-                               loss_fn)
+                               losses.create(config.loss, config.label_smoothing),
+                               augment.settings(config.augment), config.ema_decay)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
@@ -347,7 +368,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     with sigterm_requested() as preempted:
       stop_requested = False
-      while step < config.num_train_steps and not stop_requested:
+      while step < config.num_train_steps and not stop_requested and not meta['stopped_early']:
         epoch = step // per_epoch
         if epoch != perm_epoch:
           perm = put_replicated(mesh, data_lib.epoch_permutation(config.seed, epoch, num_train))
@@ -368,24 +389,49 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if eval_now:
           eval_metrics = run_eval(evaluate, state, splits, 'val')
           writer.write_scalars(step, eval_metrics)
-          if eval_metrics['eval_accuracy'] > meta['best_eval_accuracy']:
+          meta['history'].append({'step': step, **train_summary, **eval_metrics})
+          if eval_metrics['eval_accuracy'] > (meta['best_eval_accuracy'] +
+                                              config.early_stopping.min_delta):
             meta['best_eval_accuracy'], meta['best_step'] = eval_metrics['eval_accuracy'], step
-        if save_now:
+            meta['evals_without_improvement'] = 0
+            if best_mngr and step not in best_mngr.all_steps():  # a resumed run replays evals
+              checkpoints.save(best_mngr, step, state, {'step': step}, metrics=eval_metrics)
+          else:
+            meta['evals_without_improvement'] += 1
+          patience = config.early_stopping.patience
+          if early_stopping and meta['evals_without_improvement'] >= patience:
+            meta['stopped_early'] = True
+            logging.info('early stopping at step %d: no eval_accuracy gain above %g for %d evals;'
+                         ' best %.4f at step %d', step, config.early_stopping.min_delta,
+                         config.early_stopping.patience, meta['best_eval_accuracy'],
+                         meta['best_step'])
+        if save_now or meta['stopped_early']:
           save_checkpoint()
       loop_end = time.time()
       if stop_requested:
         logging.warning('SIGTERM: saved a checkpoint at step %d; exiting', step)
   finally:
-    mngr.wait_until_finished()
+    for m in (mngr, best_mngr) if best_mngr else (mngr,):
+      m.wait_until_finished()
     mngr.close()
     writer.flush()
 
-  finished = step >= config.num_train_steps
+  finished = step >= config.num_train_steps or meta['stopped_early']
+  final_state = state
+  if finished and best_mngr and best_mngr.best_step() is not None:
+    final_state, _ = checkpoints.restore_latest(best_mngr, state)  # max_to_keep=1: the best
+    eval_metrics = run_eval(evaluate, final_state, splits, 'val')
+    logging.info('restored the best checkpoint (step %d) for the final evaluation',
+                 best_mngr.best_step())
+  if best_mngr:
+    best_mngr.close()
   if not eval_metrics:
     eval_metrics = run_eval(evaluate, state, splits, 'val')
   test_metrics = {}
   if finished:  # the test split is looked at once, at the end, never for selection
-    test_metrics = run_eval(evaluate, state, splits, 'test')
+    test_metrics = run_eval(evaluate, final_state, splits, 'test')
+    if config.eval_train_split:  # the whole training split in eval mode: can the model fit it?
+      test_metrics.update(run_eval(evaluate, final_state, splits, 'train_split'))
     writer.write_scalars(step, test_metrics)
     writer.flush()
   elapsed = loop_end - timed_from[0] if timed_from else 0.0
@@ -401,9 +447,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       **eval_metrics,
       'best_eval_accuracy': meta['best_eval_accuracy'],
       'best_eval_step': meta['best_step'],
+      'stopped_early': meta['stopped_early'],
+      'final_state_step': int(final_state.step),  # the best step when early stopping restored it
       **test_metrics,
       'params_sha256': params_sha256(state.params),
       'wall_s': meta['wall_s'] + time.time() - segment_start,
       'examples_per_s': timed_steps * config.batch_size / elapsed if elapsed > 0 else None,
       'num_devices': mesh.size,
+      'history': meta['history'],  # train and validation metrics at every eval
   }

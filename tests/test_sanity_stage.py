@@ -81,3 +81,12 @@ def test_cli_exits_1_on_a_failed_check(data_dir, tmp_path):
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'gradients' in result.stderr.splitlines()[-1]
   assert statuses(tmp_path)['gradients'] == 'FAIL'
+
+
+def test_inputs_before_net_show_the_augmentation(data_dir):
+  config = sanity_config(data_dir)
+  dataset = sanity.data_lib.load(config.dataset)
+  raw_x, raw_y = sanity._first_batch(config, dataset, None)
+  config.augment.shift = 5
+  x, y = sanity._first_batch(config, dataset, sanity.augment.settings(config.augment))
+  assert not (x == raw_x).all() and (y == raw_y).all()

@@ -9,7 +9,8 @@ import os
 import jax
 import numpy as np
 
-from recipe_jax import checks, data as data_lib, losses, models, optim, plots, report, rng, train
+from recipe_jax import (augment, checks, data as data_lib, losses, models, optim, plots, report,
+                        rng, train)
 from recipe_jax.errors import ChecksFailed, UserError
 
 
@@ -27,14 +28,17 @@ def run(config, workdir: str) -> list:
     if value % devices:
       raise UserError(f'{key}={value} must be divisible by the number of devices ({devices})')
   model = models.create(config.model, dataset.num_classes, bn_axis_name=train.AXIS)
-  loss_fn = losses.create(config.loss)
+  loss_fn = losses.create(config.loss)  # without label smoothing: one batch must reach ~0 loss
   log_prior = models.class_log_prior(dataset.y_train, dataset.num_classes)
   bias = train.output_bias(config, dataset)
   tx = optim.create(config.optimizer, cfg.steps)
 
-  def short_run(x, y, steps, seed=config.seed, batch_size=config.batch_size, **kwargs):
+  augmentation = augment.settings(config.augment)
+
+  def short_run(x, y, steps, seed=config.seed, batch_size=config.batch_size,
+                augmentation=augmentation, **kwargs):
     return train.run_steps(model, tx, loss_fn, x, y, num_steps=steps, batch_size=batch_size,
-                           seed=seed, output_bias=bias, **kwargs)
+                           seed=seed, output_bias=bias, augmentation=augmentation, **kwargs)
 
   verdicts, images = [], {}
 
@@ -48,7 +52,7 @@ def run(config, workdir: str) -> list:
   state = train.init_state(model, tx, dataset.x_train.shape[1:], config.seed, bias)
   apply_fn = train.make_apply_fn(model, state.batch_stats,
                                  rng.stream_key(config.seed, 'dropout', 0))
-  first_x, first_y = _first_batch(config, dataset)
+  first_x, first_y = _first_batch(config, dataset, augmentation)
   add(*_loss_at_init(out, cfg, config, dataset, apply_fn, state.params, loss_fn, log_prior))
   add(checks.init_well(lambda p: apply_fn(p, first_x[:8], False), state.params, log_prior,
                        config.model.log_prior_output_bias))
@@ -81,13 +85,13 @@ def run(config, workdir: str) -> list:
   return verdicts
 
 
-def _first_batch(config, dataset):
-  """Training step 0's batch exactly as the train step gathers it."""
+def _first_batch(config, dataset, augmentation):
+  """Training step 0's batch exactly as the train step gathers and augments it."""
   per_epoch = data_lib.steps_per_epoch(len(dataset.y_train), config.batch_size)
   perm = data_lib.epoch_permutation(config.seed, 0, len(dataset.y_train))
-  x, y = jax.jit(train.batch_inputs, static_argnums=(4, 5, 7))(
+  x, y = jax.jit(train.batch_inputs, static_argnums=(4, 5, 7, 9))(
       dataset.x_train, dataset.y_train, perm, 0, config.batch_size, per_epoch, 0,
-      config.batch_size)
+      config.batch_size, config.seed, augmentation)
   return np.asarray(x), np.asarray(y)
 
 
@@ -146,7 +150,8 @@ def _evaluate(apply_fn, params, x, y, batch=1000):
 
 def _overfit_one_batch(out, cfg, dataset, short_run, apply_fn):
   x, y = dataset.x_train[:cfg.overfit_examples], dataset.y_train[:cfg.overfit_examples]
-  state, history = short_run(x, y, cfg.overfit_steps, batch_size=len(y))
+  # Without augmentation: the point is to memorise these exact examples.
+  state, history = short_run(x, y, cfg.overfit_steps, batch_size=len(y), augmentation=None)
   verdict = checks.overfit_one_batch(history['loss'], history['accuracy'], cfg.overfit_max_loss)
   curve = os.path.join(out, 'overfit_one_batch.png')
   steps = np.arange(1, len(history['loss']) + 1)

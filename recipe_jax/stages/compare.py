@@ -1,0 +1,142 @@
+"""stage='compare': complexify one change at a time (recipe steps 3-4).
+
+The config is the baseline; `compare.variants` (JSON) names variants of a few overrides each,
+e.g. '{"dropout": {"model.dropout": 0.1}, "wd": {"optimizer.name": "adamw",
+"optimizer.weight_decay": 5e-4}}'. Every variant, baseline included, trains for
+`compare.seeds` seeds in compare/<variant>/seed_<n>/ (a normal train run: a restart resumes
+it, and a finished one is not redone). Output: compare/results.{md,csv} with the validation
+metric's mean +- std, the delta against the baseline and whether it is inside seed noise, the
+train/validation gap, and compare/curves.png (validation curves overlaid, seed means).
+"""
+import csv
+import json
+import os
+
+import numpy as np
+from absl import logging
+
+from recipe_jax import plots
+from recipe_jax.errors import UserError
+from recipe_jax.stages import train as train_stage
+
+BASELINE = 'baseline'
+
+
+def parse_variants(text: str) -> dict:
+  try:
+    variants = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise UserError(f'compare.variants is not valid JSON ({e}); expected e.g. '
+                    '\'{"dropout": {"model.dropout": 0.1}}\'') from None
+  if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+    raise UserError('compare.variants must map each variant name to {"config.key": value}')
+  if BASELINE in variants:
+    raise UserError(f"'{BASELINE}' is the unchanged config; give the variant another name")
+  return variants
+
+
+def variant_config(config, overrides: dict, seed: int):
+  variant = config.copy_and_resolve_references()
+  variant.stage = 'train'
+  variant.seed = seed
+  variant.lock()  # an override of a key that does not exist is an error, not a new key
+  try:
+    variant.update_from_flattened_dict(overrides)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    raise UserError(f'compare variant override {overrides}: {e}') from None
+  return variant
+
+
+def run(config, workdir: str) -> list:
+  out = os.path.join(workdir, 'compare')
+  variants = {BASELINE: {}, **parse_variants(config.compare.variants)}
+  seeds = range(config.seed, config.seed + config.compare.seeds)
+  for name, overrides in variants.items():  # validate every override before any training
+    variant_config(config, overrides, config.seed)
+  summaries = {}
+  for name, overrides in variants.items():
+    summaries[name] = []
+    for seed in seeds:
+      run_dir = os.path.join(out, name, f'seed_{seed}')
+      summary = _finished_summary(run_dir)
+      if summary is None:
+        logging.info('compare: training %s, seed %d', name, seed)
+        summary = train_stage.run(variant_config(config, overrides, seed), run_dir)
+        if not summary['finished']:
+          return []  # preempted: a restart resumes here
+      else:
+        logging.info('compare: %s seed %d already finished, not redone', name, seed)
+      summaries[name].append(summary)
+  rows = table(summaries, variants, config.compare.metric)
+  _write(out, rows, config.compare.metric)
+  _curves(os.path.join(out, 'curves.png'), summaries, config.compare.metric)
+  for row in rows:
+    logging.info('compare %-12s %s %.4f +- %.4f  delta %+.4f %s  gap %.4f', row['variant'],
+                 config.compare.metric, row['mean'], row['std'], row['delta'], row['noise'],
+                 row['train_val_gap'])
+  return rows
+
+
+def _finished_summary(run_dir: str):
+  path = os.path.join(run_dir, 'summary.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  return summary if summary.get('finished') else None
+
+
+def table(summaries: dict, variants: dict, metric: str) -> list:
+  """One row per variant: metric mean/std over seeds, delta vs baseline, noise flag, gap.
+
+  A delta is flagged as inside seed noise when it is smaller than twice its standard error,
+  2 * sqrt(std_b^2 / n_b + std_v^2 / n_v).
+  """
+  def values(name, key):
+    return np.array([s[key] for s in summaries[name]], np.float64)
+
+  base = values(BASELINE, metric)
+  rows = []
+  for name in summaries:
+    v = values(name, metric)
+    delta = v.mean() - base.mean()
+    noise = 2 * np.sqrt(base.var(ddof=1) / len(base) + v.var(ddof=1) / len(v)) \
+        if min(len(base), len(v)) > 1 else float('inf')
+    gap = values(name, 'train_accuracy') - values(name, 'eval_accuracy')
+    rows.append({'variant': name, 'overrides': json.dumps(variants[name]), 'seeds': len(v),
+                 'mean': v.mean(), 'std': v.std(ddof=1) if len(v) > 1 else 0.0,
+                 'delta': delta, 'noise': ('' if name == BASELINE else
+                                           'inside seed noise' if abs(delta) <= noise else
+                                           'beyond seed noise'),
+                 'train_val_gap': gap.mean(),
+                 'test_accuracy': values(name, 'test_accuracy').mean()})
+  return rows
+
+
+def _write(out: str, rows: list, metric: str) -> None:
+  with open(os.path.join(out, 'results.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  lines = [f'# Compare: {metric}, mean +- std over seeds', '',
+           f'| variant | overrides | seeds | {metric} | delta vs baseline | | train - val gap |'
+           ' test accuracy |', '|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f"| {r['variant']} | `{r['overrides']}` | {r['seeds']} | {r['mean']:.4f} +- "
+                 f"{r['std']:.4f} | {r['delta']:+.4f} | {r['noise']} | {r['train_val_gap']:.4f}"
+                 f" | {r['test_accuracy']:.4f} |")
+  lines += ['', '![validation curves](curves.png)', '']
+  with open(os.path.join(out, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines))
+
+
+def _curves(path: str, summaries: dict, metric: str) -> None:
+  series = {}
+  for name, runs in summaries.items():
+    histories = [r['history'] for r in runs if r.get('history')]
+    length = min(len(h) for h in histories) if histories else 0
+    if length:
+      steps = [e['step'] for e in histories[0][:length]]
+      mean = np.mean([[e[metric] for e in h[:length]] for h in histories], axis=0)
+      series[name] = (steps, mean)
+  plots.curves(path, series, 'step', f'{metric} (mean over seeds)')

@@ -1,0 +1,62 @@
+"""stage='overfit': recipe step 3, get a model big enough to fit the training set.
+
+Trains like stage='train' (checkpoints, resume, summary.json), with the settings the recipe
+trusts: Adam 3e-4, a constant learning rate, no regularisation. Then evaluates the whole
+training split and gives a verdict: can this model fit it? If not, it names the capacity
+increase to try. Writes overfit/{verdicts.json, report.md}; a FAIL exits with code 1.
+"""
+import os
+
+from recipe_jax import models, report
+from recipe_jax.errors import ChecksFailed
+from recipe_jax.report import Verdict
+from recipe_jax.stages import train as train_stage
+
+TRUSTED = {'optimizer.name': 'adam', 'optimizer.learning_rate': 3e-4,
+           'optimizer.schedule': 'constant', 'optimizer.warmup_steps': 0,
+           'optimizer.weight_decay': 0.0}
+
+
+def trusted_defaults(config) -> Verdict:
+  """WARN for each setting that differs from what the recipe trusts at this step."""
+  flat = {key: config[key.split('.')[0]][key.split('.')[1]] for key in TRUSTED}
+  changed = {key: value for key, value in flat.items() if value != TRUSTED[key]}
+  if changed:
+    return Verdict('trusted_defaults', 'WARN', 'differs from the recipe\'s trusted settings: ' +
+                   ', '.join(f'{k}={v} (trusted {TRUSTED[k]})' for k, v in changed.items()),
+                   {'changed': changed, 'trusted': TRUSTED})
+  return Verdict('trusted_defaults', 'PASS', 'Adam 3e-4, constant learning rate, no weight '
+                 'decay', {'trusted': TRUSTED})
+
+
+def fits_training_set(summary: dict, target: float, model_name: str, width) -> Verdict:
+  accuracy, loss = summary['train_split_accuracy'], summary['train_split_loss']
+  evidence = {'train_split_accuracy': accuracy, 'train_split_loss': loss, 'target': target,
+              'steps': summary['step'], 'eval_accuracy': summary.get('eval_accuracy')}
+  line = (f'whole training split after {summary["step"]} steps: accuracy {accuracy:.4f}, loss '
+          f'{loss:.4f} (target accuracy {target:g})')
+  if accuracy >= target:
+    return Verdict('fits_training_set', 'PASS', f'{line}; the model can overfit, go on to '
+                   'regularise', evidence)
+  width = width or models.reference_width(model_name)
+  wider = f'--config.model.width={2 * width}' if width else 'a wider model'
+  return Verdict('fits_training_set', 'FAIL', f'{line}: the model cannot fit the training set. '
+                 f'Increase capacity: try {wider} (or a deeper model); if the training loss was '
+                 f'still falling, --config.num_train_steps={2 * summary["step"]}; the lr_find '
+                 'stage tells whether a higher learning rate is safe', evidence)
+
+
+def run(config, workdir: str) -> list:
+  with config.unlocked():
+    config.eval_train_split = True
+  summary = train_stage.run(config, workdir)
+  if not summary['finished']:
+    return []  # preempted: the next start resumes and then judges
+  verdicts = [trusted_defaults(config),
+              fits_training_set(summary, config.overfit.target_accuracy, config.model.name,
+                                config.model.width)]
+  out = os.path.join(workdir, 'overfit')
+  report.write(out, f'Overfit: {config.model.name} on {config.dataset.name}', verdicts)
+  if any(v.status == 'FAIL' for v in verdicts):
+    raise ChecksFailed(f'the model does not fit the training set; see {out}/report.md')
+  return verdicts

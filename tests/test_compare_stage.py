@@ -1,0 +1,56 @@
+"""stage='compare': one change at a time, over seeds, resumable."""
+import csv
+import json
+import os
+
+import pytest
+
+from recipe_jax.errors import UserError
+from recipe_jax.stages import compare
+from recipe_jax.stages import train as train_stage
+
+
+@pytest.fixture
+def compare_config(small_config):
+  small_config.stage = 'compare'
+  small_config.num_train_steps = 40
+  small_config.eval_every_steps = 20
+  small_config.checkpoint_every_steps = 20
+  small_config.compare.seeds = 2
+  small_config.compare.variants = json.dumps({'narrow': {'model.width': 8},
+                                              'smooth': {'label_smoothing': 0.1}})
+  return small_config
+
+
+def test_compare_tabulates_variants_and_does_not_redo_finished_runs(compare_config, tmp_path,
+                                                                    monkeypatch):
+  rows = compare.run(compare_config, str(tmp_path))
+  assert [r['variant'] for r in rows] == ['baseline', 'narrow', 'smooth']
+  assert rows[0]['delta'] == 0.0 and all(r['seeds'] == 2 for r in rows)
+  narrow = json.load(open(tmp_path / 'compare/narrow/seed_1/config.json'))
+  assert narrow['model']['width'] == 8 and narrow['seed'] == 1
+  with open(tmp_path / 'compare' / 'results.csv') as f:
+    table = list(csv.DictReader(f))
+  assert [r['variant'] for r in table] == ['baseline', 'narrow', 'smooth']
+  assert all(r['noise'] in ('inside seed noise', 'beyond seed noise') for r in table[1:])
+  markdown = (tmp_path / 'compare' / 'results.md').read_text()
+  assert '| narrow |' in markdown and 'curves.png' in markdown
+  assert os.path.getsize(tmp_path / 'compare' / 'curves.png') > 1000
+
+  trained = []
+  real_run = train_stage.run
+  monkeypatch.setattr(train_stage, 'run', lambda c, d: trained.append(d) or real_run(c, d))
+  os.remove(tmp_path / 'compare/smooth/seed_0/summary.json')  # as if it had been killed
+  again = compare.run(compare_config, str(tmp_path))
+  assert trained == [str(tmp_path / 'compare/smooth/seed_0')]
+  assert [r['mean'] for r in again] == pytest.approx([r['mean'] for r in rows])
+
+
+def test_bad_variants_are_refused_before_training(compare_config, tmp_path):
+  compare_config.compare.variants = '{"x": {"model.no_such_key": 1}}'
+  with pytest.raises(UserError, match='no_such_key'):
+    compare.run(compare_config, str(tmp_path))
+  compare_config.compare.variants = '{"x": '
+  with pytest.raises(UserError, match='not valid JSON'):
+    compare.run(compare_config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'compare' / 'baseline')
