@@ -1,7 +1,8 @@
 """stage='lr_find': an exponential learning-rate range test (recipe step 3).
 
-From the same initial state training starts from, the learning rate grows exponentially from
-`lr_find.min_lr` to `lr_find.max_lr` over `lr_find.steps` steps while the loss is recorded.
+From the same initial state, batch order, augmentation and loss as training, the learning rate
+grows exponentially from `lr_find.min_lr` to `lr_find.max_lr` over `lr_find.steps` steps while
+the loss is recorded.
 Nothing is saved to the run's checkpoints, so later training starts exactly as without it.
 
 The rule, stated in result.json: smooth the loss (bias-corrected exponential moving average),
@@ -17,7 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from recipe_jax import data as data_lib, losses, models, optim, plots, train
+from recipe_jax import augment, data as data_lib, losses, models, optim, plots, train
 from recipe_jax.errors import UserError
 
 RULE = ('steepest descent of the EMA-smoothed loss against log(lr), before the smoothed '
@@ -65,12 +66,13 @@ def run(config, workdir: str) -> dict:
   schedule = optax.exponential_decay(cfg.min_lr, cfg.steps - 1, cfg.max_lr / cfg.min_lr)
   tx = optim.create(config.optimizer, cfg.steps, schedule=schedule)
   lrs = np.array([float(schedule(i)) for i in range(cfg.steps)])
+  loss_fn = losses.create(config.loss, config.label_smoothing)  # the loss training minimises
   curves = []
   for seed in range(config.seed, config.seed + cfg.seeds):
-    _, history = train.run_steps(model, tx, losses.create(config.loss), dataset.x_train,
-                                 dataset.y_train, num_steps=cfg.steps,
-                                 batch_size=config.batch_size, seed=seed,
-                                 output_bias=train.output_bias(config, dataset))
+    _, history = train.run_steps(model, tx, loss_fn, dataset.x_train, dataset.y_train,
+                                 num_steps=cfg.steps, batch_size=config.batch_size, seed=seed,
+                                 output_bias=train.output_bias(config, dataset),
+                                 augmentation=augment.settings(config.augment))
     found = suggest(lrs, history['loss'], cfg.smoothing, cfg.stop_factor)
     curves.append({'seed': seed, 'losses': history['loss'], **found})
     logging.info('lr_find seed %d: suggestion %.3g (min loss at %.3g)', seed,
