@@ -34,7 +34,7 @@ def batch_dependency(apply_fn, params, x, y, loss_fn, uses_batch_statistics: boo
     scale = max(float(diagonal.max()), 1e-30)
     mixed = np.argwhere(off > tolerance * scale)
     dead = np.flatnonzero(diagonal <= tolerance * scale)
-    evidence[mode] = {'max_off_diagonal_relative': float(off.max() / scale),
+    evidence[mode] = {'dependency': dep, 'max_off_diagonal_relative': float(off.max() / scale),
                       'mixed_pairs_loss_input': mixed[:20].tolist(),
                       'examples_not_depending_on_own_input': dead.tolist()}
     if len(dead):

@@ -20,6 +20,7 @@ def cross_entropy(logits, labels):
 LOSSES = {'cross_entropy': cross_entropy}
 
 
+@functools.lru_cache(maxsize=None)  # one function per value, so compiled steps are reused
 def smoothed_cross_entropy(label_smoothing: float):
   """Cross-entropy against one-hot labels mixed with the uniform distribution."""
   def loss(logits, labels):
@@ -32,7 +33,7 @@ def create(name: str, label_smoothing: float = 0.0):
   if label_smoothing:
     if name != 'cross_entropy':
       raise UserError(f"label_smoothing applies to loss 'cross_entropy', not '{name}'")
-    return _smoothed(label_smoothing)
+    return smoothed_cross_entropy(label_smoothing)
   if name in LOSSES:
     return LOSSES[name]
   if ':' not in name:
@@ -40,7 +41,3 @@ def create(name: str, label_smoothing: float = 0.0):
                     "'package.module:function' taking (logits, labels) -> per-example losses")
   return user_code.load(name, 'loss')
 
-
-@functools.lru_cache(maxsize=None)  # one function per value, so compiled steps are reused
-def _smoothed(label_smoothing: float):
-  return smoothed_cross_entropy(label_smoothing)

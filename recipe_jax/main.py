@@ -1,7 +1,7 @@
 """python -m recipe_jax.main --config=configs/mnist1d/cnn.py --workdir=DIR [--config.key=value ...]
 
-Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed (sanity stage),
-2 bad input, 3 training diverged.
+Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed (sanity and
+overfit stages), 2 bad input, 3 training diverged.
 """
 import importlib
 import logging as pylogging

@@ -6,6 +6,8 @@ import os
 import numpy as np
 from absl import logging
 
+from recipe_jax.errors import ChecksFailed
+
 STATUSES = ('PASS', 'WARN', 'FAIL')
 
 
@@ -48,3 +50,11 @@ def write(directory: str, title: str, verdicts: list, images: dict | None = None
     f.write('\n'.join(lines))
   for v in verdicts:
     logging.info('%-4s %-22s %s', v.status, v.check, v.summary)
+
+
+def raise_if_failed(verdicts: list, directory: str, headline: str | None = None) -> None:
+  """ChecksFailed (exit code 1) when any verdict FAILed, pointing at the report."""
+  failed = [v.check for v in verdicts if v.status == 'FAIL']
+  if failed:
+    headline = headline or f'{len(failed)} check(s) FAILed: {", ".join(failed)}'
+    raise ChecksFailed(f'{headline}; see {os.path.join(directory, "report.md")}')

@@ -249,6 +249,14 @@ def check_losses(pending, initial_loss: float, factor: float, learning_rate, las
         f'--config.optimizer.grad_clip_norm=1.0. Otherwise look for bad inputs or labels. {saved}')
 
 
+def require_divisible(num_devices: int, sizes: dict) -> None:
+  """Batches split evenly over devices: a UserError naming the config key otherwise."""
+  for name, value in sizes.items():
+    if value % num_devices:
+      raise UserError(f'{name}={value} must be divisible by the number of devices '
+                      f'({num_devices})')
+
+
 def run_steps(model, tx, loss_fn, x_train, y_train, *, num_steps: int, batch_size: int,
               seed: int, output_bias=None, augmentation=None, every: int = 0, callback=None):
   """A short run from a fresh init, for stages that train briefly (sanity checks): the same
@@ -258,6 +266,7 @@ def run_steps(model, tx, loss_fn, x_train, y_train, *, num_steps: int, batch_siz
   The callback and the caller get the state on the host, so checks may run any jitted
   function on it without touching the replicated arrays."""
   mesh = make_mesh()
+  require_divisible(mesh.size, {'batch_size': batch_size})
   state = put_replicated(mesh, init_state(model, tx, x_train.shape[1:], seed, output_bias))
   per_epoch = data_lib.steps_per_epoch(len(y_train), batch_size)
   train_step = make_train_step(model, tx, mesh, batch_size, per_epoch, seed, loss_fn,
@@ -290,10 +299,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the latest checkpoint in workdir) and returns the run summary."""
   dataset = data_lib.load(config.dataset)
   mesh = make_mesh()
-  for name in ('batch_size', 'eval_batch_size'):
-    if config[name] % mesh.size:
-      raise UserError(f'{name}={config[name]} must be divisible by the number of devices '
-                      f'({mesh.size})')
+  require_divisible(mesh.size, {'batch_size': config.batch_size,
+                                'eval_batch_size': config.eval_batch_size})
   if len(dataset.y_val) == 0:
     raise UserError(f'dataset.val_fraction={config.dataset.val_fraction} leaves no validation '
                     'examples; training needs some (e.g. 0.05) to report eval metrics')
@@ -411,7 +418,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if stop_requested:
         logging.warning('SIGTERM: saved a checkpoint at step %d; exiting', step)
   finally:
-    for m in (mngr, best_mngr) if best_mngr else (mngr,):
+    for m in filter(None, (mngr, best_mngr)):
       m.wait_until_finished()
     mngr.close()
     writer.flush()

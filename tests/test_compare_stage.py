@@ -54,3 +54,16 @@ def test_bad_variants_are_refused_before_training(compare_config, tmp_path):
   with pytest.raises(UserError, match='not valid JSON'):
     compare.run(compare_config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'compare' / 'baseline')
+
+
+def test_the_noise_flag_compares_the_delta_with_twice_its_standard_error():
+  def runs(*accuracies):
+    return [{'eval_accuracy': a, 'train_accuracy': 1.0, 'test_accuracy': a} for a in accuracies]
+  summaries = {'baseline': runs(0.90, 0.91, 0.92), 'better': runs(0.95, 0.96, 0.97),
+               'same': runs(0.905, 0.915, 0.925)}
+  rows = {r['variant']: r for r in compare.table(summaries, {k: {} for k in summaries},
+                                                 'eval_accuracy')}
+  assert rows['better']['noise'] == 'beyond seed noise'
+  assert rows['better']['delta'] == pytest.approx(0.05)
+  assert rows['same']['noise'] == 'inside seed noise'
+  assert rows['baseline']['train_val_gap'] == pytest.approx(0.09)

@@ -77,3 +77,9 @@ def test_no_validation_split_is_a_user_error(small_config, tmp_path):
   small_config.dataset.val_fraction = 0.0
   with pytest.raises(UserError, match='val_fraction=0.0 leaves no validation examples'):
     train.train_and_evaluate(small_config, str(tmp_path))
+
+
+def test_batches_must_split_evenly_over_devices():
+  train.require_divisible(2, {'batch_size': 4})
+  with pytest.raises(UserError, match=r'sanity.overfit_examples=3 must be divisible .* \(2\)'):
+    train.require_divisible(2, {'batch_size': 4, 'sanity.overfit_examples': 3})

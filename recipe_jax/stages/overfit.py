@@ -8,7 +8,6 @@ increase to try. Writes overfit/{verdicts.json, report.md}; a FAIL exits with co
 import os
 
 from recipe_jax import models, report
-from recipe_jax.errors import ChecksFailed
 from recipe_jax.report import Verdict
 from recipe_jax.stages import train as train_stage
 
@@ -57,6 +56,5 @@ def run(config, workdir: str) -> list:
                                 config.model.width)]
   out = os.path.join(workdir, 'overfit')
   report.write(out, f'Overfit: {config.model.name} on {config.dataset.name}', verdicts)
-  if any(v.status == 'FAIL' for v in verdicts):
-    raise ChecksFailed(f'the model does not fit the training set; see {out}/report.md')
+  report.raise_if_failed(verdicts, out, 'the model does not fit the training set')
   return verdicts

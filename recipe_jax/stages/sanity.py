@@ -11,7 +11,7 @@ import numpy as np
 
 from recipe_jax import (augment, checks, data as data_lib, losses, models, optim, plots, report,
                         rng, train)
-from recipe_jax.errors import ChecksFailed, UserError
+from recipe_jax.errors import UserError
 
 
 def run(config, workdir: str) -> list:
@@ -22,11 +22,8 @@ def run(config, workdir: str) -> list:
   if len(dataset.y_val) == 0:
     raise UserError('the sanity stage compares baselines on validation data; set '
                     'dataset.val_fraction > 0 (e.g. 0.05)')
-  devices = jax.device_count()
-  for key, value in (('batch_size', config.batch_size),
-                     ('sanity.overfit_examples', cfg.overfit_examples)):
-    if value % devices:
-      raise UserError(f'{key}={value} must be divisible by the number of devices ({devices})')
+  train.require_divisible(jax.device_count(), {'batch_size': config.batch_size,
+                                               'sanity.overfit_examples': cfg.overfit_examples})
   model = models.create(config.model, dataset.num_classes, bn_axis_name=train.AXIS)
   loss_fn = losses.create(config.loss)  # without label smoothing: one batch must reach ~0 loss
   log_prior = models.class_log_prior(dataset.y_train, dataset.num_classes)
@@ -61,15 +58,14 @@ def run(config, workdir: str) -> list:
   x8, y8 = first_x[:cfg.dependency_examples], first_y[:cfg.dependency_examples]
   dependency = checks.batch_dependency(apply_fn, state.params, x8, y8, loss_fn,
                                        uses_batch_statistics=bool(state.batch_stats))
-  add(dependency, _dependency_matrix(out, apply_fn, state.params, x8, y8, loss_fn))
+  add(dependency, _dependency_matrix(out, dependency))
   grad_fn = jax.jit(jax.grad(lambda p, x, y: loss_fn(apply_fn(p, x, True), y).mean()))
   add(checks.gradients(grad_fn, state.params, first_x, first_y))
 
   real, zero_input, dynamics = _short_runs(cfg, dataset, short_run, apply_fn)
-  add(checks.dumb_baselines(dataset.y_val, np.exp(log_prior), zero_input['val'], real['val'],
-                            cfg.baseline_margin, config.human_baseline),
-      _baseline_bars(out, dataset, log_prior, zero_input['val'], real['val'],
-                     config.human_baseline))
+  baselines = checks.dumb_baselines(dataset.y_val, np.exp(log_prior), zero_input['val'],
+                                    real['val'], cfg.baseline_margin, config.human_baseline)
+  add(baselines, _baseline_bars(out, baselines))
   add(checks.decreasing_loss(real['history']['loss'], cfg.min_loss_drop),
       _loss_curves(out, real['history'], zero_input['history']))
   add(checks.prediction_dynamics(dynamics['probabilities'], dynamics['labels']),
@@ -78,10 +74,7 @@ def run(config, workdir: str) -> list:
   add(checks.human_baseline(config.human_baseline, real['val']['accuracy'], cfg.steps))
 
   report.write(out, f'Sanity: {config.model.name} on {config.dataset.name}', verdicts, images)
-  failed = [v.check for v in verdicts if v.status == 'FAIL']
-  if failed:
-    raise ChecksFailed(f'{len(failed)} sanity check(s) FAILed: {", ".join(failed)}; see '
-                       f'{os.path.join(out, "report.md")}')
+  report.raise_if_failed(verdicts, out)
   return verdicts
 
 
@@ -174,21 +167,19 @@ def _input_grid(out, x, y, limit=32):
   return path
 
 
-def _dependency_matrix(out, apply_fn, params, x, y, loss_fn):
+def _dependency_matrix(out, verdict):
   path = os.path.join(out, 'batch_dependency.png')
-  dependency = checks.input_dependency(apply_fn, params, x, y, loss_fn, train=False)
-  plots.matrix(path, dependency, 'input j', 'loss i', '|d loss_i / d x_j|, eval mode')
+  plots.matrix(path, np.asarray(verdict.evidence['eval']['dependency']), 'input j', 'loss i',
+               '|d loss_i / d x_j|, eval mode')
   return path
 
 
-def _baseline_bars(out, dataset, log_prior, zero_input, real, human):
-  majority = float(np.mean(dataset.y_val == np.argmax(log_prior)))
-  values = {'majority': majority, 'zero input': zero_input['accuracy'],
-            'model': real['accuracy']}
-  if human is not None:
-    values['human'] = human
+def _baseline_bars(out, verdict):
+  table = verdict.evidence['validation']
   path = os.path.join(out, 'baselines.png')
-  plots.bars(path, values, 'validation accuracy')
+  plots.bars(path, {name: row['accuracy'] for name, row in table.items()
+                    if name != 'class prior'},  # the prior predicts the majority class
+             'validation accuracy')
   return path
 
 
