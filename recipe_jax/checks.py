@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recipe_jax import models, train
+from recipe_jax import models, trees
 from recipe_jax.report import Verdict
 
 
@@ -76,7 +76,7 @@ def gradients(grad_fn, params, x, y) -> Verdict:
 def fixed_seed(run_fn, seed: int) -> Verdict:
   """`run_fn(seed) -> params` (after a short run): the same seed twice gives bit-identical
   parameters, and seed + 1 gives different ones."""
-  first, again, other = (train.params_sha256(run_fn(s)) for s in (seed, seed, seed + 1))
+  first, again, other = (trees.params_sha256(run_fn(s)) for s in (seed, seed, seed + 1))
   evidence = {'seed': seed, 'sha256': first, 'sha256_again': again, 'sha256_seed_plus_1': other}
   if first != again:
     return Verdict('fixed_seed', 'FAIL', f'two runs with seed {seed} give different parameters: '
@@ -142,7 +142,7 @@ def init_well(logits_fn, params, log_prior, enabled: bool) -> Verdict:
   if path is None:
     return Verdict('init_well', 'WARN', f'the model has no output bias of shape ({num_classes},);'
                    ' its initial predictions cannot be set to the class priors', evidence)
-  bias = np.asarray(models.get_leaf(params, path))
+  bias = np.asarray(trees.get_leaf(params, path))
   evidence['bias'] = bias
   if not enabled:
     return Verdict('init_well', 'WARN', 'model.log_prior_output_bias is off: '
@@ -158,17 +158,19 @@ def init_well(logits_fn, params, log_prior, enabled: bool) -> Verdict:
 
 
 def dumb_baselines(val_labels, class_prior, zero_input: dict, model: dict, margin: float,
-                   human: float | None = None) -> Verdict:
+                   human: float | None = None, prior_loss: float | None = None) -> Verdict:
   """Majority class, class prior, and the same model trained on zeroed inputs, against the real
   model trained for as many steps. `zero_input` and `model` hold validation 'accuracy', 'loss'.
-  The real model must beat the input-independent one by `margin` in accuracy."""
+  The real model must beat the input-independent one by `margin` in accuracy. `prior_loss` is
+  the class prior's loss under the configured loss (default: its cross-entropy)."""
   labels = np.asarray(val_labels)
   prior = np.asarray(class_prior, np.float64)
   majority = int(np.argmax(prior))
   table = {
       'majority class': {'accuracy': float(np.mean(labels == majority)), 'loss': None},
       'class prior': {'accuracy': float(np.mean(labels == majority)),
-                      'loss': float(-np.mean(np.log(np.maximum(prior[labels], 1e-12))))},
+                      'loss': float(-np.mean(np.log(np.maximum(prior[labels], 1e-12))))
+                      if prior_loss is None else float(prior_loss)},
       'zero input': zero_input,
       'model': model,
   }

@@ -4,14 +4,17 @@ Every dataset ends up as float32 inputs and int32 labels for train / val / test.
 for a step is `epoch_permutation(seed, step // steps_per_epoch)` sliced at the step's offset:
 a pure function of (seed, step), so a restarted run sees exactly the batches it would have seen.
 """
+import contextlib
 import dataclasses
 import functools
+import io
 import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from recipe_jax import rng
 from recipe_jax.errors import UserError
@@ -34,11 +37,31 @@ class Dataset:
   num_classes: int
   mean: np.ndarray  # per-channel statistics of the training split (before normalising)
   std: np.ndarray
+  # Where each example comes from: its row in the source split the user has (the .npz
+  # arrays, or the TFDS split in reading order). Validation is carved from source 'train'.
+  train_rows: np.ndarray
+  val_rows: np.ndarray
+  test_rows: np.ndarray
+  tfds_ids: dict | None = None  # source split -> TFDS example ids, where TFDS gives them
+
+
+SOURCE_SPLIT = {'train': 'train', 'val': 'train', 'test': 'test'}
+
+
+def source_rows(dataset: Dataset, split: str, indices) -> dict:
+  """Evidence that names examples: `indices` into the carved `split` ('train', 'val', 'test')
+  as rows of the source split a user can open (and TFDS ids where TFDS gives them)."""
+  rows = getattr(dataset, f'{split}_rows')[np.asarray(indices, np.int64)]
+  source = SOURCE_SPLIT[split]
+  found = {'source_split': source, 'source_rows': rows.tolist()}
+  if dataset.tfds_ids and source in dataset.tfds_ids:
+    found['tfds_ids'] = [dataset.tfds_ids[source][r] for r in rows]
+  return found
 
 
 def load(dataset_config) -> Dataset:
   """Loads, splits off validation and (optionally) normalises the configured dataset."""
-  x_train, y_train, x_test, y_test, num_classes = _load_arrays(dataset_config)
+  x_train, y_train, x_test, y_test, num_classes, tfds_ids = _load_arrays(dataset_config)
   if dataset_config.downsample > 1:
     x_train, x_test = (downsample(x, dataset_config.downsample) for x in (x_train, x_test))
   train_idx, val_idx = validation_split(len(y_train), dataset_config.val_fraction)
@@ -51,7 +74,8 @@ def load(dataset_config) -> Dataset:
     x_train, x_val, x_test = [(x - mean) / std for x in (x_train, x_val, x_test)]
   f32, i32 = lambda x: np.asarray(x, np.float32), lambda y: np.asarray(y, np.int32)
   return Dataset(dataset_config.name, f32(x_train), i32(y_train), f32(x_val), i32(y_val),
-                 f32(x_test), i32(y_test), num_classes, mean, std)
+                 f32(x_test), i32(y_test), num_classes, mean, std, train_idx, val_idx,
+                 np.arange(len(y_test)), tfds_ids)
 
 
 def downsample(x: np.ndarray, factor: int) -> np.ndarray:
@@ -151,7 +175,7 @@ def _load_npz(path):
       raise UserError(f"npz '{path}': x_{split} has {len(x)} rows and y_{split} has shape "
                       f'{y.shape}, dtype {y.dtype}; labels must be 1-D integers, one per row')
   num_classes = int(max(y_train.max(), y_test.max())) + 1
-  return x_train, y_train, x_test, y_test, num_classes
+  return x_train, y_train, x_test, y_test, num_classes, None
 
 
 def _load_tfds(cfg):
@@ -159,7 +183,7 @@ def _load_tfds(cfg):
   from recipe_jax import tfds_builders  # noqa: F401  registers mnist1d and digits
   builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
   if cfg.name in EMBEDDED:
-    builder.download_and_prepare()  # generated locally, no network
+    _prepare_embedded(builder)
   try:
     return _read_tfds_splits(builder, cfg)
   except AssertionError:  # TFDS: "could not find data in DIR"
@@ -178,22 +202,38 @@ def _load_tfds(cfg):
   return _read_tfds_splits(builder, cfg)
 
 
+def _prepare_embedded(builder) -> None:
+  """Generates an embedded dataset locally (no network) the first time, quietly."""
+  import tensorflow_datasets as tfds
+  if builder.is_prepared():
+    return
+  logging.info('preparing %s into %s (first use only)', builder.name, builder.data_dir)
+  tfds.disable_progress_bar()
+  with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
+    builder.download_and_prepare()
+
+
 def _read_tfds_splits(builder, cfg):
   import tensorflow_datasets as tfds
   for key in (cfg.image_key, cfg.label_key):
     if key not in builder.info.features:
       raise UserError(f"TFDS dataset '{cfg.name}' has no feature '{key}'; it has "
                       f"{', '.join(builder.info.features)} (set dataset.image_key / label_key)")
-  arrays = []
+  arrays, ids = [], {}
   for split in ('train', 'test'):
     if builder.info.splits and split not in builder.info.splits:  # empty until prepared
       raise UserError(f"TFDS dataset '{cfg.name}' has no '{split}' split; it has "
                       f"{', '.join(builder.info.splits)}")
-    # Batched reads: `batch_size=-1` crashes under tfds.testing.mock_data.
-    parts = list(tfds.as_numpy(builder.as_dataset(split=split).batch(4096)))
+    # Batched reads: `batch_size=-1` crashes under tfds.testing.mock_data. In file order (no
+    # shuffling), so a row number is the example's index within the TFDS split.
+    read_config = tfds.ReadConfig(add_tfds_id=True)
+    parts = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False,
+                                                  read_config=read_config).batch(4096)))
     arrays += [np.concatenate([p[cfg.image_key] for p in parts]),
                np.concatenate([p[cfg.label_key] for p in parts])]
-  return (*arrays, builder.info.features[cfg.label_key].num_classes)
+    if parts and 'tfds_id' in parts[0]:
+      ids[split] = [i.decode() for p in parts for i in p['tfds_id']]
+  return (*arrays, builder.info.features[cfg.label_key].num_classes, ids or None)
 
 
 def _online(host='storage.googleapis.com', timeout_s=3.0) -> bool:

@@ -114,10 +114,18 @@ def exact_duplicates(splits: dict) -> list:
   return verdicts
 
 
+STD_FLOOR_FRACTION = 0.5  # of the typical feature std; see _standardise
+
+
 def _standardise(x_train, *others):
+  """Per-feature standardisation with train statistics, each feature's std floored at half the
+  typical (root-mean-square) feature std. Without the floor a nearly constant feature (a
+  border pixel, a silent channel) turns tiny perturbations into huge distances, and a noisy
+  copy of a training example no longer looks near."""
   rows = _rows(x_train).astype(np.float32)
-  mean, std = np.nanmean(rows, 0), np.nanstd(rows, 0)
-  std[~(std > 0)] = 1.0
+  mean, std = np.nanmean(rows, 0), np.nan_to_num(np.nanstd(rows, 0))
+  typical = float(np.sqrt(np.mean(std ** 2))) if std.size else 0.0
+  std = np.maximum(std, STD_FLOOR_FRACTION * typical if typical > 0 else 1.0)
   scale = lambda a: np.nan_to_num((_rows(a).astype(np.float32) - mean) / std)
   return [scale(a) for a in (x_train, *others)]
 

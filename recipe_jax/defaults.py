@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.max_to_keep = 3
   c.divergence_factor = 100.0  # stop when loss > factor * initial loss
   c.eval_train_split = False  # also evaluate the whole training split at the end
+  c.max_train_val_gap = 0.1  # train stage: WARN when train - validation accuracy exceeds this
 
   c.overfit = ml_collections.ConfigDict()  # stage='overfit'
   c.overfit.target_accuracy = 0.99  # on the whole training split, eval mode
@@ -93,6 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.lr_find.seeds = 3  # the suggestion's spread over this many seeds is reported
   c.lr_find.smoothing = 0.9  # EMA factor for the loss curve
   c.lr_find.stop_factor = 4.0  # the curve ends where the smoothed loss exceeds this x its min
+  c.lr_find.max_spread_factor = 3.0  # WARN when the seeds' suggestions span more than this
 
   c.compare = ml_collections.ConfigDict()  # stage='compare': one change at a time
   c.compare.variants = '{}'  # JSON {"name": {"config.key": value, ...}, ...}

@@ -1,10 +1,9 @@
 """python -m recipe_jax.main --config=configs/mnist1d/cnn.py --workdir=DIR [--config.key=value ...]
 
-Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed (sanity and
-overfit stages), 2 bad input, 3 training diverged.
+Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed, 2 bad input
+(including a user model or loss that fails), 3 training diverged.
 """
 import importlib
-import logging as pylogging
 import os
 import sys
 
@@ -13,7 +12,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only the data layer;
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from recipe_jax import config_check  # noqa: E402
+from recipe_jax import config_check, console, report, user_code  # noqa: E402
 from recipe_jax.errors import ChecksFailed, DivergenceError, UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -41,25 +40,32 @@ def parse_flags(argv):
   return remaining
 
 
-def quiet_orbax_info(record) -> bool:
-  """Orbax logs several INFO lines per checkpoint; keep its warnings and errors only."""
-  return record.levelno >= pylogging.WARNING or '/orbax/' not in record.pathname
-
-
 def main(argv):
-  logging.set_verbosity(logging.INFO)
-  pylogging.getLogger('absl').addFilter(quiet_orbax_info)
-  config = _CONFIG.value
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  console.setup(workdir, verbose=flags.FLAGS.verbosity >= 1)
   try:
     config_check.check(config)
     if config.distributed:
       import jax
       jax.distributed.initialize()
+    import jax
     stage = importlib.import_module(f'recipe_jax.stages.{config.stage}')
-    stage.run(config, _WORKDIR.value)
+    devices = jax.devices()
+    logging.info('%s: %s on %s, %d x %s -> %s', config.stage, config.model.name,
+                 config.dataset.name, len(devices), devices[0].platform, workdir)
+    try:
+      result = stage.run(config, workdir)
+    except Exception as e:
+      if not hasattr(e, 'recipe_jax_phase') or not (user_code.is_user_code(config.model.name)
+                                                    or user_code.is_user_code(config.loss)):
+        raise  # our own bug: the traceback is what a developer needs
+      logging.info('the user model or loss raised', exc_info=True, extra=console.FILE_ONLY)
+      raise UserError(user_code.describe_failure(e, config.model.name, config.loss)) from None
+    for line in report.closing_lines(result, workdir):
+      logging.info('%s', line)
+    report.raise_if_failed(result, workdir)
   except (UserError, DivergenceError, ChecksFailed) as e:
     fail(str(e), e.exit_code)
-  logging.info('done: %s', _WORKDIR.value)
 
 
 if __name__ == '__main__':

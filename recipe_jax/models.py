@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recipe_jax import user_code
+from recipe_jax.trees import get_leaf, replace_leaf
 from recipe_jax.errors import UserError
 
 
@@ -203,7 +204,9 @@ def create(model_config, num_classes: int, bn_axis_name: str | None = None) -> n
     if model_config.get('dropout') or model_config.get('depth') is not None:
       raise UserError('model.dropout and model.depth apply to the built-in models; build them '
                       f"into your own module '{model_config.name}' instead")
-    return user_code.load(model_config.name, 'model')(num_classes=num_classes)
+    factory = user_code.load(model_config.name, 'model')
+    with user_code.phase('when built'):
+      return factory(num_classes=num_classes)
   kwargs = {'num_classes': num_classes}
   if model_config.width is not None:
     kwargs['width'] = model_config.width
@@ -248,19 +251,6 @@ def output_bias_candidates(params, num_classes: int) -> list[tuple]:
 
   walk(params, ())
   return found[::-1]
-
-
-def get_leaf(tree, path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def replace_leaf(tree, path, value):
-  """A copy of the nested dict `tree` with the leaf at `path` replaced."""
-  if not path:
-    return value
-  return {**tree, path[0]: replace_leaf(tree[path[0]], path[1:], value)}
 
 
 def find_output_bias(logits_fn, params, num_classes: int):

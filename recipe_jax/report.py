@@ -1,4 +1,8 @@
-"""Verdicts (one JSON shape for every stage), the console lines, and a readable report.md."""
+"""What every stage returns and writes: verdicts (one JSON shape for every stage), a
+`StageResult` in `DIR/<stage>/result.json`, the console lines, and a readable report.md.
+
+The recipe runner and the HTML report read `result.json` alone, so a new stage needs no
+special case anywhere."""
 import dataclasses
 import json
 import os
@@ -35,6 +39,43 @@ def _jsonable(value):
   return value
 
 
+@dataclasses.dataclass
+class StageResult:
+  stage: str
+  verdicts: list  # of Verdict
+  metrics: dict  # the stage's headline numbers, e.g. {'test_accuracy': 0.92}
+  files: list  # paths the stage wrote that a person would open, relative to the workdir
+  finished: bool = True  # False when preempted: a restart continues the stage
+
+  def counts(self) -> dict:
+    return {s: sum(v.status == s for v in self.verdicts) for s in STATUSES}
+
+  def to_json(self) -> dict:
+    return _jsonable({**dataclasses.asdict(self), 'counts': self.counts()})
+
+
+def read_result(path: str) -> StageResult:
+  """A `result.json` back as a StageResult."""
+  with open(path) as f:
+    raw = json.load(f)
+  raw.pop('counts', None)
+  raw['verdicts'] = [Verdict(**v) for v in raw['verdicts']]
+  return StageResult(**raw)
+
+
+def finish(workdir: str, result: StageResult, title: str, images: dict | None = None
+           ) -> StageResult:
+  """Writes DIR/<stage>/{verdicts.json, report.md, result.json} and the console lines."""
+  directory = os.path.join(workdir, result.stage)
+  if result.verdicts:
+    write(directory, title, result.verdicts, images)
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, 'result.json.tmp'), 'w') as f:
+    json.dump(result.to_json(), f, indent=2)
+  os.replace(os.path.join(directory, 'result.json.tmp'), os.path.join(directory, 'result.json'))
+  return result
+
+
 def write(directory: str, title: str, verdicts: list, images: dict | None = None) -> None:
   """verdicts.json, report.md (images inline, under the check that made them), console lines."""
   os.makedirs(directory, exist_ok=True)
@@ -52,9 +93,27 @@ def write(directory: str, title: str, verdicts: list, images: dict | None = None
     logging.info('%-4s %-22s %s', v.status, v.check, v.summary)
 
 
-def raise_if_failed(verdicts: list, directory: str, headline: str | None = None) -> None:
+def closing_lines(result: StageResult, workdir: str) -> list:
+  """What a person reads at the end of a run: the stage, its headline numbers, the verdict
+  counts and where to look next."""
+  state = 'finished' if result.finished else 'stopped (resume with the same command)'
+  counts = result.counts()
+  numbers = '  '.join(f'{k} {_short(v)}' for k, v in result.metrics.items())
+  lines = [f'{result.stage} {state}: ' + ', '.join(f'{n} {s}' for s, n in counts.items()),
+           *([numbers] if numbers else [])]
+  lines.append('look at: ' + ', '.join(os.path.join(workdir, f) for f in result.files))
+  return lines
+
+
+def _short(value) -> str:
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  return str(value)
+
+
+def raise_if_failed(result: StageResult, workdir: str) -> None:
   """ChecksFailed (exit code 1) when any verdict FAILed, pointing at the report."""
-  failed = [v.check for v in verdicts if v.status == 'FAIL']
+  failed = [v.check for v in result.verdicts if v.status == 'FAIL']
   if failed:
-    headline = headline or f'{len(failed)} check(s) FAILed: {", ".join(failed)}'
-    raise ChecksFailed(f'{headline}; see {os.path.join(directory, "report.md")}')
+    where = os.path.join(workdir, result.stage, 'report.md')
+    raise ChecksFailed(f'{len(failed)} check(s) FAILed: {", ".join(failed)}; see {where}')

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from recipe_jax import data as data_lib, models, optim, train
+from recipe_jax import mesh, data as data_lib, models, optim, trainer
 
 
 def load_config(path):
@@ -30,7 +30,7 @@ def load_config(path):
 def minimal_loop_seconds_per_step(config, dataset, steps):
   model = models.create(config.model, dataset.num_classes)
   tx = optim.create(config.optimizer, config.num_train_steps)
-  params = train.init_state(model, tx, dataset.x_train.shape[1:], config.seed).params
+  params = trainer.init_state(model, tx, dataset.x_train.shape[1:], config.seed).params
   opt_state = tx.init(params)
   x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
   batch = config.batch_size
@@ -61,18 +61,18 @@ def minimal_loop_seconds_per_step(config, dataset, steps):
 def pipeline_seconds_per_step(config, steps):
   config.num_train_steps = steps
   with tempfile.TemporaryDirectory() as workdir:
-    summary = train.train_and_evaluate(config, workdir)
+    summary = train_and_evaluate(config, workdir)
   return config.batch_size / summary['examples_per_s']
 
 
 def batch_order_seconds(config, dataset, steps):
   """Time the pipeline spends producing batch orders: one permutation per epoch, on the host,
   then copied to the devices (here each copy is waited for, so this is an upper bound)."""
-  mesh, num = train.make_mesh(), len(dataset.y_train)
+  mesh, num = mesh.make_mesh(), len(dataset.y_train)
   epochs = steps // data_lib.steps_per_epoch(num, config.batch_size) + 1
   start = time.perf_counter()
   for epoch in range(epochs):
-    jax.block_until_ready(train.put_replicated(
+    jax.block_until_ready(mesh.put_replicated(
         mesh, data_lib.epoch_permutation(config.seed, epoch, num)))
   return time.perf_counter() - start
 

@@ -67,3 +67,9 @@ def start_main(workdir, *flags, env=None):
 def read_summary(workdir):
   with open(os.path.join(workdir, 'summary.json')) as f:
     return json.load(f)
+
+
+def train_and_evaluate(config, workdir):
+  """The train loop on the experiment the config describes; returns the run summary."""
+  from recipe_jax import experiment, trainer
+  return trainer.train_and_evaluate(experiment.build(config), str(workdir))

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from recipe_jax import checks, models, train
+from recipe_jax import checks, models, trainer
 
 
 class SubtractsBatchMean(nn.Module):  # a classic silent bug: normalising over the batch axis
@@ -133,7 +133,7 @@ def test_expected_initial_loss_is_the_prior_entropy_or_log_c():
 
 
 def init_well_verdict(model, log_prior, set_bias=True):
-  state = train.init_state(model, optax.adam(1e-3), (12,), 0, log_prior if set_bias else None)
+  state = trainer.init_state(model, optax.adam(1e-3), (12,), 0, log_prior if set_bias else None)
   x = jnp.ones((4, 12))
   return checks.init_well(lambda p: model.apply({'params': p}, x), state.params, log_prior,
                           enabled=set_bias)

@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import as_flags, read_summary, run_main, start_main
-from recipe_jax import checkpoints, models, train
+from conftest import train_and_evaluate, as_flags, read_summary, run_main, start_main
+from recipe_jax import checkpoints, models, trainer
 
 CONFIG = '--config=configs/mnist1d/mlp.py'
 
@@ -74,7 +74,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(small_config, tmp_path):
 def test_run_killed_after_a_checkpoint_resumes_bit_identically(small_config, tmp_path):
   small_config.num_train_steps = 1500
   small_config.checkpoint_every_steps = 100
-  straight = train.train_and_evaluate(small_config, str(tmp_path / 'straight'))
+  straight = train_and_evaluate(small_config, str(tmp_path / 'straight'))
   workdir = tmp_path / 'killed'
   proc = start_main(workdir, *cli_flags(small_config))
   wait_for_checkpoint(proc, workdir / 'checkpoints')
@@ -105,7 +105,7 @@ def test_one_and_two_devices_agree(small_config, tmp_path):
   one_params, two_params = (
       checkpoints.read_state_as_numpy(tmp_path / run / 'checkpoints/20')['params']
       for run in ('one', 'two'))
-  init_params = train.init_state(
+  init_params = trainer.init_state(
       models.create(small_config.model, 10), optax.adam(1e-3), (40,), small_config.seed).params
   for layer in one_params:
     for name in one_params[layer]:
@@ -125,3 +125,45 @@ def test_hundreds_of_queued_steps_on_two_cpu_devices_do_not_deadlock(small_confi
   assert result.returncode == 0, result.stderr[-3000:]
   assert read_summary(tmp_path)['num_devices'] == 2
   assert read_summary(tmp_path)['test_accuracy'] > 0.5
+
+
+USER_CODE = {'PYTHONPATH': os.path.join(os.path.dirname(os.path.abspath(__file__)))}
+
+
+@pytest.mark.parametrize('stage, model, phase', [
+    ('train', 'user_models:BatchStatsInEval', 'in eval mode'),
+    ('train', 'user_models:RaisesInTrain', 'in train mode'),
+    ('lr_find', 'user_models:RaisesInTrain', 'in train mode'),
+    ('compare', 'user_models:RaisesInTrain', 'in train mode'),
+])
+def test_a_failing_user_model_is_one_line_exit_2(small_config, tmp_path, stage, model, phase):
+  small_config.model.log_prior_output_bias = model != 'user_models:RaisesInTrain'
+  result = run_main(tmp_path, *cli_flags(small_config), f'--config.stage={stage}',
+                    f'--config.model.name={model}', '--config.lr_find.steps=20',
+                    '--config.compare.seeds=1', env=USER_CODE)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"recipe_jax: error: model '{model}' failed {phase}: "), last
+  assert 'Traceback' in (tmp_path / 'log.txt').read_text()  # the details are kept for later
+
+
+def test_console_shows_the_pipeline_lines_and_a_closing_summary(small_config, tmp_path):
+  """Regression: the first run printed absl INFO lines from JAX and TFDS internals (the libtpu
+  line among them), TensorFlow's C++ banner and TFDS progress bars."""
+  result = run_main(tmp_path / 'quiet', *cli_flags(small_config))
+  assert result.returncode == 0, result.stderr[-3000:]
+  console = result.stderr + result.stdout
+  for noise in ('libtpu', 'xla_bridge', 'oneDNN', 'cpu_feature_guard', 'Constructing tf.data',
+                'logging_writer.py', 'Setting work unit notes', 'absl::InitializeLog'):
+    assert noise not in console, noise
+  lines = result.stderr.strip().splitlines()
+  assert all(line[:2].isdigit() and line[2] == ':' for line in lines), lines[:5]  # HH:MM:SS
+  assert any('step 60/60 (100%)' in line and 'ETA' in line for line in lines)
+  assert 'train finished: 2 PASS' in lines[-3] and 'test_accuracy' in lines[-2]
+  assert 'look at:' in lines[-1] and 'summary.json' in lines[-1]
+  log = (tmp_path / 'quiet' / 'log.txt').read_text()
+  assert 'logging_writer.py' in log and 'step 60/60' in log  # everything is kept in the file
+
+  verbose = run_main(tmp_path / 'verbose', *cli_flags(small_config), '--verbosity=1')
+  assert verbose.returncode == 0 and 'logging_writer.py' in verbose.stderr

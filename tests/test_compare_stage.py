@@ -7,7 +7,7 @@ import pytest
 
 from recipe_jax.errors import UserError
 from recipe_jax.stages import compare
-from recipe_jax.stages import train as train_stage
+from recipe_jax.stages import train
 
 
 @pytest.fixture
@@ -24,9 +24,11 @@ def compare_config(small_config):
 
 def test_compare_tabulates_variants_and_does_not_redo_finished_runs(compare_config, tmp_path,
                                                                     monkeypatch):
-  rows = compare.run(compare_config, str(tmp_path))
-  assert [r['variant'] for r in rows] == ['baseline', 'narrow', 'smooth']
-  assert rows[0]['delta'] == 0.0 and all(r['seeds'] == 2 for r in rows)
+  result = compare.run(compare_config, str(tmp_path))
+  assert [v.check for v in result.verdicts] == ['variant_narrow', 'variant_smooth']
+  rows = [{'variant': 'baseline', 'mean': result.metrics['baseline_eval_accuracy']},
+          *[{'variant': v.check[len('variant_'):], **v.evidence} for v in result.verdicts]]
+  assert all(r['seeds'] == 2 for r in rows[1:])
   narrow = json.load(open(tmp_path / 'compare/narrow/seed_1/config.json'))
   assert narrow['model']['width'] == 8 and narrow['seed'] == 1
   with open(tmp_path / 'compare' / 'results.csv') as f:
@@ -38,10 +40,12 @@ def test_compare_tabulates_variants_and_does_not_redo_finished_runs(compare_conf
   assert os.path.getsize(tmp_path / 'compare' / 'curves.png') > 1000
 
   trained = []
-  real_run = train_stage.run
-  monkeypatch.setattr(train_stage, 'run', lambda c, d: trained.append(d) or real_run(c, d))
+  real_run = train.run_training
+  monkeypatch.setattr(train, 'run_training', lambda c, d: trained.append(d) or real_run(c, d))
   os.remove(tmp_path / 'compare/smooth/seed_0/summary.json')  # as if it had been killed
   again = compare.run(compare_config, str(tmp_path))
+  again = [{'mean': again.metrics['baseline_eval_accuracy']},
+           *[v.evidence for v in again.verdicts]]
   assert trained == [str(tmp_path / 'compare/smooth/seed_0')]
   assert [r['mean'] for r in again] == pytest.approx([r['mean'] for r in rows])
 

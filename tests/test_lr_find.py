@@ -6,7 +6,7 @@ import numpy as np
 
 from conftest import read_summary
 from recipe_jax.stages import lr_find
-from recipe_jax.stages import train as train_stage
+from recipe_jax.stages import train
 
 
 def synthetic_curve(lrs, noise_seed):
@@ -30,20 +30,23 @@ def test_range_test_is_reproducible_and_leaves_training_untouched(small_config, 
   small_config.lr_find.seeds = 2
   small_config.lr_find.min_lr = 1e-5
   small_config.lr_find.max_lr = 1.0
-  first = lr_find.run(small_config, str(tmp_path / 'a'))
-  again = lr_find.run(small_config, str(tmp_path / 'b'))
+  result = lr_find.run(small_config, str(tmp_path / 'a'))
+  lr_find.run(small_config, str(tmp_path / 'b'))
+  first, again = (json.load(open(tmp_path / d / 'lr_find' / 'curves.json')) for d in 'ab')
+  assert result.metrics['suggestion'] == first['suggestion']
+  assert result.verdicts[0].check == 'learning_rate'
   assert first['per_seed'][0]['losses'] == again['per_seed'][0]['losses']
   assert first['per_seed'][0]['losses'] != first['per_seed'][1]['losses']  # seeds differ
   assert first['suggestion'] == again['suggestion']
   assert 1e-5 <= first['suggestion'] <= 1.0 and first['spread_factor'] >= 1.0
-  with open(tmp_path / 'a' / 'lr_find' / 'result.json') as f:
-    assert json.load(f)['rule'] == lr_find.RULE
+  assert first['rule'] == lr_find.RULE
+  assert os.path.exists(tmp_path / 'a' / 'lr_find' / 'result.json')
   assert os.path.getsize(tmp_path / 'a' / 'lr_find' / 'lr_find.png') > 1000
   assert not os.path.exists(tmp_path / 'a' / 'checkpoints')
 
   small_config.stage = 'train'
-  train_stage.run(small_config, str(tmp_path / 'a'))  # in the workdir lr_find used
-  train_stage.run(small_config, str(tmp_path / 'fresh'))
+  train.run(small_config, str(tmp_path / 'a'))  # in the workdir lr_find used
+  train.run(small_config, str(tmp_path / 'fresh'))
   assert read_summary(tmp_path / 'a')['resumed_from_step'] is None
   assert (read_summary(tmp_path / 'a')['params_sha256'] ==
           read_summary(tmp_path / 'fresh')['params_sha256'])

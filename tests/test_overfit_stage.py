@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from recipe_jax import report
 from recipe_jax.errors import ChecksFailed
 from recipe_jax.stages import overfit
 
@@ -43,8 +44,10 @@ def test_a_too_small_model_fails_with_the_capacity_to_try(small_config, tmp_path
   config = small_problem(tmp_path, small_config)
   config.model.name, config.model.width = 'mlp', 2
   config.optimizer.learning_rate = 1e-3  # not trusted: said so, but still judged
-  with pytest.raises(ChecksFailed, match='does not fit'):
-    overfit.run(config, str(tmp_path / 'narrow'))
+  failed = overfit.run(config, str(tmp_path / 'narrow'))
+  with pytest.raises(ChecksFailed, match='fits_training_set'):
+    report.raise_if_failed(failed, str(tmp_path / 'narrow'))
+  assert 'does not fit' in failed.verdicts[1].summary
   result = verdicts(tmp_path / 'narrow')
   assert result['trusted_defaults']['status'] == 'WARN'
   assert 'optimizer.learning_rate=0.001' in result['trusted_defaults']['summary']

@@ -9,9 +9,9 @@ import optax
 import pytest
 
 from conftest import read_summary
-from recipe_jax import augment, defaults, losses, models, train
+from recipe_jax import augment, defaults, losses, models, trainer
 from recipe_jax.errors import UserError
-from recipe_jax.stages import train as train_stage
+from recipe_jax.stages import train
 
 
 def settings(**changes):
@@ -24,7 +24,7 @@ def gathered(augmentation, step=0, offset=0, size=8, seed=0, x_all=None):
   x_all = np.arange(16 * 40, dtype=np.float32).reshape(16, 40) if x_all is None else x_all
   y_all = np.arange(len(x_all), dtype=np.int32) % 10
   perm = np.arange(len(x_all))
-  x, y = train.batch_inputs(x_all, y_all, perm, step, 8, 2, offset, size, seed, augmentation)
+  x, y = trainer.batch_inputs(x_all, y_all, perm, step, 8, 2, offset, size, seed, augmentation)
   return np.asarray(x), np.asarray(y), x_all[perm[(step % 2) * 8 + offset:][:size]]
 
 
@@ -95,9 +95,9 @@ def test_label_smoothing_mixes_the_target_with_uniform():
 
 
 def test_ema_leaves_training_alone_and_is_what_eval_sees(small_config, tmp_path):
-  train_stage.run(small_config, str(tmp_path / 'plain'))
+  train.run(small_config, str(tmp_path / 'plain'))
   small_config.ema_decay = 0.9
-  train_stage.run(small_config, str(tmp_path / 'ema'))
+  train.run(small_config, str(tmp_path / 'ema'))
   plain, ema = read_summary(tmp_path / 'plain'), read_summary(tmp_path / 'ema')
   assert plain['params_sha256'] == ema['params_sha256']
   assert plain['eval_loss'] != ema['eval_loss']
@@ -110,7 +110,7 @@ def test_early_stopping_stops_and_restores_the_best_checkpoint(small_config, tmp
   small_config.optimizer.learning_rate = 0.05  # overshoots: validation accuracy stalls early
   small_config.early_stopping.patience = 3
   small_config.early_stopping.min_delta = 0.005
-  train_stage.run(small_config, str(tmp_path))
+  train.run(small_config, str(tmp_path))
   summary = read_summary(tmp_path)
   assert summary['stopped_early'] and summary['finished'] and summary['step'] < 400
   evals = [h['eval_accuracy'] for h in summary['history']]
@@ -120,7 +120,7 @@ def test_early_stopping_stops_and_restores_the_best_checkpoint(small_config, tmp
   assert summary['eval_accuracy'] == pytest.approx(summary['best_eval_accuracy'])
   assert os.listdir(tmp_path / 'checkpoints_best') == [str(best)]
   assert 'test_accuracy' in summary
-  train_stage.run(small_config, str(tmp_path))  # a restart does not train on
+  train.run(small_config, str(tmp_path))  # a restart does not train on
   assert read_summary(tmp_path)['step'] == summary['step']
 
 
@@ -141,7 +141,7 @@ def test_downsampled_dataset_trains(small_config, tmp_path):
   small_config.dataset.downsample = 2
   assert data.load(small_config.dataset).x_train.shape[1:] == (20,)  # mnist1d: 40 -> 20
   small_config.num_train_steps = 30
-  train_stage.run(small_config, str(tmp_path))
+  train.run(small_config, str(tmp_path))
   assert read_summary(tmp_path)['finished']
 
 
@@ -161,11 +161,11 @@ def test_a_resumed_run_with_every_random_regulariser_is_bit_identical(small_conf
   small_config.augment.noise = 0.05
   small_config.model.dropout = 0.2
   small_config.ema_decay = 0.9
-  train_stage.run(small_config, str(tmp_path / 'straight'))
+  train.run(small_config, str(tmp_path / 'straight'))
   small_config.num_train_steps = 30
-  train_stage.run(small_config, str(tmp_path / 'resumed'))
+  train.run(small_config, str(tmp_path / 'resumed'))
   small_config.num_train_steps = 60
-  train_stage.run(small_config, str(tmp_path / 'resumed'))
+  train.run(small_config, str(tmp_path / 'resumed'))
   resumed = read_summary(tmp_path / 'resumed')
   assert resumed['resumed_from_step'] == 30
   assert resumed['params_sha256'] == read_summary(tmp_path / 'straight')['params_sha256']

@@ -3,8 +3,11 @@ PASSes every check."""
 import json
 import os
 
+import numpy as np
+
 import pytest
 from conftest import REPO, as_flags, load_config, run_main
+from recipe_jax import experiment, report
 from recipe_jax.errors import ChecksFailed
 from recipe_jax.stages import sanity
 
@@ -47,7 +50,7 @@ def statuses(workdir):
 
 
 def test_correct_model_passes_every_check_and_writes_the_report(data_dir, tmp_path):
-  verdicts = sanity.run(sanity_config(data_dir), str(tmp_path))
+  verdicts = sanity.run(sanity_config(data_dir), str(tmp_path)).verdicts
   assert {v.check: v.status for v in verdicts} == {check: 'PASS' for check in CHECKS}
   assert statuses(tmp_path) == {check: 'PASS' for check in CHECKS}
   out = tmp_path / 'sanity'
@@ -62,15 +65,16 @@ def test_correct_model_passes_every_check_and_writes_the_report(data_dir, tmp_pa
 @pytest.mark.parametrize('bug', PLANTED)
 def test_planted_bug_fails_its_check(bug, data_dir, tmp_path):
   overrides, check = PLANTED[bug]
+  result = sanity.run(sanity_config(data_dir, **overrides), str(tmp_path))
   with pytest.raises(ChecksFailed, match=check):
-    sanity.run(sanity_config(data_dir, **overrides), str(tmp_path))
+    report.raise_if_failed(result, str(tmp_path))
   assert statuses(tmp_path)[check] == 'FAIL'
 
 
 def test_correct_user_model_passes_every_check(data_dir, tmp_path):
   """The planted models' bug-free twin, so a FAIL above is the bug, not the MLP itself."""
   verdicts = sanity.run(sanity_config(data_dir, **{'model.name': 'planted_bugs:Correct'}),
-                        str(tmp_path))
+                        str(tmp_path)).verdicts
   assert [v.check for v in verdicts if v.status != 'PASS'] == []
 
 
@@ -85,8 +89,69 @@ def test_cli_exits_1_on_a_failed_check(data_dir, tmp_path):
 
 def test_inputs_before_net_show_the_augmentation(data_dir):
   config = sanity_config(data_dir)
-  dataset = sanity.data_lib.load(config.dataset)
-  raw_x, raw_y = sanity._first_batch(config, dataset, None)
+  raw_x, raw_y, raw_rows = sanity._first_batch(config, experiment.build(config))
   config.augment.shift = 5
-  x, y = sanity._first_batch(config, dataset, sanity.augment.settings(config.augment))
+  x, y, rows = sanity._first_batch(config, experiment.build(config))
+  assert (rows == raw_rows).all()
   assert not (x == raw_x).all() and (y == raw_y).all()
+
+
+USER_CODE = {'PYTHONPATH': os.path.join(REPO, 'tests')}
+
+
+def test_model_that_breaks_in_eval_mode_fails_the_checks_and_names_the_cause(data_dir, tmp_path):
+  """Regression: this model crashed the stage with a Flax traceback and wrote no verdicts."""
+  config = sanity_config(data_dir, **{'model.name': 'user_models:BatchStatsInEval'})
+  result = run_main(tmp_path, '--config=configs/mnist1d/sanity.py', *as_flags(config),
+                    env=USER_CODE)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  with open(tmp_path / 'sanity' / 'verdicts.json') as f:
+    verdicts = {v['check']: v for v in json.load(f)}
+  assert list(verdicts) == list(CHECKS)
+  assert verdicts['inputs_before_net']['status'] == 'PASS'  # needs no model: still runs
+  assert verdicts['init_well']['status'] == 'FAIL'
+  assert 'changes its variables in eval mode' in verdicts['init_well']['summary']
+  assert 'use_running_average' in verdicts['init_well']['summary']
+  assert 'failed in eval mode' in verdicts['init_well']['summary']
+  assert (tmp_path / 'sanity' / 'report.md').exists()
+
+
+def test_model_that_breaks_only_in_train_mode_fails_the_training_checks(data_dir, tmp_path):
+  config = sanity_config(data_dir, **{'model.name': 'user_models:RaisesInTrain',
+                                      'model.log_prior_output_bias': False})
+  verdicts = {v.check: v for v in sanity.run(config, str(tmp_path)).verdicts}
+  for check in ('fixed_seed', 'loss_at_init', 'gradients', 'overfit_one_batch'):
+    assert verdicts[check].status == 'FAIL', check
+    assert 'failed in train mode' in verdicts[check].summary, verdicts[check].summary
+  assert verdicts['init_well'].status == 'WARN'  # eval mode works; init well is off
+  assert verdicts['inputs_before_net'].status == 'PASS'
+
+
+def test_sanity_evaluates_with_the_configured_loss(data_dir, tmp_path):
+  """Regression: validation losses were cross-entropy whatever config.loss said."""
+  config = sanity_config(data_dir, **{'loss': 'planted_bugs:doubled_cross_entropy'})
+  verdicts = {v.check: v for v in sanity.run(config, str(tmp_path)).verdicts}
+  table = verdicts['dumb_baselines'].evidence['validation']
+  exp = experiment.build(config)
+  prior = np.bincount(exp.dataset.y_train, minlength=10) / len(exp.dataset.y_train)
+  prior_cross_entropy = -np.mean(np.log(prior[exp.dataset.y_val]))
+  assert table['class prior']['loss'] == pytest.approx(2 * prior_cross_entropy, rel=1e-5)
+  state = exp.initial_state()
+  doubled = exp.evaluate(state, exp.dataset.x_val, exp.dataset.y_val)
+  config.loss = 'cross_entropy'
+  plain = experiment.build(config).evaluate(state, exp.dataset.x_val, exp.dataset.y_val)
+  assert doubled['loss'] == pytest.approx(2 * plain['loss'], rel=1e-5)
+  assert doubled['accuracy'] == plain['accuracy']
+
+
+def test_evidence_names_rows_of_the_source_split(data_dir, tmp_path):
+  config = sanity_config(data_dir)
+  verdicts = {v.check: v for v in sanity.run(config, str(tmp_path)).verdicts}
+  exp = experiment.build(config)
+  shown = verdicts['prediction_dynamics'].evidence
+  assert shown['source_split'] == 'train'  # validation is carved from the source train split
+  source_x = exp.dataset.x_val[:len(shown['source_rows'])]
+  full = np.concatenate([exp.dataset.x_train, exp.dataset.x_val])
+  rows = np.concatenate([exp.dataset.train_rows, exp.dataset.val_rows])
+  by_row = full[np.argsort(rows)]  # the normalised source train split, in file order
+  np.testing.assert_array_equal(by_row[shown['source_rows']], source_x)

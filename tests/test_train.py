@@ -4,7 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from recipe_jax import train
+from conftest import train_and_evaluate
+from recipe_jax import mesh, trainer
 from recipe_jax.errors import DivergenceError, UserError
 
 SUMMARY_KEYS = {'stage', 'step', 'train_loss', 'eval_loss', 'eval_accuracy', 'best_eval_accuracy',
@@ -12,29 +13,29 @@ SUMMARY_KEYS = {'stage', 'step', 'train_loss', 'eval_loss', 'eval_accuracy', 'be
 
 
 def test_same_config_and_seed_give_bit_identical_params(small_config, tmp_path):
-  first = train.train_and_evaluate(small_config, str(tmp_path / 'a'))
-  second = train.train_and_evaluate(small_config, str(tmp_path / 'b'))
+  first = train_and_evaluate(small_config, str(tmp_path / 'a'))
+  second = train_and_evaluate(small_config, str(tmp_path / 'b'))
   assert SUMMARY_KEYS <= set(first)
   assert first['params_sha256'] == second['params_sha256']
   small_config.seed = 1
-  other_seed = train.train_and_evaluate(small_config, str(tmp_path / 'c'))
+  other_seed = train_and_evaluate(small_config, str(tmp_path / 'c'))
   assert other_seed['params_sha256'] != first['params_sha256']
 
 
 def test_short_mnist1d_training_clearly_beats_chance(small_config, tmp_path):
   small_config.num_train_steps = 400
   small_config.eval_every_steps = 200
-  summary = train.train_and_evaluate(small_config, str(tmp_path))
+  summary = train_and_evaluate(small_config, str(tmp_path))
   assert summary['test_accuracy'] > 0.4  # chance is 0.1
   assert summary['train_loss'] < 1.5  # log(10) = 2.30 at chance
   assert summary['best_eval_accuracy'] >= summary['eval_accuracy'] > 0.4
 
 
 def test_resuming_a_finished_run_with_more_steps_matches_one_long_run(small_config, tmp_path):
-  train.train_and_evaluate(small_config, str(tmp_path / 'resumed'))  # 60 steps
+  train_and_evaluate(small_config, str(tmp_path / 'resumed'))  # 60 steps
   small_config.num_train_steps = 90
-  resumed = train.train_and_evaluate(small_config, str(tmp_path / 'resumed'))
-  straight = train.train_and_evaluate(small_config, str(tmp_path / 'straight'))
+  resumed = train_and_evaluate(small_config, str(tmp_path / 'resumed'))
+  straight = train_and_evaluate(small_config, str(tmp_path / 'straight'))
   assert resumed['resumed_from_step'] == 60 and straight['resumed_from_step'] is None
   assert resumed['params_sha256'] == straight['params_sha256']
 
@@ -42,44 +43,44 @@ def test_resuming_a_finished_run_with_more_steps_matches_one_long_run(small_conf
 def test_corrupted_latest_checkpoint_falls_back_to_the_one_before(small_config, tmp_path, caplog):
   small_config.num_train_steps = 90  # checkpoints at 30, 60, 90
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(small_config, workdir)
+  train_and_evaluate(small_config, workdir)
   for path in glob.glob(f'{workdir}/checkpoints/90/state/**/*', recursive=True):
     if os.path.isfile(path):
       with open(path, 'wb') as f:
         f.write(b'not a checkpoint')
   small_config.num_train_steps = 120
   with caplog.at_level('WARNING'):
-    resumed = train.train_and_evaluate(small_config, workdir)
+    resumed = train_and_evaluate(small_config, workdir)
   assert 'checkpoint at step 90 failed to restore' in caplog.text
   assert resumed['resumed_from_step'] == 60
   assert os.path.isdir(f'{workdir}/checkpoints_corrupt/90')  # kept for a post-mortem
-  straight = train.train_and_evaluate(small_config, str(tmp_path / 'straight'))
+  straight = train_and_evaluate(small_config, str(tmp_path / 'straight'))
   assert resumed['params_sha256'] == straight['params_sha256']
 
 
 def test_divergence_rule_names_the_first_bad_step():
   ok = [(1, 2.3), (2, 2.0), (3, 150.0)]
-  train.check_losses(ok, initial_loss=2.3, factor=100, learning_rate=0.01, last_checkpoint=None)
+  trainer.check_losses(ok, initial_loss=2.3, factor=100, learning_rate=0.01, last_checkpoint=None)
   with pytest.raises(DivergenceError, match='diverged at step 3: loss nan is not finite.*'
                      'learning rate \\(0.01\\).*no checkpoint was saved'):
-    train.check_losses([(2, 2.0), (3, float('nan')), (4, float('inf'))], 2.3, 100, 0.01, None)
+    trainer.check_losses([(2, 2.0), (3, float('nan')), (4, float('inf'))], 2.3, 100, 0.01, None)
   with pytest.raises(DivergenceError, match='step 5: loss 300 exceeds 100 x the initial loss 2.3.*'
                      'last good checkpoint: step 4'):
-    train.check_losses([(5, 300.0)], 2.3, 100, 0.01, last_checkpoint=4)
+    trainer.check_losses([(5, 300.0)], 2.3, 100, 0.01, last_checkpoint=4)
 
 
 def test_eval_padding_masks_the_extra_examples():
-  x, y, mask = train.pad_for_eval(np.ones((7, 3), np.float32), np.arange(7), 4)
+  x, y, mask = trainer.pad_for_eval(np.ones((7, 3), np.float32), np.arange(7), 4)
   assert x.shape == (8, 3) and mask.tolist() == [1] * 7 + [0]
 
 
 def test_no_validation_split_is_a_user_error(small_config, tmp_path):
   small_config.dataset.val_fraction = 0.0
   with pytest.raises(UserError, match='val_fraction=0.0 leaves no validation examples'):
-    train.train_and_evaluate(small_config, str(tmp_path))
+    train_and_evaluate(small_config, str(tmp_path))
 
 
 def test_batches_must_split_evenly_over_devices():
-  train.require_divisible(2, {'batch_size': 4})
+  mesh.require_divisible(2, {'batch_size': 4})
   with pytest.raises(UserError, match=r'sanity.overfit_examples=3 must be divisible .* \(2\)'):
-    train.require_divisible(2, {'batch_size': 4, 'sanity.overfit_examples': 3})
+    mesh.require_divisible(2, {'batch_size': 4, 'sanity.overfit_examples': 3})

@@ -15,9 +15,10 @@ import os
 import numpy as np
 from absl import logging
 
-from recipe_jax import plots
+from recipe_jax import plots, report
 from recipe_jax.errors import UserError
-from recipe_jax.stages import train as train_stage
+from recipe_jax.report import StageResult, Verdict
+from recipe_jax.stages import train
 
 BASELINE = 'baseline'
 
@@ -47,8 +48,9 @@ def variant_config(config, overrides: dict, seed: int):
   return variant
 
 
-def run(config, workdir: str) -> list:
+def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'compare')
+  files = ['compare/results.md', 'compare/curves.png', 'compare/report.md']
   variants = {BASELINE: {}, **parse_variants(config.compare.variants)}
   seeds = range(config.seed, config.seed + config.compare.seeds)
   for name, overrides in variants.items():  # validate every override before any training
@@ -61,9 +63,9 @@ def run(config, workdir: str) -> list:
       summary = _finished_summary(run_dir)
       if summary is None:
         logging.info('compare: training %s, seed %d', name, seed)
-        summary = train_stage.run(variant_config(config, overrides, seed), run_dir)
-        if not summary['finished']:
-          return []  # preempted: a restart resumes here
+        summary = train.run_training(variant_config(config, overrides, seed), run_dir)
+        if not summary['finished']:  # preempted: a restart resumes here
+          return StageResult('compare', [], {}, files, finished=False)
       else:
         logging.info('compare: %s seed %d already finished, not redone', name, seed)
       summaries[name].append(summary)
@@ -74,7 +76,25 @@ def run(config, workdir: str) -> list:
     logging.info('compare %-12s %s %.4f +- %.4f  delta %+.4f %s  gap %.4f', row['variant'],
                  config.compare.metric, row['mean'], row['std'], row['delta'], row['noise'],
                  row['train_val_gap'])
-  return rows
+  best = max(rows, key=lambda r: r['mean'])
+  metrics = {'best_variant': best['variant'], f'best_{config.compare.metric}': best['mean'],
+             f'baseline_{config.compare.metric}': rows[0]['mean']}
+  return report.finish(workdir, StageResult('compare', verdicts(rows, config.compare.metric),
+                                            metrics, files), 'Compare: one change at a time')
+
+
+def verdicts(rows: list, metric: str) -> list:
+  """One per variant: PASS when it beats the baseline beyond seed noise, WARN otherwise (a
+  change that cannot be told apart from the baseline, or one that makes it worse)."""
+  found = []
+  for row in rows[1:]:
+    line = (f"{metric} {row['mean']:.4f} +- {row['std']:.4f}, {row['delta']:+.4f} vs baseline, "
+            f"{row['noise']}")
+    better = row['noise'] == 'beyond seed noise' and row['delta'] > 0
+    found.append(Verdict(f"variant_{row['variant']}", 'PASS' if better else 'WARN', line,
+                         {k: row[k] for k in ('overrides', 'seeds', 'mean', 'std', 'delta',
+                                              'noise', 'train_val_gap', 'test_accuracy')}))
+  return found
 
 
 def _finished_summary(run_dir: str):

@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from recipe_jax import data as data_lib, data_checks, plots, report
+from recipe_jax.report import StageResult
 
 
 def raw_splits(config):
@@ -17,7 +18,7 @@ def raw_splits(config):
   return dataset, {name: xy for name, xy in splits.items() if len(xy[1])}
 
 
-def run(config, workdir: str) -> list:
+def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'inspect')
   os.makedirs(out, exist_ok=True)
   dataset, splits = raw_splits(config)
@@ -30,25 +31,64 @@ def run(config, workdir: str) -> list:
   verdicts = [*data_checks.basic_statistics(splits), balance,
               *data_checks.exact_duplicates(splits), *leakage, outliers, noise]
   images = {balance.check: [_class_plot(out, balance)],
-            'sizes_and_ranges': _sample_grids(out, splits['train'], dataset.num_classes,
+            'sizes_and_ranges': _sample_grids(out, dataset, splits['train'], dataset.num_classes,
                                               cfg.examples_per_class)}
   for v in leakage:
     if v.status == 'FAIL':
-      images[v.check] = [_leak_pairs(out, v, splits)]
+      images[v.check] = [_leak_pairs(out, v, splits, dataset)]
   if outliers.status == 'WARN':
     images['outliers'] = [_indexed_grid(out, 'outliers.png', x, outliers.evidence['indices'],
-                                        [f'#{i} y={y[i]} z={z:.1f}' for i, z in zip(
-                                            outliers.evidence['indices'], outliers.evidence['z'])])]
+                                        [f'row {dataset.train_rows[i]} y={y[i]} z={z:.1f}'
+                                         for i, z in zip(outliers.evidence['indices'],
+                                                         outliers.evidence['z'])])]
   if noise.status == 'WARN':
     e = noise.evidence
     images['label_noise'] = [_indexed_grid(out, 'label_noise.png', x, e['indices'], [
-        f'#{i} given {g} -> {s}?' for i, g, s in zip(e['indices'], e['given_labels'],
-                                                     e['suggested_labels'])])]
+        f'row {dataset.train_rows[i]} given {g} -> {s}?' for i, g, s in zip(
+            e['indices'], e['given_labels'], e['suggested_labels'])])]
+  for v in verdicts:
+    name_source_rows(v, dataset)
   with open(os.path.join(out, 'input_stats.json'), 'w') as f:
     json.dump({'mean': np.ravel(dataset.mean).tolist(), 'std': np.ravel(dataset.std).tolist(),
                'computed_on': 'train split, before normalisation'}, f, indent=2)
-  report.write(out, f'Inspect: {config.dataset.name}', verdicts, images)
-  return verdicts
+  metrics = {f'{name}_examples': len(xy[1]) for name, xy in splits.items()}
+  files = ['inspect/report.md', 'inspect/verdicts.json', 'inspect/input_stats.json']
+  return report.finish(workdir, StageResult('inspect', verdicts, metrics, files),
+                       f'Inspect: {config.dataset.name}', images)
+
+
+def name_source_rows(verdict, dataset) -> None:
+  """Rewrites the verdict's example indices (positions in the carved train / val / test
+  splits) as rows of the source splits the user has (`data.source_rows`), in place."""
+  e = verdict.evidence
+
+  def as_ref(split, i):  # one example: {'split', 'source_split', 'source_row'[, 'tfds_id']}
+    found = data_lib.source_rows(dataset, split, [i])
+    ref = {'split': split, 'source_split': found['source_split'],
+           'source_row': found['source_rows'][0]}
+    if 'tfds_ids' in found:
+      ref['tfds_id'] = found['tfds_ids'][0]
+    return ref
+
+  if verdict.check in ('outliers', 'label_noise'):
+    e.update(data_lib.source_rows(dataset, 'train', e.pop('indices')))
+  elif verdict.check.startswith('near_duplicates_'):
+    split = 'val' if '_val_' in verdict.check else 'test'
+    leaked = data_lib.source_rows(dataset, split, e.pop(f'leaked_{split}_indices'))
+    nearest = data_lib.source_rows(dataset, 'train', e.pop('nearest_train_indices'))
+    e['leaked'] = {'split': split, **leaked}
+    e['nearest_train'] = {'split': 'train', **nearest}
+  elif verdict.check == 'non_finite_values' and 'rows_with_non_finite' in e:
+    e['rows_with_non_finite'] = {split: {'split': split, **data_lib.source_rows(
+        dataset, split, rows)} for split, rows in e['rows_with_non_finite'].items()}
+  elif verdict.check == 'duplicates_within_splits':
+    e['groups'] = {split: [[as_ref(split, i) for i in group] for group in groups]
+                   for split, groups in e['groups'].items()}
+  elif verdict.check == 'duplicates_across_splits':
+    e['groups'] = [[as_ref(split, i) for split, i in group] for group in e['groups']]
+  elif verdict.check == 'conflicting_labels':
+    e['groups'] = [[{**as_ref(split, i), 'label': label} for split, i, label in group]
+                   for group in e['groups']]
 
 
 def _label_noise(x, y, num_classes, cfg):
@@ -76,7 +116,7 @@ def _class_plot(out, balance):
   return path
 
 
-def _sample_grids(out, train, num_classes, per_class):
+def _sample_grids(out, dataset, train, num_classes, per_class):
   x, y = train
   rng = np.random.default_rng(0)
   examples, titles, means = [], [], []
@@ -84,7 +124,7 @@ def _sample_grids(out, train, num_classes, per_class):
     members = np.flatnonzero(y == c)
     shown = rng.choice(members, min(per_class, len(members)), replace=False)
     examples += [x[i] for i in shown] + [None] * (per_class - len(shown))
-    titles += [f'#{i} y={c}' for i in shown] + [''] * (per_class - len(shown))
+    titles += [f'row {dataset.train_rows[i]} y={c}' for i in shown] + [''] * (per_class - len(shown))
     if len(members):
       means.append((np.nanmean(x[members], axis=0), f'class {c} mean'))
   samples = os.path.join(out, 'samples_per_class.png')
@@ -94,14 +134,16 @@ def _sample_grids(out, train, num_classes, per_class):
   return [samples, class_means]
 
 
-def _leak_pairs(out, verdict, splits):
+def _leak_pairs(out, verdict, splits, dataset):
   split = 'val' if 'val' in verdict.check else 'test'
   query_idx = verdict.evidence[f'leaked_{split}_indices'][:12]
   train_idx = verdict.evidence['nearest_train_indices'][:12]
+  rows = lambda name, i: f"{data_lib.SOURCE_SPLIT[name]} row {getattr(dataset, f'{name}_rows')[i]}"
   examples, titles = [], []
   for q, t in zip(query_idx, train_idx):
     examples += [splits[split][0][q], splits['train'][0][t]]
-    titles += [f'{split} #{q} y={splits[split][1][q]}', f'train #{t} y={splits["train"][1][t]}']
+    titles += [f'{split}: {rows(split, q)} y={splits[split][1][q]}',
+               f'train: {rows("train", t)} y={splits["train"][1][t]}']
   path = os.path.join(out, f'leaked_{split}_pairs.png')
   plots.grid(path, examples, titles, columns=4)
   return path

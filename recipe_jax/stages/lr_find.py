@@ -5,7 +5,7 @@ grows exponentially from `lr_find.min_lr` to `lr_find.max_lr` over `lr_find.step
 the loss is recorded.
 Nothing is saved to the run's checkpoints, so later training starts exactly as without it.
 
-The rule, stated in result.json: smooth the loss (bias-corrected exponential moving average),
+The rule, stated in lr_find/curves.json and the verdict's evidence: smooth the loss (bias-corrected exponential moving average),
 cut the curve where it diverges (above `stop_factor` x its minimum so far, or non-finite), and
 suggest the learning rate of steepest descent of the smoothed loss against log(lr) before its
 minimum. Repeated for `lr_find.seeds` seeds (init and batch order change); the suggestion is
@@ -18,8 +18,9 @@ import numpy as np
 import optax
 from absl import logging
 
-from recipe_jax import augment, data as data_lib, losses, models, optim, plots, train
+from recipe_jax import experiment, plots, report
 from recipe_jax.errors import UserError
+from recipe_jax.report import StageResult, Verdict
 
 RULE = ('steepest descent of the EMA-smoothed loss against log(lr), before the smoothed '
         'minimum, on the curve cut where the smoothed loss exceeds stop_factor x its running '
@@ -55,30 +56,24 @@ def suggest(lrs, losses_, beta: float = 0.9, stop_factor: float = 4.0) -> dict:
           'smoothed_loss': smooth}
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'lr_find')
   os.makedirs(out, exist_ok=True)
   cfg = config.lr_find
   if not 0 < cfg.min_lr < cfg.max_lr:
     raise UserError(f'lr_find needs 0 < min_lr < max_lr, got {cfg.min_lr}, {cfg.max_lr}')
-  dataset = data_lib.load(config.dataset)
-  model = models.create(config.model, dataset.num_classes, bn_axis_name=train.AXIS)
   schedule = optax.exponential_decay(cfg.min_lr, cfg.steps - 1, cfg.max_lr / cfg.min_lr)
-  tx = optim.create(config.optimizer, cfg.steps, schedule=schedule)
+  exp = experiment.build(config, num_train_steps=cfg.steps, schedule=schedule)
   lrs = np.array([float(schedule(i)) for i in range(cfg.steps)])
-  loss_fn = losses.create(config.loss, config.label_smoothing)  # the loss training minimises
   curves = []
   for seed in range(config.seed, config.seed + cfg.seeds):
-    _, history = train.run_steps(model, tx, loss_fn, dataset.x_train, dataset.y_train,
-                                 num_steps=cfg.steps, batch_size=config.batch_size, seed=seed,
-                                 output_bias=train.output_bias(config, dataset),
-                                 augmentation=augment.settings(config.augment))
+    _, history = exp.run_steps(exp.dataset.x_train, exp.dataset.y_train, cfg.steps, seed=seed)
     found = suggest(lrs, history['loss'], cfg.smoothing, cfg.stop_factor)
     curves.append({'seed': seed, 'losses': history['loss'], **found})
     logging.info('lr_find seed %d: suggestion %.3g (min loss at %.3g)', seed,
                  found['suggestion'], found['min_loss_lr'])
   suggestions = np.array([c['suggestion'] for c in curves])
-  result = {
+  curve_data = {
       'suggestion': float(np.exp(np.median(np.log(suggestions)))),
       'rule': RULE,
       'spread_factor': float(suggestions.max() / suggestions.min()),
@@ -87,13 +82,34 @@ def run(config, workdir: str) -> dict:
       'per_seed': [{k: np.asarray(v).tolist() if isinstance(v, np.ndarray) else v
                     for k, v in c.items()} for c in curves],
   }
-  with open(os.path.join(out, 'result.json'), 'w') as f:
-    json.dump(result, f, indent=2)
-  _plot(os.path.join(out, 'lr_find.png'), lrs, curves, result['suggestion'])
-  logging.info('lr_find: suggested learning rate %.3g (%s; seeds span a factor of %.2f); '
-               'try --config.optimizer.learning_rate=%.2g', result['suggestion'],
-               config.optimizer.name, result['spread_factor'], result['suggestion'])
-  return result
+  with open(os.path.join(out, 'curves.json'), 'w') as f:
+    json.dump(curve_data, f, indent=2)
+  _plot(os.path.join(out, 'lr_find.png'), lrs, curves, curve_data['suggestion'])
+  metrics = {k: curve_data[k] for k in ('suggestion', 'spread_factor', 'optimizer')}
+  return report.finish(workdir, StageResult(
+      'lr_find', [verdict(curve_data, cfg.max_spread_factor)], metrics,
+      ['lr_find/lr_find.png', 'lr_find/curves.json', 'lr_find/report.md']),
+      f'LR range test: {config.model.name} with {config.optimizer.name}',
+      {'learning_rate': [os.path.join(out, 'lr_find.png')]})
+
+
+def verdict(curve_data: dict, max_spread: float) -> Verdict:
+  """PASS with the suggestion; WARN when the seeds disagree by more than `max_spread`x (the
+  curve is too noisy to trust: more steps or a larger batch) or no seed's curve diverged
+  (max_lr too small to see where the loss explodes)."""
+  suggestion, spread = curve_data['suggestion'], curve_data['spread_factor']
+  line = (f'suggested learning rate {suggestion:.3g} ({curve_data["optimizer"]}; seeds span a '
+          f'factor of {spread:.2f}); try --config.optimizer.learning_rate={suggestion:.2g}')
+  evidence = {k: curve_data[k] for k in ('suggestion', 'spread_factor', 'rule')}
+  evidence['per_seed'] = [{k: c[k] for k in ('seed', 'suggestion', 'min_loss_lr',
+                                             'diverged_at_lr')} for c in curve_data['per_seed']]
+  if spread > max_spread:
+    return Verdict('learning_rate', 'WARN', f'{line}; the seeds disagree by more than '
+                   f'{max_spread:g}x: use more lr_find.steps or a larger batch', evidence)
+  if all(c['diverged_at_lr'] is None for c in curve_data['per_seed']):
+    return Verdict('learning_rate', 'WARN', f'{line}; the loss never diverged: raise '
+                   'lr_find.max_lr to see the whole curve', evidence)
+  return Verdict('learning_rate', 'PASS', line, evidence)
 
 
 def _plot(path, lrs, curves, suggestion):

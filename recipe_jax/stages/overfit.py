@@ -3,13 +3,13 @@
 Trains like stage='train' (checkpoints, resume, summary.json), with the settings the recipe
 trusts: Adam 3e-4, a constant learning rate, no regularisation. Then evaluates the whole
 training split and gives a verdict: can this model fit it? If not, it names the capacity
-increase to try. Writes overfit/{verdicts.json, report.md}; a FAIL exits with code 1.
+increase to try. Writes overfit/{verdicts.json, report.md, result.json}; a FAIL exits with code 1.
 """
 import os
 
 from recipe_jax import models, report
-from recipe_jax.report import Verdict
-from recipe_jax.stages import train as train_stage
+from recipe_jax.report import StageResult, Verdict
+from recipe_jax.stages import train
 
 TRUSTED = {'optimizer.name': 'adam', 'optimizer.learning_rate': 3e-4,
            'optimizer.schedule': 'constant', 'optimizer.warmup_steps': 0,
@@ -39,22 +39,23 @@ def fits_training_set(summary: dict, target: float, model_name: str, width) -> V
                    'regularise', evidence)
   width = width or models.reference_width(model_name)
   wider = f'--config.model.width={2 * width}' if width else 'a wider model'
-  return Verdict('fits_training_set', 'FAIL', f'{line}: the model cannot fit the training set. '
+  return Verdict('fits_training_set', 'FAIL', f'{line}: the model does not fit the training set. '
                  f'Increase capacity: try {wider} (or a deeper model); if the training loss was '
                  f'still falling, --config.num_train_steps={2 * summary["step"]}; the lr_find '
                  'stage tells whether a higher learning rate is safe', evidence)
 
 
-def run(config, workdir: str) -> list:
+def run(config, workdir: str) -> StageResult:
   with config.unlocked():
     config.eval_train_split = True
-  summary = train_stage.run(config, workdir)
-  if not summary['finished']:
-    return []  # preempted: the next start resumes and then judges
+  summary = train.run_training(config, workdir)
+  files = ['overfit/report.md', 'summary.json']
+  if not summary['finished']:  # preempted: the next start resumes and then judges
+    return StageResult('overfit', [], {'step': summary['step']}, files, finished=False)
   verdicts = [trusted_defaults(config),
               fits_training_set(summary, config.overfit.target_accuracy, config.model.name,
                                 config.model.width)]
-  out = os.path.join(workdir, 'overfit')
-  report.write(out, f'Overfit: {config.model.name} on {config.dataset.name}', verdicts)
-  report.raise_if_failed(verdicts, out, 'the model does not fit the training set')
-  return verdicts
+  metrics = {k: summary[k] for k in ('train_split_accuracy', 'train_split_loss',
+                                     'eval_accuracy', 'step')}
+  return report.finish(workdir, StageResult('overfit', verdicts, metrics, files),
+                       f'Overfit: {config.model.name} on {config.dataset.name}')

@@ -8,89 +8,162 @@ import os
 
 import jax
 import numpy as np
+from absl import logging
 
-from recipe_jax import (augment, checks, data as data_lib, losses, models, optim, plots, report,
-                        rng, train)
+from recipe_jax import (checks, console, data as data_lib, experiment, models, plots, report,
+                        trainer, user_code)
 from recipe_jax.errors import UserError
+from recipe_jax.mesh import require_divisible
+from recipe_jax.report import StageResult, Verdict
+
+CHECKS = ('fixed_seed', 'loss_at_init', 'init_well', 'inputs_before_net', 'batch_dependency',
+          'gradients', 'dumb_baselines', 'decreasing_loss', 'prediction_dynamics',
+          'overfit_one_batch', 'human_baseline')
 
 
-def run(config, workdir: str) -> list:
+def once(compute):
+  """compute() the first time it is needed; later calls return its value, or raise its error
+  again (checks that need the same failed piece fail for the same reason, at once)."""
+  memo = {}
+
+  def get():
+    if 'error' in memo:
+      raise memo['error']
+    if 'value' not in memo:
+      try:
+        memo['value'] = compute()
+      except Exception as e:
+        memo['error'] = e
+        raise
+    return memo['value']
+  return get
+
+
+def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'sanity')
   os.makedirs(out, exist_ok=True)
   cfg = config.sanity
-  dataset = data_lib.load(config.dataset)
+  # The plain loss, without label smoothing: one batch must be able to reach ~0 loss.
+  exp = experiment.build(config, num_train_steps=cfg.steps, label_smoothing=False)
+  dataset = exp.dataset
   if len(dataset.y_val) == 0:
     raise UserError('the sanity stage compares baselines on validation data; set '
                     'dataset.val_fraction > 0 (e.g. 0.05)')
-  train.require_divisible(jax.device_count(), {'batch_size': config.batch_size,
-                                               'sanity.overfit_examples': cfg.overfit_examples})
-  model = models.create(config.model, dataset.num_classes, bn_axis_name=train.AXIS)
-  loss_fn = losses.create(config.loss)  # without label smoothing: one batch must reach ~0 loss
+  require_divisible(exp.mesh.size, {'sanity.overfit_examples': cfg.overfit_examples})
   log_prior = models.class_log_prior(dataset.y_train, dataset.num_classes)
-  bias = train.output_bias(config, dataset)
-  tx = optim.create(config.optimizer, cfg.steps)
+  state = once(exp.initial_state)
+  apply_fn = once(lambda: exp.apply_fn(state()))
+  first_x, first_y, first_positions = _first_batch(config, exp)
+  short_runs = once(lambda: _short_runs(cfg, exp, apply_fn()))
+  dependency_x, dependency_y = first_x[:cfg.dependency_examples], first_y[:cfg.dependency_examples]
 
-  augmentation = augment.settings(config.augment)
+  def dependency():
+    verdict = checks.batch_dependency(apply_fn(), state().params, dependency_x, dependency_y,
+                                      exp.loss_fn, bool(state().batch_stats))
+    verdict.evidence.update(data_lib.source_rows(dataset, 'train',
+                                                 first_positions[:cfg.dependency_examples]))
+    return verdict, _dependency_matrix(out, verdict)
 
-  def short_run(x, y, steps, seed=config.seed, batch_size=config.batch_size,
-                augmentation=augmentation, **kwargs):
-    return train.run_steps(model, tx, loss_fn, x, y, num_steps=steps, batch_size=batch_size,
-                           seed=seed, output_bias=bias, augmentation=augmentation, **kwargs)
+  def gradients():
+    grad_fn = jax.jit(jax.grad(lambda p, x, y: exp.loss_fn(apply_fn()(p, x, True), y).mean()))
+    return (checks.gradients(grad_fn, state().params, first_x, first_y),)
 
+  def baselines():
+    real, zero_input, _ = short_runs()
+    prior_logits = np.tile(log_prior, (len(dataset.y_val), 1))
+    prior_loss = float(np.mean(exp.loss_fn(prior_logits, dataset.y_val)))
+    verdict = checks.dumb_baselines(dataset.y_val, np.exp(log_prior), zero_input['val'],
+                                    real['val'], cfg.baseline_margin, config.human_baseline,
+                                    prior_loss)
+    return verdict, _baseline_bars(out, verdict)
+
+  def decreasing():
+    real, zero_input, _ = short_runs()
+    return (checks.decreasing_loss(real['history']['loss'], cfg.min_loss_drop),
+            _loss_curves(out, real['history'], zero_input['history']))
+
+  def dynamics():
+    frames = short_runs()[2]
+    verdict = checks.prediction_dynamics(frames['probabilities'], frames['labels'])
+    verdict.evidence.update(data_lib.source_rows(dataset, 'val', np.arange(len(frames['labels']))))
+    return verdict, _dynamics_plot(out, frames)
+
+  def inputs():
+    verdict = checks.inputs_before_net(first_x)
+    verdict.evidence.update(data_lib.source_rows(dataset, 'train', first_positions))
+    return verdict, _input_grid(out, first_x, first_y, verdict.evidence['source_rows'])
+
+  runners = {
+      'fixed_seed': lambda: (checks.fixed_seed(lambda s: exp.run_steps(
+          dataset.x_train, dataset.y_train, cfg.seed_steps, seed=s)[0].params, config.seed),),
+      'loss_at_init': lambda: _loss_at_init(out, cfg, config, exp, apply_fn(), state().params,
+                                            log_prior),
+      'init_well': lambda: (checks.init_well(lambda p: apply_fn()(p, first_x[:8], False),
+                                             state().params, log_prior,
+                                             config.model.log_prior_output_bias),),
+      'inputs_before_net': inputs,
+      'batch_dependency': dependency,
+      'gradients': gradients,
+      'dumb_baselines': baselines,
+      'decreasing_loss': decreasing,
+      'prediction_dynamics': dynamics,
+      'overfit_one_batch': lambda: _overfit_one_batch(out, cfg, exp, apply_fn()),
+      'human_baseline': lambda: (checks.human_baseline(
+          config.human_baseline, short_runs()[0]['val']['accuracy'], cfg.steps),),
+  }
   verdicts, images = [], {}
-
-  def add(verdict, *pictures):
+  for check in CHECKS:
+    verdict, *pictures = run_check(check, runners[check], config)
     verdicts.append(verdict)
-    images[verdict.check] = list(pictures)
-
-  add(checks.fixed_seed(lambda s: short_run(dataset.x_train, dataset.y_train, cfg.seed_steps,
-                                            seed=s)[0].params, config.seed))
-
-  state = train.init_state(model, tx, dataset.x_train.shape[1:], config.seed, bias)
-  apply_fn = train.make_apply_fn(model, state.batch_stats,
-                                 rng.stream_key(config.seed, 'dropout', 0))
-  first_x, first_y = _first_batch(config, dataset, augmentation)
-  add(*_loss_at_init(out, cfg, config, dataset, apply_fn, state.params, loss_fn, log_prior))
-  add(checks.init_well(lambda p: apply_fn(p, first_x[:8], False), state.params, log_prior,
-                       config.model.log_prior_output_bias))
-  add(checks.inputs_before_net(first_x), _input_grid(out, first_x, first_y))
-
-  x8, y8 = first_x[:cfg.dependency_examples], first_y[:cfg.dependency_examples]
-  dependency = checks.batch_dependency(apply_fn, state.params, x8, y8, loss_fn,
-                                       uses_batch_statistics=bool(state.batch_stats))
-  add(dependency, _dependency_matrix(out, dependency))
-  grad_fn = jax.jit(jax.grad(lambda p, x, y: loss_fn(apply_fn(p, x, True), y).mean()))
-  add(checks.gradients(grad_fn, state.params, first_x, first_y))
-
-  real, zero_input, dynamics = _short_runs(cfg, dataset, short_run, apply_fn)
-  baselines = checks.dumb_baselines(dataset.y_val, np.exp(log_prior), zero_input['val'],
-                                    real['val'], cfg.baseline_margin, config.human_baseline)
-  add(baselines, _baseline_bars(out, baselines))
-  add(checks.decreasing_loss(real['history']['loss'], cfg.min_loss_drop),
-      _loss_curves(out, real['history'], zero_input['history']))
-  add(checks.prediction_dynamics(dynamics['probabilities'], dynamics['labels']),
-      _dynamics_plot(out, dynamics))
-  add(*_overfit_one_batch(out, cfg, dataset, short_run, apply_fn))
-  add(checks.human_baseline(config.human_baseline, real['val']['accuracy'], cfg.steps))
-
-  report.write(out, f'Sanity: {config.model.name} on {config.dataset.name}', verdicts, images)
-  report.raise_if_failed(verdicts, out)
-  return verdicts
+    images[verdict.check] = pictures
+  metrics = {}
+  if short_runs_ok(short_runs):
+    real, zero_input, _ = short_runs()
+    metrics = {'model_val_accuracy': real['val']['accuracy'],
+               'zero_input_val_accuracy': zero_input['val']['accuracy']}
+  return report.finish(workdir, StageResult('sanity', verdicts, metrics,
+                                            ['sanity/report.md', 'sanity/verdicts.json']),
+                       f'Sanity: {config.model.name} on {config.dataset.name}', images)
 
 
-def _first_batch(config, dataset, augmentation):
-  """Training step 0's batch exactly as the train step gathers and augments it."""
+def run_check(check: str, runner, config) -> tuple:
+  """(verdict, *pictures); an exception inside the model, the loss or the check becomes this
+  check's FAIL with the exception's one-line message, and the other checks still run."""
+  try:
+    return runner()
+  except UserError:
+    raise  # a bad config is the user's to fix before any check means anything
+  except Exception as e:
+    logging.info('check %s raised', check, exc_info=True, extra=console.FILE_ONLY)
+    message = user_code.describe_failure(e, config.model.name, config.loss)
+    return (Verdict(check, 'FAIL', f'could not run: {message}',
+                    {'error': message, 'exception': type(e).__name__}),)
+
+
+def short_runs_ok(short_runs) -> bool:
+  try:
+    short_runs()
+    return True
+  except Exception:
+    return False
+
+
+def _first_batch(config, exp):
+  """Training step 0's batch exactly as the train step gathers and augments it, and the
+  positions of its examples in the training split."""
+  dataset = exp.dataset
   per_epoch = data_lib.steps_per_epoch(len(dataset.y_train), config.batch_size)
   perm = data_lib.epoch_permutation(config.seed, 0, len(dataset.y_train))
-  x, y = jax.jit(train.batch_inputs, static_argnums=(4, 5, 7, 9))(
+  x, y = jax.jit(trainer.batch_inputs, static_argnums=(4, 5, 7, 9))(
       dataset.x_train, dataset.y_train, perm, 0, config.batch_size, per_epoch, 0,
-      config.batch_size, config.seed, augmentation)
-  return np.asarray(x), np.asarray(y)
+      config.batch_size, config.seed, exp.augmentation)
+  return np.asarray(x), np.asarray(y), perm[:config.batch_size]
 
 
-def _loss_at_init(out, cfg, config, dataset, apply_fn, params, loss_fn, log_prior):
+def _loss_at_init(out, cfg, config, exp, apply_fn, params, log_prior):
   """Train-mode loss of the initial model on the first batches of epoch 0 (fixed size, so the
   tolerance does not depend on the training batch size)."""
+  dataset, loss_fn = exp.dataset, exp.loss_fn
   size = min(cfg.init_loss_batch_size, len(dataset.y_train) // 2)
   count = min(cfg.init_loss_batches, len(dataset.y_train) // size)
   perm = data_lib.epoch_permutation(config.seed, 0, len(dataset.y_train))
@@ -107,9 +180,10 @@ def _loss_at_init(out, cfg, config, dataset, apply_fn, params, loss_fn, log_prio
   return verdict, path
 
 
-def _short_runs(cfg, dataset, short_run, apply_fn):
+def _short_runs(cfg, exp, apply_fn):
   """The real model and the same model on zeroed inputs, for the same steps and seed;
   predictions on a fixed validation batch recorded every `dynamics_every` steps."""
+  dataset = exp.dataset
   x_fixed = dataset.x_val[:cfg.dynamics_examples]
   predict = jax.jit(lambda p, x: jax.nn.softmax(apply_fn(p, x, False)))
   frames, frame_steps = [], []
@@ -123,28 +197,18 @@ def _short_runs(cfg, dataset, short_run, apply_fn):
                                ('zero_input', np.zeros_like(dataset.x_train),
                                 np.zeros_like(dataset.x_val))):
     watch = dict(every=cfg.dynamics_every, callback=record) if name == 'real' else {}
-    state, history = short_run(x_train, dataset.y_train, cfg.steps, **watch)
-    results[name] = {'history': history,
-                     'val': _evaluate(apply_fn, state.params, x_val, dataset.y_val)}
+    state, history = exp.run_steps(x_train, dataset.y_train, cfg.steps, **watch)
+    results[name] = {'history': history, 'val': exp.evaluate(state, x_val, dataset.y_val)}
   dynamics = {'probabilities': np.stack(frames), 'steps': frame_steps,
               'labels': dataset.y_val[:cfg.dynamics_examples]}
   return results['real'], results['zero_input'], dynamics
 
 
-def _evaluate(apply_fn, params, x, y, batch=1000):
-  """Validation accuracy and mean loss (cross-entropy of the softmax, whatever the loss)."""
-  logits_fn = jax.jit(lambda p, b: apply_fn(p, b, False))
-  logits = np.concatenate([np.asarray(logits_fn(params, x[i:i + batch]))
-                           for i in range(0, len(y), batch)])
-  log_probs = np.asarray(jax.nn.log_softmax(logits))
-  return {'accuracy': float(np.mean(logits.argmax(-1) == y)),
-          'loss': float(-np.mean(log_probs[np.arange(len(y)), y]))}
-
-
-def _overfit_one_batch(out, cfg, dataset, short_run, apply_fn):
+def _overfit_one_batch(out, cfg, exp, apply_fn):
+  dataset = exp.dataset
   x, y = dataset.x_train[:cfg.overfit_examples], dataset.y_train[:cfg.overfit_examples]
   # Without augmentation: the point is to memorise these exact examples.
-  state, history = short_run(x, y, cfg.overfit_steps, batch_size=len(y), augmentation=None)
+  state, history = exp.run_steps(x, y, cfg.overfit_steps, batch_size=len(y), augmentation=None)
   verdict = checks.overfit_one_batch(history['loss'], history['accuracy'], cfg.overfit_max_loss)
   curve = os.path.join(out, 'overfit_one_batch.png')
   steps = np.arange(1, len(history['loss']) + 1)
@@ -154,15 +218,17 @@ def _overfit_one_batch(out, cfg, dataset, short_run, apply_fn):
   probabilities = np.asarray(jax.nn.softmax(apply_fn(state.params, x, False)))
   predicted = probabilities.argmax(-1)
   verdict.evidence['labels'], verdict.evidence['predictions'] = y, predicted
+  verdict.evidence.update(data_lib.source_rows(dataset, 'train', np.arange(len(y))))
   grid = os.path.join(out, 'overfit_predictions.png')
-  plots.grid(grid, list(x), [f'label {t} pred {p} ({probabilities[i, p]:.2f})'
-                             for i, (t, p) in enumerate(zip(y, predicted))], columns=4)
+  plots.grid(grid, list(x), [f'row {r}: label {t} pred {p} ({probabilities[i, p]:.2f})'
+                             for i, (r, t, p) in enumerate(zip(dataset.train_rows, y, predicted))],
+             columns=4)
   return verdict, curve, grid
 
 
-def _input_grid(out, x, y, limit=32):
+def _input_grid(out, x, y, rows, limit=32):
   path = os.path.join(out, 'inputs_before_net.png')
-  plots.grid(path, list(x[:limit]), [f'#{i} y={label}' for i, label in enumerate(y[:limit])],
+  plots.grid(path, list(x[:limit]), [f'row {r} y={label}' for r, label in zip(rows, y[:limit])],
              columns=8)
   return path
 

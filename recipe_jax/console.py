@@ -1,0 +1,67 @@
+"""What a person sees: the pipeline's own lines, compact, on the console; everything else
+(absl INFO lines from JAX, TFDS and orbax, TensorFlow's C++ banner, Python warnings) goes to
+DIR/log.txt, and to the console too with --verbosity=1."""
+import contextlib
+import logging as pylogging
+import os
+import sys
+
+from absl import logging
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+FILE_ONLY = {'file_only': True}  # logging.info(..., extra=FILE_ONLY): log.txt, never the console
+
+
+def is_pipeline_line(record) -> bool:
+  if getattr(record, 'file_only', False):
+    return False
+  return (record.levelno >= pylogging.ERROR or
+          os.path.abspath(record.pathname).startswith(PACKAGE_DIR + os.sep))
+
+
+def setup(workdir: str, verbose: bool = False) -> None:
+  """Console handler (compact, the pipeline's lines only; with `verbose` every line in absl's
+  full format) and DIR/log.txt (everything, absl's full format). Call once, at the start."""
+  os.makedirs(workdir, exist_ok=True)
+  log_path = os.path.join(workdir, 'log.txt')
+  root = pylogging.getLogger()
+  for handler in list(root.handlers):
+    root.removeHandler(handler)
+  to_file = pylogging.FileHandler(log_path)  # appends: a resumed run continues its log
+  to_file.setFormatter(logging.PythonFormatter())
+  to_console = pylogging.StreamHandler(sys.stderr)
+  if verbose:
+    to_console.setFormatter(logging.PythonFormatter())
+  else:
+    to_console.setFormatter(pylogging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+    to_console.addFilter(is_pipeline_line)
+  root.addHandler(to_file)
+  root.addHandler(to_console)
+  root.setLevel(pylogging.INFO)
+  logging.set_verbosity(logging.INFO)
+  pylogging.captureWarnings(True)
+  if not verbose:
+    with stderr_into(log_path):  # TensorFlow's C++ banner is written straight to fd 2
+      _import_tensorflow()
+
+
+def _import_tensorflow():
+  try:
+    import tensorflow  # noqa: F401
+  except ImportError:
+    pass
+
+
+@contextlib.contextmanager
+def stderr_into(path: str):
+  """File descriptor 2 appends to `path` inside the block (for C++ code that bypasses Python)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with open(path, 'a') as f:
+    os.dup2(f.fileno(), 2)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)

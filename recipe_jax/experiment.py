@@ -1,0 +1,92 @@
+"""One place that builds, from a config, everything a stage needs: the dataset, the device mesh,
+the model, optimizer and losses, the initial state, and the compiled train and eval steps.
+
+A stage is then only what makes it different: `train` runs the loop, `sanity` checks the
+pieces, `lr_find` swaps the schedule.
+"""
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from recipe_jax import augment, data as data_lib, losses, models, optim, rng, trainer
+from recipe_jax.mesh import AXIS, Mesh, make_mesh, put_replicated, require_divisible
+
+KEEP = object()  # "as configured", for arguments where None means "off"
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  config: Any
+  dataset: data_lib.Dataset
+  mesh: Mesh
+  model: Any  # flax.linen.Module
+  tx: Any  # optax.GradientTransformation
+  loss_fn: Callable  # the configured loss: evaluation, checks
+  train_loss_fn: Callable  # with label smoothing: what the train step minimises
+  augmentation: augment.Settings | None
+  output_bias: np.ndarray | None  # the log class priors ("init well"), or None
+
+  def initial_state(self, seed: int | None = None, ema: bool = False) -> trainer.TrainState:
+    """The state before step 0, on the host (from the 'init' stream of `seed`)."""
+    seed = self.config.seed if seed is None else seed
+    return trainer.init_state(self.model, self.tx, self.dataset.x_train.shape[1:], seed,
+                              self.output_bias, ema=ema)
+
+  def train_step(self, steps_per_epoch: int):
+    """The run's jitted train step (see `trainer.make_train_step`)."""
+    c = self.config
+    return trainer.make_train_step(self.model, self.tx, self.mesh, c.batch_size, steps_per_epoch,
+                                   c.seed, self.train_loss_fn, self.augmentation, c.ema_decay)
+
+  def run_steps(self, x, y, num_steps: int, *, seed: int | None = None,
+                batch_size: int | None = None, augmentation=KEEP, every: int = 0,
+                callback=None):
+    """A short run from a fresh init of `seed` on (x, y) (see `trainer.run_steps`)."""
+    seed = self.config.seed if seed is None else seed
+    batch_size = batch_size or self.config.batch_size
+    require_divisible(self.mesh.size, {'batch_size': batch_size})
+    return trainer.run_steps(
+        self.model, self.tx, self.train_loss_fn, self.mesh, self.initial_state(seed), x, y,
+        num_steps=num_steps, batch_size=batch_size, seed=seed,
+        augmentation=self.augmentation if augmentation is KEEP else augmentation,
+        every=every, callback=callback)
+
+  def evaluate(self, state, x, y) -> dict:
+    """{'loss', 'accuracy'} of a host state on (x, y) in eval mode, with the configured loss:
+    the same evaluation path as training's."""
+    evaluate = trainer.compile_evaluator(self.model, self.mesh, put_replicated(self.mesh, state),
+                                         x, y, self.config.eval_batch_size, self.loss_fn)
+    return evaluate(put_replicated(self.mesh, state))
+
+  def apply_fn(self, state):
+    """(params, x, train) -> logits with the state's BatchNorm statistics, for checks."""
+    return trainer.make_apply_fn(self.model, state.batch_stats,
+                                 rng.stream_key(self.config.seed, 'dropout', 0))
+
+
+def initial_output_bias(config, dataset) -> np.ndarray | None:
+  """The log class priors when `model.log_prior_output_bias` is on, else None."""
+  if not config.model.log_prior_output_bias:
+    return None
+  return models.class_log_prior(dataset.y_train, dataset.num_classes)
+
+
+def build(config, *, dataset: data_lib.Dataset | None = None, num_train_steps: int | None = None,
+          schedule=None, label_smoothing: bool = True) -> Experiment:
+  """Everything `config` describes. `num_train_steps` (default: config's) sizes the learning-rate
+  schedule, `schedule` replaces it (lr_find); `label_smoothing=False` trains on the plain loss
+  (the sanity checks need a loss that can reach zero)."""
+  dataset = dataset or data_lib.load(config.dataset)
+  mesh = make_mesh()
+  require_divisible(mesh.size, {'batch_size': config.batch_size,
+                                'eval_batch_size': config.eval_batch_size})
+  model = models.create(config.model, dataset.num_classes, bn_axis_name=AXIS)
+  tx = optim.create(config.optimizer, num_train_steps or config.num_train_steps,
+                    schedule=schedule)
+  loss_fn = losses.create(config.loss)
+  train_loss_fn = losses.create(config.loss, config.label_smoothing if label_smoothing else 0.0)
+  return Experiment(config, dataset, mesh, model, tx, loss_fn, train_loss_fn,
+                    augment.settings(config.augment), initial_output_bias(config, dataset))
+
