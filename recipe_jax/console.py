@@ -5,6 +5,9 @@ import contextlib
 import logging as pylogging
 import os
 import sys
+import time
+
+import numpy as np
 
 from absl import logging
 
@@ -65,3 +68,35 @@ def stderr_into(path: str):
     sys.stderr.flush()
     os.dup2(saved, 2)
     os.close(saved)
+
+
+class ProgressLine:
+  """One compact console line per eval, and at most every `every_s` seconds in between:
+  step, percent, metrics, steps/s and the time left."""
+
+  def __init__(self, total_steps: int, start_step: int, every_s: float = 30.0):
+    self.total, self.every_s = total_steps, every_s
+    self.start = (time.time(), start_step)
+    self.last_line = time.time()
+
+  def report(self, step: int, train_summary: dict, eval_metrics: dict, force: bool) -> None:
+    now = time.time()
+    if not force and now - self.last_line < self.every_s:
+      return
+    self.last_line = now
+    rate = (step - self.start[1]) / max(now - self.start[0], 1e-9)
+    left = (self.total - step) / rate if rate > 0 else float('nan')
+    shown = {**train_summary, **eval_metrics}
+    metrics_text = '  '.join(f'{k} {v:.4f}' for k, v in shown.items()
+                             if k in ('train_loss', 'train_accuracy', 'eval_loss',
+                                      'eval_accuracy'))
+    logging.info('step %d/%d (%3.0f%%)  %s  %.0f steps/s  ETA %s', step, self.total,
+                 100 * step / self.total, metrics_text, rate, format_seconds(left))
+
+
+def format_seconds(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  minutes, secs = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}:{minutes:02d}:{secs:02d}' if hours else f'{minutes}:{secs:02d}'

@@ -121,12 +121,14 @@ def _standardise(x_train, *others):
   """Per-feature standardisation with train statistics, each feature's std floored at half the
   typical (root-mean-square) feature std. Without the floor a nearly constant feature (a
   border pixel, a silent channel) turns tiny perturbations into huge distances, and a noisy
-  copy of a training example no longer looks near."""
-  rows = _rows(x_train).astype(np.float32)
-  mean, std = np.nanmean(rows, 0), np.nan_to_num(np.nanstd(rows, 0))
+  copy of a training example no longer looks near. Non-finite values count as the mean (they are
+  reported by `basic_statistics`), so one Inf does not hide every other finding."""
+  finite = lambda a: np.where(np.isfinite(a), a, np.nan)  # a NaN/Inf must not poison a column
+  rows = finite(_rows(x_train).astype(np.float32))
+  mean, std = np.nan_to_num(np.nanmean(rows, 0)), np.nan_to_num(np.nanstd(rows, 0))
   typical = float(np.sqrt(np.mean(std ** 2))) if std.size else 0.0
   std = np.maximum(std, STD_FLOOR_FRACTION * typical if typical > 0 else 1.0)
-  scale = lambda a: np.nan_to_num((_rows(a).astype(np.float32) - mean) / std)
+  scale = lambda a: np.nan_to_num((finite(_rows(a).astype(np.float32)) - mean) / std)
   return [scale(a) for a in (x_train, *others)]
 
 
@@ -166,26 +168,37 @@ def nearest_train_neighbour(x_train, x_query, block: int = 2048):
 
 
 def near_duplicate_leakage(splits: dict, rms_threshold: float) -> list:
-  """Val/test examples whose nearest training example is within `rms_threshold` (FAIL)."""
+  """Val/test examples whose nearest training example is within `rms_threshold` (FAIL).
+
+  Validation is compared with train; test with train and validation together, the whole
+  training file a user has (a test example copied from it leaks whichever part it fell into).
+  Evidence: `leaked_<split>_indices` and, aligned with them, `nearest_splits` and
+  `nearest_indices` (positions in those splits)."""
   verdicts = []
   for name in ('val', 'test'):
     if name not in splits or not len(splits[name][1]):
       continue
-    distance, nearest = nearest_train_neighbour(splits['train'][0], splits[name][0])
+    references = [s for s in (('train',) if name == 'val' else ('train', 'val'))
+                  if s in splits and len(splits[s][1])]
+    owner = np.concatenate([[s] * len(splits[s][1]) for s in references])
+    position = np.concatenate([np.arange(len(splits[s][1])) for s in references])
+    reference = np.concatenate([splits[s][0] for s in references])
+    distance, nearest = nearest_train_neighbour(reference, splits[name][0])
     clean = np.nan_to_num(distance, nan=np.inf)
     leaked = np.flatnonzero(clean < rms_threshold)
-    order = leaked[np.argsort(clean[leaked])]
-    evidence = {f'leaked_{name}_indices': order[:MAX_LISTED].tolist(),
-                'nearest_train_indices': nearest[order[:MAX_LISTED]].tolist(),
-                'rms_distances': clean[order[:MAX_LISTED]].round(5).tolist(),
+    order = leaked[np.argsort(clean[leaked])][:MAX_LISTED]
+    evidence = {f'leaked_{name}_indices': order.tolist(),
+                'nearest_splits': owner[nearest[order]].tolist(),
+                'nearest_indices': position[nearest[order]].tolist(),
+                'rms_distances': clean[order].round(5).tolist(),
                 'count': int(len(leaked)), 'rms_threshold': rms_threshold,
                 'median_nearest_rms_distance': float(np.median(clean[np.isfinite(clean)]))
                 if np.isfinite(clean).any() else None}
     verdicts.append(Verdict(
         f'near_duplicates_{name}_train', 'FAIL' if len(leaked) else 'PASS',
-        f'{len(leaked)} {name} examples are within RMS distance {rms_threshold:g} of a training '
-        f'example (median nearest distance {evidence["median_nearest_rms_distance"]:.3g})',
-        evidence))
+        f'{len(leaked)} {name} examples are within RMS distance {rms_threshold:g} of a '
+        f'{" or ".join(references)} example (median nearest distance '
+        f'{evidence["median_nearest_rms_distance"]:.3g})', evidence))
   return verdicts
 
 

@@ -22,7 +22,8 @@ from absl import logging
 from clu import metric_writers, metrics, periodic_actions
 from jax.sharding import Mesh, PartitionSpec as P
 
-from recipe_jax import augment, checkpoints, data as data_lib, losses, models, rng, user_code
+from recipe_jax import (augment, checkpoints, console, data as data_lib, losses, models, rng,
+                        user_code)
 from recipe_jax.errors import DivergenceError, UserError
 from recipe_jax.mesh import AXIS, needs_one_at_a_time, one_at_a_time, put_replicated, put_sharded
 from recipe_jax.trees import params_sha256, replace_leaf
@@ -313,22 +314,21 @@ class RunProgress:
   history: list = dataclasses.field(default_factory=list)  # metrics at every eval
 
 
-class _Splits:
-  """Each split's evaluation, compiled once: `metrics(state, 'val')` -> {'eval_loss', ...}."""
+def compile_splits(exp, state) -> dict:
+  """Each split's evaluation, compiled once: {'val': evaluate, 'test': ..., 'train_split': ...}."""
+  config, dataset = exp.config, exp.dataset
+  named = {'val': (dataset.x_val, dataset.y_val), 'test': (dataset.x_test, dataset.y_test)}
+  if config.eval_train_split:
+    named['train_split'] = (dataset.x_train, dataset.y_train)
+  return {name: compile_evaluator(exp.model, exp.mesh, state, x, y, config.eval_batch_size,
+                                  exp.loss_fn, config.ema_decay > 0)
+          for name, (x, y) in named.items()}
 
-  def __init__(self, exp, state):
-    config, dataset = exp.config, exp.dataset
-    named = {'val': (dataset.x_val, dataset.y_val), 'test': (dataset.x_test, dataset.y_test)}
-    if config.eval_train_split:
-      named['train_split'] = (dataset.x_train, dataset.y_train)
-    self.evaluators = {
-        name: compile_evaluator(exp.model, exp.mesh, state, x, y, config.eval_batch_size,
-                                exp.loss_fn, config.ema_decay > 0)
-        for name, (x, y) in named.items()}
 
-  def metrics(self, state, split: str) -> dict:
-    prefix = 'eval' if split == 'val' else split
-    return {f'{prefix}_{k}': v for k, v in self.evaluators[split](state).items()}
+def split_metrics(evaluators: dict, state, split: str) -> dict:
+  """{'eval_loss', 'eval_accuracy'} for 'val', {'test_loss', ...} for 'test', and so on."""
+  prefix = 'eval' if split == 'val' else split
+  return {f'{prefix}_{k}': v for k, v in evaluators[split](state).items()}
 
 
 def train_and_evaluate(exp, workdir: str) -> dict:
@@ -350,7 +350,7 @@ def train_and_evaluate(exp, workdir: str) -> dict:
   if restored is not None:
     state, resumed_from = restored, int(restored.step)
     logging.info('resumed from the checkpoint at step %d', resumed_from)
-  splits = _Splits(exp, state)
+  splits = compile_splits(exp, state)
   try:
     state, loop = _train_loop(exp, workdir, state, progress, splits, mngr, best_mngr)
   finally:
@@ -386,7 +386,7 @@ def _last_train_metrics(train_summary: dict, history: list) -> dict:
   return {k: last.get(k) for k in ('train_loss', 'train_accuracy')}
 
 
-def _train_loop(exp, workdir, state, progress: RunProgress, splits: _Splits, mngr, best_mngr):
+def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, best_mngr):
   """Steps until the end, early stopping or SIGTERM; evaluates, checkpoints and reports on the
   way. Returns (state, facts about the loop for the summary)."""
   config, mesh, dataset = exp.config, exp.mesh, exp.dataset
@@ -397,7 +397,7 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: _Splits, mng
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
                                                     writer=writer, every_secs=30)
-  console = ConsoleProgress(config.num_train_steps, int(state.step))
+  progress_line = console.ProgressLine(config.num_train_steps, int(state.step))
   step = int(state.step)
   pending = []  # (step, {loss, accuracy}) still on device, checked and logged in batches
   train_summary, eval_metrics = {}, {}
@@ -432,11 +432,11 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: _Splits, mng
             writer.write_scalars(step, train_summary)
           report_progress(step)  # time-based (every_secs), so calling it only here is enough
         if eval_now:
-          eval_metrics = splits.metrics(state, 'val')
+          eval_metrics = split_metrics(splits, state, 'val')
           writer.write_scalars(step, eval_metrics)
           progress.history.append({'step': step, **train_summary, **eval_metrics})
           _track_best(step, state, eval_metrics, progress, config, best_mngr)
-        console.report(step, train_summary, eval_metrics, force=eval_now)
+        progress_line.report(step, train_summary, eval_metrics, force=eval_now)
         if save_now or progress.stopped_early:
           checkpoints.save(mngr, step, state, dataclasses.asdict(dataclasses.replace(
               progress, wall_s=progress.wall_s + time.time() - segment_start)))
@@ -487,58 +487,26 @@ def _track_best(step, state, eval_metrics, progress: RunProgress, config, best_m
                  progress.best_eval_accuracy, progress.best_step)
 
 
-def _final_evaluation(exp, workdir, state, progress, splits: _Splits, best_mngr, loop) -> dict:
+def _final_evaluation(exp, workdir, state, progress, splits: dict, best_mngr, loop) -> dict:
   """Validation metrics of the final (or, with early stopping, the best) state, and once the
   run has finished the test split: looked at once, at the end, never for selection."""
   config, writer = exp.config, loop['writer']
   final_state, eval_metrics = state, loop['eval_metrics']
   if loop['finished'] and best_mngr and best_mngr.best_step() is not None:
     final_state, _ = checkpoints.restore_latest(best_mngr, state)  # max_to_keep=1: the best
-    eval_metrics = splits.metrics(final_state, 'val')
+    eval_metrics = split_metrics(splits, final_state, 'val')
     logging.info('restored the best checkpoint (step %d) for the final evaluation',
                  best_mngr.best_step())
   if best_mngr:
     best_mngr.close()
   if not eval_metrics:
-    eval_metrics = splits.metrics(state, 'val')
+    eval_metrics = split_metrics(splits, state, 'val')
   test_metrics = {}
   if loop['finished']:
-    test_metrics = splits.metrics(final_state, 'test')
+    test_metrics = split_metrics(splits, final_state, 'test')
     if config.eval_train_split:  # the whole training split in eval mode: can the model fit it?
-      test_metrics.update(splits.metrics(final_state, 'train_split'))
+      test_metrics.update(split_metrics(splits, final_state, 'train_split'))
     writer.write_scalars(loop['step'], test_metrics)
     writer.flush()
   return {'eval_metrics': eval_metrics, 'test_metrics': test_metrics,
           'final_state_step': int(final_state.step)}
-
-
-class ConsoleProgress:
-  """One compact console line per eval, and at most every `every_s` seconds in between:
-  step, percent, metrics, steps/s and the time left."""
-
-  def __init__(self, total_steps: int, start_step: int, every_s: float = 30.0):
-    self.total, self.every_s = total_steps, every_s
-    self.start = (time.time(), start_step)
-    self.last_line = time.time()
-
-  def report(self, step: int, train_summary: dict, eval_metrics: dict, force: bool) -> None:
-    now = time.time()
-    if not force and now - self.last_line < self.every_s:
-      return
-    self.last_line = now
-    rate = (step - self.start[1]) / max(now - self.start[0], 1e-9)
-    left = (self.total - step) / rate if rate > 0 else float('nan')
-    shown = {**train_summary, **eval_metrics}
-    metrics_text = '  '.join(f'{k} {v:.4f}' for k, v in shown.items()
-                             if k in ('train_loss', 'train_accuracy', 'eval_loss',
-                                      'eval_accuracy'))
-    logging.info('step %d/%d (%3.0f%%)  %s  %.0f steps/s  ETA %s', step, self.total,
-                 100 * step / self.total, metrics_text, rate, format_seconds(left))
-
-
-def format_seconds(seconds: float) -> str:
-  if not np.isfinite(seconds):
-    return '?'
-  minutes, secs = divmod(int(round(seconds)), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f'{hours}:{minutes:02d}:{secs:02d}' if hours else f'{minutes}:{secs:02d}'

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from recipe_jax import mesh, data as data_lib, models, optim, trainer
+from recipe_jax import data as data_lib, experiment, mesh as mesh_lib, models, optim, trainer
 
 
 def load_config(path):
@@ -61,18 +61,18 @@ def minimal_loop_seconds_per_step(config, dataset, steps):
 def pipeline_seconds_per_step(config, steps):
   config.num_train_steps = steps
   with tempfile.TemporaryDirectory() as workdir:
-    summary = train_and_evaluate(config, workdir)
+    summary = trainer.train_and_evaluate(experiment.build(config), workdir)
   return config.batch_size / summary['examples_per_s']
 
 
 def batch_order_seconds(config, dataset, steps):
   """Time the pipeline spends producing batch orders: one permutation per epoch, on the host,
   then copied to the devices (here each copy is waited for, so this is an upper bound)."""
-  mesh, num = mesh.make_mesh(), len(dataset.y_train)
+  mesh, num = mesh_lib.make_mesh(), len(dataset.y_train)
   epochs = steps // data_lib.steps_per_epoch(num, config.batch_size) + 1
   start = time.perf_counter()
   for epoch in range(epochs):
-    jax.block_until_ready(mesh.put_replicated(
+    jax.block_until_ready(mesh_lib.put_replicated(
         mesh, data_lib.epoch_permutation(config.seed, epoch, num)))
   return time.perf_counter() - start
 

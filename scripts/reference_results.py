@@ -1,14 +1,27 @@
-"""Runs the reference configs for several seeds and prints test accuracy as a markdown table.
+"""Runs the reference configs for several seeds, records the results in
+scripts/reference_results.json, and rewrites README's reference table from that file.
 
-  python scripts/reference_results.py --workdir=/tmp/reference [--seeds=0,1] [--configs=...]
-Finished runs are not redone (each run resumes from its own workdir).
+  python scripts/reference_results.py --workdir=/tmp/reference [--seeds=0,1,2,3,4] [--configs=...]
+  python scripts/reference_results.py --readme-only   # README's table from the recorded file
+
+Finished runs are not redone (each run resumes from its own workdir). The file also records a
+short drift case (`DRIFT_CASE`): tests/test_docs.py reruns it and compares its params_sha256,
+so a change of bits in training is noticed the day it happens.
 """
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
+import tempfile
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, 'scripts', 'reference_results.json')
+README = os.path.join(REPO, 'README.md')
+TABLE_START, TABLE_END = '<!-- reference table: scripts/reference_results.py -->', '<!-- end -->'
 REFERENCE = {  # config: (the paper's test accuracy or None, the target this project must reach)
     'configs/mnist1d/linear.py': (0.32, 0.31),
     'configs/mnist1d/mlp.py': (0.68, 0.64),
@@ -18,35 +31,101 @@ REFERENCE = {  # config: (the paper's test accuracy or None, the target this pro
     'configs/digits/mlp.py': (None, 0.97),
     'configs/digits/cnn.py': (None, 0.97),
 }
+DRIFT_CASE = {'config': 'configs/mnist1d/cnn_regularized.py',
+              'overrides': {'num_train_steps': 200, 'eval_every_steps': 100,
+                            'checkpoint_every_steps': 100, 'seed': 0}}
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'tensorflow-datasets', 'mnist1d')
+
+
+def environment() -> dict:
+  """What the recorded bits depend on besides the code: package versions and the machine."""
+  return {'packages': {p: importlib.metadata.version(p) for p in PACKAGES},
+          'machine': platform.machine(), 'python': platform.python_version()}
+
+
+def load_config(path: str, overrides: dict, data_dir: str | None = None):
+  spec = importlib.util.spec_from_file_location('reference_config', os.path.join(REPO, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update_from_flattened_dict(overrides)
+  if data_dir:
+    config.dataset.data_dir = data_dir
+  return config
+
+
+def drift_case_sha256(data_dir: str | None = None) -> str:
+  """params_sha256 of DRIFT_CASE, trained in this process."""
+  from recipe_jax import experiment, trainer
+  config = load_config(DRIFT_CASE['config'], DRIFT_CASE['overrides'], data_dir)
+  with tempfile.TemporaryDirectory() as workdir:
+    return trainer.train_and_evaluate(experiment.build(config), workdir)['params_sha256']
+
+
+def run_seed(config: str, seed: int, workdir: str) -> dict:
+  name = os.path.splitext(config.replace('configs/', ''))[0].replace('/', '_')
+  run_dir = os.path.join(workdir, f'{name}_seed{seed}')
+  subprocess.run([sys.executable, '-m', 'recipe_jax.main', f'--config={config}',
+                  f'--workdir={run_dir}', f'--config.seed={seed}'], check=True, cwd=REPO,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  with open(os.path.join(run_dir, 'summary.json')) as f:
+    summary = json.load(f)
+  return {k: summary[k] for k in ('test_accuracy', 'params_sha256', 'wall_s')}
+
+
+def table(results: dict) -> str:
+  seeds = sorted({int(s) for runs in results['configs'].values() for s in runs['seeds']})
+  percent = lambda x: '-' if x is None else f'{x:.0%}'
+  lines = ['| config | paper | target | ' + ' | '.join(f'seed {s}' for s in seeds) +
+           ' | mean | train s |', '|---' * (len(seeds) + 5) + '|']
+  for config, runs in results['configs'].items():
+    by_seed = {int(s): r for s, r in runs['seeds'].items()}
+    accuracies = [r['test_accuracy'] for r in by_seed.values()]
+    cells = ' | '.join(f"{by_seed[s]['test_accuracy']:.1%}" if s in by_seed else ''
+                       for s in seeds)
+    seconds = sum(r['wall_s'] for r in by_seed.values()) / len(by_seed)
+    lines.append(f"| {config} | {percent(runs['paper'])} | {percent(runs['target'])} | {cells} |"
+                 f' {sum(accuracies) / len(accuracies):.1%} | {seconds:.0f} |')
+  return '\n'.join(lines)
+
+
+def update_readme(results: dict) -> None:
+  with open(README) as f:
+    text = f.read()
+  start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+  with open(README, 'w') as f:
+    f.write(text[:start] + '\n' + table(results) + '\n' + text[end:])
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--workdir')
   parser.add_argument('--seeds', default='0,1')
   parser.add_argument('--configs', default=','.join(REFERENCE))
+  parser.add_argument('--readme-only', action='store_true')
   args = parser.parse_args()
-  seeds = [int(s) for s in args.seeds.split(',')]
-  print('| config | paper | target | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean | train s |')
-  print('|---' * (len(seeds) + 5) + '|')
+  if args.readme_only:
+    with open(RESULTS) as f:
+      update_readme(json.load(f))
+    return
+  if not args.workdir:
+    parser.error('--workdir is required unless --readme-only')
+  results = {'configs': {}}
+  if os.path.exists(RESULTS):
+    with open(RESULTS) as f:
+      results = json.load(f)
   for config in args.configs.split(','):
-    accuracies, seconds = [], 0.0
-    for seed in seeds:
-      name = os.path.splitext(config.replace('configs/', ''))[0].replace('/', '_')
-      workdir = os.path.join(args.workdir, f'{name}_seed{seed}')
-      subprocess.run([sys.executable, '-m', 'recipe_jax.main', f'--config={config}',
-                      f'--workdir={workdir}', f'--config.seed={seed}'], check=True,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-      with open(os.path.join(workdir, 'summary.json')) as f:
-        summary = json.load(f)
-      accuracies.append(summary['test_accuracy'])
-      seconds += summary['wall_s']
     paper, target = REFERENCE.get(config, (None, None))
-    cells = ' | '.join(f'{a:.1%}' for a in accuracies)
-    mean = sum(accuracies) / len(accuracies)
-    percent = lambda x: '-' if x is None else f'{x:.0%}'
-    print(f'| {config} | {percent(paper)} | {percent(target)} | {cells} | {mean:.1%} | '
-          f'{seconds / len(seeds):.0f} |', flush=True)
+    runs = results['configs'].setdefault(config, {'paper': paper, 'target': target, 'seeds': {}})
+    for seed in (int(s) for s in args.seeds.split(',')):
+      runs['seeds'][str(seed)] = run_seed(config, seed, args.workdir)
+      print(config, seed, runs['seeds'][str(seed)], flush=True)
+  results['environment'] = environment()
+  results['drift_case'] = {**DRIFT_CASE, 'params_sha256': drift_case_sha256()}
+  with open(RESULTS, 'w') as f:
+    json.dump(results, f, indent=2)
+  update_readme(results)
+  print(table(results))
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
 """The command line as a user meets it: exit codes, one-line errors, preemption and crashes."""
+import json
 import os
 import signal
 import time
@@ -47,6 +48,9 @@ def test_huge_learning_rate_stops_with_exit_3_and_keeps_checkpoints(small_config
   assert 'diverged at step' in last and 'learning rate (1e+06)' in last, last
   assert 'last good checkpoint: step 30' in last
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['30']
+  with open(tmp_path / 'train' / 'result.json') as f:
+    [diverged] = json.load(f)['verdicts']
+  assert diverged['status'] == 'FAIL' and 'diverged at step' in diverged['summary']
 
 
 def wait_for_checkpoint(proc, directory, timeout=240):

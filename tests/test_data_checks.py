@@ -67,7 +67,7 @@ def test_perturbed_test_copies_of_train_are_all_found_and_nothing_else():
   leak = v['near_duplicates_test_train']
   assert leak.status == 'FAIL'
   assert sorted(leak.evidence['leaked_test_indices']) == LEAKED_TEST  # recall 1.0, precision 1.0
-  found = dict(zip(leak.evidence['leaked_test_indices'], leak.evidence['nearest_train_indices']))
+  found = dict(zip(leak.evidence['leaked_test_indices'], leak.evidence['nearest_indices']))
   assert found == {i: 20 + i for i in LEAKED_TEST}
   assert v['near_duplicates_val_train'].status == 'PASS'
 

@@ -1,6 +1,9 @@
 """README's quickstart is what CI runs: exactly two commands, the second the one .ci/run greps."""
+import json
 import os
 import re
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,3 +34,36 @@ def test_ci_runs_readmes_test_command():
 def test_every_config_named_in_readme_and_reference_script_exists():
   named = set(re.findall(r'configs/[\w/]+\.py', read('README.md') + read('scripts/reference_results.py')))
   assert named and all(os.path.isfile(os.path.join(REPO, path)) for path in named), named
+
+
+def reference_script():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      'reference_results', os.path.join(REPO, 'scripts', 'reference_results.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_readme_reference_table_is_made_from_the_recorded_results():
+  script = reference_script()
+  with open(script.RESULTS) as f:
+    recorded = json.load(f)
+  readme = read('README.md')
+  shown = readme[readme.index(script.TABLE_START) + len(script.TABLE_START):
+                 readme.index(script.TABLE_END)].strip()
+  assert shown == script.table(recorded)
+  assert set(recorded['configs']) == set(script.REFERENCE)
+
+
+def test_training_bits_match_the_recorded_drift_case(data_dir):
+  """A change of bits in training shows here the day it happens: rerun the reference configs
+  (python scripts/reference_results.py --workdir=/tmp/reference --seeds=0,1,2,3,4) and commit
+  the new table with the change that caused it."""
+  script = reference_script()
+  with open(script.RESULTS) as f:
+    recorded = json.load(f)
+  if recorded['environment'] != script.environment():
+    pytest.skip(f"recorded with {recorded['environment']}, running {script.environment()}: "
+                'bits differ across package versions and machines')
+  assert script.drift_case_sha256(data_dir) == recorded['drift_case']['params_sha256']

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import train_and_evaluate
+from conftest import read_summary, train_and_evaluate
 from recipe_jax import mesh, trainer
 from recipe_jax.errors import DivergenceError, UserError
 
@@ -84,3 +84,26 @@ def test_batches_must_split_evenly_over_devices():
   mesh.require_divisible(2, {'batch_size': 4})
   with pytest.raises(UserError, match=r'sanity.overfit_examples=3 must be divisible .* \(2\)'):
     mesh.require_divisible(2, {'batch_size': 4, 'sanity.overfit_examples': 3})
+
+
+def test_train_stage_writes_its_result_with_verdicts(small_config, tmp_path):
+  from recipe_jax import report
+  from recipe_jax.stages import train
+  result = train.run(small_config, str(tmp_path))
+  saved = report.read_result(str(tmp_path / 'train' / 'result.json'))
+  assert saved == result and saved.finished
+  assert [v.check for v in saved.verdicts] == ['finished', 'train_val_gap']
+  assert saved.verdicts[0].status == 'PASS'
+  assert saved.metrics['test_accuracy'] == read_summary(tmp_path)['test_accuracy']
+  assert all(os.path.exists(tmp_path / f) for f in saved.files)
+
+
+def test_train_verdicts_warn_on_an_overfitting_gap_and_a_preempted_run():
+  from recipe_jax.stages import train
+  summary = {'finished': True, 'step': 100, 'stopped_early': False, 'train_accuracy': 1.0,
+             'eval_accuracy': 0.8}
+  finished, gap = train.verdicts(summary, max_gap=0.1)
+  assert finished.status == 'PASS' and gap.status == 'WARN' and 'overfits' in gap.summary
+  assert train.verdicts({**summary, 'eval_accuracy': 0.95}, max_gap=0.1)[1].status == 'PASS'
+  [stopped] = train.verdicts({**summary, 'finished': False}, max_gap=0.1)
+  assert stopped.status == 'WARN' and 'resumes' in stopped.summary

@@ -1,9 +1,6 @@
 """Inspect the digits data (recipe step 1): statistics, duplicates, leakage, pictures. No training."""
-from recipe_jax import defaults
+from recipe_jax import presets
 
 
 def get_config():
-  c = defaults.get_config()
-  c.stage = 'inspect'
-  c.dataset.name = 'digits'
-  return c
+  return presets.digits('cnn2d', stage='inspect')

@@ -1,13 +1,6 @@
 """scikit-learn digits (8x8), MLP. Target: test accuracy >= 97%."""
-from recipe_jax import defaults
+from recipe_jax import presets
 
 
 def get_config():
-  c = defaults.get_config()
-  c.dataset.name = 'digits'
-  c.model.name = 'mlp'
-  c.optimizer.learning_rate = 1e-3
-  c.batch_size = 64
-  c.num_train_steps = 3000
-  c.eval_every_steps = 250
-  return c
+  return presets.digits('mlp')

@@ -1,10 +1,6 @@
 """Inspect the mnist1d data (recipe step 1): statistics, duplicates, leakage, pictures. No training."""
-from recipe_jax import defaults
+from recipe_jax import presets
 
 
 def get_config():
-  c = defaults.get_config()
-  c.stage = 'inspect'
-  c.dataset.name = 'mnist1d'
-  c.dataset.val_fraction = 0.05  # the split the mnist1d training configs use
-  return c
+  return presets.mnist1d('cnn1d', stage='inspect')  # the split the mnist1d configs train on

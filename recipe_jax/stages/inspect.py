@@ -75,9 +75,9 @@ def name_source_rows(verdict, dataset) -> None:
   elif verdict.check.startswith('near_duplicates_'):
     split = 'val' if '_val_' in verdict.check else 'test'
     leaked = data_lib.source_rows(dataset, split, e.pop(f'leaked_{split}_indices'))
-    nearest = data_lib.source_rows(dataset, 'train', e.pop('nearest_train_indices'))
     e['leaked'] = {'split': split, **leaked}
-    e['nearest_train'] = {'split': 'train', **nearest}
+    e['nearest'] = [as_ref(s, i) for s, i in zip(e.pop('nearest_splits'),
+                                                 e.pop('nearest_indices'))]
   elif verdict.check == 'non_finite_values' and 'rows_with_non_finite' in e:
     e['rows_with_non_finite'] = {split: {'split': split, **data_lib.source_rows(
         dataset, split, rows)} for split, rows in e['rows_with_non_finite'].items()}
@@ -136,14 +136,14 @@ def _sample_grids(out, dataset, train, num_classes, per_class):
 
 def _leak_pairs(out, verdict, splits, dataset):
   split = 'val' if 'val' in verdict.check else 'test'
-  query_idx = verdict.evidence[f'leaked_{split}_indices'][:12]
-  train_idx = verdict.evidence['nearest_train_indices'][:12]
+  e = verdict.evidence
   rows = lambda name, i: f"{data_lib.SOURCE_SPLIT[name]} row {getattr(dataset, f'{name}_rows')[i]}"
   examples, titles = [], []
-  for q, t in zip(query_idx, train_idx):
-    examples += [splits[split][0][q], splits['train'][0][t]]
+  for q, s, t in list(zip(e[f'leaked_{split}_indices'], e['nearest_splits'],
+                          e['nearest_indices']))[:12]:
+    examples += [splits[split][0][q], splits[s][0][t]]
     titles += [f'{split}: {rows(split, q)} y={splits[split][1][q]}',
-               f'train: {rows("train", t)} y={splits["train"][1][t]}']
+               f'{s}: {rows(s, t)} y={splits[s][1][t]}']
   path = os.path.join(out, f'leaked_{split}_pairs.png')
   plots.grid(path, examples, titles, columns=4)
   return path

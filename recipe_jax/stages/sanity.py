@@ -1,8 +1,10 @@
 """stage='sanity': recipe step 2, the training skeleton and its dumb baselines.
 
 Every check runs against the configured model, data and loss through the same init, batch
-order and train step as training. Writes sanity/{verdicts.json, report.md, *.png}; any FAIL
-ends the run with exit code 1.
+order and train step as training, and evaluates with the configured loss. An exception inside
+the model or the loss becomes the FAIL of the check that met it, and the other checks still
+run. Writes sanity/{verdicts.json, report.md, result.json, *.png}; any FAIL ends the run with
+exit code 1.
 """
 import os
 
@@ -116,11 +118,12 @@ def run(config, workdir: str) -> StageResult:
     verdict, *pictures = run_check(check, runners[check], config)
     verdicts.append(verdict)
     images[verdict.check] = pictures
-  metrics = {}
-  if short_runs_ok(short_runs):
+  try:
     real, zero_input, _ = short_runs()
     metrics = {'model_val_accuracy': real['val']['accuracy'],
                'zero_input_val_accuracy': zero_input['val']['accuracy']}
+  except Exception:
+    metrics = {}  # the short runs failed: their checks' verdicts say why
   return report.finish(workdir, StageResult('sanity', verdicts, metrics,
                                             ['sanity/report.md', 'sanity/verdicts.json']),
                        f'Sanity: {config.model.name} on {config.dataset.name}', images)
@@ -138,14 +141,6 @@ def run_check(check: str, runner, config) -> tuple:
     message = user_code.describe_failure(e, config.model.name, config.loss)
     return (Verdict(check, 'FAIL', f'could not run: {message}',
                     {'error': message, 'exception': type(e).__name__}),)
-
-
-def short_runs_ok(short_runs) -> bool:
-  try:
-    short_runs()
-    return True
-  except Exception:
-    return False
 
 
 def _first_batch(config, exp):
