@@ -2,7 +2,7 @@
 from recipe_jax import data, losses, models, optim
 from recipe_jax.errors import UserError
 
-STAGES = ('train', 'inspect', 'sanity', 'lr_find', 'overfit', 'compare')
+STAGES = ('train', 'inspect', 'sanity', 'lr_find', 'overfit', 'compare', 'tune')
 
 
 def check(config) -> None:

@@ -6,6 +6,7 @@ a pure function of (seed, step), so a restarted run sees exactly the batches it 
 """
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import io
 import json
@@ -182,8 +183,9 @@ def _load_tfds(cfg):
   import tensorflow_datasets as tfds
   from recipe_jax import tfds_builders  # noqa: F401  registers mnist1d and digits
   builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
-  if cfg.name in EMBEDDED:
+  if cfg.name in EMBEDDED and not builder.is_prepared():
     _prepare_embedded(builder)
+    builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)  # reads what was just written
   try:
     return _read_tfds_splits(builder, cfg)
   except AssertionError:  # TFDS: "could not find data in DIR"
@@ -205,12 +207,17 @@ def _load_tfds(cfg):
 def _prepare_embedded(builder) -> None:
   """Generates an embedded dataset locally (no network) the first time, quietly."""
   import tensorflow_datasets as tfds
-  if builder.is_prepared():
-    return
-  logging.info('preparing %s into %s (first use only)', builder.name, builder.data_dir)
-  tfds.disable_progress_bar()
-  with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
-    builder.download_and_prepare()
+  os.makedirs(builder.data_dir_root, exist_ok=True)
+  # Several workers (a sweep) may start on a fresh machine together: one prepares, the others
+  # wait for it instead of racing to rename the same directory.
+  with open(os.path.join(builder.data_dir_root, f'.{builder.name}.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if builder.is_prepared():
+      return
+    logging.info('preparing %s into %s (first use only)', builder.name, builder.data_dir)
+    tfds.disable_progress_bar()
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
+      builder.download_and_prepare()
 
 
 def _read_tfds_splits(builder, cfg):

@@ -101,6 +101,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.compare.seeds = 3
   c.compare.metric = 'eval_accuracy'  # from each run's summary.json
 
+  c.tune = ml_collections.ConfigDict()  # stage='tune': a search on Optuna, many workers
+  c.tune.space = '{}'  # JSON {"config.key": {"type": "float"|"int"|"categorical", ...}}
+  c.tune.sampler = 'qmc'  # qmc (quasi-random, seeded from seed) | random | tpe | gp
+  c.tune.trials = 20  # for the whole study, over all workers
+  c.tune.metric = 'eval_accuracy'  # maximised; validation only, the test split never selects
+  c.tune.pruner = 'none'  # none | median | hyperband, fed the metric at every eval
+  c.tune.storage = config_dict.placeholder(str)  # None: sqlite:///DIR/tune/study.db
+  c.tune.study_name = config_dict.placeholder(str)  # None: derived from the workdir
+  c.tune.heartbeat_s = 30  # a RUNNING trial silent for 2x this is retried elsewhere
+
   c.inspect = ml_collections.ConfigDict()  # stage='inspect'
   c.inspect.max_imbalance = 3.0  # WARN when largest / smallest train class exceeds this
   c.inspect.leakage_rms_threshold = 0.1  # FAIL: val/test this close (RMS, standardised) to train

@@ -79,6 +79,24 @@ def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
   plt.close(fig)
 
 
+def scatter(path, x, y, xlabel: str, ylabel: str, logx: bool = False,
+            vlines: dict | None = None):
+  """Points (x, y), e.g. a sweep's metric against one parameter, with the range's bounds."""
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  ax.scatter(x, y, s=18)
+  for i, (label, value) in enumerate((vlines or {}).items()):
+    ax.axvline(value, linestyle='--', color=f'C{i + 1}', linewidth=1, label=f'{label} {value:g}')
+  if logx:
+    ax.set_xscale('log')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if vlines:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
 def bars(path, values: dict, ylabel: str):
   fig, ax = plt.subplots(figsize=(6, 3))
   ax.bar(list(values), list(values.values()), color=[f'C{i}' for i in range(len(values))])

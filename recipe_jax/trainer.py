@@ -331,9 +331,11 @@ def split_metrics(evaluators: dict, state, split: str) -> dict:
   return {f'{prefix}_{k}': v for k, v in evaluators[split](state).items()}
 
 
-def train_and_evaluate(exp, workdir: str) -> dict:
+def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
   """Trains `exp` (an `experiment.Experiment`), resuming from the latest checkpoint in workdir,
-  and returns the run summary: setup, restore, the loop, the final evaluation."""
+  and returns the run summary: setup, restore, the loop, the final evaluation.
+  `on_eval(step, eval_metrics)` runs after every validation eval (a sweep reports to its pruner
+  there; an exception it raises ends the run after the checkpoints are written)."""
   config, mesh = exp.config, exp.mesh
   if len(exp.dataset.y_val) == 0:
     raise UserError(f'dataset.val_fraction={config.dataset.val_fraction} leaves no validation '
@@ -352,7 +354,7 @@ def train_and_evaluate(exp, workdir: str) -> dict:
     logging.info('resumed from the checkpoint at step %d', resumed_from)
   splits = compile_splits(exp, state)
   try:
-    state, loop = _train_loop(exp, workdir, state, progress, splits, mngr, best_mngr)
+    state, loop = _train_loop(exp, workdir, state, progress, splits, mngr, best_mngr, on_eval)
   finally:
     for m in filter(None, (mngr, best_mngr)):
       m.wait_until_finished()
@@ -386,7 +388,8 @@ def _last_train_metrics(train_summary: dict, history: list) -> dict:
   return {k: last.get(k) for k in ('train_loss', 'train_accuracy')}
 
 
-def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, best_mngr):
+def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, best_mngr,
+                on_eval=None):
   """Steps until the end, early stopping or SIGTERM; evaluates, checkpoints and reports on the
   way. Returns (state, facts about the loop for the summary)."""
   config, mesh, dataset = exp.config, exp.mesh, exp.dataset
@@ -436,6 +439,8 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
           writer.write_scalars(step, eval_metrics)
           progress.history.append({'step': step, **train_summary, **eval_metrics})
           _track_best(step, state, eval_metrics, progress, config, best_mngr)
+          if on_eval:
+            on_eval(step, eval_metrics)
         progress_line.report(step, train_summary, eval_metrics, force=eval_now)
         if save_now or progress.stopped_early:
           checkpoints.save(mngr, step, state, dataclasses.asdict(dataclasses.replace(

@@ -100,3 +100,18 @@ def test_missing_tfds_data_offline_says_where_to_put_it(small_config, tmp_path, 
   small_config.dataset.data_dir = str(tmp_path)
   with pytest.raises(UserError, match=f'not prepared under {tmp_path}/mnist .*offline'):
     data.load(small_config.dataset)
+
+
+def test_two_processes_preparing_an_embedded_dataset_at_once_both_load_it(tmp_path):
+  """Sweep workers start together on a fresh machine: they raced to rename TFDS's directory
+  (FileExistsError), and the loser read an empty dataset."""
+  import subprocess
+  import sys
+  code = ('from recipe_jax import data, defaults; c = defaults.get_config(); '
+          f'c.dataset.name = "digits"; c.dataset.data_dir = "{tmp_path}"; '
+          'print(len(data.load(c.dataset).y_train))')
+  workers = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  results = [w.communicate(timeout=240) for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], results[1][1][-2000:]
+  assert [out.strip() for out, _ in results] == ['1293', '1293']  # 1437 less validation

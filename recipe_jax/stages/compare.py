@@ -133,11 +133,15 @@ def table(summaries: dict, variants: dict, metric: str) -> list:
   return rows
 
 
-def _write(out: str, rows: list, metric: str) -> None:
-  with open(os.path.join(out, 'results.csv'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+def write_csv(path: str, rows: list) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
     writer.writeheader()
     writer.writerows(rows)
+
+
+def _write(out: str, rows: list, metric: str) -> None:
+  write_csv(os.path.join(out, 'results.csv'), rows)
   lines = [f'# Compare: {metric}, mean +- std over seeds', '',
            f'| variant | overrides | seeds | {metric} | delta vs baseline | | train - val gap |'
            ' test accuracy |', '|---|---|---|---|---|---|---|---|']

@@ -26,10 +26,10 @@ def write_json(path: str, obj) -> None:
     os.replace(path + '.tmp', path)  # never leave a half-written file behind
 
 
-def run_training(config, workdir: str) -> dict:
+def run_training(config, workdir: str, on_eval=None) -> dict:
   """Trains (or resumes) the run in workdir and returns its summary (summary.json)."""
   write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  summary = trainer.train_and_evaluate(experiment.build(config), workdir)
+  summary = trainer.train_and_evaluate(experiment.build(config), workdir, on_eval)
   write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary
 

@@ -1,0 +1,341 @@
+"""stage='tune': recipe step 5, a hyperparameter search on Optuna that survives preemption.
+
+Every trial is a normal train run in DIR/tune/trial_<n>/ (config.json, summary.json,
+checkpoints). A worker is this same command started again, here or on another machine that
+reaches `tune.storage`: the study, not the worker, decides what runs next. A worker killed
+mid-trial leaves it RUNNING; once its heartbeat is stale, the next worker to start a trial
+fails it and runs it again with the same parameters in the same directory, so it resumes from
+the last checkpoint. SIGTERM saves the checkpoint, queues the trial again and exits 0. A
+diverged trial is recorded as failed with its reason. The study ends with exactly
+`tune.trials` finished trials (complete, pruned or diverged).
+"""
+import json
+import os
+import re
+
+import numpy as np
+import optuna
+from absl import logging
+
+from recipe_jax import plots, report
+from recipe_jax.errors import DivergenceError, UserError
+from recipe_jax.report import StageResult, Verdict
+from recipe_jax.stages import compare, train
+
+SAMPLERS = ('qmc', 'random', 'tpe', 'gp')
+PRUNERS = ('none', 'median', 'hyperband')
+TYPES = ('float', 'int', 'categorical')
+EDGE = 0.1  # a best value in the outer 10% of a numeric range suggests widening it
+
+optuna.logging.disable_default_handler()  # Optuna's lines go to DIR/log.txt like the others
+optuna.logging.enable_propagation()
+
+
+class Preempted(Exception):
+  """SIGTERM stopped a trial after its checkpoint; the trial is queued to run again."""
+
+
+class Surplus(Exception):
+  """The study already has its trials (finished or started earlier); this one does not run."""
+
+
+def parse_space(text: str, config) -> dict:
+  """`tune.space` as {config key: spec}, every key and spec checked before anything runs."""
+  try:
+    space = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise UserError(f'tune.space is not valid JSON ({e})') from None
+  if not isinstance(space, dict) or not space:
+    raise UserError('tune.space must map config keys to specs, e.g. \'{"optimizer.learning_rate":'
+                    ' {"type": "float", "low": 1e-4, "high": 3e-2, "log": true}}\'')
+  for key, spec in space.items():
+    compare.variant_config(config, {key: _example_value(key, spec)}, config.seed)  # key exists
+  return space
+
+
+def _example_value(key: str, spec):
+  if not isinstance(spec, dict) or spec.get('type') not in TYPES:
+    raise UserError(f'tune.space["{key}"]: give {{"type": one of {", ".join(TYPES)}, ...}}')
+  if spec['type'] == 'categorical':
+    if not spec.get('choices'):
+      raise UserError(f'tune.space["{key}"]: a categorical needs a non-empty "choices" list')
+    return spec['choices'][0]
+  low, high = spec.get('low'), spec.get('high')
+  if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or low >= high:
+    raise UserError(f'tune.space["{key}"]: needs numbers "low" < "high", got {low}, {high}')
+  if spec.get('log') and low <= 0:
+    raise UserError(f'tune.space["{key}"]: a log range needs low > 0, got {low}')
+  return int(low) if spec['type'] == 'int' else float(low)
+
+
+def suggest(trial, key: str, spec: dict):
+  if spec['type'] == 'categorical':
+    return trial.suggest_categorical(key, spec['choices'])
+  if spec['type'] == 'int':
+    return trial.suggest_int(key, spec['low'], spec['high'], log=spec.get('log', False))
+  return trial.suggest_float(key, spec['low'], spec['high'], log=spec.get('log', False))
+
+
+def make_sampler(name: str, seed: int):
+  if name == 'qmc':  # the tuning playbook's quasi-random search for exploration
+    return optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False)
+  if name == 'random':
+    return optuna.samplers.RandomSampler(seed=seed)
+  if name == 'tpe':
+    return optuna.samplers.TPESampler(seed=seed)
+  return optuna.samplers.GPSampler(seed=seed)
+
+
+def make_pruner(name: str):
+  return {'none': optuna.pruners.NopPruner(), 'median': optuna.pruners.MedianPruner(),
+          'hyperband': optuna.pruners.HyperbandPruner()}[name]
+
+
+def storage_url(config, out: str) -> str:
+  return config.tune.storage or f'sqlite:///{os.path.abspath(os.path.join(out, "study.db"))}'
+
+
+def open_study(config, out: str) -> optuna.Study:
+  cfg = config.tune
+  storage = optuna.storages.RDBStorage(
+      storage_url(config, out), heartbeat_interval=cfg.heartbeat_s,
+      grace_period=2 * cfg.heartbeat_s,
+      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+  name = cfg.study_name or re.sub(r'[^\w.-]+', '_', os.path.abspath(out)).strip('_')
+  return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                             direction='maximize', sampler=make_sampler(cfg.sampler, config.seed),
+                             pruner=make_pruner(cfg.pruner))
+
+
+def counts_as_finished(t) -> bool:
+  """Complete, pruned, or failed for a reason of its own (diverged); not a stale or preempted
+  trial that was queued again, and not a surplus one."""
+  state = optuna.trial.TrialState
+  return (t.state in (state.COMPLETE, state.PRUNED) or
+          (t.state == state.FAIL and 'fail_reason' in t.user_attrs))
+
+
+def finished_trials(study) -> list:
+  return [t for t in study.get_trials(deepcopy=False) if counts_as_finished(t)]
+
+
+def check_config(config) -> None:
+  cfg = config.tune
+  if cfg.sampler not in SAMPLERS:
+    raise UserError(f"unknown tune.sampler '{cfg.sampler}'; use one of {', '.join(SAMPLERS)}")
+  if cfg.pruner not in PRUNERS:
+    raise UserError(f"unknown tune.pruner '{cfg.pruner}'; use one of {', '.join(PRUNERS)}")
+  if cfg.trials < 1 or cfg.heartbeat_s < 1:
+    raise UserError('tune.trials and tune.heartbeat_s must be positive')
+  if cfg.metric.startswith('test_'):
+    raise UserError(f"tune.metric={cfg.metric}: the test split never selects; use a validation "
+                    'metric such as eval_accuracy')
+
+
+def run(config, workdir: str) -> StageResult:
+  check_config(config)
+  out = os.path.join(workdir, 'tune')
+  os.makedirs(out, exist_ok=True)
+  space = parse_space(config.tune.space, config)
+  study = open_study(config, out)
+  objective = make_objective(config, space, out, study)
+  try:
+    if len(finished_trials(study)) < config.tune.trials:
+      study.optimize(objective, catch=(Surplus,), callbacks=[_stop_when_done(config.tune.trials)],
+                     gc_after_trial=False)
+  except Preempted:
+    stopped = study.get_trials(deepcopy=False)[-1]
+    for t in study.get_trials(deepcopy=False):
+      if t.user_attrs.get('preempted'):
+        stopped = t
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, stopped)
+    logging.warning('SIGTERM: trial %d saved its checkpoint and is queued to run again',
+                    stopped.number)
+    return StageResult('tune', [], {}, [], finished=False)
+  return finish(config, workdir, study, space)
+
+
+def _stop_when_done(target: int):
+  def callback(study, trial):
+    if len(finished_trials(study)) >= target:
+      study.stop()
+  return callback
+
+
+def make_objective(config, space: dict, out: str, study):
+  target = config.tune.trials
+
+  def objective(trial):
+    earlier_running = [t for t in study.get_trials(deepcopy=False, states=(
+        optuna.trial.TrialState.RUNNING,)) if t.number < trial.number]
+    if len(finished_trials(study)) + len(earlier_running) >= target:
+      trial.set_user_attr('surplus', True)
+      study.stop()
+      raise Surplus(f'the study already has its {target} trials')
+    overrides = {key: suggest(trial, key, spec) for key, spec in space.items()}
+    run_dir = trial.user_attrs.get('run_dir') or os.path.join(out, f'trial_{trial.number}')
+    trial.set_user_attr('run_dir', run_dir)
+    logging.info('tune: trial %d %s in %s', trial.number, overrides, run_dir)
+
+    def report_eval(step, metrics):
+      trial.report(metrics[config.tune.metric], step)
+      if trial.should_prune():
+        raise optuna.TrialPruned(f'pruned at step {step}')
+
+    try:
+      summary = train.run_training(compare.variant_config(config, overrides, config.seed),
+                                   run_dir, report_eval)
+    except DivergenceError as e:
+      trial.set_user_attr('fail_reason', str(e))
+      logging.warning('tune: trial %d diverged: %s', trial.number, e)
+      return float('nan')  # recorded as FAIL; the study goes on
+    if not summary['finished']:
+      trial.set_user_attr('preempted', True)
+      raise Preempted()
+    for key in ('resumed_from_step', 'test_accuracy', 'params_sha256', 'wall_s'):
+      trial.set_user_attr(key, summary[key])
+    return summary[config.tune.metric]
+
+  return objective
+
+
+def finish(config, workdir: str, study, space: dict) -> StageResult:
+  """trials.csv, results.md, best_config.py, pictures and verdicts for a finished study."""
+  out = os.path.join(workdir, 'tune')
+  trials = finished_trials(study)
+  complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+  rows = _write_tables(out, trials, space, config.tune.metric)
+  verdicts = [_finished_verdict(trials, complete, config.tune.trials)]
+  files = ['tune/results.md', 'tune/trials.csv', 'tune/report.md']
+  metrics = {'trials': len(trials), 'complete': len(complete)}
+  images = {}
+  if complete:
+    best = max(complete, key=lambda t: t.value)
+    metrics.update({'best_trial': best.number, f'best_{config.tune.metric}': best.value,
+                    'best_test_accuracy': best.user_attrs.get('test_accuracy')})
+    _write_best_config(out, compare.variant_config(config, best.params, config.seed), best)
+    files.insert(0, 'tune/best_config.py')
+    verdicts += [*_boundary_verdicts(best, space), _spread_verdict(complete, config.tune.metric),
+                 _importance_verdict(study, complete)]
+    images['metric_spread'] = _plots(out, complete, space, config.tune.metric)
+  logging.info('tune: %d trials, %d complete', len(rows), len(complete))
+  return report.finish(workdir, StageResult('tune', verdicts, metrics, files),
+                       f'Tune: {config.model.name} on {config.dataset.name}', images)
+
+
+def _finished_verdict(trials, complete, target) -> Verdict:
+  failed = {t.number: t.user_attrs['fail_reason'] for t in trials if 'fail_reason' in t.user_attrs}
+  evidence = {'finished': len(trials), 'complete': len(complete), 'failed': failed,
+              'pruned': len(trials) - len(complete) - len(failed), 'asked': target}
+  line = (f'{len(complete)} of {len(trials)} trials complete, {len(failed)} diverged, '
+          f'{evidence["pruned"]} pruned')
+  if not complete:
+    return Verdict('trials_finished', 'FAIL', f'{line}: every trial diverged; lower the learning '
+                   'rate range or add optimizer.grad_clip_norm', evidence)
+  if len(complete) < len(trials) / 2:
+    return Verdict('trials_finished', 'WARN', f'{line}: fewer than half completed; narrow the '
+                   'space towards where trials succeed', evidence)
+  return Verdict('trials_finished', 'PASS', line, evidence)
+
+
+def _boundary_verdicts(best, space: dict) -> list:
+  """WARN for each numeric parameter whose best value sits in the outer 10% of its range."""
+  verdicts = []
+  for key, spec in space.items():
+    if spec['type'] == 'categorical':
+      continue
+    value, low, high = best.params[key], spec['low'], spec['high']
+    to_unit = (lambda v: np.log(v)) if spec.get('log') else (lambda v: v)
+    position = (to_unit(value) - to_unit(low)) / (to_unit(high) - to_unit(low))
+    evidence = {'best': value, 'low': low, 'high': high, 'position_in_range': float(position)}
+    if position < EDGE or position > 1 - EDGE:
+      side = 'low' if position < EDGE else 'high'
+      verdicts.append(Verdict(f'boundary_{key}', 'WARN', f'the best {key}={value:.4g} sits at the '
+                              f'{side} end of [{low:g}, {high:g}]: widen the range past it',
+                              evidence))
+    else:
+      verdicts.append(Verdict(f'boundary_{key}', 'PASS', f'the best {key}={value:.4g} lies inside '
+                              f'[{low:g}, {high:g}]', evidence))
+  return verdicts
+
+
+def _spread_verdict(complete, metric: str) -> Verdict:
+  values = np.array([t.value for t in complete])
+  return Verdict('metric_spread', 'PASS', f'{metric} over {len(values)} trials: best '
+                 f'{values.max():.4f}, median {np.median(values):.4f}, worst {values.min():.4f}',
+                 {'values': values.round(5).tolist()})
+
+
+def _importance_verdict(study, complete) -> Verdict:
+  if len(complete) < 3:
+    return Verdict('parameter_importance', 'PASS', 'too few complete trials to rank parameters',
+                   {})
+  try:
+    importances = optuna.importance.get_param_importances(study)
+  except (RuntimeError, ValueError) as e:  # e.g. a parameter that never varied
+    return Verdict('parameter_importance', 'PASS', f'not computed: {e}', {})
+  ranked = ', '.join(f'{k} {v:.2f}' for k, v in importances.items())
+  return Verdict('parameter_importance', 'PASS', f'importance (fANOVA): {ranked}',
+                 {'importances': dict(importances)})
+
+
+def _write_tables(out: str, trials, space: dict, metric: str) -> list:
+  rows = []
+  for t in sorted(trials, key=lambda t: -(t.value if t.value is not None and np.isfinite(t.value)
+                                          else -np.inf)):
+    rows.append({'number': t.number, 'state': t.state.name,
+                 **{k: t.params.get(k) for k in space}, metric: t.value,
+                 'wall_s': t.user_attrs.get('wall_s'),
+                 'resumed_from_step': t.user_attrs.get('resumed_from_step'),
+                 'note': t.user_attrs.get('fail_reason', '')[:80]})
+  compare.write_csv(os.path.join(out, 'trials.csv'), rows)
+  lines = [f'# Tune: trials ranked by {metric}', '', '| ' + ' | '.join(rows[0]) + ' |',
+           '|---' * len(rows[0]) + '|'] if rows else ['# Tune: no trial finished']
+  for row in rows:
+    lines.append('| ' + ' | '.join(f'{v:.4g}' if isinstance(v, float) else str(v)
+                                   for v in row.values()) + ' |')
+  with open(os.path.join(out, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return rows
+
+
+def _write_best_config(out: str, trial_config, best) -> None:
+  """A config file that reproduces the best trial: the config it trained with, key by key
+  (built here, so it works on any worker, whichever machine ran the trial)."""
+  resolved = trial_config.to_dict()
+  lines = [f'"""Best trial {best.number} of the tune stage in {out} ({best.value:.4f}).',
+           '', f'python -m recipe_jax.main --config={os.path.join(out, "best_config.py")} '
+           '--workdir=DIR reproduces it bit for bit."""', 'from recipe_jax import defaults', '',
+           '', 'def get_config():', '  c = defaults.get_config()']
+  for key, value in _flatten(resolved):
+    if isinstance(value, list):
+      value = tuple(value)
+    lines.append(f'  c.{key} = {value!r}')
+  lines.append('  return c')
+  with open(os.path.join(out, 'best_config.py'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+def _flatten(tree: dict, prefix: str = ''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flatten(value, f'{prefix}{key}.')
+    elif value is not None:
+      yield f'{prefix}{key}', value
+
+
+def _plots(out: str, complete, space: dict, metric: str) -> list:
+  ordered = sorted(complete, key=lambda t: t.number)
+  history = os.path.join(out, 'history.png')
+  values = np.array([t.value for t in ordered])
+  plots.curves(history, {metric: ([t.number for t in ordered], values),
+                         'best so far': ([t.number for t in ordered],
+                                         np.maximum.accumulate(values))}, 'trial', metric)
+  paths = [history]
+  for key, spec in space.items():
+    path = os.path.join(out, 'param_' + re.sub(r'[^\w]+', '_', key) + '.png')
+    xs = [t.params[key] for t in ordered]
+    bounds = {} if spec['type'] == 'categorical' else {'low': spec['low'], 'high': spec['high']}
+    plots.scatter(path, xs, values, key, metric, logx=bool(spec.get('log')), vlines=bounds)
+    paths.append(path)
+  return paths

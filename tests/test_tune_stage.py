@@ -1,0 +1,191 @@
+"""The tune stage: a study of short mnist1d runs, its outputs, and its workers' faults."""
+import importlib.util
+import json
+import os
+import signal
+import time
+
+import optuna
+import pytest
+
+from conftest import as_flags, read_summary, run_main, start_main
+from recipe_jax.errors import UserError
+from recipe_jax.stages import train, tune
+
+SPACE = {'optimizer.learning_rate': {'type': 'float', 'low': 1e-3, 'high': 3e-2, 'log': True},
+         'model.width': {'type': 'int', 'low': 16, 'high': 64}}
+
+
+@pytest.fixture
+def tune_config(small_config):
+  small_config.stage = 'tune'
+  small_config.num_train_steps = 40
+  small_config.eval_every_steps = 20
+  small_config.checkpoint_every_steps = 20
+  small_config.tune.trials = 3
+  small_config.tune.space = json.dumps(SPACE)
+  return small_config
+
+
+def trials_of(workdir):
+  storage = f'sqlite:///{os.path.abspath(os.path.join(workdir, "tune", "study.db"))}'
+  [summary] = optuna.get_all_study_summaries(storage)
+  return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+
+
+def load_config_file(path):
+  spec = importlib.util.spec_from_file_location('best_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_study_writes_its_tables_and_a_best_config_that_reproduces_the_best_trial(
+    tune_config, tmp_path, data_dir):
+  result = tune.run(tune_config, str(tmp_path))
+  assert result.metrics['trials'] == 3 and result.metrics['complete'] == 3
+  assert {v.check for v in result.verdicts} >= {'trials_finished', 'metric_spread',
+                                                 'boundary_model.width', 'parameter_importance'}
+  out = tmp_path / 'tune'
+  assert len((out / 'trials.csv').read_text().strip().splitlines()) == 1 + 3
+  assert '| COMPLETE |' in (out / 'results.md').read_text()
+  for picture in ('history', 'param_optimizer_learning_rate', 'param_model_width'):
+    assert (out / f'{picture}.png').stat().st_size > 1000
+  best = result.metrics['best_trial']
+  best_config = load_config_file(out / 'best_config.py')
+  best_config.dataset.data_dir = data_dir
+  again = train.run_training(best_config, str(tmp_path / 'again'))
+  assert again['params_sha256'] == read_summary(out / f'trial_{best}')['params_sha256']
+
+  tune.run(tune_config, str(tmp_path))  # restarting a finished study adds no trials
+  assert len(trials_of(tmp_path)) == 3
+
+
+def test_a_diverged_trial_is_recorded_and_a_study_of_only_those_fails(tune_config, tmp_path):
+  tune_config.tune.space = json.dumps({'optimizer.learning_rate': {
+      'type': 'categorical', 'choices': [1e5, 1e6]}})
+  tune_config.tune.trials = 2
+  tune_config.tune.sampler = 'random'
+  result = tune.run(tune_config, str(tmp_path))
+  [finished] = [v for v in result.verdicts if v.check == 'trials_finished']
+  assert finished.status == 'FAIL' and 'every trial diverged' in finished.summary
+  assert all('diverged at step' in reason for reason in finished.evidence['failed'].values())
+  assert len(finished.evidence['failed']) == 2
+
+
+def test_boundary_warns_when_the_best_value_sits_at_the_edge_of_its_range():
+  def best_at(value):
+    distribution = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    return optuna.trial.create_trial(params={'optimizer.learning_rate': value},
+                                     distributions={'optimizer.learning_rate': distribution},
+                                     value=0.9)
+  space = {'optimizer.learning_rate': SPACE['optimizer.learning_rate'] | {'low': 1e-4,
+                                                                          'high': 1e-1}}
+  [edge] = tune._boundary_verdicts(best_at(0.08), space)  # log position 0.97
+  assert edge.status == 'WARN' and 'high end' in edge.summary
+  [inside] = tune._boundary_verdicts(best_at(3e-3), space)  # log position 0.49
+  assert inside.status == 'PASS'
+
+
+@pytest.mark.parametrize('space, message', [
+    ({'no.such_key': {'type': 'float', 'low': 0, 'high': 1}}, 'no'),
+    ({'optimizer.learning_rate': {'type': 'float', 'low': 1, 'high': 0.1}}, 'low'),
+    ({'optimizer.learning_rate': {'type': 'normal'}}, 'type'),
+    ({'optimizer.learning_rate': {'type': 'float', 'low': 0, 'high': 1, 'log': True}}, 'low > 0'),
+])
+def test_a_bad_space_is_refused_before_anything_runs(tune_config, tmp_path, space, message):
+  tune_config.tune.space = json.dumps(space)
+  with pytest.raises(UserError, match=message):
+    tune.run(tune_config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'tune' / 'trial_0')
+
+
+def cli_flags(config):
+  return ['--config=configs/mnist1d/mlp.py', *as_flags(config)]
+
+
+def test_two_workers_share_one_study_and_finish_exactly_its_trials(tune_config, tmp_path):
+  tune_config.tune.trials = 4
+  workers = [start_main(tmp_path, *cli_flags(tune_config)) for _ in range(2)]
+  outputs = [w.communicate(timeout=300)[0] for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  trials = trials_of(tmp_path)
+  finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+  assert len(finished) == 4 and len({t.number for t in finished}) == 4
+  assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+  started = [line for out in outputs for line in out.splitlines() if 'tune: trial' in line]
+  assert len(started) >= 4 and all(any('tune: trial' in line for line in out.splitlines())
+                                   for out in outputs), 'both workers ran trials'
+
+
+def wait_for(path, proc, timeout=120):
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f'nothing in {path} (exit code {proc.poll()})')
+
+
+@pytest.mark.parametrize('how', ['SIGKILL', 'SIGTERM'])
+def test_a_stopped_trial_runs_again_from_its_checkpoint(tune_config, tmp_path, how):
+  tune_config.tune.trials = 2
+  tune_config.tune.heartbeat_s = 1
+  tune_config.num_train_steps = 3000
+  tune_config.checkpoint_every_steps = 100
+  tune_config.eval_every_steps = 1000
+  worker = start_main(tmp_path, *cli_flags(tune_config))
+  wait_for(tmp_path / 'tune' / 'trial_0' / 'checkpoints', worker)
+  worker.send_signal(getattr(signal, how))
+  output, _ = worker.communicate(timeout=120)
+  if how == 'SIGTERM':
+    assert worker.returncode == 0, output[-3000:]
+    assert 'queued to run again' in output
+  else:
+    time.sleep(2.5)  # let its heartbeat go stale (grace period: 2 x heartbeat_s)
+  again = run_main(tmp_path, *cli_flags(tune_config), timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  trials = trials_of(tmp_path)
+  complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+  assert len(complete) == 2 and not [t for t in trials
+                                     if t.state == optuna.trial.TrialState.RUNNING]
+  [retried] = [t for t in complete if t.user_attrs['run_dir'].endswith('trial_0')]
+  assert retried.number != 0 and retried.params == trials[0].params
+  assert retried.user_attrs['resumed_from_step'] > 0  # from the checkpoint, not from scratch
+  assert read_summary(tmp_path / 'tune' / 'trial_0')['resumed_from_step'] > 0
+
+
+def test_two_workers_share_a_study_in_a_real_postgresql_server(tune_config, tmp_path):
+  import postgres_server
+  if not postgres_server.binary('initdb'):
+    if os.environ.get('CI'):
+      pytest.fail('PostgreSQL is missing in CI: .ci/run installs Debian\'s postgresql')
+    pytest.skip("no PostgreSQL binaries here: apt-get install postgresql")
+  tune_config.tune.trials = 4
+  with postgres_server.running_server() as url:
+    tune_config.tune.storage = url
+    tune_config.tune.study_name = 'two_workers'
+    workers = [start_main(tmp_path / f'worker_{i}', *cli_flags(tune_config)) for i in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    trials = optuna.load_study(study_name='two_workers', storage=url).get_trials()
+  complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+  assert len(complete) == 4 and len({t.number for t in complete}) == 4
+  assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_the_pruner_hears_every_eval_and_pruned_trials_count_as_finished(tune_config, tmp_path,
+                                                                         monkeypatch):
+  monkeypatch.setattr(tune, 'make_pruner', lambda name: optuna.pruners.MedianPruner(
+      n_startup_trials=1, n_warmup_steps=0))
+  tune_config.tune.pruner = 'median'
+  tune_config.tune.sampler = 'random'
+  tune_config.tune.trials = 4
+  tune_config.tune.space = json.dumps({'optimizer.learning_rate': {
+      'type': 'categorical', 'choices': [1e-2, 1e-7]}})  # 1e-7 learns nothing in 40 steps
+  result = tune.run(tune_config, str(tmp_path))
+  trials = trials_of(tmp_path)
+  pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+  assert pruned and all(t.params['optimizer.learning_rate'] == 1e-7 for t in pruned)
+  assert all(len(t.intermediate_values) >= 1 for t in trials)  # reported at step 20
+  assert result.metrics['trials'] == 4 == len([t for t in trials if tune.counts_as_finished(t)])
