@@ -12,6 +12,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage = 'train'
   c.seed = 0
   c.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
+  # JAX's persistent compilation cache: a rerun or resumed trial with the same shapes skips
+  # XLA compilation. None: ~/.cache/recipe_jax/jax_cache; '' turns it off.
+  c.compilation_cache_dir = config_dict.placeholder(str)
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'mnist1d'  # mnist1d | digits | npz:PATH | any TFDS name

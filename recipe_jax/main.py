@@ -40,6 +40,18 @@ def parse_flags(argv):
   return remaining
 
 
+def enable_compilation_cache(directory: str | None) -> None:
+  """Compiled executables are kept on disk, so a second process with the same shapes (a rerun,
+  a resumed or retried trial) does not compile again. '' turns it off."""
+  if directory == '':
+    return
+  import jax
+  directory = directory or os.path.join(os.path.expanduser('~'), '.cache', 'recipe_jax',
+                                        'jax_cache')
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
 def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   console.setup(workdir, verbose=flags.FLAGS.verbosity >= 1)
@@ -49,6 +61,7 @@ def main(argv):
       import jax
       jax.distributed.initialize()
     import jax
+    enable_compilation_cache(config.compilation_cache_dir)
     stage = importlib.import_module(f'recipe_jax.stages.{config.stage}')
     devices = jax.devices()
     logging.info('%s: %s on %s, %d x %s -> %s', config.stage, config.model.name,

@@ -189,3 +189,21 @@ def test_the_pruner_hears_every_eval_and_pruned_trials_count_as_finished(tune_co
   assert pruned and all(t.params['optimizer.learning_rate'] == 1e-7 for t in pruned)
   assert all(len(t.intermediate_values) >= 1 for t in trials)  # reported at step 20
   assert result.metrics['trials'] == 4 == len([t for t in trials if tune.counts_as_finished(t)])
+
+
+def test_a_worker_that_loses_the_race_to_create_the_tables_joins_the_study(tune_config, tmp_path,
+                                                                           monkeypatch):
+  """Seen in CI-like load: two workers created the tables at once and one died with
+  IntegrityError (alembic_version)."""
+  import sqlalchemy.exc
+  real, calls = optuna.storages.RDBStorage, []
+
+  def storage_that_loses_once(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 1:
+      raise sqlalchemy.exc.IntegrityError('INSERT INTO alembic_version', {}, Exception('UNIQUE'))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(optuna.storages, 'RDBStorage', storage_that_loses_once)
+  study = tune.open_study(tune_config, str(tmp_path))
+  assert len(calls) == 2 and study.get_trials() == []

@@ -11,13 +11,16 @@ diverged trial is recorded as failed with its reason. The study ends with exactl
 """
 import json
 import os
+import random
 import re
+import time
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 from absl import logging
 
-from recipe_jax import plots, report
+from recipe_jax import plots, report, user_code
 from recipe_jax.errors import DivergenceError, UserError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import compare, train
@@ -95,16 +98,28 @@ def storage_url(config, out: str) -> str:
   return config.tune.storage or f'sqlite:///{os.path.abspath(os.path.join(out, "study.db"))}'
 
 
-def open_study(config, out: str) -> optuna.Study:
+def open_study(config, out: str, attempts: int = 10) -> optuna.Study:
+  """Creates the study, or joins it. Workers that start together race to create the database
+  tables (a unique-constraint error for all but one); the losers wait a moment and join."""
   cfg = config.tune
-  storage = optuna.storages.RDBStorage(
-      storage_url(config, out), heartbeat_interval=cfg.heartbeat_s,
-      grace_period=2 * cfg.heartbeat_s,
-      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
   name = cfg.study_name or re.sub(r'[^\w.-]+', '_', os.path.abspath(out)).strip('_')
-  return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                             direction='maximize', sampler=make_sampler(cfg.sampler, config.seed),
-                             pruner=make_pruner(cfg.pruner))
+  for attempt in range(attempts):
+    try:
+      storage = optuna.storages.RDBStorage(
+          storage_url(config, out), heartbeat_interval=cfg.heartbeat_s,
+          grace_period=2 * cfg.heartbeat_s,
+          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+      return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                 direction='maximize',
+                                 sampler=make_sampler(cfg.sampler, config.seed),
+                                 pruner=make_pruner(cfg.pruner))
+    except sqlalchemy.exc.SQLAlchemyError as e:
+      if attempt == attempts - 1:
+        raise UserError(f'tune.storage {storage_url(config, out)}: {user_code.one_line(e)}'
+                        ) from None
+      logging.info('tune: another worker is creating the study (%s); retrying',
+                   type(e).__name__)
+      time.sleep(0.5 + random.random())
 
 
 def counts_as_finished(t) -> bool:
@@ -143,11 +158,8 @@ def run(config, workdir: str) -> StageResult:
     if len(finished_trials(study)) < config.tune.trials:
       study.optimize(objective, catch=(Surplus,), callbacks=[_stop_when_done(config.tune.trials)],
                      gc_after_trial=False)
-  except Preempted:
-    stopped = study.get_trials(deepcopy=False)[-1]
-    for t in study.get_trials(deepcopy=False):
-      if t.user_attrs.get('preempted'):
-        stopped = t
+  except Preempted as e:
+    [stopped] = [t for t in study.get_trials(deepcopy=False) if t.number == e.args[0]]
     optuna.storages.RetryHeartbeatStaleTrialCallback()(study, stopped)
     logging.warning('SIGTERM: trial %d saved its checkpoint and is queued to run again',
                     stopped.number)
@@ -190,8 +202,7 @@ def make_objective(config, space: dict, out: str, study):
       logging.warning('tune: trial %d diverged: %s', trial.number, e)
       return float('nan')  # recorded as FAIL; the study goes on
     if not summary['finished']:
-      trial.set_user_attr('preempted', True)
-      raise Preempted()
+      raise Preempted(trial.number)
     for key in ('resumed_from_step', 'test_accuracy', 'params_sha256', 'wall_s'):
       trial.set_user_attr(key, summary[key])
     return summary[config.tune.metric]
@@ -217,7 +228,7 @@ def finish(config, workdir: str, study, space: dict) -> StageResult:
     files.insert(0, 'tune/best_config.py')
     verdicts += [*_boundary_verdicts(best, space), _spread_verdict(complete, config.tune.metric),
                  _importance_verdict(study, complete)]
-    images['metric_spread'] = _plots(out, complete, space, config.tune.metric)
+    images = _plots(out, complete, space, config.tune.metric)
   logging.info('tune: %d trials, %d complete', len(rows), len(complete))
   return report.finish(workdir, StageResult('tune', verdicts, metrics, files),
                        f'Tune: {config.model.name} on {config.dataset.name}', images)
@@ -324,18 +335,21 @@ def _flatten(tree: dict, prefix: str = ''):
       yield f'{prefix}{key}', value
 
 
-def _plots(out: str, complete, space: dict, metric: str) -> list:
+def _plots(out: str, complete, space: dict, metric: str) -> dict:
+  """The optimisation history (under metric_spread) and the metric against each parameter
+  (under its boundary verdict; categorical ones under parameter_importance)."""
   ordered = sorted(complete, key=lambda t: t.number)
   history = os.path.join(out, 'history.png')
   values = np.array([t.value for t in ordered])
   plots.curves(history, {metric: ([t.number for t in ordered], values),
                          'best so far': ([t.number for t in ordered],
                                          np.maximum.accumulate(values))}, 'trial', metric)
-  paths = [history]
+  images = {'metric_spread': [history]}
   for key, spec in space.items():
     path = os.path.join(out, 'param_' + re.sub(r'[^\w]+', '_', key) + '.png')
     xs = [t.params[key] for t in ordered]
     bounds = {} if spec['type'] == 'categorical' else {'low': spec['low'], 'high': spec['high']}
     plots.scatter(path, xs, values, key, metric, logx=bool(spec.get('log')), vlines=bounds)
-    paths.append(path)
-  return paths
+    check = 'parameter_importance' if spec['type'] == 'categorical' else f'boundary_{key}'
+    images.setdefault(check, []).append(path)
+  return images
