@@ -198,12 +198,14 @@ def test_a_worker_that_loses_the_race_to_create_the_tables_joins_the_study(tune_
   import sqlalchemy.exc
   real, calls = optuna.storages.RDBStorage, []
 
-  def storage_that_loses_once(*args, **kwargs):
-    calls.append(1)
-    if len(calls) == 1:
-      raise sqlalchemy.exc.IntegrityError('INSERT INTO alembic_version', {}, Exception('UNIQUE'))
-    return real(*args, **kwargs)
+  class StorageThatLosesOnce(real):
+    def __init__(self, *args, **kwargs):
+      calls.append(1)
+      if len(calls) == 1:
+        raise sqlalchemy.exc.IntegrityError('INSERT INTO alembic_version', {},
+                                            Exception('UNIQUE constraint failed'))
+      super().__init__(*args, **kwargs)
 
-  monkeypatch.setattr(optuna.storages, 'RDBStorage', storage_that_loses_once)
+  monkeypatch.setattr(optuna.storages, 'RDBStorage', StorageThatLosesOnce)
   study = tune.open_study(tune_config, str(tmp_path))
   assert len(calls) == 2 and study.get_trials() == []
