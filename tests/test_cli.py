@@ -171,3 +171,12 @@ def test_console_shows_the_pipeline_lines_and_a_closing_summary(small_config, tm
 
   verbose = run_main(tmp_path / 'verbose', *cli_flags(small_config), '--verbosity=1')
   assert verbose.returncode == 0 and 'logging_writer.py' in verbose.stderr
+
+
+def test_a_failing_user_loss_is_one_line_exit_2(small_config, tmp_path):
+  result = run_main(tmp_path, *cli_flags(small_config),
+                    '--config.loss=planted_bugs:loss_with_wrong_shapes', env=USER_CODE)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("recipe_jax: error: model 'mlp' (with loss "
+                         "'planted_bugs:loss_with_wrong_shapes') failed "), last
