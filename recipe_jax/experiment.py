@@ -7,7 +7,6 @@ pieces, `lr_find` swaps the schedule.
 import dataclasses
 from typing import Any, Callable
 
-import jax
 import numpy as np
 
 from recipe_jax import augment, data as data_lib, losses, models, optim, rng, trainer
@@ -73,12 +72,12 @@ def initial_output_bias(config, dataset) -> np.ndarray | None:
   return models.class_log_prior(dataset.y_train, dataset.num_classes)
 
 
-def build(config, *, dataset: data_lib.Dataset | None = None, num_train_steps: int | None = None,
-          schedule=None, label_smoothing: bool = True) -> Experiment:
+def build(config, *, num_train_steps: int | None = None, schedule=None,
+          label_smoothing: bool = True) -> Experiment:
   """Everything `config` describes. `num_train_steps` (default: config's) sizes the learning-rate
   schedule, `schedule` replaces it (lr_find); `label_smoothing=False` trains on the plain loss
   (the sanity checks need a loss that can reach zero)."""
-  dataset = dataset or data_lib.load(config.dataset)
+  dataset = data_lib.load(config.dataset)
   mesh = make_mesh()
   require_divisible(mesh.size, {'batch_size': config.batch_size,
                                 'eval_batch_size': config.eval_batch_size})

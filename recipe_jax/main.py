@@ -52,28 +52,33 @@ def enable_compilation_cache(directory: str | None) -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
+def run_stage(config, workdir: str):
+  """The configured stage's StageResult. An exception from the user's own model or loss
+  becomes a one-line UserError naming the phase; anything else keeps its traceback (our bug)."""
+  stage = importlib.import_module(f'recipe_jax.stages.{config.stage}')
+  try:
+    return stage.run(config, workdir)
+  except Exception as e:
+    users = user_code.is_user_code(config.model.name) or user_code.is_user_code(config.loss)
+    if not (users and hasattr(e, 'recipe_jax_phase')):
+      raise
+    logging.info('the user model or loss raised', exc_info=True, extra=console.FILE_ONLY)
+    raise UserError(user_code.describe_failure(e, config.model.name, config.loss)) from None
+
+
 def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   console.setup(workdir, verbose=flags.FLAGS.verbosity >= 1)
   try:
     config_check.check(config)
+    import jax  # after the console's set-up, so the backends' INFO lines go to log.txt
     if config.distributed:
-      import jax
       jax.distributed.initialize()
-    import jax
     enable_compilation_cache(config.compilation_cache_dir)
-    stage = importlib.import_module(f'recipe_jax.stages.{config.stage}')
     devices = jax.devices()
     logging.info('%s: %s on %s, %d x %s -> %s', config.stage, config.model.name,
                  config.dataset.name, len(devices), devices[0].platform, workdir)
-    try:
-      result = stage.run(config, workdir)
-    except Exception as e:
-      if not hasattr(e, 'recipe_jax_phase') or not (user_code.is_user_code(config.model.name)
-                                                    or user_code.is_user_code(config.loss)):
-        raise  # our own bug: the traceback is what a developer needs
-      logging.info('the user model or loss raised', exc_info=True, extra=console.FILE_ONLY)
-      raise UserError(user_code.describe_failure(e, config.model.name, config.loss)) from None
+    result = run_stage(config, workdir)
     for line in report.closing_lines(result, workdir):
       logging.info('%s', line)
     report.raise_if_failed(result, workdir)

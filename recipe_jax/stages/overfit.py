@@ -5,8 +5,6 @@ trusts: Adam 3e-4, a constant learning rate, no regularisation. Then evaluates t
 training split and gives a verdict: can this model fit it? If not, it names the capacity
 increase to try. Writes overfit/{verdicts.json, report.md, result.json}; a FAIL exits with code 1.
 """
-import os
-
 from recipe_jax import models, report
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import train
