@@ -103,6 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.compare.variants = '{}'  # JSON {"name": {"config.key": value, ...}, ...}
   c.compare.seeds = 3
   c.compare.metric = 'eval_accuracy'  # from each run's summary.json
+  c.compare.storage = config_dict.placeholder(str)  # a study URL: workers split the runs
+  c.compare.study_name = config_dict.placeholder(str)  # None: derived from the workdir
+  c.compare.heartbeat_s = 30  # a silent worker's run is retried after 2x this
 
   c.tune = ml_collections.ConfigDict()  # stage='tune': a search on Optuna, many workers
   c.tune.space = '{}'  # JSON {"config.key": {"type": "float"|"int"|"categorical", ...}}

@@ -71,3 +71,18 @@ def test_the_noise_flag_compares_the_delta_with_twice_its_standard_error():
   assert rows['better']['delta'] == pytest.approx(0.05)
   assert rows['same']['noise'] == 'inside seed noise'
   assert rows['baseline']['train_val_gap'] == pytest.approx(0.09)
+
+
+def test_two_workers_split_one_comparison_through_a_study(compare_config, tmp_path):
+  from conftest import as_flags, start_main
+  compare_config.compare.variants = json.dumps({'narrow': {'model.width': 8}})
+  compare_config.compare.storage = f'sqlite:///{tmp_path / "compare.db"}'
+  flags = ['--config=configs/mnist1d/mlp.py', *as_flags(compare_config)]
+  workers = [start_main(tmp_path, *flags) for _ in range(2)]
+  outputs = [w.communicate(timeout=300)[0] for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  trained = [line for out in outputs for line in out.splitlines() if 'compare: training' in line]
+  assert len(trained) == 4  # each of the 4 runs trained once, by one worker or the other
+  assert all(any('compare: training' in line for line in out.splitlines()) for out in outputs)
+  with open(tmp_path / 'compare' / 'results.csv') as f:
+    assert [r['variant'] for r in csv.DictReader(f)] == ['baseline', 'narrow']

@@ -11,11 +11,13 @@ train/validation gap, and compare/curves.png (validation curves overlaid, seed m
 import csv
 import json
 import os
+import time
 
 import numpy as np
+import optuna
 from absl import logging
 
-from recipe_jax import plots, report
+from recipe_jax import plots, report, studies
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import train
@@ -55,6 +57,8 @@ def run(config, workdir: str) -> StageResult:
   seeds = range(config.seed, config.seed + config.compare.seeds)
   for name, overrides in variants.items():  # validate every override before any training
     variant_config(config, overrides, config.seed)
+  if config.compare.storage and not run_through_study(config, out, variants, seeds):
+    return StageResult('compare', [], {}, files, finished=False)  # others still train
   summaries = {}
   for name, overrides in variants.items():
     summaries[name] = []
@@ -95,6 +99,72 @@ def verdicts(rows: list, metric: str) -> list:
                          {k: row[k] for k in ('overrides', 'seeds', 'mean', 'std', 'delta',
                                               'noise', 'train_val_gap', 'test_accuracy')}))
   return found
+
+
+def run_through_study(config, out: str, variants: dict, seeds) -> bool:
+  """Trains the runs as the trials of a study in `compare.storage`, which workers on several
+  machines share (a killed worker's run is retried from its checkpoint, as in the tune stage).
+  True once every run has finished, so this worker writes the table."""
+  runs = [(name, seed) for name in variants for seed in seeds
+          if _finished_summary(os.path.join(out, name, f'seed_{seed}')) is None]
+  name = config.compare.study_name or studies.name_from(out)
+  study = studies.open_study(config.compare.storage, name, config.compare.heartbeat_s)
+  if 'runs' not in study.user_attrs:
+    _enqueue_once(study, config.compare.storage, name, runs, out)
+  optuna.storages.fail_stale_trials(study)  # a dead worker's run, queued again
+
+  def objective(trial):
+    if 'run_dir' not in trial.user_attrs:  # not one of the enqueued runs: nothing left to do
+      study.stop()
+      raise studies.Surplus('every run of the comparison is taken')
+    variant, seed = trial.user_attrs['variant'], trial.user_attrs['seed']
+    trial.suggest_categorical('variant', list(variants))
+    trial.suggest_int('seed', min(seeds), max(seeds))
+    logging.info('compare: training %s, seed %d (trial %d)', variant, seed, trial.number)
+    summary = train.run_training(variant_config(config, variants[variant], seed),
+                                 trial.user_attrs['run_dir'])
+    if not summary['finished']:
+      raise studies.Preempted(trial.number)
+    return summary[config.compare.metric]
+
+  try:
+    if _waiting(study):
+      study.optimize(objective, catch=(studies.Surplus,), callbacks=[_stop_when_queue_empty],
+                     gc_after_trial=False)
+  except studies.Preempted as e:
+    studies.queue_again(study, study.get_trials(deepcopy=False)[e.args[0]])
+    return False
+  left = [(n, s) for n in variants for s in seeds
+          if _finished_summary(os.path.join(out, n, f'seed_{s}')) is None]
+  if left:
+    logging.info('compare: %d runs still train on other workers; the last one writes the '
+                 'table (or run this command again when they are done)', len(left))
+  return not left
+
+
+def _enqueue_once(study, url: str, name: str, runs: list, out: str) -> None:
+  """The first worker queues every run; the others wait until it has. Creating a marker study
+  is the claim: the database lets exactly one worker create it."""
+  try:
+    optuna.create_study(study_name=f'{name}.queued', storage=url, load_if_exists=False)
+  except optuna.exceptions.DuplicatedStudyError:
+    deadline = time.time() + 120
+    while 'runs' not in study.user_attrs and time.time() < deadline:
+      time.sleep(0.5)
+    return
+  for variant, seed in runs:
+    study.enqueue_trial({'variant': variant, 'seed': seed}, user_attrs={
+        'run_dir': os.path.join(out, variant, f'seed_{seed}'), 'variant': variant, 'seed': seed})
+  study.set_user_attr('runs', len(runs))
+
+
+def _waiting(study) -> list:
+  return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+
+
+def _stop_when_queue_empty(study, trial) -> None:
+  if not _waiting(study):
+    study.stop()
 
 
 def _finished_summary(run_dir: str):

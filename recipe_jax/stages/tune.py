@@ -11,16 +11,13 @@ diverged trial is recorded as failed with its reason. The study ends with exactl
 """
 import json
 import os
-import random
 import re
-import time
 
 import numpy as np
 import optuna
-import sqlalchemy.exc
 from absl import logging
 
-from recipe_jax import plots, report, user_code
+from recipe_jax import plots, report, studies
 from recipe_jax.errors import DivergenceError, UserError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import compare, train
@@ -30,16 +27,6 @@ PRUNERS = ('none', 'median', 'hyperband')
 TYPES = ('float', 'int', 'categorical')
 EDGE = 0.1  # a best value in the outer 10% of a numeric range suggests widening it
 
-optuna.logging.disable_default_handler()  # Optuna's lines go to DIR/log.txt like the others
-optuna.logging.enable_propagation()
-
-
-class Preempted(Exception):
-  """SIGTERM stopped a trial after its checkpoint; the trial is queued to run again."""
-
-
-class Surplus(Exception):
-  """The study already has its trials (finished or started earlier); this one does not run."""
 
 
 def parse_space(text: str, config) -> dict:
@@ -98,28 +85,11 @@ def storage_url(config, out: str) -> str:
   return config.tune.storage or f'sqlite:///{os.path.abspath(os.path.join(out, "study.db"))}'
 
 
-def open_study(config, out: str, attempts: int = 10) -> optuna.Study:
-  """Creates the study, or joins it. Workers that start together race to create the database
-  tables (a unique-constraint error for all but one); the losers wait a moment and join."""
-  cfg = config.tune
-  name = cfg.study_name or re.sub(r'[^\w.-]+', '_', os.path.abspath(out)).strip('_')
-  for attempt in range(attempts):
-    try:
-      storage = optuna.storages.RDBStorage(
-          storage_url(config, out), heartbeat_interval=cfg.heartbeat_s,
-          grace_period=2 * cfg.heartbeat_s,
-          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
-      return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                 direction='maximize',
-                                 sampler=make_sampler(cfg.sampler, config.seed),
-                                 pruner=make_pruner(cfg.pruner))
-    except sqlalchemy.exc.SQLAlchemyError as e:
-      if attempt == attempts - 1:
-        raise UserError(f'tune.storage {storage_url(config, out)}: {user_code.one_line(e)}'
-                        ) from None
-      logging.info('tune: another worker is creating the study (%s); retrying',
-                   type(e).__name__)
-      time.sleep(0.5 + random.random())
+def open_study(config, out: str) -> optuna.Study:
+  name = config.tune.study_name or studies.name_from(out)
+  return studies.open_study(storage_url(config, out), name, config.tune.heartbeat_s,
+                            make_sampler(config.tune.sampler, config.seed),
+                            make_pruner(config.tune.pruner))
 
 
 def counts_as_finished(t) -> bool:
@@ -156,13 +126,11 @@ def run(config, workdir: str) -> StageResult:
   objective = make_objective(config, space, out, study)
   try:
     if len(finished_trials(study)) < config.tune.trials:
-      study.optimize(objective, catch=(Surplus,), callbacks=[_stop_when_done(config.tune.trials)],
-                     gc_after_trial=False)
-  except Preempted as e:
+      study.optimize(objective, catch=(studies.Surplus,),
+                     callbacks=[_stop_when_done(config.tune.trials)], gc_after_trial=False)
+  except studies.Preempted as e:
     [stopped] = [t for t in study.get_trials(deepcopy=False) if t.number == e.args[0]]
-    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, stopped)
-    logging.warning('SIGTERM: trial %d saved its checkpoint and is queued to run again',
-                    stopped.number)
+    studies.queue_again(study, stopped)
     return StageResult('tune', [], {}, [], finished=False)
   return finish(config, workdir, study, space)
 
@@ -183,7 +151,7 @@ def make_objective(config, space: dict, out: str, study):
     if len(finished_trials(study)) + len(earlier_running) >= target:
       trial.set_user_attr('surplus', True)
       study.stop()
-      raise Surplus(f'the study already has its {target} trials')
+      raise studies.Surplus(f'the study already has its {target} trials')
     overrides = {key: suggest(trial, key, spec) for key, spec in space.items()}
     run_dir = trial.user_attrs.get('run_dir') or os.path.join(out, f'trial_{trial.number}')
     trial.set_user_attr('run_dir', run_dir)
@@ -202,7 +170,7 @@ def make_objective(config, space: dict, out: str, study):
       logging.warning('tune: trial %d diverged: %s', trial.number, e)
       return float('nan')  # recorded as FAIL; the study goes on
     if not summary['finished']:
-      raise Preempted(trial.number)
+      raise studies.Preempted(trial.number)
     for key in ('resumed_from_step', 'test_accuracy', 'params_sha256', 'wall_s'):
       trial.set_user_attr(key, summary[key])
     return summary[config.tune.metric]
