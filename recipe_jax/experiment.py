@@ -55,9 +55,10 @@ class Experiment:
   def evaluate(self, state, x, y) -> dict:
     """{'loss', 'accuracy'} of a host state on (x, y) in eval mode, with the configured loss:
     the same evaluation path as training's."""
-    evaluate = trainer.compile_evaluator(self.model, self.mesh, put_replicated(self.mesh, state),
-                                         x, y, self.config.eval_batch_size, self.loss_fn)
-    return evaluate(put_replicated(self.mesh, state))
+    state = put_replicated(self.mesh, state)
+    evaluate = trainer.compile_evaluator(self.model, self.mesh, state, x, y,
+                                         self.config.eval_batch_size, self.loss_fn)
+    return evaluate(state)
 
   def apply_fn(self, state):
     """(params, x, train) -> logits with the state's BatchNorm statistics, for checks."""

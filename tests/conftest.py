@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -73,3 +74,12 @@ def train_and_evaluate(config, workdir):
   """The train loop on the experiment the config describes; returns the run summary."""
   from recipe_jax import experiment, trainer
   return trainer.train_and_evaluate(experiment.build(config), str(workdir))
+
+
+def wait_for_checkpoint(proc, directory, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
+      return
+    time.sleep(0.01)
+  raise AssertionError(f'no finished checkpoint in {directory} (exit code {proc.poll()})')

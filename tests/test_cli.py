@@ -2,13 +2,13 @@
 import json
 import os
 import signal
-import time
 
 import numpy as np
 import optax
 import pytest
 
-from conftest import train_and_evaluate, as_flags, read_summary, run_main, start_main
+from conftest import (as_flags, read_summary, run_main, start_main, train_and_evaluate,
+                      wait_for_checkpoint)
 from recipe_jax import checkpoints, models, trainer
 
 CONFIG = '--config=configs/mnist1d/mlp.py'
@@ -51,15 +51,6 @@ def test_huge_learning_rate_stops_with_exit_3_and_keeps_checkpoints(small_config
   with open(tmp_path / 'train' / 'result.json') as f:
     [diverged] = json.load(f)['verdicts']
   assert diverged['status'] == 'FAIL' and 'diverged at step' in diverged['summary']
-
-
-def wait_for_checkpoint(proc, directory, timeout=240):
-  deadline = time.time() + timeout
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
-      return
-    time.sleep(0.01)
-  raise AssertionError(f'no finished checkpoint in {directory} (exit code {proc.poll()})')
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_0(small_config, tmp_path):

@@ -8,7 +8,7 @@ import time
 import optuna
 import pytest
 
-from conftest import as_flags, read_summary, run_main, start_main
+from conftest import as_flags, read_summary, run_main, start_main, wait_for_checkpoint
 from recipe_jax.errors import UserError
 from recipe_jax.stages import train, tune
 
@@ -118,15 +118,6 @@ def test_two_workers_share_one_study_and_finish_exactly_its_trials(tune_config, 
                                    for out in outputs), 'both workers ran trials'
 
 
-def wait_for(path, proc, timeout=120):
-  deadline = time.time() + timeout
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):
-      return
-    time.sleep(0.05)
-  raise AssertionError(f'nothing in {path} (exit code {proc.poll()})')
-
-
 @pytest.mark.parametrize('how', ['SIGKILL', 'SIGTERM'])
 def test_a_stopped_trial_runs_again_from_its_checkpoint(tune_config, tmp_path, how):
   tune_config.tune.trials = 2
@@ -135,7 +126,7 @@ def test_a_stopped_trial_runs_again_from_its_checkpoint(tune_config, tmp_path, h
   tune_config.checkpoint_every_steps = 100
   tune_config.eval_every_steps = 1000
   worker = start_main(tmp_path, *cli_flags(tune_config))
-  wait_for(tmp_path / 'tune' / 'trial_0' / 'checkpoints', worker)
+  wait_for_checkpoint(worker, tmp_path / 'tune' / 'trial_0' / 'checkpoints')
   worker.send_signal(getattr(signal, how))
   output, _ = worker.communicate(timeout=120)
   if how == 'SIGTERM':
