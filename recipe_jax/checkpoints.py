@@ -32,12 +32,9 @@ def restore_latest(mngr: ocp.CheckpointManager, like_state):
   A checkpoint that fails to restore is moved to `<dir>_corrupt/` (kept for a post-mortem)
   and the one before it is tried.
   """
-  abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      restored = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-      return restored['state'], restored['meta']
+      return restore_step(mngr, step, like_state)
     except Exception as e:  # any corruption: truncated files, bad metadata, wrong shapes
       quarantine = os.path.join(str(mngr.directory) + '_corrupt', str(step))
       logging.warning('checkpoint at step %d failed to restore (%s: %s); moved it to %s and '
@@ -50,7 +47,6 @@ def restore_latest(mngr: ocp.CheckpointManager, like_state):
   return None, None
 
 
-
 def read_state_as_numpy(step_directory: str) -> dict:
   """The saved train state as nested dicts of numpy arrays, whatever device topology wrote it."""
   checkpointer = ocp.PyTreeCheckpointer()
@@ -60,3 +56,11 @@ def read_state_as_numpy(step_directory: str) -> dict:
   tree = getattr(tree, 'tree', tree)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   return checkpointer.restore(path, restore_args=restore_args)
+
+
+def restore_step(mngr: ocp.CheckpointManager, step: int, like_state):
+  """(state, meta) of the checkpoint at `step`."""
+  abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  return restored['state'], restored['meta']

@@ -2,7 +2,8 @@
 from recipe_jax import data, losses, models, optim
 from recipe_jax.errors import UserError
 
-STAGES = ('train', 'inspect', 'sanity', 'lr_find', 'overfit', 'compare', 'tune')
+STAGES = ('train', 'inspect', 'sanity', 'lr_find', 'overfit', 'compare', 'tune',
+          'evaluate', 'squeeze')
 
 
 def check(config) -> None:

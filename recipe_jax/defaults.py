@@ -117,6 +117,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.tune.study_name = config_dict.placeholder(str)  # None: derived from the workdir
   c.tune.heartbeat_s = 30  # a RUNNING trial silent for 2x this is retried elsewhere
 
+  c.analysis = ml_collections.ConfigDict()  # error analysis after every finished train run
+  c.analysis.enabled = True
+  c.analysis.split = 'val'  # val | test (only when asked: never used to select) | train
+  c.analysis.max_recall_gap = 0.2  # WARN: a class's recall this far below the median recall
+  c.analysis.max_ece = 0.05  # WARN: expected calibration error above this
+  c.analysis.calibration_bins = 15  # equal-mass bins for the ECE and the reliability diagram
+  c.analysis.top_confusions = 5  # (true, predicted) pairs in the evidence
+  c.analysis.examples = 16  # most confident mistakes drawn
+
+  c.evaluate = ml_collections.ConfigDict()  # stage='evaluate': analyse a run, no training
+  c.evaluate.run_dir = config_dict.placeholder(str)  # the --workdir of a train run
+  c.evaluate.step = config_dict.placeholder(int)  # None: the state the run reports
+
   c.inspect = ml_collections.ConfigDict()  # stage='inspect'
   c.inspect.max_imbalance = 3.0  # WARN when largest / smallest train class exceeds this
   c.inspect.leakage_rms_threshold = 0.1  # FAIL: val/test this close (RMS, standardised) to train

@@ -20,7 +20,7 @@ def draw_example(ax, x, title=''):
   ax.set_title(title, fontsize=7)
 
 
-def grid(path, examples, titles, columns, row_labels=None):
+def grid(path, examples, titles, columns, row_labels=None, title=None):
   """A grid of examples, `columns` per row, saved as PNG."""
   rows = max(1, -(-len(examples) // columns))
   fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.3 * rows), squeeze=False)
@@ -35,6 +35,8 @@ def grid(path, examples, titles, columns, row_labels=None):
   if row_labels:
     for r, label in enumerate(row_labels):
       axes[r, 0].set_ylabel(label, fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
@@ -139,6 +141,48 @@ def prediction_dynamics(path, probabilities, eval_steps, labels, columns: int = 
     ax.tick_params(labelsize=6)
   axes[-1, 0].set_xlabel('step', fontsize=7)
   axes[-1, 0].set_ylabel('class', fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def confusion(path, counts, title: str):
+  """Row-normalised colours (the fraction of each true class), counts written in the cells."""
+  counts = np.asarray(counts)
+  n = len(counts)
+  fractions = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+  size = min(12, 2 + 0.45 * n)
+  fig, ax = plt.subplots(figsize=(size + 1, size))
+  image = ax.imshow(fractions, cmap='Blues', vmin=0, vmax=1)
+  fig.colorbar(image, ax=ax, fraction=0.046, label='fraction of the true class')
+  if n <= 30:
+    for (t, p), c in np.ndenumerate(counts):
+      if c:
+        ax.text(p, t, str(c), ha='center', va='center', fontsize=7,
+                color='white' if fractions[t, p] > 0.5 else 'black')
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+  ax.set_xlabel('predicted class')
+  ax.set_ylabel('true class')
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def reliability(path, bins: list, ece: float):
+  """Accuracy against mean confidence per equal-mass bin; the diagonal is perfect calibration."""
+  conf = [b['confidence'] for b in bins]
+  acc = [b['accuracy'] for b in bins]
+  fig, ax = plt.subplots(figsize=(4, 4))
+  ax.plot([0, 1], [0, 1], '--', color='gray', linewidth=1, label='perfectly calibrated')
+  ax.plot(conf, acc, 'o-', linewidth=1.2, markersize=4, label='model (equal-mass bins)')
+  ax.set_xlim(0, 1.02)
+  ax.set_ylim(0, 1.02)
+  ax.set_xlabel('mean confidence in bin')
+  ax.set_ylabel('accuracy in bin')
+  ax.set_title(f'reliability: ECE {ece:.3f}', fontsize=9)
+  ax.legend(fontsize=8, loc='upper left')
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)

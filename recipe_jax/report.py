@@ -86,7 +86,7 @@ def write(directory: str, title: str, verdicts: list, images: dict | None = None
   for v in verdicts:
     lines += [f'## {v.status} {v.check}', '', v.summary, '']
     for image in (images or {}).get(v.check, []):
-      lines += [f'![{v.check}]({os.path.basename(image)})', '']
+      lines += [f'![{v.check}]({os.path.relpath(image, directory)})', '']
   with open(os.path.join(directory, 'report.md'), 'w') as f:
     f.write('\n'.join(lines))
   for v in verdicts:

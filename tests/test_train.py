@@ -92,10 +92,26 @@ def test_train_stage_writes_its_result_with_verdicts(small_config, tmp_path):
   result = train.run(small_config, str(tmp_path))
   saved = report.read_result(str(tmp_path / 'train' / 'result.json'))
   assert saved == result and saved.finished
-  assert [v.check for v in saved.verdicts] == ['finished', 'train_val_gap']
+  assert [v.check for v in saved.verdicts][:2] == ['finished', 'train_val_gap']
   assert saved.verdicts[0].status == 'PASS'
   assert saved.metrics['test_accuracy'] == read_summary(tmp_path)['test_accuracy']
   assert all(os.path.exists(tmp_path / f) for f in saved.files)
+  small_config.num_train_steps = 90  # leave it training: continues at the same constant rate
+  extended = train.run(small_config, str(tmp_path))
+  [verdict] = [v for v in extended.verdicts if v.check == 'extended']
+  assert verdict.status == 'PASS' and verdict.evidence['from_step'] == 60
+  assert read_summary(tmp_path)['resumed_from_step'] == 60
+
+
+def test_extending_a_decaying_schedule_warns_that_its_shape_changes(small_config):
+  from recipe_jax.stages import train
+  small_config.optimizer.schedule = 'cosine'
+  small_config.num_train_steps = 200
+  verdict = train.extension_verdict({'finished': True, 'step': 100}, small_config)
+  assert verdict.status == 'WARN' and 'stretched' in verdict.summary
+  assert verdict.evidence['learning_rate_resumed'] > 10 * verdict.evidence['learning_rate_at_end']
+  assert train.extension_verdict({'finished': True, 'step': 200}, small_config) is None
+  assert train.extension_verdict({'finished': False, 'step': 100}, small_config) is None
 
 
 def test_train_verdicts_warn_on_an_overfitting_gap_and_a_preempted_run():

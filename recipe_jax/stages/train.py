@@ -1,17 +1,22 @@
 """stage='train': train the configured model, keep checkpoints, write config.json and summary.json.
 
-Verdicts: `finished` (PASS; WARN when preempted, to be resumed; FAIL when it diverged) and
+Verdicts: `finished` (PASS; WARN when preempted, to be resumed; FAIL when it diverged),
 `train_val_gap` (WARN when the training accuracy exceeds validation by more than
-`max_train_val_gap`: the model overfits, regularise).
+`max_train_val_gap`: the model overfits, regularise), `extended` when a finished run is
+restarted with a larger `num_train_steps` ("leave it training": it continues from its last
+checkpoint; bit-identical to a run that long from the start with a constant learning rate, a
+WARN for other schedules, whose shape changes), and the error analysis of the final state
+(`recipe_jax.analysis`, files in DIR/analysis/).
 """
 import json
 import os
 
 import jax
 
-from recipe_jax import experiment, report, trainer
+from recipe_jax import experiment, optim, report, runs, trainer
 from recipe_jax.errors import DivergenceError
 from recipe_jax.report import StageResult, Verdict
+from recipe_jax.stages import evaluate
 
 HEADLINE = ('test_accuracy', 'eval_accuracy', 'best_eval_accuracy', 'train_accuracy', 'step',
             'wall_s')
@@ -26,12 +31,33 @@ def write_json(path: str, obj) -> None:
     os.replace(path + '.tmp', path)  # never leave a half-written file behind
 
 
-def run_training(config, workdir: str, on_eval=None) -> dict:
+def run_training(config, workdir: str, on_eval=None, exp=None) -> dict:
   """Trains (or resumes) the run in workdir and returns its summary (summary.json)."""
   write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  summary = trainer.train_and_evaluate(experiment.build(config), workdir, on_eval)
+  summary = trainer.train_and_evaluate(exp or experiment.build(config), workdir, on_eval)
   write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary
+
+
+def extension_verdict(previous: dict | None, config) -> Verdict | None:
+  """When a finished run (previous summary) is restarted with a larger num_train_steps."""
+  if not previous or not previous.get('finished') or previous['step'] >= config.num_train_steps:
+    return None
+  old, new = previous['step'], config.num_train_steps
+  evidence = {'from_step': old, 'to_step': new, 'schedule': config.optimizer.schedule}
+  if config.optimizer.schedule == 'constant' and config.optimizer.warmup_steps < old:
+    return Verdict('extended', 'PASS', f'continued from step {old} to {new} at the same constant '
+                   'learning rate: the same as training that long from the start', evidence)
+  before = optim.learning_rate(config.optimizer, old)
+  after = optim.learning_rate(config.optimizer, new)
+  lr_then = float(before(old - 1) if callable(before) else before)
+  lr_now = float(after(old) if callable(after) else after)
+  evidence.update(learning_rate_at_end=lr_then, learning_rate_resumed=lr_now)
+  return Verdict('extended', 'WARN', f'continued from step {old} to {new}, but the '
+                 f'{config.optimizer.schedule} schedule is stretched to {new} steps: the learning '
+                 f'rate jumps from {lr_then:.3g} to {lr_now:.3g} at step {old}. For a result '
+                 'you can compare, train a fresh run with this num_train_steps, or continue at '
+                 'a constant low rate (squeeze SWA)', evidence)
 
 
 def verdicts(summary: dict, max_gap: float) -> list:
@@ -54,13 +80,22 @@ def verdicts(summary: dict, max_gap: float) -> list:
 
 def run(config, workdir: str) -> StageResult:
   title = f'Train: {config.model.name} on {config.dataset.name}'
+  extended = extension_verdict(runs.summary(workdir), config)
+  exp = experiment.build(config)
   try:
-    summary = run_training(config, workdir)
+    summary = run_training(config, workdir, exp=exp)
   except DivergenceError as e:
     report.finish(workdir, StageResult('train', [Verdict('finished', 'FAIL', str(e))], {},
                                        FILES[1:]), title)
     raise
   metrics = {k: summary[k] for k in HEADLINE if summary.get(k) is not None}
-  result = StageResult('train', verdicts(summary, config.max_train_val_gap), metrics, FILES,
-                       finished=summary['finished'])
-  return report.finish(workdir, result, title)
+  found, images, files = verdicts(summary, config.max_train_val_gap), {}, list(FILES)
+  if extended:
+    found.append(extended)
+  if summary['finished'] and config.analysis.enabled:
+    state = runs.restore_final_state(exp, workdir)
+    analysed, images, _ = evaluate.analyse(exp, state, workdir, summary['history'])
+    found += analysed
+    files += evaluate.FILES
+  result = StageResult('train', found, metrics, files, finished=summary['finished'])
+  return report.finish(workdir, result, title, images)

@@ -1,0 +1,50 @@
+"""stage='evaluate': the error analysis of a finished run (or one of its checkpoints), without
+retraining: `--config.evaluate.run_dir=RUN`. Every finished train run does the same at its end.
+
+Writes DIR/analysis/ (see `recipe_jax.analysis`) on the validation split; the test split only
+with `--config.analysis.split=test`, and never to select anything.
+"""
+import os
+
+from recipe_jax import analysis, experiment, report, runs
+from recipe_jax.errors import UserError
+from recipe_jax.report import StageResult
+
+FILES = ['analysis/confusion_matrix.png', 'analysis/per_class.csv', 'analysis/reliability.png',
+         'analysis/most_confident_wrong.png']
+
+
+def analyse(exp, state, workdir: str, history=None) -> tuple:
+  """(verdicts, images, metrics) of `state` on the configured split, files in DIR/analysis/."""
+  cfg = exp.config.analysis
+  x, y = runs.split_arrays(exp.dataset, cfg.split)
+  probs = runs.predict_probs(exp, state, x)
+  found, images = analysis.write(os.path.join(workdir, 'analysis'), probs, y, x, cfg,
+                                 exp.dataset, cfg.split, history)
+  metrics = {f'{cfg.split}_accuracy': float((probs.argmax(-1) == y).mean()),
+             f'{cfg.split}_ece': analysis.calibration(probs, y, cfg.calibration_bins)[0]}
+  return found, images, metrics
+
+
+def run_config(config):
+  """The evaluated run's own config, with this command's analysis settings (and data_dir, when
+  given)."""
+  if not config.evaluate.run_dir:
+    raise UserError('stage=evaluate needs --config.evaluate.run_dir=DIR, the --workdir of a '
+                    'train run')
+  evaluated = runs.load_config(config.evaluate.run_dir)
+  evaluated.analysis = config.analysis
+  if config.dataset.data_dir:
+    evaluated.dataset.data_dir = config.dataset.data_dir
+  return evaluated
+
+
+def run(config, workdir: str) -> StageResult:
+  run_dir = config.evaluate.run_dir
+  exp = experiment.build(run_config(config))
+  state = runs.restore_final_state(exp, run_dir, config.evaluate.step)
+  done = runs.summary(run_dir) or {}
+  found, images, metrics = analyse(exp, state, workdir, done.get('history'))
+  metrics['step'] = int(state.step)
+  return report.finish(workdir, StageResult('evaluate', found, metrics, FILES),
+                       f'Evaluate: {run_dir} at step {int(state.step)}', images)

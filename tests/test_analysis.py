@@ -1,0 +1,127 @@
+"""Error analysis: hand-computed metrics, planted confusions, the train and evaluate stages."""
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from recipe_jax import analysis, defaults, experiment, report, runs
+from recipe_jax.errors import UserError
+from recipe_jax.stages import evaluate, train
+
+# Six examples, three classes; predictions 0, 0, 1, 1, 0, 2 (two mistakes).
+LABELS = np.array([0, 0, 0, 1, 1, 2])
+PROBS = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1],
+                  [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]])
+
+
+def test_confusion_matrix_and_per_class_metrics_match_hand_computed_values():
+  counts = analysis.confusion_matrix(LABELS, PROBS.argmax(-1), 3)
+  np.testing.assert_array_equal(counts, [[2, 1, 0], [1, 1, 0], [0, 0, 1]])
+  stats = analysis.per_class(counts)
+  np.testing.assert_allclose(stats['precision'], [2 / 3, 1 / 2, 1])
+  np.testing.assert_allclose(stats['recall'], [2 / 3, 1 / 2, 1])
+  np.testing.assert_allclose(stats['f1'], [2 / 3, 1 / 2, 1])
+  np.testing.assert_array_equal(stats['support'], [3, 2, 1])
+
+
+def test_expected_calibration_error_with_equal_mass_bins_matches_hand_computed_value():
+  # Sorted confidences .5(wrong) .6 .7(wrong) | .8 .8 .9: bins of three.
+  ece, bins = analysis.calibration(PROBS, LABELS, num_bins=2)
+  assert [b['count'] for b in bins] == [3, 3]
+  np.testing.assert_allclose(ece, 0.5 * abs(1 / 3 - 0.6) + 0.5 * abs(1 - 2.5 / 3))
+  perfectly_sure_and_right = np.eye(3)[LABELS]
+  assert analysis.calibration(perfectly_sure_and_right, LABELS)[0] == 0.0
+
+
+def test_top_confusions_and_most_confident_wrong_are_sorted_and_really_wrong():
+  counts = analysis.confusion_matrix(LABELS, PROBS.argmax(-1), 3)
+  assert analysis.top_confusions(counts) == [
+      {'true': 0, 'predicted': 1, 'count': 1, 'fraction_of_class': 1 / 3},
+      {'true': 1, 'predicted': 0, 'count': 1, 'fraction_of_class': 1 / 2}]
+  np.testing.assert_array_equal(analysis.most_confident_wrong(PROBS, LABELS, 5), [2, 4])
+
+
+def test_still_improving_tells_a_rising_curve_from_a_flat_one():
+  rising = [{'eval_accuracy': a} for a in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)]
+  flat = [{'eval_accuracy': a} for a in (0.5, 0.9, 0.91, 0.9, 0.91, 0.9, 0.9, 0.905)]
+  assert analysis.still_improving(rising)[1]
+  assert not analysis.still_improving(flat)[1]
+
+
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory, data_dir):
+  """A finished train-stage run of a short mnist1d CNN (the analysis runs at its end)."""
+  c = defaults.get_config()
+  c.dataset.name = 'mnist1d'
+  c.dataset.data_dir = data_dir
+  c.model.name = 'cnn1d'
+  c.optimizer.learning_rate = 1e-2
+  c.num_train_steps = 600
+  c.eval_every_steps = 75
+  c.checkpoint_every_steps = 300
+  workdir = str(tmp_path_factory.mktemp('analysed'))
+  return c, workdir, train.run(c, workdir)
+
+
+def test_every_finished_train_run_writes_its_error_analysis(trained_run):
+  config, workdir, result = trained_run
+  checks = [v.check for v in result.verdicts]
+  assert {'class_recall', 'calibration', 'confusions', 'still_improving'} <= set(checks)
+  for name in ('confusion_matrix.csv', 'confusion_matrix.png', 'per_class.csv',
+               'reliability.png', 'most_confident_wrong.png'):
+    assert os.path.getsize(os.path.join(workdir, 'analysis', name)) > 0
+  with open(os.path.join(workdir, 'analysis', 'confusion_matrix.csv')) as f:
+    counts = np.array([row[1:] for row in csv.reader(f)][1:], int)
+  exp = experiment.build(config)
+  assert counts.sum() == len(exp.dataset.y_val)  # the validation split, not test
+  accuracy = next(v for v in result.verdicts if v.check == 'confusions').evidence['accuracy']
+  summary = runs.summary(workdir)
+  assert accuracy == pytest.approx(summary['eval_accuracy'], abs=1e-6)
+  wrong = next(v for v in result.verdicts if v.check == 'class_recall'
+               ).evidence['most_confident_wrong']
+  assert wrong['labels'] != wrong['predicted'] or not wrong['labels']
+  assert all(a != b for a, b in zip(wrong['labels'], wrong['predicted']))
+  assert wrong['probability'] == sorted(wrong['probability'], reverse=True)
+  assert wrong['source_split'] == 'train'  # validation is carved from the source train split
+  np.testing.assert_array_equal(wrong['source_rows'],
+                                exp.dataset.val_rows[wrong['indices']])
+  assert '../analysis/confusion_matrix.png' in open(os.path.join(workdir, 'train',
+                                                                 'report.md')).read()
+
+
+def test_a_planted_systematic_confusion_is_the_top_confusion_and_warns(trained_run, tmp_path):
+  config, workdir, _ = trained_run
+  exp = experiment.build(config)
+  probs = runs.predict_probs(exp, runs.restore_final_state(exp, workdir), exp.dataset.x_val)
+  labels = exp.dataset.y_val.copy()
+  threes = np.flatnonzero(labels == 3)
+  labels[threes[::2]] = 5  # half of class 3 labelled 5: the model (rightly) says 3
+  found, _ = analysis.write(str(tmp_path), probs, labels, exp.dataset.x_val, config.analysis)
+  top = next(v for v in found if v.check == 'confusions').evidence['top_confusions'][0]
+  assert (top['true'], top['predicted']) == (5, 3)
+  assert top['count'] >= 0.8 * len(threes[::2])
+  recall = next(v for v in found if v.check == 'class_recall')
+  assert recall.status == 'WARN' and 5 in recall.evidence['neglected_classes']
+
+
+def test_evaluate_stage_analyses_a_run_without_retraining(trained_run, tmp_path):
+  config, workdir, _ = trained_run
+  c = defaults.get_config()
+  c.stage = 'evaluate'
+  c.evaluate.run_dir = workdir
+  c.analysis.split = 'test'
+  result = evaluate.run(c, str(tmp_path))
+  summary = runs.summary(workdir)
+  assert result.metrics['test_accuracy'] == pytest.approx(summary['test_accuracy'], abs=1e-6)
+  assert result.metrics['step'] == 600
+  assert report.read_result(str(tmp_path / 'evaluate' / 'result.json')).stage == 'evaluate'
+  assert os.path.exists(tmp_path / 'analysis' / 'confusion_matrix.png')
+  c.evaluate.step = 300  # an earlier checkpoint
+  assert evaluate.run(c, str(tmp_path / 'at300')).metrics['step'] == 300
+  c.evaluate.step = 123
+  with pytest.raises(UserError, match='no checkpoint at step 123'):
+    evaluate.run(c, str(tmp_path / 'missing'))
+  c.evaluate.run_dir = str(tmp_path / 'nothing_here')
+  with pytest.raises(UserError, match='not a run directory'):
+    evaluate.run(c, str(tmp_path / 'x'))
