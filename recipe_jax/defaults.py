@@ -117,6 +117,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.tune.study_name = config_dict.placeholder(str)  # None: derived from the workdir
   c.tune.heartbeat_s = 30  # a RUNNING trial silent for 2x this is retried elsewhere
 
+  c.squeeze = ml_collections.ConfigDict()  # stage='squeeze': ensembles, SWA, TTA, distillation
+  c.squeeze.members = 'seeds:5'  # seeds:N | tune:DIR (its top_k trials) | DIR1,DIR2,...
+  c.squeeze.top_k = 5
+  c.squeeze.swa_steps = 1000  # continue the best member this long (0: no SWA / EMA rows) ...
+  c.squeeze.swa_every = 50  # ... averaging a snapshot this often ...
+  c.squeeze.swa_learning_rate = config_dict.placeholder(float)  # ... None: optimizer's / 10
+  c.squeeze.ema_decay = 0.99  # the EMA row, over the same continuation
+  c.squeeze.tta_copies = 8  # augmented copies averaged at test time (models with augmentation)
+  c.squeeze.student = ''  # JSON overrides for a distilled student, e.g. '{"model.width": 8}'
+  c.squeeze.temperature = 4.0  # softens the ensemble's probabilities for the student
+  c.squeeze.tolerance = 0.01  # WARN when SWA / TTA lose more validation accuracy than this
+
   c.analysis = ml_collections.ConfigDict()  # error analysis after every finished train run
   c.analysis.enabled = True
   c.analysis.split = 'val'  # val | test (only when asked: never used to select) | train

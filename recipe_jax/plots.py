@@ -26,12 +26,12 @@ def grid(path, examples, titles, columns, row_labels=None, title=None):
   fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.3 * rows), squeeze=False)
   for ax in axes.flat:
     ax.axis('off')
-  for i, (x, title) in enumerate(zip(examples, titles)):
+  for i, (x, example_title) in enumerate(zip(examples, titles)):
     if x is None:  # a blank cell keeps rows aligned (e.g. a class with few examples)
       continue
     ax = axes.flat[i]
     ax.axis('on')
-    draw_example(ax, x, title)
+    draw_example(ax, x, example_title)
   if row_labels:
     for r, label in enumerate(row_labels):
       axes[r, 0].set_ylabel(label, fontsize=8)
@@ -58,11 +58,13 @@ def class_counts(path, counts: dict):
 
 def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
            hlines: dict | None = None, logx: bool = False, vlines: dict | None = None,
-           ylim: tuple | None = None):
+           ylim: tuple | None = None, integer_x: bool = False):
   """Line plot of {label: (x, y)}, with optional labelled reference lines."""
   fig, ax = plt.subplots(figsize=(6, 3.2))
   for label, (x, y) in series.items():
-    ax.plot(x, y, label=label, linewidth=1.2)
+    ax.plot(x, y, label=label, linewidth=1.2, marker='o' if integer_x else None, markersize=4)
+  if integer_x:
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   references = [(ax.axhline, item) for item in (hlines or {}).items()]
   references += [(ax.axvline, item) for item in (vlines or {}).items()]
   for i, (draw, (label, value)) in enumerate(references):

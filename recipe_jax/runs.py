@@ -59,10 +59,12 @@ def restore_final_state(exp, run_dir: str, step: int | None = None):
                   f'{exp.config.max_to_keep}); pass --config.evaluate.step=N of one that exists')
 
 
-def predict_probs(exp, state, x: np.ndarray) -> np.ndarray:
-  """Softmax probabilities in eval mode (EMA weights when the run keeps them), in batches."""
+def predict_probs(exp, state, x: np.ndarray, params=None) -> np.ndarray:
+  """Softmax probabilities in eval mode, in batches: of `params` when given, else of the
+  weights the run evaluates (EMA when it keeps them)."""
   from recipe_jax import analysis
-  params = state.ema_params if exp.config.ema_decay > 0 else state.params
+  if params is None:
+    params = state.ema_params if exp.config.ema_decay > 0 else state.params
   variables = {'params': params, 'batch_stats': state.batch_stats}
   logits_fn = trainer.jitted_logits(exp.model)
   batch = min(exp.config.eval_batch_size, len(x))

@@ -165,8 +165,9 @@ def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int
                                 state.ema_params, params)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, ema_params=ema_params)
+    labels = y if y.ndim == 1 else jnp.argmax(y, -1)  # soft targets (distillation): top class
     step_metrics = {'loss': jax.lax.pmean(loss, AXIS),
-                    'accuracy': jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == y), AXIS)}
+                    'accuracy': jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), AXIS)}
     return new_state, step_metrics
 
   sharded = jax.shard_map(step_fn, mesh=mesh, in_specs=(P(), P(), P(), P()),
@@ -267,7 +268,7 @@ def trace_train_step(train_step, *args) -> None:
 
 def run_steps(model, tx, loss_fn, mesh: Mesh, state: TrainState, x_train, y_train, *,
               num_steps: int, batch_size: int, seed: int, augmentation=None, every: int = 0,
-              callback=None):
+              callback=None, ema_decay: float = 0.0):
   """A short run for stages that train briefly (sanity checks, lr_find): the same batch order
   and jitted step as `train_and_evaluate`, without checkpoints or metric files.
 
@@ -275,6 +276,7 @@ def run_steps(model, tx, loss_fn, mesh: Mesh, state: TrainState, x_train, y_trai
     state: the initial state, on the host.
     x_train, y_train: the examples to train on (host arrays).
     every, callback: `callback(step, state)` runs every `every` steps and after the last one.
+    ema_decay: > 0 updates `state.ema_params` (which must be initialised) at every step.
   Returns:
     (final state, {'loss', 'accuracy'} per step as numpy arrays). The callback and the caller
     get the state on the host, so checks may run any jitted function on it.
@@ -282,17 +284,18 @@ def run_steps(model, tx, loss_fn, mesh: Mesh, state: TrainState, x_train, y_trai
   state = put_replicated(mesh, state)
   per_epoch = data_lib.steps_per_epoch(len(y_train), batch_size)
   train_step = make_train_step(model, tx, mesh, batch_size, per_epoch, seed, loss_fn,
-                               augmentation)
+                               augmentation, ema_decay)
   x_all, y_all = put_replicated(mesh, (x_train, y_train))
   history, perm = [], None
-  for step in range(num_steps):
-    if step % per_epoch == 0:
+  first = int(state.step)  # a continued state (squeeze: SWA) keeps its batch order
+  for step in range(first, first + num_steps):
+    if step == first or step % per_epoch == 0:
       perm = put_replicated(mesh, data_lib.epoch_permutation(seed, step // per_epoch,
                                                               len(y_train)))
-      if step == 0:
+      if step == first:
         trace_train_step(train_step, state, x_all, y_all, perm)
-    if every and step % every == 0 and callback:
-      callback(step, jax.device_get(state))
+    if every and (step - first) % every == 0 and callback:
+      callback(step - first, jax.device_get(state))
     state, step_metrics = train_step(state, x_all, y_all, perm)
     history.append(step_metrics)
   state = jax.device_get(state)

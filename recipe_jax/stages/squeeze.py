@@ -1,0 +1,315 @@
+"""stage='squeeze': squeeze out the juice (recipe step 6).
+
+Members (`squeeze.members`): `seeds:N` (N seeds of this config, trained in
+squeeze/members/seed_<s>/ as normal train runs: a killed squeeze resumes them and finished ones
+are reused), `tune:DIR` (the `squeeze.top_k` best finished trials of the tune stage in DIR), or
+comma-separated run directories. Then, on validation (selection) and test (reported only):
+
+- the ensemble (mean of the members' probabilities) against each member, the mean member and
+  the best member, and its gain as members are added (ensemble_gain.png);
+- weight averaging of the best member: `squeeze.swa_steps` more steps at a constant
+  `squeeze.swa_learning_rate`, SWA of a snapshot every `squeeze.swa_every` steps and an EMA,
+  both with BatchNorm statistics recomputed on the training split;
+- test-time augmentation of the best member (`squeeze.tta_copies` draws of its configured
+  augmentation), when it trains with augmentation;
+- distillation (`squeeze.student`, JSON overrides such as '{"model.width": 8}'): the student
+  trained on the ensemble's probabilities softened at `squeeze.temperature`, against the same
+  student trained on labels alone, with parameter counts and inference time per example.
+"""
+import csv
+import glob
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from recipe_jax import ensembles, experiment, plots, report, runs, trainer, weight_averaging
+from recipe_jax.errors import UserError
+from recipe_jax.report import StageResult, Verdict
+from recipe_jax.stages import compare, train
+
+FILES = ['squeeze/results.md', 'squeeze/results.csv', 'squeeze/ensemble_gain.png',
+         'squeeze/report.md']
+COLUMNS = ('val_accuracy', 'val_loss', 'val_ece', 'test_accuracy', 'test_loss', 'test_ece',
+           'params', 'us_per_example')
+
+
+def member_runs(config, out: str) -> list:
+  """[(name, run_dir, config to train it with, or None for an existing run)]."""
+  spec = config.squeeze.members.strip()
+  if spec.startswith('seeds:'):
+    count = _positive_int(spec[len('seeds:'):], spec)
+    return [(f'seed_{s}', os.path.join(out, 'members', f'seed_{s}'),
+             compare.variant_config(config, {}, s))
+            for s in range(config.seed, config.seed + count)]
+  if spec.startswith('tune:'):
+    return _best_trials(spec[len('tune:'):], config.squeeze.top_k, config.tune.metric)
+  run_dirs = [d.strip() for d in spec.split(',') if d.strip()]
+  if not run_dirs:
+    raise UserError("squeeze.members is empty; use 'seeds:N', 'tune:DIR' or run directories "
+                    'separated by commas')
+  return [(os.path.basename(os.path.normpath(d)), d, None) for d in run_dirs]
+
+
+def _positive_int(text: str, spec: str) -> int:
+  if not text.isdigit() or int(text) < 1:
+    raise UserError(f"squeeze.members='{spec}': seeds:N needs a positive N, e.g. seeds:5")
+  return int(text)
+
+
+def _best_trials(tune_dir: str, top_k: int, metric: str) -> list:
+  done = []
+  for path in glob.glob(os.path.join(tune_dir, 'tune', 'trial_*', 'summary.json')):
+    summary = runs.read_json(path)
+    if summary.get('finished') and summary.get(metric) is not None:
+      done.append((summary[metric], os.path.dirname(path)))
+  if not done:
+    raise UserError(f'squeeze.members=tune:{tune_dir}: no finished trials in '
+                    f'{tune_dir}/tune/trial_*/ (give the --workdir of a tune stage)')
+  ranked = sorted(done, key=lambda found: -found[0])[:top_k]
+  return [(os.path.basename(d), d, None) for _, d in ranked]
+
+
+def _with_data_dir(member_config, config):
+  if config.dataset.data_dir:
+    member_config.dataset.data_dir = config.dataset.data_dir
+  return member_config
+
+
+def train_members(config, members: list) -> bool:
+  """Trains the members that are not finished; False when preempted (a restart resumes)."""
+  for name, run_dir, member_config in members:
+    done = runs.summary(run_dir)
+    if done and done.get('finished'):
+      logging.info('squeeze: member %s already finished, reused', name)
+      continue
+    if member_config is None:
+      raise UserError(f'squeeze member {run_dir} has not finished training; finish it '
+                      '(rerun its train command) or leave it out')
+    logging.info('squeeze: training member %s', name)
+    if not train.run_training(member_config, run_dir)['finished']:
+      return False
+  return True
+
+
+def microseconds_per_example(exp, state, x: np.ndarray) -> float:
+  runs.predict_probs(exp, state, x)  # compiled before timing
+  best = np.inf
+  for _ in range(3):
+    start = time.perf_counter()
+    runs.predict_probs(exp, state, x)
+    best = min(best, time.perf_counter() - start)
+  return 1e6 * best / len(x)
+
+
+def count_params(params) -> int:
+  return int(sum(np.size(p) for p in jax.tree.leaves(params)))
+
+
+def row(name: str, val_probs, test_probs, dataset, bins: int, **extra) -> dict:
+  found = {'name': name}
+  for split, probs, labels in (('val', val_probs, dataset.y_val),
+                               ('test', test_probs, dataset.y_test)):
+    found.update({f'{split}_{k}': v for k, v in ensembles.scores(probs, labels, bins).items()})
+  return {**found, **extra}
+
+
+def run(config, workdir: str) -> StageResult:
+  out = os.path.join(workdir, 'squeeze')
+  members = member_runs(config, out)
+  student_overrides = _student_overrides(config)
+  if not train_members(config, members):
+    return StageResult('squeeze', [], {}, FILES, finished=False)
+  loaded = [_load_member(config, name, run_dir) for name, run_dir, _ in members]
+  dataset = loaded[0]['exp'].dataset
+  for member in loaded[1:]:
+    if not np.array_equal(member['exp'].dataset.y_val, dataset.y_val):
+      raise UserError(f"squeeze member {member['name']} was trained on other data (its "
+                      'validation split differs); ensemble runs of one dataset')
+  bins = config.analysis.calibration_bins
+  rows = [row(m['name'], m['val'], m['test'], dataset, bins, params=m['params'],
+              us_per_example=m['us']) for m in loaded]
+  best = loaded[int(np.argmax([r['val_accuracy'] for r in rows]))]
+  mean_row = {'name': 'mean member', **{k: float(np.mean([r[k] for r in rows]))
+                                        for k in COLUMNS}}
+  best_row = {**rows[loaded.index(best)], 'name': f"best member ({best['name']})"}
+  ensemble_row = row(f'ensemble of {len(loaded)}', ensembles.average([m['val'] for m in loaded]),
+                     ensembles.average([m['test'] for m in loaded]), dataset, bins,
+                     params=sum(m['params'] for m in loaded),
+                     us_per_example=sum(m['us'] for m in loaded))
+  table = rows + [mean_row, best_row, ensemble_row]
+  found = [_ensemble_verdict(ensemble_row, mean_row, best_row)]
+  images = {'ensemble': [_gain_plot(out, loaded, dataset)]}
+  squeeze = config.squeeze
+  if squeeze.swa_steps > 0:
+    averaged = _weight_averaging_rows(best, squeeze, dataset, bins)
+    table += averaged
+    found.append(_relative_verdict('weight_averaging', averaged, best_row, squeeze.tolerance))
+  if squeeze.tta_copies > 0 and best['exp'].augmentation is not None:
+    exp, state = best['exp'], best['state']
+    tta = row(f"best member + TTA x{squeeze.tta_copies}",
+              ensembles.tta_probs(exp, state, dataset.x_val, squeeze.tta_copies),
+              ensembles.tta_probs(exp, state, dataset.x_test, squeeze.tta_copies), dataset, bins,
+              key='tta')
+    table.append(tta)
+    found.append(_relative_verdict('tta', [tta], best_row, squeeze.tolerance))
+  if student_overrides is not None:
+    students = _distill(config, out, loaded, student_overrides, bins)
+    if students is None:
+      return StageResult('squeeze', [], {}, FILES, finished=False)
+    table += students
+    found.append(_distillation_verdict(*students, ensemble_row))
+  _write_tables(out, table)
+  metrics = {'ensemble_test_accuracy': ensemble_row['test_accuracy'],
+             'mean_member_test_accuracy': mean_row['test_accuracy'],
+             'best_member_test_accuracy': best_row['test_accuracy'],
+             'members': len(loaded)}
+  metrics.update({f"{r['key']}_test_accuracy": r['test_accuracy'] for r in table if 'key' in r})
+  return report.finish(workdir, StageResult('squeeze', found, metrics, FILES),
+                       f'Squeeze: {config.model.name} on {config.dataset.name}', images)
+
+
+def _student_overrides(config):
+  if not config.squeeze.student:
+    return None
+  overrides = json.loads(config.squeeze.student) if config.squeeze.student.strip() else {}
+  compare.variant_config(config, overrides, config.seed)  # a bad key fails before training
+  return overrides
+
+
+def _load_member(config, name: str, run_dir: str) -> dict:
+  exp = experiment.build(_with_data_dir(runs.load_config(run_dir), config))
+  state = runs.restore_final_state(exp, run_dir)
+  dataset = exp.dataset
+  return {'name': name, 'exp': exp, 'state': state, 'run_dir': run_dir,
+          'val': runs.predict_probs(exp, state, dataset.x_val),
+          'test': runs.predict_probs(exp, state, dataset.x_test),
+          'params': count_params(state.params),
+          'us': microseconds_per_example(exp, state, dataset.x_test)}
+
+
+def _weight_averaging_rows(best: dict, squeeze, dataset, bins: int) -> list:
+  exp = best['exp']
+  lr = squeeze.swa_learning_rate or exp.config.optimizer.learning_rate / 10
+  logging.info('squeeze: SWA and EMA of %s, %d steps at learning rate %g', best['name'],
+               squeeze.swa_steps, lr)
+  swa, ema = weight_averaging.continue_and_average(
+      exp, best['state'], steps=squeeze.swa_steps, every=squeeze.swa_every, learning_rate=lr,
+      ema_decay=squeeze.ema_decay)
+  return [row(name, runs.predict_probs(exp, state, dataset.x_val, state.params),
+              runs.predict_probs(exp, state, dataset.x_test, state.params), dataset, bins,
+              key=key)
+          for key, name, state in (
+              ('swa', f'SWA of best member ({squeeze.swa_steps} steps)', swa),
+              ('ema', f'EMA {squeeze.ema_decay:g} of best member', ema))]
+
+
+def _distill(config, out: str, loaded: list, overrides: dict, bins: int):
+  """[student on labels, distilled student] rows, or None when preempted."""
+  student_config = compare.variant_config(config, overrides, config.seed)
+  exp = experiment.build(student_config)
+  teacher = ensembles.average([runs.predict_probs(m['exp'], m['state'], exp.dataset.x_train)
+                               for m in loaded])
+  found = []
+  for key, name, student in (
+      ('student_on_labels', 'student on labels', exp),
+      ('student_distilled', f'student distilled (T={config.squeeze.temperature:g})',
+       ensembles.student_experiment(exp, teacher, config.squeeze.temperature))):
+    run_dir = os.path.join(out, key)
+    done = runs.summary(run_dir)
+    if not (done and done.get('finished')):
+      logging.info('squeeze: training the %s', name)
+      train.write_json(os.path.join(run_dir, 'config.json'), student_config.to_dict())
+      done = trainer.train_and_evaluate(student, run_dir)
+      train.write_json(os.path.join(run_dir, 'summary.json'), done)
+      if not done['finished']:
+        return None
+    state = runs.restore_final_state(exp, run_dir)
+    found.append(row(name, runs.predict_probs(exp, state, exp.dataset.x_val),
+                     runs.predict_probs(exp, state, exp.dataset.x_test), exp.dataset, bins,
+                     params=count_params(state.params),
+                     us_per_example=microseconds_per_example(exp, state, exp.dataset.x_test),
+                     key=key))
+  return found
+
+
+def _ensemble_verdict(ensemble_row, mean_row, best_row) -> Verdict:
+  gain = ensemble_row['val_accuracy'] - mean_row['val_accuracy']
+  line = (f"ensemble val accuracy {ensemble_row['val_accuracy']:.4f} vs mean member "
+          f"{mean_row['val_accuracy']:.4f} ({gain:+.4f}), best member "
+          f"{best_row['val_accuracy']:.4f}; test {ensemble_row['test_accuracy']:.4f} vs "
+          f"{mean_row['test_accuracy']:.4f}")
+  evidence = {'ensemble': ensemble_row, 'mean_member': mean_row, 'best_member': best_row}
+  if gain < 0:
+    return Verdict('ensemble', 'WARN', line + ': the ensemble is worse than its average member '
+                   '(a broken member? look at each row)', evidence)
+  return Verdict('ensemble', 'PASS', line, evidence)
+
+
+def _relative_verdict(check: str, rows: list, best_row: dict, tolerance: float) -> Verdict:
+  """WARN when a variant of the best member loses more than `tolerance` validation accuracy."""
+  words = '; '.join(f"{r['name']}: val {r['val_accuracy']:.4f}, test {r['test_accuracy']:.4f}"
+                    for r in rows)
+  worse = [r['name'] for r in rows
+           if r['val_accuracy'] < best_row['val_accuracy'] - tolerance]
+  line = f"{words} (best member: val {best_row['val_accuracy']:.4f})"
+  evidence = {'rows': rows, 'best_member': best_row, 'tolerance': tolerance}
+  if worse:
+    return Verdict(check, 'WARN', f'{line}: {", ".join(worse)} lost more than {tolerance:g} '
+                   'validation accuracy (for SWA: a lower squeeze.swa_learning_rate)', evidence)
+  return Verdict(check, 'PASS', line, evidence)
+
+
+def _distillation_verdict(labels_row, distilled_row, ensemble_row) -> Verdict:
+  gain = distilled_row['val_accuracy'] - labels_row['val_accuracy']
+  line = (f"distilled student val {distilled_row['val_accuracy']:.4f} vs on labels "
+          f"{labels_row['val_accuracy']:.4f} ({gain:+.4f}), ensemble "
+          f"{ensemble_row['val_accuracy']:.4f}; {distilled_row['params']} parameters vs "
+          f"{ensemble_row['params']}, {distilled_row['us_per_example']:.1f} vs "
+          f"{ensemble_row['us_per_example']:.1f} us per example")
+  evidence = {'student_on_labels': labels_row, 'distilled': distilled_row}
+  if gain < 0:
+    return Verdict('distillation', 'WARN', line + ': the teacher did not help (try another '
+                   'squeeze.temperature, or a larger student)', evidence)
+  return Verdict('distillation', 'PASS', line, evidence)
+
+
+def _gain_plot(out: str, loaded: list, dataset) -> str:
+  """Accuracy of the ensemble of the first k members, against the mean single member."""
+  sizes = range(1, len(loaded) + 1)
+  series, means = {}, {}
+  for split, labels in (('val', dataset.y_val), ('test', dataset.y_test)):
+    series[f'ensemble ({split})'] = (list(sizes), [
+        ensembles.scores(ensembles.average([m[split] for m in loaded[:k]]), labels)['accuracy']
+        for k in sizes])
+    means[f'mean member ({split})'] = float(np.mean(
+        [ensembles.scores(m[split], labels)['accuracy'] for m in loaded]))
+  path = os.path.join(out, 'ensemble_gain.png')
+  os.makedirs(out, exist_ok=True)
+  plots.curves(path, series, 'members in the ensemble (in member order)', 'accuracy',
+               hlines=means, integer_x=True)
+  return path
+
+
+def _write_tables(out: str, table: list) -> None:
+  with open(os.path.join(out, 'results.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, ['name', *COLUMNS], extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(table)
+  lines = ['| | ' + ' | '.join(COLUMNS) + ' |', '|---' * (len(COLUMNS) + 1) + '|']
+  for r in table:
+    cells = [_cell(r.get(k)) for k in COLUMNS]
+    lines.append(f"| {r['name']} | " + ' | '.join(cells) + ' |')
+  with open(os.path.join(out, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+def _cell(value) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, float) and value > 100:
+    return f'{value:.0f}'
+  return f'{value:.4f}' if isinstance(value, float) else str(value)
