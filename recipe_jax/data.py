@@ -23,6 +23,7 @@ from recipe_jax.errors import UserError
 EMBEDDED = ('mnist1d', 'digits')
 NPZ_PREFIX = 'npz:'
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
+SUBSET_SEED_BASE = 7919  # dataset.train_fraction's subsets: their own stream of randomness
 VAL_SPLIT_SEED = 0  # fixed, so changing config.seed never changes which examples are validation
 
 
@@ -66,6 +67,9 @@ def load(dataset_config) -> Dataset:
   if dataset_config.downsample > 1:
     x_train, x_test = (downsample(x, dataset_config.downsample) for x in (x_train, x_test))
   train_idx, val_idx = validation_split(len(y_train), dataset_config.val_fraction)
+  if dataset_config.train_fraction < 1.0:  # after the validation split: it stays the same
+    train_idx = train_idx[nested_subset(len(train_idx), dataset_config.train_fraction,
+                                        dataset_config.subset_seed)]
   x_val, y_val = x_train[val_idx], y_train[val_idx]
   x_train, y_train = x_train[train_idx], y_train[train_idx]
   mean, std = channel_stats(x_train)
@@ -96,6 +100,15 @@ def validation_split(num_examples: int, val_fraction: float):
   order = np.random.default_rng(VAL_SPLIT_SEED).permutation(num_examples)
   num_val = int(round(num_examples * val_fraction))
   return np.sort(order[num_val:]), np.sort(order[:num_val])
+
+
+def nested_subset(num_examples: int, fraction: float, seed: int) -> np.ndarray:
+  """Sorted indices of `fraction` of the examples: a pure function of the seed, and a smaller
+  fraction's subset lies inside every larger one's (the same permutation's first rows)."""
+  if not 0.0 < fraction <= 1.0:
+    raise UserError(f'dataset.train_fraction={fraction} must be in (0, 1]')
+  order = np.random.default_rng([SUBSET_SEED_BASE, seed]).permutation(num_examples)
+  return np.sort(order[:max(1, int(round(fraction * num_examples)))])
 
 
 def load_input_stats(path: str, shape):

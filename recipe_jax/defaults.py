@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.name = 'mnist1d'  # mnist1d | digits | npz:PATH | any TFDS name
   c.dataset.data_dir = config_dict.placeholder(str)  # None: TFDS default
   c.dataset.val_fraction = 0.1  # carved from train; test never selects models
+  c.dataset.train_fraction = 1.0  # < 1: train on a random subset (data_scaling sets it) ...
+  c.dataset.subset_seed = 0  # ... drawn from this seed; smaller subsets nest in larger ones
   c.dataset.normalize = True  # standardise with train-split statistics
   c.dataset.downsample = 1  # > 1: average-pool inputs by this factor (a smaller input)
   c.dataset.stats_from = config_dict.placeholder(str)  # inspect run dir or input_stats.json
@@ -44,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.noise = 0.0  # any input: add N(0, noise^2)
   c.augment.crop_padding = 0  # images: zero-pad this much, then crop back at random
   c.augment.flip = False  # images: random horizontal flip (only where flips keep the label)
+  c.augment.mixup = 0.0  # > 0: Beta(alpha, alpha) blend with a random training example ...
+  c.augment.cutmix = 0.0  # ... or paste a segment / box of it; soft targets (both: half each)
   c.early_stopping = ml_collections.ConfigDict()
   c.early_stopping.patience = 0  # > 0: stop after this many evals without improvement
   c.early_stopping.min_delta = 0.0  # an eval_accuracy gain up to this is not an improvement
@@ -116,6 +120,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.tune.storage = config_dict.placeholder(str)  # None: sqlite:///DIR/tune/study.db
   c.tune.study_name = config_dict.placeholder(str)  # None: derived from the workdir
   c.tune.heartbeat_s = 30  # a RUNNING trial silent for 2x this is retried elsewhere
+
+  c.data_scaling = ml_collections.ConfigDict()  # stage='data_scaling': is more data worth it?
+  c.data_scaling.fractions = (0.125, 0.25, 0.5, 1.0)  # of the training split, nested subsets
+  c.data_scaling.seeds = 2  # each fraction with this many seeds (subset and init)
+  c.data_scaling.flat_gain = 0.005  # "flattened" when doubling gains at most this accuracy
+  c.data_scaling.max_fit_rms = 0.02  # WARN: the power law misses the mean errors by more
+  c.data_scaling.max_gain_range = 0.03  # WARN: the doubling gain's 68% range is wider
 
   c.squeeze = ml_collections.ConfigDict()  # stage='squeeze': ensembles, SWA, TTA, distillation
   c.squeeze.members = 'seeds:5'  # seeds:N | tune:DIR (its top_k trials) | DIR1,DIR2,...

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from recipe_jax import augment, data as data_lib, losses, models, optim, rng, trainer
+from recipe_jax.errors import UserError
 from recipe_jax.mesh import AXIS, Mesh, make_mesh, put_replicated, require_divisible
 
 KEEP = object()  # "as configured", for arguments where None means "off"
@@ -87,6 +88,10 @@ def build(config, *, num_train_steps: int | None = None, schedule=None,
                     schedule=schedule)
   loss_fn = losses.create(config.loss)
   train_loss_fn = losses.create(config.loss, config.label_smoothing if label_smoothing else 0.0)
-  return Experiment(config, dataset, mesh, model, tx, loss_fn, train_loss_fn,
-                    augment.settings(config.augment), initial_output_bias(config, dataset))
+  augmentation = augment.settings(config.augment, dataset.num_classes)
+  if augment.mixes(augmentation) and config.loss not in losses.LOSSES:
+    raise UserError(f"augment.mixup / augment.cutmix train on soft targets, which loss "
+                    f"'{config.loss}' does not take; use loss=cross_entropy")
+  return Experiment(config, dataset, mesh, model, tx, loss_fn, train_loss_fn, augmentation,
+                    initial_output_bias(config, dataset))
 

@@ -14,6 +14,9 @@ from recipe_jax.errors import UserError
 
 
 def cross_entropy(logits, labels):
+  """Integer labels (B,), or soft targets (B, C) that sum to 1 (mixup, cutmix)."""
+  if labels.ndim == logits.ndim:
+    return optax.softmax_cross_entropy(logits, labels)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
@@ -24,8 +27,8 @@ LOSSES = {'cross_entropy': cross_entropy}
 def smoothed_cross_entropy(label_smoothing: float):
   """Cross-entropy against one-hot labels mixed with the uniform distribution."""
   def loss(logits, labels):
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
+    targets = labels if labels.ndim == logits.ndim else jax.nn.one_hot(labels, logits.shape[-1])
+    return optax.softmax_cross_entropy(logits, optax.smooth_labels(targets, label_smoothing))
   return loss
 
 

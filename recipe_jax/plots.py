@@ -188,3 +188,25 @@ def reliability(path, bins: list, ece: float):
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
+
+
+def learning_curve(path, series: dict, points: dict, largest: float):
+  """Validation error against training examples (log x): the measured means, every seed as a
+  dot, the fitted power law continued to 4x the data, the extrapolated region shaded."""
+  fig, (ax_err, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+  for label, (x, y) in points.items():
+    ax_err.scatter(x, y, s=14, color='gray', alpha=0.7, label=label)
+    ax_acc.scatter(x, 1 - np.asarray(y), s=14, color='gray', alpha=0.7, label=label)
+  for i, (label, (x, y)) in enumerate(series.items()):
+    style = dict(marker='o', markersize=4) if i == 0 else dict(linestyle='--')
+    ax_err.plot(x, y, label=label, color=f'C{i}', linewidth=1.2, **style)
+    ax_acc.plot(x, 1 - np.asarray(y), label=label, color=f'C{i}', linewidth=1.2, **style)
+  for ax, ylabel in ((ax_err, 'validation error'), (ax_acc, 'validation accuracy')):
+    ax.axvspan(largest, 4 * largest, color='C1', alpha=0.08)
+    ax.set_xscale('log')
+    ax.set_xlabel('training examples (shaded: extrapolated)')
+    ax.set_ylabel(ylabel)
+  ax_err.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)

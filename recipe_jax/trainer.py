@@ -117,11 +117,14 @@ def batch_inputs(x_all, y_all, perm, step, batch_size: int, steps_per_epoch: int
     offset, size: which rows of the global batch (a device's share).
     seed, augmentation: the run's seed and `augment.Settings` (None: no augmentation).
   Returns:
-    (x, y) of `size` rows.
+    (x, y) of `size` rows; y are soft targets (size, num_classes) with mixup / cutmix.
   """
   start = (step % steps_per_epoch) * batch_size + offset
   idx = jax.lax.dynamic_slice_in_dim(perm, start, size)
-  x = augment.apply(augmentation, seed, step, offset + jnp.arange(size), x_all[idx])
+  positions = offset + jnp.arange(size)
+  x = augment.apply(augmentation, seed, step, positions, x_all[idx])
+  if augment.mixes(augmentation):  # soft targets (B, num_classes)
+    return augment.mix(augmentation, seed, step, positions, x, y_all[idx], x_all, y_all)
   return x, y_all[idx]
 
 

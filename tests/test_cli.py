@@ -155,7 +155,7 @@ def test_console_shows_the_pipeline_lines_and_a_closing_summary(small_config, tm
   lines = result.stderr.strip().splitlines()
   assert all(line[:2].isdigit() and line[2] == ':' for line in lines), lines[:5]  # HH:MM:SS
   assert any('step 60/60 (100%)' in line and 'ETA' in line for line in lines)
-  assert 'train finished: 2 PASS' in lines[-3] and 'test_accuracy' in lines[-2]
+  assert 'train finished: ' in lines[-3] and '0 FAIL' in lines[-3] and 'test_accuracy' in lines[-2]
   assert 'look at:' in lines[-1] and 'summary.json' in lines[-1]
   log = (tmp_path / 'quiet' / 'log.txt').read_text()
   assert 'logging_writer.py' in log and 'step 60/60' in log  # everything is kept in the file

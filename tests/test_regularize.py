@@ -17,7 +17,7 @@ from recipe_jax.stages import train
 def settings(**changes):
   cfg = defaults.get_config().augment
   cfg.update(changes)
-  return augment.settings(cfg)
+  return augment.settings(cfg, num_classes=10)
 
 
 def gathered(augmentation, step=0, offset=0, size=8, seed=0, x_all=None):
@@ -59,6 +59,68 @@ def test_augmentation_does_not_depend_on_how_the_batch_is_split_over_devices():
   whole = gathered(s, size=8)[0]
   halves = np.concatenate([gathered(s, offset=0, size=4)[0], gathered(s, offset=4, size=4)[0]])
   np.testing.assert_array_equal(whole, halves)
+
+
+def test_mixup_targets_sum_to_one_and_match_the_mixing_weights():
+  s = settings(mixup=0.4)
+  x, targets, raw = gathered(s)
+  x_all = np.arange(16 * 40, dtype=np.float32).reshape(16, 40)
+  y_all = np.arange(16) % 10
+  partner, lam, use_cutmix = map(np.asarray, augment.mix_draws(s, 0, 0, np.arange(8), 16))
+  assert not use_cutmix.any() and 0 < lam.min() and lam.max() < 1
+  np.testing.assert_allclose(targets.sum(1), 1, rtol=1e-6)
+  expected = lam[:, None] * np.eye(10)[y_all[:8]] + (1 - lam[:, None]) * np.eye(10)[y_all[partner]]
+  np.testing.assert_allclose(targets, expected, rtol=1e-6)
+  np.testing.assert_allclose(x, lam[:, None] * raw + (1 - lam[:, None]) * x_all[partner],
+                             rtol=1e-5)
+
+
+def test_cutmix_pastes_a_segment_whose_length_is_the_partners_weight():
+  s = settings(cutmix=1.0)
+  x, targets, raw = gathered(s)
+  partner, _, use_cutmix = map(np.asarray, augment.mix_draws(s, 0, 0, np.arange(8), 16))
+  x_all = np.arange(16 * 40, dtype=np.float32).reshape(16, 40)
+  assert use_cutmix.all()
+  np.testing.assert_allclose(targets.sum(1), 1, rtol=1e-6)
+  own = (x == raw).mean(1)  # the rows differ everywhere, so equality marks kept positions
+  np.testing.assert_array_equal((x == raw) | (x == x_all[partner]), True)
+  y_all = np.arange(16) % 10
+  np.testing.assert_allclose(targets[np.arange(8), y_all[:8]],
+                             np.where(y_all[partner] == y_all[:8], 1.0, own), atol=1e-6)
+
+
+def test_mixing_with_alpha_zero_is_the_unmixed_batch_with_integer_labels():
+  plain = gathered(settings(shift=3))
+  zero = gathered(settings(shift=3, mixup=0.0, cutmix=0.0))
+  np.testing.assert_array_equal(plain[0], zero[0])
+  assert zero[1].ndim == 1 and zero[1].dtype.kind == 'i'
+
+
+def test_mixing_does_not_depend_on_how_the_batch_is_split_over_devices():
+  s = settings(shift=2, mixup=0.3, cutmix=1.0)
+  whole_x, whole_y, _ = gathered(s, size=8)
+  halves = [gathered(s, offset=o, size=4) for o in (0, 4)]
+  np.testing.assert_array_equal(whole_x, np.concatenate([h[0] for h in halves]))
+  np.testing.assert_array_equal(whole_y, np.concatenate([h[1] for h in halves]))
+
+
+def test_label_smoothing_composes_with_soft_targets():
+  logits = jnp.array([[2.0, 0.0, -1.0]])
+  soft = jnp.array([[0.7, 0.3, 0.0]])
+  smoothed = losses.create('cross_entropy', 0.3)(logits, soft)
+  expected = optax.softmax_cross_entropy(logits, 0.7 * soft + 0.1)
+  np.testing.assert_allclose(smoothed, expected, rtol=1e-6)
+  np.testing.assert_allclose(losses.cross_entropy(logits, jnp.array([0])),
+                             losses.cross_entropy(logits, jnp.array([[1.0, 0.0, 0.0]])),
+                             rtol=1e-6)
+
+
+def test_mixing_needs_a_loss_that_takes_soft_targets(small_config):
+  from recipe_jax import experiment
+  small_config.augment.mixup = 0.2
+  small_config.loss = 'planted_bugs:doubled_cross_entropy'
+  with pytest.raises(UserError, match='soft targets'):
+    experiment.build(small_config)
 
 
 def test_image_crop_and_flip_keep_shape_and_content():
@@ -159,6 +221,7 @@ def test_depth_changes_the_number_of_layers():
 def test_a_resumed_run_with_every_random_regulariser_is_bit_identical(small_config, tmp_path):
   small_config.augment.shift, small_config.augment.scale = 3, 0.1
   small_config.augment.noise = 0.05
+  small_config.augment.mixup, small_config.augment.cutmix = 0.4, 1.0
   small_config.model.dropout = 0.2
   small_config.ema_decay = 0.9
   train.run(small_config, str(tmp_path / 'straight'))
@@ -170,3 +233,9 @@ def test_a_resumed_run_with_every_random_regulariser_is_bit_identical(small_conf
   assert resumed['resumed_from_step'] == 30
   assert resumed['params_sha256'] == read_summary(tmp_path / 'straight')['params_sha256']
   assert resumed['eval_loss'] == read_summary(tmp_path / 'straight')['eval_loss']  # EMA too
+
+
+def test_sanity_shows_a_mixed_examples_soft_label():
+  from recipe_jax.stages import sanity
+  assert sanity._label_text(np.array([0.0, 0.7, 0.3])) == '1:0.70 2:0.30'
+  assert sanity._label_text(np.int32(4)) == 'y=4'

@@ -223,9 +223,18 @@ def _overfit_one_batch(out, cfg, exp, apply_fn):
 
 def _input_grid(out, x, y, rows, limit=32):
   path = os.path.join(out, 'inputs_before_net.png')
-  plots.grid(path, list(x[:limit]), [f'row {r} y={label}' for r, label in zip(rows, y[:limit])],
-             columns=8)
+  plots.grid(path, list(x[:limit]), [f'row {r} {_label_text(label)}'
+                                      for r, label in zip(rows, y[:limit])], columns=8)
   return path
+
+
+def _label_text(label) -> str:
+  """'y=3', or for a mixed example's soft target its classes and weights: '3:0.72 5:0.28'."""
+  label = np.asarray(label)
+  if label.ndim == 0:
+    return f'y={label}'
+  top = [c for c in np.argsort(-label)[:2] if label[c] > 0.005]
+  return ' '.join(f'{c}:{label[c]:.2f}' for c in top)
 
 
 def _dependency_matrix(out, verdict):

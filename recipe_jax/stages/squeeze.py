@@ -153,7 +153,8 @@ def run(config, workdir: str) -> StageResult:
     tta = row(f"best member + TTA x{squeeze.tta_copies}",
               ensembles.tta_probs(exp, state, dataset.x_val, squeeze.tta_copies),
               ensembles.tta_probs(exp, state, dataset.x_test, squeeze.tta_copies), dataset, bins,
-              key='tta')
+              key='tta', params=best['params'],
+              us_per_example=best['us'] * (squeeze.tta_copies + 1))
     table.append(tta)
     found.append(_relative_verdict('tta', [tta], best_row, squeeze.tolerance))
   if student_overrides is not None:
@@ -201,7 +202,7 @@ def _weight_averaging_rows(best: dict, squeeze, dataset, bins: int) -> list:
       ema_decay=squeeze.ema_decay)
   return [row(name, runs.predict_probs(exp, state, dataset.x_val, state.params),
               runs.predict_probs(exp, state, dataset.x_test, state.params), dataset, bins,
-              key=key)
+              key=key, params=best['params'], us_per_example=best['us'])
           for key, name, state in (
               ('swa', f'SWA of best member ({squeeze.swa_steps} steps)', swa),
               ('ema', f'EMA {squeeze.ema_decay:g} of best member', ema))]

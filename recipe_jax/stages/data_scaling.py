@@ -1,0 +1,88 @@
+"""stage='data_scaling': get more data, is it worth it? (recipe step 4)
+
+Trains the config on nested random subsets of the training split (`data_scaling.fractions`,
+each with `data_scaling.seeds` seeds; the validation split is the same throughout) as normal
+train runs in data_scaling/fraction_<f>/seed_<s>/ (resumable, finished runs reused), fits
+error = a * n^-b + c to the validation error and says what 2x and 4x the data would gain
+(`recipe_jax.learning_curve`). Output: learning_curve.png, results.csv, the `more_data` verdict.
+"""
+import csv
+import os
+
+import numpy as np
+from absl import logging
+
+from recipe_jax import data, learning_curve, plots, report, runs
+from recipe_jax.errors import UserError
+from recipe_jax.report import StageResult
+from recipe_jax.stages import compare, train
+
+FILES = ['data_scaling/learning_curve.png', 'data_scaling/results.csv',
+         'data_scaling/report.md']
+
+
+def fractions(config) -> list:
+  found = sorted(set(float(f) for f in config.data_scaling.fractions))
+  if len(found) < 3 or not all(0 < f <= 1 for f in found):
+    raise UserError(f'data_scaling.fractions={tuple(config.data_scaling.fractions)}: give at '
+                    'least 3 distinct fractions in (0, 1], e.g. (0.125, 0.25, 0.5, 1.0)')
+  return found
+
+
+def run(config, workdir: str) -> StageResult:
+  out = os.path.join(workdir, 'data_scaling')
+  seeds = range(config.seed, config.seed + config.data_scaling.seeds)
+  num_train = len(data.load(config.dataset).y_train)
+  points = []
+  for fraction in fractions(config):
+    for seed in seeds:
+      run_dir = os.path.join(out, f'fraction_{fraction:g}', f'seed_{seed}')
+      summary = runs.summary(run_dir)
+      if not (summary and summary.get('finished')):
+        logging.info('data_scaling: training on %g of the training split, seed %d', fraction, seed)
+        summary = train.run_training(_subset_config(config, fraction, seed), run_dir)
+        if not summary['finished']:
+          return StageResult('data_scaling', [], {}, FILES, finished=False)
+      points.append({'fraction': fraction, 'seed': seed,
+                     'examples': len(data.nested_subset(num_train, fraction, seed)),
+                     'eval_accuracy': summary['eval_accuracy'],
+                     'test_accuracy': summary['test_accuracy']})
+  examples = [p['examples'] for p in points]
+  errors = [1 - p['eval_accuracy'] for p in points]
+  found = learning_curve.fit(examples, errors, seed=config.seed)
+  verdict = learning_curve.verdict(found, config.data_scaling)
+  _write_csv(os.path.join(out, 'results.csv'), points)
+  image = _plot(os.path.join(out, 'learning_curve.png'), examples, errors, found)
+  metrics = {'largest_n': max(examples),
+             'eval_accuracy_at_largest': float(np.mean([p['eval_accuracy'] for p in points
+                                                        if p['examples'] == max(examples)]))}
+  if found:
+    metrics.update(gain_2x=found['gain_2x'], exponent_b=found['b'], error_floor_c=found['c'])
+  return report.finish(workdir, StageResult('data_scaling', [verdict], metrics, FILES),
+                       f'Data scaling: {config.model.name} on {config.dataset.name}',
+                       {'more_data': [image]})
+
+
+def _subset_config(config, fraction: float, seed: int):
+  return compare.variant_config(config, {'dataset.train_fraction': fraction,
+                                         'dataset.subset_seed': seed}, seed)
+
+
+def _write_csv(path: str, points: list) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, list(points[0]))
+    writer.writeheader()
+    writer.writerows(points)
+
+
+def _plot(path: str, examples, errors, found) -> str:
+  n, err = np.asarray(examples, float), np.asarray(errors, float)
+  sizes = np.unique(n)
+  series = {'validation error (mean of seeds)': (sizes, [err[n == s].mean() for s in sizes])}
+  points = {'each seed': (n, err)}
+  if found:
+    grid = np.geomspace(sizes.min(), 4 * sizes.max(), 60)
+    series[f"fit {found['a']:.3g} n^-{found['b']:.2f} + {found['c']:.3f}"] = (
+        grid, learning_curve.power_law(grid, found['a'], found['b'], found['c']))
+  plots.learning_curve(path, series, points, largest=sizes.max())
+  return path
