@@ -16,6 +16,11 @@ def get_config() -> ml_collections.ConfigDict:
   # XLA compilation. None: ~/.cache/recipe_jax/jax_cache; '' turns it off.
   c.compilation_cache_dir = config_dict.placeholder(str)
 
+  # Pretrain, then fine-tune: start from another run's weights, by name where shapes match.
+  c.init_from = config_dict.placeholder(str)  # a run directory or RUN/checkpoints/<step>
+  c.init_from_skip = ''  # comma-separated parameter names kept freshly initialised
+  c.init_from_freeze = ''  # comma-separated parameter names the optimizer leaves fixed
+
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'mnist1d'  # mnist1d | digits | npz:PATH | any TFDS name
   c.dataset.data_dir = config_dict.placeholder(str)  # None: TFDS default

@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from recipe_jax import augment, data as data_lib, losses, models, optim, rng, trainer
+from recipe_jax import (augment, data as data_lib, losses, models, optim, rng, trainer,
+                        warm_start)
 from recipe_jax.errors import UserError
 from recipe_jax.mesh import AXIS, Mesh, make_mesh, put_replicated, require_divisible
 
@@ -84,8 +85,8 @@ def build(config, *, num_train_steps: int | None = None, schedule=None,
   require_divisible(mesh.size, {'batch_size': config.batch_size,
                                 'eval_batch_size': config.eval_batch_size})
   model = models.create(config.model, dataset.num_classes, bn_axis_name=AXIS)
-  tx = optim.create(config.optimizer, num_train_steps or config.num_train_steps,
-                    schedule=schedule)
+  tx = warm_start.freeze(optim.create(config.optimizer, num_train_steps or config.num_train_steps,
+                                     schedule=schedule), config.init_from_freeze)
   loss_fn = losses.create(config.loss)
   train_loss_fn = losses.create(config.loss, config.label_smoothing if label_smoothing else 0.0)
   augmentation = augment.settings(config.augment, dataset.num_classes)

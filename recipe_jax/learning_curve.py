@@ -4,6 +4,8 @@ error(n) = a * n^-b + c: `c` is the error more data of this kind cannot remove, 
 rest falls. The fit's parameter covariance is sampled to give the uncertainty of the
 extrapolated gains; a fit that misses its own points gets a WARN, not a confident number.
 """
+import warnings
+
 import numpy as np
 from scipy import optimize
 
@@ -23,8 +25,10 @@ def fit(examples, errors, samples: int = 2000, seed: int = 0) -> dict | None:
   b0 = 0.5
   a0 = max(err.max() - c0, 1e-3) * n.min() ** b0
   try:
-    params, cov = optimize.curve_fit(power_law, n, err, p0=(a0, b0, c0),
-                                     bounds=([0, 0, 0], [np.inf, 3, 1]), maxfev=20000)
+    with warnings.catch_warnings():  # an inestimable covariance is handled in _draws
+      warnings.simplefilter('ignore', optimize.OptimizeWarning)
+      params, cov = optimize.curve_fit(power_law, n, err, p0=(a0, b0, c0),
+                                       bounds=([0, 0, 0], [np.inf, 3, 1]), maxfev=20000)
   except (RuntimeError, ValueError):
     return None
   sizes = np.unique(n)
@@ -33,13 +37,15 @@ def fit(examples, errors, samples: int = 2000, seed: int = 0) -> dict | None:
   draws = _draws(params, cov, samples, seed)
   largest = sizes.max()
   found = {'a': float(params[0]), 'b': float(params[1]), 'c': float(params[2]), 'rms': rms,
-           'largest_n': float(largest)}
+           'largest_n': float(largest),
+           # what the last step of the measured curve gained (accuracy), e.g. 1/2 -> all
+           'last_step_gain': float(means[-2] - means[-1]) if len(sizes) > 1 else 0.0}
   for factor in (2, 4):
     gains = power_law(largest, *draws.T) - power_law(factor * largest, *draws.T)
-    found[f'gain_{factor}x'] = float(power_law(largest, *params)
-                                     - power_law(factor * largest, *params))
-    found[f'gain_{factor}x_range'] = [float(np.percentile(gains, 16)),
-                                      float(np.percentile(gains, 84))]
+    gain = float(power_law(largest, *params) - power_law(factor * largest, *params))
+    found[f'gain_{factor}x'] = gain
+    found[f'gain_{factor}x_range'] = [min(float(np.percentile(gains, 16)), gain),
+                                      max(float(np.percentile(gains, 84)), gain)]
   return found
 
 
@@ -68,9 +74,14 @@ def verdict(found: dict | None, cfg) -> Verdict:
                    f'(RMS, > {cfg.max_fit_rms:g}): no confident extrapolation; add seeds or '
                    'fractions', found)
   if high < cfg.flat_gain:
-    return Verdict('more_data', 'PASS', f'the curve has flattened: doubling the data would gain '
-                   f'at most {high:.1%}; more data of this kind will not help much, look at the '
-                   f"model or the labels (error floor c = {found['c']:.3f})", found)
+    flat = (f'the fitted curve has flattened: doubling the data would gain at most {high:.1%} '
+            f"(error floor c = {found['c']:.3f})")
+    if found['last_step_gain'] > 2 * cfg.flat_gain:
+      return Verdict('more_data', 'WARN', f"{flat}, but the last measured step still gained "
+                     f"{found['last_step_gain']:.1%}: the points cannot tell yet; add seeds, or "
+                     'measure with more data before deciding', found)
+    return Verdict('more_data', 'PASS', f'{flat}; more data of this kind will not help much, '
+                   'look at the model or the labels', found)
   if high - low > max(cfg.max_gain_range, abs(gain)):
     return Verdict('more_data', 'WARN', words + ': too uncertain to plan on; add seeds or '
                    'fractions', found)

@@ -23,7 +23,7 @@ from clu import metric_writers, metrics, periodic_actions
 from jax.sharding import Mesh, PartitionSpec as P
 
 from recipe_jax import (augment, checkpoints, console, data as data_lib, losses, models, rng,
-                        user_code)
+                        user_code, warm_start)
 from recipe_jax.errors import DivergenceError, UserError
 from recipe_jax.mesh import AXIS, needs_one_at_a_time, one_at_a_time, put_replicated, put_sharded
 from recipe_jax.trees import params_sha256, replace_leaf
@@ -318,6 +318,7 @@ class RunProgress:
   evals_without_improvement: int = 0
   stopped_early: bool = False
   history: list = dataclasses.field(default_factory=list)  # metrics at every eval
+  init_from: dict | None = None  # config.init_from: what was loaded and what was fresh
 
 
 def compile_splits(exp, state) -> dict:
@@ -355,9 +356,13 @@ def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
   restored, saved_progress = checkpoints.restore_latest(mngr, state)
   progress = RunProgress(**(saved_progress or {}))
   resumed_from = None
-  if restored is not None:
+  if restored is not None:  # a fine-tuning run resumes from its own checkpoints
     state, resumed_from = restored, int(restored.step)
     logging.info('resumed from the checkpoint at step %d', resumed_from)
+  elif config.init_from:
+    warm, progress.init_from = warm_start.load(exp.initial_state(ema=config.ema_decay > 0),
+                                               config.init_from, config.init_from_skip, exp.tx)
+    state = put_replicated(mesh, warm)
   splits = compile_splits(exp, state)
   try:
     state, loop = _train_loop(exp, workdir, state, progress, splits, mngr, best_mngr, on_eval)
@@ -383,6 +388,7 @@ def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
       'wall_s': progress.wall_s + time.time() - loop['segment_start'],
       'examples_per_s': loop['examples_per_s'],
       'num_devices': mesh.size,
+      'init_from': progress.init_from,
       'history': progress.history,  # train and validation metrics at every eval
   }
 

@@ -52,6 +52,11 @@ def as_flags(config, prefix='config'):
   return flags
 
 
+def cli_flags(config, config_file='configs/mnist1d/mlp.py'):
+  """--config=FILE plus every key of `config`: the CLI runs exactly this config."""
+  return [f'--config={config_file}', *as_flags(config)]
+
+
 def run_main(workdir, *flags, env=None, timeout=300):
   return subprocess.run(
       [sys.executable, '-m', 'recipe_jax.main', f'--workdir={workdir}', *flags],

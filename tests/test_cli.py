@@ -7,15 +7,12 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import (as_flags, read_summary, run_main, start_main, train_and_evaluate,
+from conftest import (cli_flags, read_summary, run_main, start_main, train_and_evaluate,
                       wait_for_checkpoint)
 from recipe_jax import checkpoints, models, trainer
 
 CONFIG = '--config=configs/mnist1d/mlp.py'
 
-
-def cli_flags(config):
-  return [CONFIG, *as_flags(config)]
 
 
 @pytest.mark.parametrize('flags, message', [

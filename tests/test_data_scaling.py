@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from recipe_jax import data, defaults, learning_curve
+from recipe_jax import data, learning_curve
 from recipe_jax.errors import UserError
 from recipe_jax.stages import data_scaling
 
@@ -28,6 +28,14 @@ def test_a_saturated_curve_is_called_flattened():
   errors = 0.08 + np.random.default_rng(1).normal(0, 0.003, len(SIZES))
   verdict = learning_curve.verdict(learning_curve.fit(SIZES, errors), CFG)
   assert verdict.status == 'PASS' and 'flattened' in verdict.summary
+
+
+def test_a_fit_that_flattens_while_the_last_step_still_gains_warns():
+  # Steep early, then a last doubling that still gains 1.5%: the fit alone would say "flat".
+  accuracy = np.repeat([0.885, 0.93, 0.9375, 0.9525], 2) + np.tile([-0.005, 0.005], 4)
+  found = learning_curve.fit(np.repeat([475, 950, 1900, 3800], 2), 1 - accuracy)
+  verdict = learning_curve.verdict(found, CFG)
+  assert verdict.status == 'WARN' and 'still gained 1.5%' in verdict.summary
 
 
 def test_a_curve_the_power_law_cannot_follow_warns_instead_of_giving_a_number():

@@ -8,7 +8,7 @@ import time
 import optuna
 import pytest
 
-from conftest import as_flags, read_summary, run_main, start_main, wait_for_checkpoint
+from conftest import cli_flags, read_summary, run_main, start_main, wait_for_checkpoint
 from recipe_jax.errors import UserError
 from recipe_jax.stages import train, tune
 
@@ -99,9 +99,6 @@ def test_a_bad_space_is_refused_before_anything_runs(tune_config, tmp_path, spac
     tune.run(tune_config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'tune' / 'trial_0')
 
-
-def cli_flags(config):
-  return ['--config=configs/mnist1d/mlp.py', *as_flags(config)]
 
 
 def test_two_workers_share_one_study_and_finish_exactly_its_trials(tune_config, tmp_path):
