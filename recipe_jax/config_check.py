@@ -3,7 +3,7 @@ from recipe_jax import data, losses, models, optim
 from recipe_jax.errors import UserError
 
 STAGES = ('train', 'inspect', 'sanity', 'lr_find', 'overfit', 'compare', 'tune',
-          'evaluate', 'squeeze', 'data_scaling')
+          'evaluate', 'squeeze', 'data_scaling', 'recipe')
 
 
 def check(config) -> None:

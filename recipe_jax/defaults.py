@@ -145,6 +145,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.squeeze.temperature = 4.0  # softens the ensemble's probabilities for the student
   c.squeeze.tolerance = 0.01  # WARN when SWA / TTA lose more validation accuracy than this
 
+  c.recipe = ml_collections.ConfigDict()  # stage='recipe': the stages in order, one workdir
+  c.recipe.stages = 'inspect,sanity,lr_find,overfit,compare,tune,squeeze'  # + data_scaling
+  c.recipe.continue_on_fail = False  # a FAIL in inspect or sanity stops the recipe
+  c.recipe.pin_learning_rate = False  # True: keep optimizer.learning_rate, not lr_find's
+  c.recipe.overrides = '{}'  # JSON {"stage": {"config.key": value}}: keys for one stage only
+
   c.analysis = ml_collections.ConfigDict()  # error analysis after every finished train run
   c.analysis.enabled = True
   c.analysis.split = 'val'  # val | test (only when asked: never used to select) | train

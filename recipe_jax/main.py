@@ -5,6 +5,7 @@ Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed, 2 b
 """
 import importlib
 import os
+import shlex
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only the data layer; hide its banner
@@ -69,6 +70,8 @@ def run_stage(config, workdir: str):
 def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   console.setup(workdir, verbose=flags.FLAGS.verbosity >= 1)
+  with open(os.path.join(workdir, 'command.txt'), 'w') as f:  # the report's "reproduce" line
+    f.write(' '.join(['python -m recipe_jax.main', *map(shlex.quote, sys.argv[1:])]) + '\n')
   try:
     config_check.check(config)
     import jax  # after the console's set-up, so the backends' INFO lines go to log.txt

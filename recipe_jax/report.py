@@ -46,6 +46,7 @@ class StageResult:
   metrics: dict  # the stage's headline numbers, e.g. {'test_accuracy': 0.92}
   files: list  # paths the stage wrote that a person would open, relative to the workdir
   finished: bool = True  # False when preempted: a restart continues the stage
+  images: dict = dataclasses.field(default_factory=dict)  # check -> pictures, workdir-relative
 
   def counts(self) -> dict:
     return {s: sum(v.status == s for v in self.verdicts) for s in STATUSES}
@@ -65,14 +66,19 @@ def read_result(path: str) -> StageResult:
 
 def finish(workdir: str, result: StageResult, title: str, images: dict | None = None
            ) -> StageResult:
-  """Writes DIR/<stage>/{verdicts.json, report.md, result.json} and the console lines."""
+  """Writes DIR/<stage>/{verdicts.json, report.md, result.json}, the console lines, and
+  DIR/report.html (every stage's result in DIR, one self-contained page)."""
+  from recipe_jax import html_report
   directory = os.path.join(workdir, result.stage)
   if result.verdicts:
     write(directory, title, result.verdicts, images)
+  result.images = {check: [os.path.relpath(p, workdir) for p in paths]
+                   for check, paths in (images or {}).items()}
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, 'result.json.tmp'), 'w') as f:
     json.dump(result.to_json(), f, indent=2)
   os.replace(os.path.join(directory, 'result.json.tmp'), os.path.join(directory, 'result.json'))
+  html_report.write(workdir)
   return result
 
 
@@ -117,3 +123,11 @@ def raise_if_failed(result: StageResult, workdir: str) -> None:
   if failed:
     where = os.path.join(workdir, result.stage, 'report.md')
     raise ChecksFailed(f'{len(failed)} check(s) FAILed: {", ".join(failed)}; see {where}')
+
+
+if __name__ == '__main__':  # python -m recipe_jax.report DIR: (re)writes DIR/report.html
+  import sys
+  from recipe_jax import html_report
+  if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
+    sys.exit('usage: python -m recipe_jax.report DIR  (a --workdir)')
+  print(html_report.write(sys.argv[1]))

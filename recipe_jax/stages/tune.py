@@ -191,7 +191,8 @@ def finish(config, workdir: str, study, space: dict) -> StageResult:
   if complete:
     best = max(complete, key=lambda t: t.value)
     metrics.update({'best_trial': best.number, f'best_{config.tune.metric}': best.value,
-                    'best_test_accuracy': best.user_attrs.get('test_accuracy')})
+                    'best_test_accuracy': best.user_attrs.get('test_accuracy'),
+                    'best_params': best.params})
     _write_best_config(out, compare.variant_config(config, best.params, config.seed), best)
     files.insert(0, 'tune/best_config.py')
     verdicts += [*_boundary_verdicts(best, space), _spread_verdict(complete, config.tune.metric),

@@ -1,0 +1,24 @@
+"""The whole recipe on MNIST-1D, from the plain CNN: inspect, sanity, lr_find, overfit, compare,
+tune, squeeze (about 10 minutes on 2 cores). DIR/report.html is the one page to read."""
+import json
+
+from recipe_jax import presets
+
+
+def get_config():
+  c = presets.mnist1d('cnn1d', stage='recipe')
+  c.human_baseline = 0.96  # the MNIST-1D paper's
+  c.lr_find.seeds = 2
+  c.compare.seeds = 2
+  c.compare.variants = json.dumps({'shift': {'augment.shift': 5},
+                                   'dropout': {'model.dropout': 0.1}})
+  c.tune.trials = 8
+  c.tune.space = json.dumps({
+      'optimizer.learning_rate': {'type': 'float', 'low': 1e-3, 'high': 3e-2, 'log': True},
+      'augment.shift': {'type': 'int', 'low': 0, 'high': 8},
+      'model.width': {'type': 'int', 'low': 16, 'high': 64},
+  })
+  c.squeeze.members = 'seeds:3'
+  c.squeeze.swa_steps = 500
+  c.recipe.overrides = json.dumps({'overfit': {'num_train_steps': 3000}})
+  return c

@@ -1,0 +1,138 @@
+"""stage='recipe': the whole recipe in one workdir, stage after stage, gated and resumable.
+
+`recipe.stages` (default inspect, sanity, lr_find, overfit, compare, tune, squeeze; add
+data_scaling where wanted) run in order, each with DIR/<stage>/ as its workdir. Findings are
+handed on: lr_find's suggested learning rate to every later stage (unless
+`recipe.pin_learning_rate`), compare's best variant (when it beats the baseline beyond seed noise)
+to tune, tune's best trial to squeeze. `recipe.overrides` (JSON {"stage": {"key": value}}) sets
+keys for one stage only.
+
+A FAIL in inspect or sanity stops the recipe (exit 1) unless `recipe.continue_on_fail`; WARNs
+never stop it. A restart skips finished stages (their result.json), resumes an unfinished one
+from its checkpoints, and DIR/report.html is rewritten after every stage.
+"""
+import importlib
+import json
+import os
+import time
+
+from absl import logging
+
+from recipe_jax import console, html_report, report
+from recipe_jax.errors import ChecksFailed, UserError
+from recipe_jax.report import StageResult, Verdict
+from recipe_jax.stages import compare
+
+STAGES = ('inspect', 'sanity', 'lr_find', 'overfit', 'compare', 'data_scaling', 'tune', 'squeeze')
+GATED = ('inspect', 'sanity')
+
+
+def selected_stages(config) -> list:
+  names = [s.strip() for s in config.recipe.stages.split(',') if s.strip()]
+  unknown = [s for s in names if s not in STAGES]
+  if unknown or not names:
+    raise UserError(f"recipe.stages names {', '.join(unknown) or 'nothing'}; use some of "
+                    f"{', '.join(STAGES)} (in that order)")
+  return sorted(names, key=STAGES.index)
+
+
+def stage_overrides(config) -> dict:
+  try:
+    overrides = json.loads(config.recipe.overrides)
+  except json.JSONDecodeError as e:
+    raise UserError(f'recipe.overrides is not valid JSON ({e}); expected e.g. '
+                    '\'{"overfit": {"num_train_steps": 2000}}\'') from None
+  unknown = [s for s in overrides if s not in STAGES]
+  if unknown:
+    raise UserError(f"recipe.overrides names stage {', '.join(unknown)}; use {', '.join(STAGES)}")
+  return overrides
+
+
+def stage_config(config, stage: str, handed_on: dict, overrides: dict):
+  """The config a stage runs with: the recipe's, what earlier stages found, its own keys."""
+  found = compare.variant_config(config, {**handed_on, **overrides.get(stage, {})}, config.seed)
+  found.stage = stage
+  return found
+
+
+def run(config, workdir: str) -> StageResult:
+  stages, overrides = selected_stages(config), stage_overrides(config)
+  for stage in stages:  # every stage's config checked before the first one runs
+    stage_config(config, stage, {}, overrides)
+  handed_on, found, notes = {}, [], []
+  for stage in stages:
+    stage_dir = os.path.join(workdir, stage)
+    result = _run_or_reuse(stage_config(config, stage, handed_on, overrides), stage, stage_dir)
+    html_report.write(workdir)
+    if not result.finished:  # SIGTERM: checkpointed; the same command continues here
+      return _finish(workdir, found, notes, finished=False)
+    found.append(_stage_verdict(result))
+    handed, note = hand_on(stage, result, stage_dir, config)
+    handed_on.update(handed)
+    if note:
+      notes.append(note)
+      logging.info('recipe: %s', note)
+    failed = [v.check for v in result.verdicts if v.status == 'FAIL']
+    if stage in GATED and failed and not config.recipe.continue_on_fail:
+      _finish(workdir, found, notes)
+      raise ChecksFailed(f'recipe stopped after {stage}: {", ".join(failed)} FAILed; see '
+                         f'{os.path.join(stage_dir, stage, "report.md")} and fix it first (or '
+                         '--config.recipe.continue_on_fail=True to go on anyway)')
+  return _finish(workdir, found, notes)
+
+
+def _run_or_reuse(config, stage: str, stage_dir: str) -> StageResult:
+  path = os.path.join(stage_dir, stage, 'result.json')
+  if os.path.exists(path):
+    result = report.read_result(path)
+    if result.finished:
+      logging.info('recipe: %s already finished (%s), not rerun', stage, _counts(result))
+      return result
+  logging.info('recipe: %s starts', stage)
+  start = time.time()
+  module = importlib.import_module(f'recipe_jax.stages.{stage}')
+  result = module.run(config, stage_dir)
+  logging.info('recipe: %s %s in %s: %s', stage, 'done' if result.finished else 'stopped',
+               console.format_seconds(time.time() - start), _counts(result))
+  return result
+
+
+def hand_on(stage: str, result: StageResult, stage_dir: str, config) -> tuple:
+  """({config key: value} for the stages after this one, a sentence for the report)."""
+  if stage == 'lr_find' and not config.recipe.pin_learning_rate:
+    lr = result.metrics.get('suggestion')
+    if lr:
+      return ({'optimizer.learning_rate': lr},
+              f'lr_find suggests learning rate {lr:.3g}: the stages after it use it')
+  if stage == 'compare':
+    best = result.metrics.get('best_variant')
+    beats = [v for v in result.verdicts if v.check == f'variant_{best}' and v.status == 'PASS']
+    if beats:
+      chosen = beats[0].evidence['overrides']
+      return chosen, f'compare: variant {best} beats the baseline beyond seed noise: {chosen}'
+    return {}, (f'compare: no variant beats the baseline beyond seed noise (best: {best}); the '
+                'baseline goes on')
+  if stage == 'tune' and result.metrics.get('best_params'):
+    params = result.metrics['best_params']
+    return params, f"tune: best trial {result.metrics['best_trial']} goes on: {params}"
+  return {}, None
+
+
+def _stage_verdict(result: StageResult) -> Verdict:
+  counts = result.counts()
+  status = 'FAIL' if counts['FAIL'] else 'WARN' if counts['WARN'] else 'PASS'
+  failed = [v.check for v in result.verdicts if v.status != 'PASS']
+  return Verdict(f'stage_{result.stage}', status, _counts(result) + (
+      f" ({', '.join(failed)})" if failed else ''), {'counts': counts, 'metrics': result.metrics})
+
+
+def _counts(result: StageResult) -> str:
+  return ', '.join(f'{n} {s}' for s, n in result.counts().items())
+
+
+def _finish(workdir: str, found: list, notes: list, finished: bool = True) -> StageResult:
+  result = StageResult('recipe', found, {'stages_finished': len(found), 'handed_on': notes},
+                       ['report.html'], finished=finished)
+  report.finish(workdir, result, 'Recipe')
+  html_report.write(workdir)
+  return result

@@ -1,0 +1,154 @@
+"""stage='recipe': every stage in order, findings handed on, gates, resume; report.html in a
+real browser."""
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import browser
+from conftest import REPO, cli_flags, load_config, read_summary, run_main, start_main
+from recipe_jax import report
+from recipe_jax.errors import ChecksFailed
+from recipe_jax.stages import recipe
+
+
+def short_digits_recipe(data_dir):
+  """configs/digits/recipe.py cut to seconds per stage: every stage still runs."""
+  c = load_config('configs/digits/recipe.py')
+  c.dataset.data_dir = data_dir
+  c.num_train_steps, c.eval_every_steps, c.checkpoint_every_steps = 100, 50, 50
+  c.inspect.cv_steps, c.inspect.cv_folds = 40, 2
+  c.sanity.steps, c.sanity.overfit_steps, c.sanity.seed_steps = 60, 200, 5
+  c.sanity.dynamics_every = 20
+  c.lr_find.seeds, c.lr_find.steps = 1, 60
+  c.compare.seeds = 1
+  c.data_scaling.fractions = (0.25, 0.5, 1.0)
+  c.tune.trials = 2
+  c.squeeze.members, c.squeeze.swa_steps, c.squeeze.swa_every = 'seeds:2', 20, 5
+  c.squeeze.student = ''
+  c.overfit.target_accuracy = 0.5
+  return c
+
+
+@pytest.fixture(scope='module')
+def finished_recipe(tmp_path_factory, data_dir):
+  c = short_digits_recipe(data_dir)
+  workdir = str(tmp_path_factory.mktemp('recipe'))
+  return c, workdir, recipe.run(c, workdir)
+
+
+def test_a_short_digits_recipe_runs_every_stage_and_hands_its_findings_on(finished_recipe):
+  c, workdir, result = finished_recipe
+  assert [v.check for v in result.verdicts] == [f'stage_{s}' for s in recipe.STAGES]
+  for stage in recipe.STAGES:
+    assert report.read_result(os.path.join(workdir, stage, stage, 'result.json')).finished
+  suggestion = report.read_result(os.path.join(workdir, 'lr_find', 'lr_find', 'result.json')
+                                  ).metrics['suggestion']
+  overfit_config = json.load(open(os.path.join(workdir, 'overfit', 'config.json')))
+  assert overfit_config['optimizer']['learning_rate'] == pytest.approx(suggestion)
+  tuned = report.read_result(os.path.join(workdir, 'tune', 'tune', 'result.json'))
+  member = json.load(open(os.path.join(workdir, 'squeeze', 'squeeze', 'members', 'seed_0',
+                                       'config.json')))
+  for key, value in tuned.metrics['best_params'].items():
+    section, name = key.split('.')
+    assert member[section][name] == pytest.approx(value)
+  assert any('tune: best trial' in note for note in result.metrics['handed_on'])
+  assert os.path.getsize(os.path.join(workdir, 'report.html')) > 10000
+
+
+def test_a_restarted_recipe_reruns_no_finished_stage(finished_recipe, caplog):
+  c, workdir, _ = finished_recipe
+  with caplog.at_level('INFO'):
+    recipe.run(c, workdir)
+  assert caplog.text.count('already finished') == len(recipe.STAGES)
+  assert ' starts' not in caplog.text
+
+
+def test_the_report_opens_offline_in_chromium_with_every_image_and_stage(finished_recipe,
+                                                                         tmp_path):
+  if not browser.chromium():
+    pytest.fail('chromium is not installed: apt-get install chromium (.ci/run does)')
+  _, workdir, _ = finished_recipe
+  page = browser.open_page(
+      os.path.join(workdir, 'report.html'), str(tmp_path / 'report.png'),
+      'JSON.stringify({images: Array.from(document.images).map(i => i.naturalWidth),'
+      ' sections: Array.from(document.querySelectorAll("h2")).map(h => h.id)})')
+  found = json.loads(page['value'])
+  assert len(found['images']) >= 10 and min(found['images']) > 0
+  assert found['sections'] == list(recipe.STAGES)
+  assert page['requests'] == [] and page['console_errors'] == []
+  assert os.path.getsize(tmp_path / 'report.png') > 50000
+
+
+def test_the_browser_check_catches_a_broken_page(tmp_path):
+  """The harness itself: a missing image, a network fetch and a console error are all seen."""
+  if not browser.chromium():
+    pytest.fail('chromium is not installed: apt-get install chromium (.ci/run does)')
+  page_path = tmp_path / 'broken.html'
+  page_path.write_text('<html><body><img src="missing.png"><img src="http://example.com/a.png">'
+                       '<script>console.error("boom")</script></body></html>')
+  page = browser.open_page(str(page_path), str(tmp_path / 'shot.png'),
+                           'Array.from(document.images).map(i => i.naturalWidth)')
+  assert page['value'] == [0, 0]
+  assert page['requests'] == ['http://example.com/a.png']
+  assert len(page['console_errors']) >= 2
+
+
+def planted_leak_npz(path):
+  rng = np.random.default_rng(0)
+  x_train = rng.normal(size=(200, 8, 8, 1)).astype(np.float32)
+  x_test = rng.normal(size=(40, 8, 8, 1)).astype(np.float32)
+  x_test[:5] = x_train[100:105]
+  np.savez(path, x_train=x_train, y_train=np.repeat(np.arange(4), 50), x_test=x_test,
+           y_test=np.repeat(np.arange(4), 10))
+
+
+def test_the_recipe_stops_at_a_planted_data_leak_with_the_report_written(data_dir, tmp_path):
+  c = short_digits_recipe(data_dir)
+  planted_leak_npz(tmp_path / 'leak.npz')
+  c.dataset.name = f'npz:{tmp_path / "leak.npz"}'
+  with pytest.raises(ChecksFailed, match='recipe stopped after inspect: .*near_duplicates'):
+    recipe.run(c, str(tmp_path / 'run'))
+  assert os.path.exists(tmp_path / 'run' / 'report.html')
+  assert not os.path.exists(tmp_path / 'run' / 'sanity')
+
+
+def test_the_recipe_stops_at_a_batch_mixing_model(data_dir, tmp_path):
+  c = short_digits_recipe(data_dir)
+  c.model.name = 'planted_bugs:MixesBatch'
+  c.recipe.stages = 'sanity,lr_find'
+  result = run_main(tmp_path / 'run', *cli_flags(c, 'configs/digits/recipe.py'),
+                    env={'PYTHONPATH': os.path.join(REPO, 'tests')})
+  assert result.returncode == 1, result.stderr[-2000:]
+  last_line = result.stderr.splitlines()[-1]
+  assert 'recipe stopped after sanity: ' in last_line and 'batch_dependency' in last_line
+  assert os.path.exists(tmp_path / 'run' / 'report.html')
+  assert not os.path.exists(tmp_path / 'run' / 'lr_find')
+
+
+def test_a_recipe_killed_mid_stage_finishes_like_one_that_never_stopped(data_dir, tmp_path):
+  c = short_digits_recipe(data_dir)
+  c.recipe.stages = 'lr_find,overfit'
+  c.num_train_steps, c.checkpoint_every_steps = 2000, 100
+  flags = cli_flags(c, 'configs/digits/recipe.py')
+  straight = run_main(tmp_path / 'straight', *flags)
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  proc = start_main(tmp_path / 'killed', *flags)
+  checkpoints = tmp_path / 'killed' / 'overfit' / 'checkpoints'
+  deadline = time.time() + 240
+  while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    assert time.time() < deadline and proc.poll() is None, 'no overfit checkpoint appeared'
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  lr_find_result = tmp_path / 'killed' / 'lr_find' / 'lr_find' / 'result.json'
+  before = os.path.getmtime(lr_find_result)
+  resumed = run_main(tmp_path / 'killed', *flags)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert os.path.getmtime(lr_find_result) == before  # the finished stage was not rerun
+  summary = read_summary(tmp_path / 'killed' / 'overfit')
+  assert summary['resumed_from_step'] and summary['resumed_from_step'] > 0
+  assert summary['params_sha256'] == read_summary(tmp_path / 'straight' / 'overfit')['params_sha256']
