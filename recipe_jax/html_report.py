@@ -96,6 +96,12 @@ def _badge(status: str, text: str | None = None) -> str:
           f'{html.escape(text or status)}</span>')
 
 
+def _count(status: str, count: int) -> str:
+  if not count:
+    return '<span class="badge" style="background:#8c959f">0</span>'
+  return _badge(status, str(count))
+
+
 def _headline(config: dict, results: list) -> str:
   """The run in one paragraph: data, model, seed; the final test accuracy against the dumb
   baselines and the human one."""
@@ -130,8 +136,7 @@ def _stage_table(results: list) -> str:
     numbers = ', '.join(f'{k} {_fmt(v)}' for k, v in r['metrics'].items()
                         if not isinstance(v, (dict, list)))
     rows.append(f'<tr><td><a href="#{r["stage"]}">{r["stage"]}</a></td><td>{state}</td>'
-                + ''.join(f'<td>{_badge(s, f"{counts.get(s, 0)} {s}")}</td>'
-                          for s in STATUS_COLOURS)
+                + ''.join(f'<td>{_count(s, counts.get(s, 0))}</td>' for s in STATUS_COLOURS)
                 + f'<td>{html.escape(numbers)}</td></tr>')
   return ('<table><tr><th>stage</th><th>state</th><th>PASS</th><th>WARN</th><th>FAIL</th>'
           f'<th>headline</th></tr>{"".join(rows)}</table>')

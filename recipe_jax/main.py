@@ -4,6 +4,7 @@ Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed, 2 b
 (including a user model or loss that fails), 3 training diverged.
 """
 import importlib
+import json
 import os
 import shlex
 import sys
@@ -78,6 +79,9 @@ def main(argv):
     if config.distributed:
       jax.distributed.initialize()
     enable_compilation_cache(config.compilation_cache_dir)
+    if jax.process_index() == 0:  # what this workdir ran (report.html's headline reads it)
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
     devices = jax.devices()
     logging.info('%s: %s on %s, %d x %s -> %s', config.stage, config.model.name,
                  config.dataset.name, len(devices), devices[0].platform, workdir)

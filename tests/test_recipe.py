@@ -55,7 +55,7 @@ def test_a_short_digits_recipe_runs_every_stage_and_hands_its_findings_on(finish
   for key, value in tuned.metrics['best_params'].items():
     section, name = key.split('.')
     assert member[section][name] == pytest.approx(value)
-  assert any('tune: best trial' in note for note in result.metrics['handed_on'])
+  assert 'tune: best trial' in result.verdicts[recipe.STAGES.index('tune')].summary
   assert os.path.getsize(os.path.join(workdir, 'report.html')) > 10000
 
 

@@ -59,7 +59,8 @@ def squeezed(separable_npz, tmp_path_factory):
 
 def test_squeeze_writes_every_row_and_verdict(squeezed):
   _, workdir, result = squeezed
-  assert [v.check for v in result.verdicts] == ['ensemble', 'weight_averaging', 'tta',
+  assert [v.check for v in result.verdicts] == ['ensemble', 'class_recall', 'calibration',
+                                                'confusions', 'weight_averaging', 'tta',
                                                 'distillation']
   table = open(os.path.join(workdir, 'squeeze', 'results.md')).read()
   for name in ('seed_0', 'seed_2', 'mean member', 'best member', 'ensemble of 3', 'SWA', 'EMA',
@@ -67,7 +68,7 @@ def test_squeeze_writes_every_row_and_verdict(squeezed):
     assert name in table
   for f in result.files:
     assert os.path.getsize(os.path.join(workdir, f)) > 0
-  distilled = result.verdicts[3].evidence['distilled']
+  distilled = result.verdicts[-1].evidence['distilled']
   assert distilled['params'] < result.verdicts[0].evidence['ensemble']['params']
 
 

@@ -59,26 +59,25 @@ def run(config, workdir: str) -> StageResult:
   stages, overrides = selected_stages(config), stage_overrides(config)
   for stage in stages:  # every stage's config checked before the first one runs
     stage_config(config, stage, {}, overrides)
-  handed_on, found, notes = {}, [], []
+  handed_on, found = {}, []
   for stage in stages:
     stage_dir = os.path.join(workdir, stage)
     result = _run_or_reuse(stage_config(config, stage, handed_on, overrides), stage, stage_dir)
     html_report.write(workdir)
     if not result.finished:  # SIGTERM: checkpointed; the same command continues here
-      return _finish(workdir, found, notes, finished=False)
-    found.append(_stage_verdict(result))
-    handed, note = hand_on(stage, result, stage_dir, config)
+      return _finish(workdir, found, finished=False)
+    handed, note = hand_on(stage, result, config)
     handed_on.update(handed)
+    found.append(_stage_verdict(result, note))
     if note:
-      notes.append(note)
       logging.info('recipe: %s', note)
     failed = [v.check for v in result.verdicts if v.status == 'FAIL']
     if stage in GATED and failed and not config.recipe.continue_on_fail:
-      _finish(workdir, found, notes)
+      _finish(workdir, found)
       raise ChecksFailed(f'recipe stopped after {stage}: {", ".join(failed)} FAILed; see '
                          f'{os.path.join(stage_dir, stage, "report.md")} and fix it first (or '
                          '--config.recipe.continue_on_fail=True to go on anyway)')
-  return _finish(workdir, found, notes)
+  return _finish(workdir, found)
 
 
 def _run_or_reuse(config, stage: str, stage_dir: str) -> StageResult:
@@ -97,7 +96,7 @@ def _run_or_reuse(config, stage: str, stage_dir: str) -> StageResult:
   return result
 
 
-def hand_on(stage: str, result: StageResult, stage_dir: str, config) -> tuple:
+def hand_on(stage: str, result: StageResult, config) -> tuple:
   """({config key: value} for the stages after this one, a sentence for the report)."""
   if stage == 'lr_find' and not config.recipe.pin_learning_rate:
     lr = result.metrics.get('suggestion')
@@ -118,21 +117,24 @@ def hand_on(stage: str, result: StageResult, stage_dir: str, config) -> tuple:
   return {}, None
 
 
-def _stage_verdict(result: StageResult) -> Verdict:
+def _stage_verdict(result: StageResult, handed_on: str | None) -> Verdict:
+  """The stage's worst status, its counts, the checks that did not PASS, what it handed on."""
   counts = result.counts()
   status = 'FAIL' if counts['FAIL'] else 'WARN' if counts['WARN'] else 'PASS'
   failed = [v.check for v in result.verdicts if v.status != 'PASS']
-  return Verdict(f'stage_{result.stage}', status, _counts(result) + (
-      f" ({', '.join(failed)})" if failed else ''), {'counts': counts, 'metrics': result.metrics})
+  summary = _counts(result) + (f" ({', '.join(failed)})" if failed else '')
+  return Verdict(f'stage_{result.stage}', status, summary + (f'; {handed_on}' if handed_on
+                                                             else ''),
+                 {'counts': counts, 'metrics': result.metrics, 'handed_on': handed_on})
 
 
 def _counts(result: StageResult) -> str:
   return ', '.join(f'{n} {s}' for s, n in result.counts().items())
 
 
-def _finish(workdir: str, found: list, notes: list, finished: bool = True) -> StageResult:
-  result = StageResult('recipe', found, {'stages_finished': len(found), 'handed_on': notes},
-                       ['report.html'], finished=finished)
+def _finish(workdir: str, found: list, finished: bool = True) -> StageResult:
+  result = StageResult('recipe', found, {'stages_finished': len(found)}, ['report.html'],
+                       finished=finished)
   report.finish(workdir, result, 'Recipe')
   html_report.write(workdir)
   return result

@@ -14,7 +14,8 @@ comma-separated run directories. Then, on validation (selection) and test (repor
   augmentation), when it trains with augmentation;
 - distillation (`squeeze.student`, JSON overrides such as '{"model.width": 8}'): the student
   trained on the ensemble's probabilities softened at `squeeze.temperature`, against the same
-  student trained on labels alone, with parameter counts and inference time per example.
+  student trained on labels alone, with parameter counts and inference time per example;
+- the error analysis of the ensemble on validation (squeeze/analysis/, `recipe_jax.analysis`).
 """
 import csv
 import glob
@@ -26,13 +27,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from recipe_jax import ensembles, experiment, plots, report, runs, trainer, weight_averaging
+from recipe_jax import (analysis, ensembles, experiment, plots, report, runs, trainer,
+                        weight_averaging)
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import compare, train
 
 FILES = ['squeeze/results.md', 'squeeze/results.csv', 'squeeze/ensemble_gain.png',
-         'squeeze/report.md']
+         'squeeze/analysis/confusion_matrix.png', 'squeeze/report.md']
 COLUMNS = ('val_accuracy', 'val_loss', 'val_ece', 'test_accuracy', 'test_loss', 'test_ece',
            'params', 'us_per_example')
 
@@ -143,6 +145,12 @@ def run(config, workdir: str) -> StageResult:
   table = rows + [mean_row, best_row, ensemble_row]
   found = [_ensemble_verdict(ensemble_row, mean_row, best_row)]
   images = {'ensemble': [_gain_plot(out, loaded, dataset)]}
+  # Where is the final model (the ensemble) still confused? On validation, as for a train run.
+  confused, pictures = analysis.write(
+      os.path.join(out, 'analysis'), ensembles.average([m['val'] for m in loaded]),
+      dataset.y_val, dataset.x_val, config.analysis, dataset, 'val')
+  found += [v for v in confused if v.check != 'still_improving']
+  images.update(pictures)
   squeeze = config.squeeze
   if squeeze.swa_steps > 0:
     averaged = _weight_averaging_rows(best, squeeze, dataset, bins)
