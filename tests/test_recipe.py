@@ -2,6 +2,7 @@
 real browser."""
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -65,6 +66,21 @@ def test_a_restarted_recipe_reruns_no_finished_stage(finished_recipe, caplog):
     recipe.run(c, workdir)
   assert caplog.text.count('already finished') == len(recipe.STAGES)
   assert ' starts' not in caplog.text
+
+
+def test_one_stage_alone_gets_what_the_earlier_stages_found(finished_recipe, tmp_path):
+  c, workdir, _ = finished_recipe
+  shutil.copytree(workdir, tmp_path / 'copy', ignore=lambda d, names: (
+      ['squeeze'] if os.path.samefile(d, workdir) else []))
+  c = c.copy_and_resolve_references()
+  c.recipe.stages = 'squeeze'
+  recipe.run(c, str(tmp_path / 'copy'))
+  tuned = report.read_result(os.path.join(workdir, 'tune', 'tune', 'result.json'))
+  member = json.load(open(tmp_path / 'copy' / 'squeeze' / 'squeeze' / 'members' / 'seed_0' /
+                          'config.json'))
+  for key, value in tuned.metrics['best_params'].items():
+    section, name = key.split('.')
+    assert member[section][name] == pytest.approx(value)
 
 
 def test_the_report_opens_offline_in_chromium_with_every_image_and_stage(finished_recipe,
@@ -152,3 +168,21 @@ def test_a_recipe_killed_mid_stage_finishes_like_one_that_never_stopped(data_dir
   summary = read_summary(tmp_path / 'killed' / 'overfit')
   assert summary['resumed_from_step'] and summary['resumed_from_step'] > 0
   assert summary['params_sha256'] == read_summary(tmp_path / 'straight' / 'overfit')['params_sha256']
+
+
+def test_compares_winner_goes_on_only_beyond_seed_noise():
+  from recipe_jax import defaults
+  from recipe_jax.report import StageResult, Verdict
+  c = defaults.get_config()
+  c.compare.variants = json.dumps({'shift': {'augment.shift': 5}, 'dropout': {'model.dropout': 0.1}})
+  beyond = StageResult('compare', [Verdict('variant_shift', 'PASS', ''),
+                                   Verdict('variant_dropout', 'WARN', '')],
+                       {'best_variant': 'shift'}, [])
+  handed, note = recipe.hand_on('compare', beyond, c)
+  assert handed == {'augment.shift': 5} and 'beats the baseline' in note
+  inside = StageResult('compare', [Verdict('variant_shift', 'WARN', '')],
+                       {'best_variant': 'shift'}, [])
+  assert recipe.hand_on('compare', inside, c)[0] == {}
+  c.recipe.pin_learning_rate = True
+  lr = StageResult('lr_find', [], {'suggestion': 0.01}, [])
+  assert recipe.hand_on('lr_find', lr, c)[0] == {}

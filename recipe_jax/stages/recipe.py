@@ -9,7 +9,8 @@ keys for one stage only.
 
 A FAIL in inspect or sanity stops the recipe (exit 1) unless `recipe.continue_on_fail`; WARNs
 never stop it. A restart skips finished stages (their result.json), resumes an unfinished one
-from its checkpoints, and DIR/report.html is rewritten after every stage.
+from its checkpoints, and DIR/report.html is rewritten after every stage. A stage run alone
+(`recipe.stages=squeeze`) still gets what the earlier stages in DIR found.
 """
 import importlib
 import json
@@ -60,8 +61,13 @@ def run(config, workdir: str) -> StageResult:
   for stage in stages:  # every stage's config checked before the first one runs
     stage_config(config, stage, {}, overrides)
   handed_on, found = {}, []
-  for stage in stages:
+  for stage in STAGES[:STAGES.index(stages[-1]) + 1]:
     stage_dir = os.path.join(workdir, stage)
+    if stage not in stages:  # not selected: what it found earlier in this workdir still goes on
+      earlier = _finished_result(stage, stage_dir)
+      if earlier:
+        handed_on.update(hand_on(stage, earlier, config)[0])
+      continue
     result = _run_or_reuse(stage_config(config, stage, handed_on, overrides), stage, stage_dir)
     html_report.write(workdir)
     if not result.finished:  # SIGTERM: checkpointed; the same command continues here
@@ -80,13 +86,20 @@ def run(config, workdir: str) -> StageResult:
   return _finish(workdir, found)
 
 
-def _run_or_reuse(config, stage: str, stage_dir: str) -> StageResult:
+def _finished_result(stage: str, stage_dir: str) -> StageResult | None:
   path = os.path.join(stage_dir, stage, 'result.json')
   if os.path.exists(path):
     result = report.read_result(path)
     if result.finished:
-      logging.info('recipe: %s already finished (%s), not rerun', stage, _counts(result))
       return result
+  return None
+
+
+def _run_or_reuse(config, stage: str, stage_dir: str) -> StageResult:
+  result = _finished_result(stage, stage_dir)
+  if result:
+    logging.info('recipe: %s already finished (%s), not rerun', stage, _counts(result))
+    return result
   logging.info('recipe: %s starts', stage)
   start = time.time()
   module = importlib.import_module(f'recipe_jax.stages.{stage}')
@@ -107,7 +120,7 @@ def hand_on(stage: str, result: StageResult, config) -> tuple:
     best = result.metrics.get('best_variant')
     beats = [v for v in result.verdicts if v.check == f'variant_{best}' and v.status == 'PASS']
     if beats:
-      chosen = beats[0].evidence['overrides']
+      chosen = compare.parse_variants(config.compare.variants)[best]
       return chosen, f'compare: variant {best} beats the baseline beyond seed noise: {chosen}'
     return {}, (f'compare: no variant beats the baseline beyond seed noise (best: {best}); the '
                 'baseline goes on')
