@@ -94,6 +94,28 @@ class ProgressLine:
                  100 * step / self.total, metrics_text, rate, format_seconds(left))
 
 
+class StageProgress:
+  """For stages made of many runs (compare, tune, data_scaling, squeeze): after each run,
+  'compare: [######--------------] 3/10 runs, ETA 1:20' on a terminal, and the same without the
+  bar when the console is not one (a log file, CI). The ETA counts only runs trained in this
+  process, so runs reused from an earlier start do not make it optimistic."""
+
+  def __init__(self, stage: str, total: int, unit: str = 'runs'):
+    self.stage, self.total, self.unit = stage, total, unit
+    self.start, self.trained = time.time(), 0
+
+  def done(self, finished: int, trained_now: bool = True) -> None:
+    self.trained += trained_now
+    rate = self.trained / max(time.time() - self.start, 1e-9)
+    left = (self.total - finished) / rate if self.trained else float('nan')
+    bar = ''
+    if sys.stderr.isatty():
+      filled = int(round(20 * finished / max(self.total, 1)))
+      bar = '[' + '#' * filled + '-' * (20 - filled) + '] '
+    logging.info('%s: %s%d/%d %s, ETA %s', self.stage, bar, finished, self.total, self.unit,
+                 format_seconds(left))
+
+
 def format_seconds(seconds: float) -> str:
   if not np.isfinite(seconds):
     return '?'

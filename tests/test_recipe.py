@@ -145,7 +145,9 @@ def test_the_recipe_stops_at_a_batch_mixing_model(data_dir, tmp_path):
   assert not os.path.exists(tmp_path / 'run' / 'lr_find')
 
 
-def test_a_recipe_killed_mid_stage_finishes_like_one_that_never_stopped(data_dir, tmp_path):
+@pytest.mark.parametrize('stop', [signal.SIGKILL, signal.SIGTERM])
+def test_a_recipe_stopped_mid_stage_finishes_like_one_that_never_stopped(data_dir, tmp_path,
+                                                                         stop):
   c = short_digits_recipe(data_dir)
   c.recipe.stages = 'lr_find,overfit'
   c.num_train_steps, c.checkpoint_every_steps = 2000, 100
@@ -158,8 +160,11 @@ def test_a_recipe_killed_mid_stage_finishes_like_one_that_never_stopped(data_dir
   while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
     assert time.time() < deadline and proc.poll() is None, 'no overfit checkpoint appeared'
     time.sleep(0.2)
-  proc.send_signal(signal.SIGKILL)
+  proc.send_signal(stop)
   proc.wait()
+  if stop == signal.SIGTERM:  # preemption: checkpointed, exit 0, the report says where it is
+    assert proc.returncode == 0
+    assert 'stopped, resumable' in (tmp_path / 'killed' / 'report.html').read_text()
   lr_find_result = tmp_path / 'killed' / 'lr_find' / 'lr_find' / 'result.json'
   before = os.path.getmtime(lr_find_result)
   resumed = run_main(tmp_path / 'killed', *flags)

@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import plots, report, studies
+from recipe_jax import console, plots, report, studies
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import train
@@ -60,12 +60,14 @@ def run(config, workdir: str) -> StageResult:
   if config.compare.storage and not run_through_study(config, out, variants, seeds):
     return StageResult('compare', [], {}, files, finished=False)  # others still train
   summaries = {}
+  progress = console.StageProgress('compare', len(variants) * len(seeds))
   for name, overrides in variants.items():
     summaries[name] = []
     for seed in seeds:
       run_dir = os.path.join(out, name, f'seed_{seed}')
       summary = _finished_summary(run_dir)
-      if summary is None:
+      trained = summary is None
+      if trained:
         logging.info('compare: training %s, seed %d', name, seed)
         summary = train.run_training(variant_config(config, overrides, seed), run_dir)
         if not summary['finished']:  # preempted: a restart resumes here
@@ -73,6 +75,7 @@ def run(config, workdir: str) -> StageResult:
       else:
         logging.info('compare: %s seed %d already finished, not redone', name, seed)
       summaries[name].append(summary)
+      progress.done(sum(map(len, summaries.values())), trained)
   rows = table(summaries, variants, config.compare.metric)
   _write(out, rows, config.compare.metric)
   _curves(os.path.join(out, 'curves.png'), summaries, config.compare.metric)

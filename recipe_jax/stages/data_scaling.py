@@ -12,7 +12,7 @@ import os
 import numpy as np
 from absl import logging
 
-from recipe_jax import data, learning_curve, plots, report, runs
+from recipe_jax import console, data, learning_curve, plots, report, runs
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult
 from recipe_jax.stages import compare, train
@@ -34,15 +34,18 @@ def run(config, workdir: str) -> StageResult:
   seeds = range(config.seed, config.seed + config.data_scaling.seeds)
   num_train = len(data.load(config.dataset).y_train)
   points = []
+  progress = console.StageProgress('data_scaling', len(fractions(config)) * len(seeds))
   for fraction in fractions(config):
     for seed in seeds:
       run_dir = os.path.join(out, f'fraction_{fraction:g}', f'seed_{seed}')
       summary = runs.summary(run_dir)
-      if not (summary and summary.get('finished')):
+      trained = not (summary and summary.get('finished'))
+      if trained:
         logging.info('data_scaling: training on %g of the training split, seed %d', fraction, seed)
         summary = train.run_training(_subset_config(config, fraction, seed), run_dir)
         if not summary['finished']:
           return StageResult('data_scaling', [], {}, FILES, finished=False)
+      progress.done(len(points) + 1, trained)
       points.append({'fraction': fraction, 'seed': seed,
                      'examples': len(data.nested_subset(num_train, fraction, seed)),
                      'eval_accuracy': summary['eval_accuracy'],

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from recipe_jax import (analysis, ensembles, experiment, plots, report, runs, trainer,
+from recipe_jax import (analysis, console, ensembles, experiment, plots, report, runs, trainer,
                         weight_averaging)
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
@@ -83,7 +83,8 @@ def _with_data_dir(member_config, config):
 
 def train_members(config, members: list) -> bool:
   """Trains the members that are not finished; False when preempted (a restart resumes)."""
-  for name, run_dir, member_config in members:
+  progress = console.StageProgress('squeeze', len(members), 'members')
+  for number, (name, run_dir, member_config) in enumerate(members, 1):
     done = runs.summary(run_dir)
     if done and done.get('finished'):
       logging.info('squeeze: member %s already finished, reused', name)
@@ -94,6 +95,7 @@ def train_members(config, members: list) -> bool:
     logging.info('squeeze: training member %s', name)
     if not train.run_training(member_config, run_dir)['finished']:
       return False
+    progress.done(number)
   return True
 
 

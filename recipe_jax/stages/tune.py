@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import plots, report, studies
+from recipe_jax import console, plots, report, studies
 from recipe_jax.errors import DivergenceError, UserError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import compare, train
@@ -136,8 +136,12 @@ def run(config, workdir: str) -> StageResult:
 
 
 def _stop_when_done(target: int):
+  progress = console.StageProgress('tune', target, 'trials finished (all workers)')
+
   def callback(study, trial):
-    if len(finished_trials(study)) >= target:
+    finished = len(finished_trials(study))
+    progress.done(min(finished, target))
+    if finished >= target:
       study.stop()
   return callback
 
