@@ -150,7 +150,7 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   them with numpy's stable sort costs ~0.1 ms, where a sort on XLA's CPU backend in the middle
   of training cost ~2.7 ms per epoch. Ties (equal 32-bit draws) are rare and break by index.
   """
-  with jax.default_device(jax.devices('cpu')[0]):
+  with jax.default_device(jax.local_devices(backend='cpu')[0]):
     bits = _epoch_bits(seed, epoch, num_examples)
   return np.argsort(np.asarray(bits), kind='stable').astype(np.int32)
 

@@ -11,7 +11,11 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = 'train'
   c.seed = 0
-  c.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
+  c.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU) ...
+  # ... with these, where the cluster is not detected (e.g. N processes on one machine):
+  c.coordinator_address = config_dict.placeholder(str)  # host:port of process 0
+  c.num_processes = config_dict.placeholder(int)
+  c.process_id = config_dict.placeholder(int)
   # JAX's persistent compilation cache: a rerun or resumed trial with the same shapes skips
   # XLA compilation. None: ~/.cache/recipe_jax/jax_cache; '' turns it off.
   c.compilation_cache_dir = config_dict.placeholder(str)

@@ -62,8 +62,7 @@ STAGE_ORDER = ('inspect', 'sanity', 'lr_find', 'overfit', 'train', 'compare', 'd
 
 def render(workdir: str) -> str:
   results = find_results(workdir)
-  config = _read_json(os.path.join(workdir, 'config.json')) or (
-      _read_json(os.path.join(results[0][0], 'config.json')) if results else {}) or {}
+  config = _run_config(workdir, results)
   parts = [f'<h1>recipe_jax report</h1><p>{html.escape(os.path.abspath(workdir))}</p>',
            _headline(config, results), _stage_table(results), _commands(workdir, results)]
   for stage_dir, result in results:
@@ -82,6 +81,19 @@ def write(workdir: str) -> str:
     f.write(render(workdir))
   os.replace(path + '.tmp', path)
   return path
+
+
+def _run_config(workdir: str, results: list) -> dict:
+  """The config of what ran in workdir: the recipe's (DIR/recipe/config.json), a train run's
+  (DIR/config.json), else the first stage's (main writes DIR/<stage>/config.json)."""
+  candidates = [os.path.join(workdir, 'recipe', 'config.json'),
+                os.path.join(workdir, 'config.json')]
+  candidates += [os.path.join(stage_dir, r['stage'], 'config.json') for stage_dir, r in results]
+  for path in candidates:
+    found = _read_json(path)
+    if found:
+      return found
+  return {}
 
 
 def _read_json(path: str):

@@ -71,17 +71,21 @@ def run_stage(config, workdir: str):
 def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   console.setup(workdir, verbose=flags.FLAGS.verbosity >= 1)
-  with open(os.path.join(workdir, 'command.txt'), 'w') as f:  # the report's "reproduce" line
-    f.write(' '.join(['python -m recipe_jax.main', *map(shlex.quote, sys.argv[1:])]) + '\n')
   try:
     config_check.check(config)
     import jax  # after the console's set-up, so the backends' INFO lines go to log.txt
     if config.distributed:
-      jax.distributed.initialize()
+      # CPU processes reach each other through gloo (TPU and GPU have their own collectives).
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+      jax.distributed.initialize(config.coordinator_address, config.num_processes,
+                                 config.process_id)
     enable_compilation_cache(config.compilation_cache_dir)
-    if jax.process_index() == 0:  # what this workdir ran (report.html's headline reads it)
-      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    if jax.process_index() == 0:  # what this workdir ran: report.html's headline and commands
+      os.makedirs(os.path.join(workdir, config.stage), exist_ok=True)
+      with open(os.path.join(workdir, config.stage, 'config.json'), 'w') as f:
         json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+      with open(os.path.join(workdir, 'command.txt'), 'w') as f:
+        f.write(' '.join(['python -m recipe_jax.main', *map(shlex.quote, sys.argv[1:])]) + '\n')
     devices = jax.devices()
     logging.info('%s: %s on %s, %d x %s -> %s', config.stage, config.model.name,
                  config.dataset.name, len(devices), devices[0].platform, workdir)

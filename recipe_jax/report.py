@@ -107,7 +107,8 @@ def closing_lines(result: StageResult, workdir: str) -> list:
   numbers = '  '.join(f'{k} {_short(v)}' for k, v in result.metrics.items())
   lines = [f'{result.stage} {state}: ' + ', '.join(f'{n} {s}' for s, n in counts.items()),
            *([numbers] if numbers else [])]
-  lines.append('look at: ' + ', '.join(os.path.join(workdir, f) for f in result.files))
+  if result.files:
+    lines.append('look at: ' + ', '.join(os.path.join(workdir, f) for f in result.files))
   return lines
 
 

@@ -125,3 +125,15 @@ def test_evaluate_stage_analyses_a_run_without_retraining(trained_run, tmp_path)
   c.evaluate.run_dir = str(tmp_path / 'nothing_here')
   with pytest.raises(UserError, match='not a run directory'):
     evaluate.run(c, str(tmp_path / 'x'))
+
+
+def test_evaluate_into_the_run_directory_itself_keeps_the_runs_config(trained_run):
+  from conftest import run_main
+  config, workdir, _ = trained_run
+  before = open(os.path.join(workdir, 'config.json')).read()
+  result = run_main(workdir, '--config=recipe_jax/defaults.py', '--config.stage=evaluate',
+                    f'--config.evaluate.run_dir={workdir}',
+                    f'--config.dataset.data_dir={config.dataset.data_dir}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert open(os.path.join(workdir, 'config.json')).read() == before
+  assert report.read_result(os.path.join(workdir, 'evaluate', 'result.json')).metrics['step'] == 600

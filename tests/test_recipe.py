@@ -145,15 +145,23 @@ def test_the_recipe_stops_at_a_batch_mixing_model(data_dir, tmp_path):
   assert not os.path.exists(tmp_path / 'run' / 'lr_find')
 
 
-@pytest.mark.parametrize('stop', [signal.SIGKILL, signal.SIGTERM])
-def test_a_recipe_stopped_mid_stage_finishes_like_one_that_never_stopped(data_dir, tmp_path,
-                                                                         stop):
+@pytest.fixture(scope='module')
+def never_stopped(data_dir, tmp_path_factory):
+  """(flags, workdir) of an lr_find + overfit recipe that ran without a stop."""
   c = short_digits_recipe(data_dir)
   c.recipe.stages = 'lr_find,overfit'
   c.num_train_steps, c.checkpoint_every_steps = 2000, 100
   flags = cli_flags(c, 'configs/digits/recipe.py')
-  straight = run_main(tmp_path / 'straight', *flags)
+  workdir = tmp_path_factory.mktemp('never_stopped')
+  straight = run_main(workdir, *flags)
   assert straight.returncode == 0, straight.stderr[-2000:]
+  return flags, workdir
+
+
+@pytest.mark.parametrize('stop', [signal.SIGKILL, signal.SIGTERM], ids=['SIGKILL', 'SIGTERM'])
+def test_a_recipe_stopped_mid_stage_finishes_like_one_that_never_stopped(never_stopped, tmp_path,
+                                                                         stop):
+  flags, straight_dir = never_stopped
   proc = start_main(tmp_path / 'killed', *flags)
   checkpoints = tmp_path / 'killed' / 'overfit' / 'checkpoints'
   deadline = time.time() + 240
@@ -172,7 +180,7 @@ def test_a_recipe_stopped_mid_stage_finishes_like_one_that_never_stopped(data_di
   assert os.path.getmtime(lr_find_result) == before  # the finished stage was not rerun
   summary = read_summary(tmp_path / 'killed' / 'overfit')
   assert summary['resumed_from_step'] and summary['resumed_from_step'] > 0
-  assert summary['params_sha256'] == read_summary(tmp_path / 'straight' / 'overfit')['params_sha256']
+  assert summary['params_sha256'] == read_summary(straight_dir / 'overfit')['params_sha256']
 
 
 def test_compares_winner_goes_on_only_beyond_seed_noise():

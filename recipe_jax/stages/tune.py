@@ -13,11 +13,12 @@ import json
 import os
 import re
 
+import jax
 import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import console, plots, report, studies
+from recipe_jax import console, multihost, plots, report, studies
 from recipe_jax.errors import DivergenceError, UserError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import compare, train
@@ -122,6 +123,8 @@ def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'tune')
   os.makedirs(out, exist_ok=True)
   space = parse_space(config.tune.space, config)
+  if not multihost.is_leader():  # a multi-host slice: only process 0 talks to the storage
+    return _follow(config)
   study = open_study(config, out)
   objective = make_objective(config, space, out, study)
   try:
@@ -132,7 +135,34 @@ def run(config, workdir: str) -> StageResult:
     [stopped] = [t for t in study.get_trials(deepcopy=False) if t.number == e.args[0]]
     studies.queue_again(study, stopped)
     return StageResult('tune', [], {}, [], finished=False)
+  finally:
+    _tell_followers({'stop': True})
   return finish(config, workdir, study, space)
+
+
+def _tell_followers(message) -> None:
+  """Process 0's decision (a trial to train, a pruning verdict, stop) to processes 1..N-1."""
+  if jax.process_count() > 1:
+    multihost.broadcast_json(message)
+
+
+def _follow(config) -> StageResult:
+  """Processes 1..N-1 of a multi-host slice: train each trial process 0 announces, prune when
+  it says so, until it says stop. Process 0 records the trials and writes the results."""
+  while True:
+    message = multihost.broadcast_json()
+    if message.get('stop'):
+      return StageResult('tune', [], {}, [])
+
+    def report_eval(step, metrics):
+      if multihost.broadcast_json():
+        raise optuna.TrialPruned(f'pruned at step {step}')
+
+    try:
+      train.run_training(compare.variant_config(config, message['overrides'], config.seed),
+                         message['run_dir'], report_eval)
+    except (optuna.TrialPruned, DivergenceError):
+      pass  # process 0 records it
 
 
 def _stop_when_done(target: int):
@@ -160,10 +190,13 @@ def make_objective(config, space: dict, out: str, study):
     run_dir = trial.user_attrs.get('run_dir') or os.path.join(out, f'trial_{trial.number}')
     trial.set_user_attr('run_dir', run_dir)
     logging.info('tune: trial %d %s in %s', trial.number, overrides, run_dir)
+    _tell_followers({'overrides': overrides, 'run_dir': run_dir})
 
     def report_eval(step, metrics):
       trial.report(metrics[config.tune.metric], step)
-      if trial.should_prune():
+      prune = trial.should_prune()
+      _tell_followers(prune)
+      if prune:
         raise optuna.TrialPruned(f'pruned at step {step}')
 
     try:
