@@ -86,3 +86,26 @@ def test_two_workers_split_one_comparison_through_a_study(compare_config, tmp_pa
   assert all(any('compare: training' in line for line in out.splitlines()) for out in outputs)
   with open(tmp_path / 'compare' / 'results.csv') as f:
     assert [r['variant'] for r in csv.DictReader(f)] == ['baseline', 'narrow']
+
+
+def test_a_killed_workers_run_is_retried_from_its_checkpoint(compare_config, tmp_path):
+  import signal
+  import time
+  from conftest import as_flags, read_summary, run_main, start_main, wait_for_checkpoint
+  compare_config.compare.variants = json.dumps({'narrow': {'model.width': 8}})
+  compare_config.compare.seeds = 1
+  compare_config.compare.storage = f'sqlite:///{tmp_path / "compare.db"}'
+  compare_config.compare.heartbeat_s = 1
+  compare_config.num_train_steps, compare_config.checkpoint_every_steps = 3000, 100
+  compare_config.eval_every_steps = 1000
+  flags = ['--config=configs/mnist1d/mlp.py', *as_flags(compare_config)]
+  worker = start_main(tmp_path, *flags)
+  wait_for_checkpoint(worker, tmp_path / 'compare' / 'baseline' / 'seed_0' / 'checkpoints')
+  worker.send_signal(signal.SIGKILL)
+  worker.communicate(timeout=60)
+  time.sleep(2.5)  # its heartbeat goes stale (grace period: 2 x heartbeat_s)
+  again = run_main(tmp_path, *flags, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert read_summary(tmp_path / 'compare' / 'baseline' / 'seed_0')['resumed_from_step'] > 0
+  with open(tmp_path / 'compare' / 'results.csv') as f:
+    assert [r['variant'] for r in csv.DictReader(f)] == ['baseline', 'narrow']
