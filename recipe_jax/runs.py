@@ -36,6 +36,13 @@ def summary(run_dir: str) -> dict | None:
   return read_json(path) if os.path.exists(path) else None
 
 
+def finished_summary(run_dir: str) -> dict | None:
+  """The run's summary once it has finished (None while it is absent or preempted): stages
+  made of many runs reuse these instead of training them again."""
+  found = summary(run_dir)
+  return found if found and found.get('finished') else None
+
+
 def restore_final_state(exp, run_dir: str, step: int | None = None):
   """The state the run reports (its best checkpoint when early stopping restored it, else its
   last), or the checkpoint at `step`; on the host."""

@@ -6,7 +6,6 @@ fresh initialisation. What was loaded and what was not, with the reason, goes to
 summary.json, so a silent half-load cannot happen; loading no parameter at all is an error.
 `init_from_freeze` keeps named parameters fixed (the optimizer gives them zero updates).
 """
-import json
 import os
 
 import optax
@@ -32,8 +31,8 @@ def source_step_dir(path: str) -> str:
   state (its best checkpoint with early stopping), else its latest checkpoint."""
   if os.path.isdir(os.path.join(path, 'state')):
     return path
-  summary_path = os.path.join(path, 'summary.json')
-  done = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
+  from recipe_jax import runs  # here: runs imports trainer, which imports this module
+  done = runs.summary(path) or {}
   for name in ('checkpoints_best', 'checkpoints'):
     directory = os.path.join(path, name)
     steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) \

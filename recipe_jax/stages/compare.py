@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import console, plots, report, studies
+from recipe_jax import console, plots, report, runs, studies
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import train
@@ -65,7 +65,7 @@ def run(config, workdir: str) -> StageResult:
     summaries[name] = []
     for seed in seeds:
       run_dir = os.path.join(out, name, f'seed_{seed}')
-      summary = _finished_summary(run_dir)
+      summary = runs.finished_summary(run_dir)
       trained = summary is None
       if trained:
         logging.info('compare: training %s, seed %d', name, seed)
@@ -108,12 +108,12 @@ def run_through_study(config, out: str, variants: dict, seeds) -> bool:
   """Trains the runs as the trials of a study in `compare.storage`, which workers on several
   machines share (a killed worker's run is retried from its checkpoint, as in the tune stage).
   True once every run has finished, so this worker writes the table."""
-  runs = [(name, seed) for name in variants for seed in seeds
-          if _finished_summary(os.path.join(out, name, f'seed_{seed}')) is None]
+  unfinished = [(name, seed) for name in variants for seed in seeds
+                if runs.finished_summary(os.path.join(out, name, f'seed_{seed}')) is None]
   name = config.compare.study_name or studies.name_from(out)
   study = studies.open_study(config.compare.storage, name, config.compare.heartbeat_s)
   if 'runs' not in study.user_attrs:
-    _enqueue_once(study, config.compare.storage, name, runs, out)
+    _enqueue_once(study, config.compare.storage, name, unfinished, out)
   optuna.storages.fail_stale_trials(study)  # a dead worker's run, queued again
 
   def objective(trial):
@@ -138,14 +138,14 @@ def run_through_study(config, out: str, variants: dict, seeds) -> bool:
     studies.queue_again(study, study.get_trials(deepcopy=False)[e.args[0]])
     return False
   left = [(n, s) for n in variants for s in seeds
-          if _finished_summary(os.path.join(out, n, f'seed_{s}')) is None]
+          if runs.finished_summary(os.path.join(out, n, f'seed_{s}')) is None]
   if left:
     logging.info('compare: %d runs still train on other workers; the last one writes the '
                  'table (or run this command again when they are done)', len(left))
   return not left
 
 
-def _enqueue_once(study, url: str, name: str, runs: list, out: str) -> None:
+def _enqueue_once(study, url: str, name: str, queued: list, out: str) -> None:
   """The first worker queues every run; the others wait until it has. Creating a marker study
   is the claim: the database lets exactly one worker create it."""
   try:
@@ -155,10 +155,10 @@ def _enqueue_once(study, url: str, name: str, runs: list, out: str) -> None:
     while 'runs' not in study.user_attrs and time.time() < deadline:
       time.sleep(0.5)
     return
-  for variant, seed in runs:
+  for variant, seed in queued:
     study.enqueue_trial({'variant': variant, 'seed': seed}, user_attrs={
         'run_dir': os.path.join(out, variant, f'seed_{seed}'), 'variant': variant, 'seed': seed})
-  study.set_user_attr('runs', len(runs))
+  study.set_user_attr('runs', len(queued))
 
 
 def _waiting(study) -> list:
@@ -169,14 +169,6 @@ def _stop_when_queue_empty(study, trial) -> None:
   if not _waiting(study):
     study.stop()
 
-
-def _finished_summary(run_dir: str):
-  path = os.path.join(run_dir, 'summary.json')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    summary = json.load(f)
-  return summary if summary.get('finished') else None
 
 
 def table(summaries: dict, variants: dict, metric: str) -> list:
@@ -229,8 +221,8 @@ def _write(out: str, rows: list, metric: str) -> None:
 
 def _curves(path: str, summaries: dict, metric: str) -> None:
   series = {}
-  for name, runs in summaries.items():
-    histories = [r['history'] for r in runs if r.get('history')]
+  for name, seed_summaries in summaries.items():
+    histories = [r['history'] for r in seed_summaries if r.get('history')]
     length = min(len(h) for h in histories) if histories else 0
     if length:
       steps = [e['step'] for e in histories[0][:length]]

@@ -38,8 +38,8 @@ def run(config, workdir: str) -> StageResult:
   for fraction in fractions(config):
     for seed in seeds:
       run_dir = os.path.join(out, f'fraction_{fraction:g}', f'seed_{seed}')
-      summary = runs.summary(run_dir)
-      trained = not (summary and summary.get('finished'))
+      summary = runs.finished_summary(run_dir)
+      trained = summary is None
       if trained:
         logging.info('data_scaling: training on %g of the training split, seed %d', fraction, seed)
         summary = train.run_training(_subset_config(config, fraction, seed), run_dir)

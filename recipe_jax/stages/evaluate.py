@@ -21,8 +21,9 @@ def analyse(exp, state, workdir: str, history=None) -> tuple:
   probs = runs.predict_probs(exp, state, x)
   found, images = analysis.write(os.path.join(workdir, 'analysis'), probs, y, x, cfg,
                                  exp.dataset, cfg.split, history)
-  metrics = {f'{cfg.split}_accuracy': float((probs.argmax(-1) == y).mean()),
-             f'{cfg.split}_ece': analysis.calibration(probs, y, cfg.calibration_bins)[0]}
+  evidence = {v.check: v.evidence for v in found}
+  metrics = {f'{cfg.split}_accuracy': evidence['confusions']['accuracy'],
+             f'{cfg.split}_ece': evidence['calibration']['ece']}
   return found, images, metrics
 
 

@@ -148,6 +148,4 @@ def _counts(result: StageResult) -> str:
 def _finish(workdir: str, found: list, finished: bool = True) -> StageResult:
   result = StageResult('recipe', found, {'stages_finished': len(found)}, ['report.html'],
                        finished=finished)
-  report.finish(workdir, result, 'Recipe')
-  html_report.write(workdir)
-  return result
+  return report.finish(workdir, result, 'Recipe')  # which writes DIR/report.html too

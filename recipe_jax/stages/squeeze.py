@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from recipe_jax import (analysis, console, ensembles, experiment, plots, report, runs, trainer,
+from recipe_jax import (analysis, console, ensembles, experiment, plots, report, runs,
                         weight_averaging)
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
@@ -85,8 +85,7 @@ def train_members(config, members: list) -> bool:
   """Trains the members that are not finished; False when preempted (a restart resumes)."""
   progress = console.StageProgress('squeeze', len(members), 'members')
   for number, (name, run_dir, member_config) in enumerate(members, 1):
-    done = runs.summary(run_dir)
-    if done and done.get('finished'):
+    if runs.finished_summary(run_dir):
       logging.info('squeeze: member %s already finished, reused', name)
       continue
     if member_config is None:
@@ -99,14 +98,16 @@ def train_members(config, members: list) -> bool:
   return True
 
 
-def microseconds_per_example(exp, state, x: np.ndarray) -> float:
-  runs.predict_probs(exp, state, x)  # compiled before timing
-  best = np.inf
-  for _ in range(3):
+def microseconds_per_example(exp, state, x: np.ndarray, repeats: int = 5) -> float:
+  """Inference time per example: the median of `repeats` passes over x (the typical pass,
+  not the luckiest), after one that compiles."""
+  runs.predict_probs(exp, state, x)
+  times = []
+  for _ in range(repeats):
     start = time.perf_counter()
     runs.predict_probs(exp, state, x)
-    best = min(best, time.perf_counter() - start)
-  return 1e6 * best / len(x)
+    times.append(time.perf_counter() - start)
+  return 1e6 * float(np.median(times)) / len(x)
 
 
 def count_params(params) -> int:
@@ -140,7 +141,8 @@ def run(config, workdir: str) -> StageResult:
   mean_row = {'name': 'mean member', **{k: float(np.mean([r[k] for r in rows]))
                                         for k in COLUMNS}}
   best_row = {**rows[loaded.index(best)], 'name': f"best member ({best['name']})"}
-  ensemble_row = row(f'ensemble of {len(loaded)}', ensembles.average([m['val'] for m in loaded]),
+  ensemble_val = ensembles.average([m['val'] for m in loaded])
+  ensemble_row = row(f'ensemble of {len(loaded)}', ensemble_val,
                      ensembles.average([m['test'] for m in loaded]), dataset, bins,
                      params=sum(m['params'] for m in loaded),
                      us_per_example=sum(m['us'] for m in loaded))
@@ -148,9 +150,8 @@ def run(config, workdir: str) -> StageResult:
   found = [_ensemble_verdict(ensemble_row, mean_row, best_row)]
   images = {'ensemble': [_gain_plot(out, loaded, dataset)]}
   # Where is the final model (the ensemble) still confused? On validation, as for a train run.
-  confused, pictures = analysis.write(
-      os.path.join(out, 'analysis'), ensembles.average([m['val'] for m in loaded]),
-      dataset.y_val, dataset.x_val, config.analysis, dataset, 'val')
+  confused, pictures = analysis.write(os.path.join(out, 'analysis'), ensemble_val, dataset.y_val,
+                                     dataset.x_val, config.analysis, dataset, 'val')
   found += [v for v in confused if v.check != 'still_improving']
   images.update(pictures)
   squeeze = config.squeeze
@@ -230,13 +231,9 @@ def _distill(config, out: str, loaded: list, overrides: dict, bins: int):
       ('student_distilled', f'student distilled (T={config.squeeze.temperature:g})',
        ensembles.student_experiment(exp, teacher, config.squeeze.temperature))):
     run_dir = os.path.join(out, key)
-    done = runs.summary(run_dir)
-    if not (done and done.get('finished')):
+    if not runs.finished_summary(run_dir):
       logging.info('squeeze: training the %s', name)
-      train.write_json(os.path.join(run_dir, 'config.json'), student_config.to_dict())
-      done = trainer.train_and_evaluate(student, run_dir)
-      train.write_json(os.path.join(run_dir, 'summary.json'), done)
-      if not done['finished']:
+      if not train.run_training(student_config, run_dir, exp=student)['finished']:
         return None
     state = runs.restore_final_state(exp, run_dir)
     found.append(row(name, runs.predict_probs(exp, state, exp.dataset.x_val),

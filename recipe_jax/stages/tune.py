@@ -29,7 +29,6 @@ TYPES = ('float', 'int', 'categorical')
 EDGE = 0.1  # a best value in the outer 10% of a numeric range suggests widening it
 
 
-
 def parse_space(text: str, config) -> dict:
   """`tune.space` as {config key: spec}, every key and spec checked before anything runs."""
   try:
