@@ -109,3 +109,14 @@ def test_a_killed_workers_run_is_retried_from_its_checkpoint(compare_config, tmp
   assert read_summary(tmp_path / 'compare' / 'baseline' / 'seed_0')['resumed_from_step'] > 0
   with open(tmp_path / 'compare' / 'results.csv') as f:
     assert [r['variant'] for r in csv.DictReader(f)] == ['baseline', 'narrow']
+
+
+def test_stage_progress_counts_runs_and_gives_an_eta_from_trained_runs_only(caplog):
+  from recipe_jax import console
+  progress = console.StageProgress('compare', 4)
+  with caplog.at_level('INFO'):
+    progress.done(1, trained_now=False)  # reused from an earlier start: no rate yet
+    progress.done(2)
+  first, second = [r.getMessage() for r in caplog.records]
+  assert first == 'compare: 1/4 runs, ETA ?'
+  assert second.startswith('compare: 2/4 runs, ETA ') and '?' not in second
