@@ -353,23 +353,27 @@ def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
   if config.early_stopping.patience > 0:  # the best validation checkpoint, kept apart
     best_mngr = checkpoints.manager(os.path.join(workdir, 'checkpoints_best'), 1,
                                     best_metric='eval_accuracy')
-  restored, saved_progress = checkpoints.restore_latest(mngr, state)
-  progress = RunProgress(**(saved_progress or {}))
-  resumed_from = None
-  if restored is not None:  # a fine-tuning run resumes from its own checkpoints
-    state, resumed_from = restored, int(restored.step)
-    logging.info('resumed from the checkpoint at step %d', resumed_from)
-  elif config.init_from:
-    warm, progress.init_from = warm_start.load(exp.initial_state(ema=config.ema_decay > 0),
-                                               config.init_from, config.init_from_skip, exp.tx)
-    state = put_replicated(mesh, warm)
-  splits = compile_splits(exp, state)
-  try:
+  loop_finished = False
+  try:  # the managers are closed on every way out: an open one fails at interpreter exit
+    restored, saved_progress = checkpoints.restore_latest(mngr, state)
+    progress = RunProgress(**(saved_progress or {}))
+    resumed_from = None
+    if restored is not None:  # a fine-tuning run resumes from its own checkpoints
+      state, resumed_from = restored, int(restored.step)
+      logging.info('resumed from the checkpoint at step %d', resumed_from)
+    elif config.init_from:
+      warm, progress.init_from = warm_start.load(exp.initial_state(ema=config.ema_decay > 0),
+                                                 config.init_from, config.init_from_skip, exp.tx)
+      state = put_replicated(mesh, warm)
+    splits = compile_splits(exp, state)
     state, loop = _train_loop(exp, workdir, state, progress, splits, mngr, best_mngr, on_eval)
+    loop_finished = True
   finally:
     for m in filter(None, (mngr, best_mngr)):
       m.wait_until_finished()
     mngr.close()
+    if best_mngr and not loop_finished:  # else _final_evaluation reads it, then closes it
+      best_mngr.close()
   final = _final_evaluation(exp, workdir, state, progress, splits, best_mngr, loop)
   return {
       'stage': config.stage,
