@@ -125,14 +125,15 @@ def loss_at_init(batch_losses, expected: float, max_z: float = 5.0) -> Verdict:
                  evidence)
 
 
-def init_well(logits_fn, params, log_prior, enabled: bool) -> Verdict:
+def init_well(logits_fn, params, log_prior, enabled: bool, rtol: float = 1e-4) -> Verdict:
   """The output bias starts at the log class priors ("init well") and really feeds the logits.
 
-  `logits_fn(params) -> logits` on a few fixed inputs.
+  `logits_fn(params) -> logits` on a few fixed inputs; `rtol`: how exactly a bias shift shows
+  in them (`models.logits_rtol`).
   """
   num_classes = len(log_prior)
   candidates = models.output_bias_candidates(params, num_classes)
-  path = models.find_output_bias(logits_fn, params, num_classes)
+  path = models.find_output_bias(logits_fn, params, num_classes, rtol)
   evidence = {'enabled': enabled, 'candidates': ['/'.join(p) for p in candidates],
               'output_bias': '/'.join(path) if path else None, 'log_prior': log_prior}
   if path is None and candidates:

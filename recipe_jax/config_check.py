@@ -1,5 +1,5 @@
 """Checks a resolved config before anything heavy runs; each problem is one UserError line."""
-from recipe_jax import data, losses, models, optim
+from recipe_jax import console, data, losses, models, optim
 from recipe_jax.errors import UserError
 
 STAGES = ('train', 'inspect', 'sanity', 'lr_find', 'overfit', 'compare', 'tune',
@@ -33,6 +33,7 @@ def check(config) -> None:
 def check_dataset_name(name: str) -> None:
   if name in data.EMBEDDED or name.startswith(data.NPZ_PREFIX):
     return
+  console.import_tensorflow_quietly()
   import tensorflow_datasets as tfds
   try:
     tfds.builder_cls(name.split(':')[0].split('/')[0])

@@ -82,6 +82,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.divergence_factor = 100.0  # stop when loss > factor * initial loss
   c.eval_train_split = False  # also evaluate the whole training split at the end
   c.max_train_val_gap = 0.1  # train stage: WARN when train - validation accuracy exceeds this
+  c.profile_steps = 0  # > 0: a jax.profiler trace of this many steps after compilation ...
+  # ... in DIR/profile (TensorBoard's profile tab, or https://ui.perfetto.dev)
+  # compare, squeeze, lr_find: train a config's seeds as one vmapped program (side_by_side.py)
+  # on | off | auto: on for GPU and TPU; off on CPU, where batched convolutions were slower
+  # (scripts/bench_seeds.py: MNIST-1D MLP 1.3x faster, CNN 0.8x)
+  c.seeds_side_by_side = 'auto'
+  c.compute_dtype = 'float32'  # float32 | bfloat16: activations and matmuls (built-in models);
+  # parameters, optimizer state, loss and softmax stay float32
 
   c.overfit = ml_collections.ConfigDict()  # stage='overfit'
   c.overfit.target_accuracy = 0.99  # on the whole training split, eval mode

@@ -84,7 +84,8 @@ def build(config, *, num_train_steps: int | None = None, schedule=None,
   mesh = make_mesh()
   require_divisible(mesh.size, {'batch_size': config.batch_size,
                                 'eval_batch_size': config.eval_batch_size})
-  model = models.create(config.model, dataset.num_classes, bn_axis_name=AXIS)
+  model = models.create(config.model, dataset.num_classes, bn_axis_name=AXIS,
+                        compute_dtype=config.compute_dtype)
   tx = warm_start.freeze(optim.create(config.optimizer, num_train_steps or config.num_train_steps,
                                      schedule=schedule), config.init_from_freeze)
   loss_fn = losses.create(config.loss)

@@ -31,11 +31,16 @@ def symmetric_uniform(bound: float):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def reference_dense(features: int, fan_in: int) -> nn.Dense:
+def reference_dense(features: int, fan_in: int, dtype=jnp.float32) -> nn.Dense:
   """PyTorch's default Linear init, U(+-1/sqrt(fan_in)) for weights and biases, as in the
   MNIST-1D reference models (Flax's lecun_normal weights are sqrt(3) wider, biases zero)."""
   init = symmetric_uniform(fan_in ** -0.5)
-  return nn.Dense(features, kernel_init=init, bias_init=init)
+  return nn.Dense(features, kernel_init=init, bias_init=init, dtype=dtype)
+
+
+def float32_logits(logits):
+  """Mixed precision: the layers compute in `dtype`; the loss and softmax see float32."""
+  return logits.astype(jnp.float32)
 
 
 def _flat(x):
@@ -44,11 +49,12 @@ def _flat(x):
 
 class Linear(nn.Module):
   num_classes: int
+  dtype: Any = jnp.float32  # computation; parameters stay float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = _flat(x)
-    return reference_dense(self.num_classes, x.shape[-1])(x)
+    x = _flat(x).astype(self.dtype)
+    return float32_logits(reference_dense(self.num_classes, x.shape[-1], self.dtype)(x))
 
 
 class MLP(nn.Module):
@@ -57,15 +63,16 @@ class MLP(nn.Module):
   width: int = 100
   dropout: float = 0.0
   depth: int = 2  # hidden layers; each after the first is residual
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = _flat(x)
-    h = nn.relu(reference_dense(self.width, x.shape[-1])(x))
+    x = _flat(x).astype(self.dtype)
+    h = nn.relu(reference_dense(self.width, x.shape[-1], self.dtype)(x))
     for _ in range(self.depth - 1):
-      h = h + nn.relu(reference_dense(self.width, self.width)(h))
+      h = h + nn.relu(reference_dense(self.width, self.width, self.dtype)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    return reference_dense(self.num_classes, self.width)(h)
+    return float32_logits(reference_dense(self.num_classes, self.width, self.dtype)(h))
 
 
 class CNN1D(nn.Module):
@@ -74,16 +81,17 @@ class CNN1D(nn.Module):
   width: int = 25
   dropout: float = 0.0
   depth: int = 3  # stride-2 convolutions: kernel 5, then 3
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    h = _as_sequence(x)
+    h = _as_sequence(x).astype(self.dtype)
     for kernel in (5, *[3] * (self.depth - 1)):
       init = symmetric_uniform((h.shape[-1] * kernel) ** -0.5)  # PyTorch Conv1d default
       h = nn.relu(nn.Conv(self.width, (kernel,), strides=(2,), padding=[(1, 1)],
-                          kernel_init=init, bias_init=init)(h))
+                          kernel_init=init, bias_init=init, dtype=self.dtype)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(_flat(h))
-    return reference_dense(self.num_classes, h.shape[-1])(h)
+    return float32_logits(reference_dense(self.num_classes, h.shape[-1], self.dtype)(h))
 
 
 class GRU(nn.Module):
@@ -95,14 +103,16 @@ class GRU(nn.Module):
   """
   num_classes: int
   width: int = 6
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     init = symmetric_uniform(self.width ** -0.5)
     cell = functools.partial(nn.GRUCell, self.width, kernel_init=init,
-                             recurrent_kernel_init=init, bias_init=init)
-    h = _flat(nn.Bidirectional(nn.RNN(cell()), nn.RNN(cell()))(_as_sequence(x)))
-    return reference_dense(self.num_classes, h.shape[-1])(h)
+                             recurrent_kernel_init=init, bias_init=init, dtype=self.dtype)
+    h = _flat(nn.Bidirectional(nn.RNN(cell()), nn.RNN(cell()))(
+        _as_sequence(x).astype(self.dtype)))
+    return float32_logits(reference_dense(self.num_classes, h.shape[-1], self.dtype)(h))
 
 
 class CNN2D(nn.Module):
@@ -110,16 +120,18 @@ class CNN2D(nn.Module):
   num_classes: int
   width: int = 32
   dropout: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if x.ndim == 3:
       x = x[..., None]
-    h = nn.relu(nn.Conv(self.width, (3, 3))(x))
-    h = nn.relu(nn.Conv(2 * self.width, (3, 3), strides=(2, 2))(h))
-    h = nn.relu(nn.Dense(4 * self.width)(h.reshape(h.shape[0], -1)))
+    x = x.astype(self.dtype)
+    h = nn.relu(nn.Conv(self.width, (3, 3), dtype=self.dtype)(x))
+    h = nn.relu(nn.Conv(2 * self.width, (3, 3), strides=(2, 2), dtype=self.dtype)(h))
+    h = nn.relu(nn.Dense(4 * self.width, dtype=self.dtype)(h.reshape(h.shape[0], -1)))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    return nn.Dense(self.num_classes)(h)
+    return float32_logits(nn.Dense(self.num_classes, dtype=self.dtype)(h))
 
 
 class ResidualBlock(nn.Module):
@@ -127,10 +139,11 @@ class ResidualBlock(nn.Module):
   strides: int
   norm: Any
   bottleneck: bool
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     if self.bottleneck:
       h = nn.relu(self.norm()(conv(self.filters, (1, 1))(x)))
       h = nn.relu(self.norm()(conv(self.filters, (3, 3), strides=self.strides)(h)))
@@ -154,23 +167,29 @@ class ResNet(nn.Module):
   bottleneck: bool
   width: int = 64
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if x.ndim == 3:
       x = x[..., None]
+    x = x.astype(self.dtype)
+    # BatchNorm's statistics are computed in float32 (Flax promotes), its output in dtype.
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, axis_name=self.bn_axis_name if train else None)
+                             epsilon=1e-5, axis_name=self.bn_axis_name if train else None,
+                             dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     if x.shape[1] <= 64:
-      h = nn.relu(norm()(nn.Conv(self.width, (3, 3), use_bias=False)(x)))
+      h = nn.relu(norm()(conv(self.width, (3, 3))(x)))
     else:
-      h = nn.relu(norm()(nn.Conv(self.width, (7, 7), strides=2, use_bias=False)(x)))
+      h = nn.relu(norm()(conv(self.width, (7, 7), strides=2)(x)))
       h = nn.max_pool(h, (3, 3), strides=(2, 2), padding='SAME')
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         h = ResidualBlock(self.width * 2**i, 2 if i > 0 and j == 0 else 1, norm,
-                          self.bottleneck)(h)
-    return nn.Dense(self.num_classes)(jnp.mean(h, axis=(1, 2)))
+                          self.bottleneck, self.dtype)(h)
+    return float32_logits(nn.Dense(self.num_classes, dtype=self.dtype)(
+        jnp.mean(h.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)))
 
 
 MODELS = {
@@ -197,17 +216,32 @@ def check_name(name: str) -> None:
     user_code.load(name, 'model')
 
 
-def create(model_config, num_classes: int, bn_axis_name: str | None = None) -> nn.Module:
-  """The configured model. A user factory is called as Factory(num_classes=...)."""
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def create(model_config, num_classes: int, bn_axis_name: str | None = None,
+           compute_dtype: str = 'float32') -> nn.Module:
+  """The configured model. A user factory is called as Factory(num_classes=...), and with
+  `dtype=` too when the compute dtype is not float32."""
   check_name(model_config.name)
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise UserError(f"compute_dtype='{compute_dtype}'; use one of {', '.join(COMPUTE_DTYPES)}")
+  dtype = COMPUTE_DTYPES[compute_dtype]
   if model_config.name not in MODELS:
     if model_config.get('dropout') or model_config.get('depth') is not None:
       raise UserError('model.dropout and model.depth apply to the built-in models; build them '
                       f"into your own module '{model_config.name}' instead")
     factory = user_code.load(model_config.name, 'model')
+    extra = {}
+    if compute_dtype != 'float32':
+      if 'dtype' not in inspect.signature(factory).parameters:
+        raise UserError(f"compute_dtype={compute_dtype}: your model '{model_config.name}' takes "
+                        'no dtype argument; add a dtype field (the computation dtype) to it, '
+                        'or use compute_dtype=float32')
+      extra['dtype'] = dtype
     with user_code.phase('when built'):
-      return factory(num_classes=num_classes)
-  kwargs = {'num_classes': num_classes}
+      return factory(num_classes=num_classes, **extra)
+  kwargs = {'num_classes': num_classes, 'dtype': dtype}
   if model_config.width is not None:
     kwargs['width'] = model_config.width
   if model_config.get('depth') is not None:
@@ -253,7 +287,12 @@ def output_bias_candidates(params, num_classes: int) -> list[tuple]:
   return found[::-1]
 
 
-def find_output_bias(logits_fn, params, num_classes: int):
+def logits_rtol(model) -> float:
+  """How exactly a shifted output bias shows in the logits: bfloat16 keeps ~3 digits."""
+  return 1e-4 if getattr(model, 'dtype', jnp.float32) == jnp.float32 else 1e-2
+
+
+def find_output_bias(logits_fn, params, num_classes: int, rtol: float = 1e-4):
   """The bias that adds directly to the logits, or None.
 
   Shape alone can pick a hidden layer of the same width, and a bias followed by a softmax has
@@ -262,7 +301,7 @@ def find_output_bias(logits_fn, params, num_classes: int):
   """
   base = np.asarray(logits_fn(params))
   shift = np.linspace(-1.0, 1.0, num_classes, dtype=np.float32)
-  tolerance = 1e-4 * (1.0 + np.abs(base).max())
+  tolerance = rtol * (1.0 + np.abs(base).max())  # bfloat16 logits: ~1e-2
   for path in output_bias_candidates(params, num_classes):
     shifted = logits_fn(replace_leaf(params, path, get_leaf(params, path) + shift))
     if np.allclose(np.asarray(shifted) - base, shift, rtol=0, atol=tolerance):

@@ -5,13 +5,15 @@ Importing this module registers `mnist1d` and `digits` with TFDS.
 import numpy as np
 import tensorflow_datasets as tfds
 
+from recipe_jax.data import EMBEDDED
+
 DIGITS_TEST_FRACTION = 0.2
 
 
 class Mnist1d(tfds.core.GeneratorBasedBuilder):
   """MNIST-1D (Greydanus 2020): 4000 train / 1000 test sequences of length 40, 10 classes."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version(EMBEDDED['mnist1d'])
 
   def _info(self):
     return self.dataset_info_from_configs(
@@ -39,7 +41,7 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
 class Digits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's 1797 8x8 digit images (values 0..16), split 80/20 by a fixed stratified shuffle."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version(EMBEDDED['digits'])
 
   def _info(self):
     return self.dataset_info_from_configs(

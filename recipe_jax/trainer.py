@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, metrics, periodic_actions
+from clu import metrics
 from jax.sharding import Mesh, PartitionSpec as P
 
 from recipe_jax import (augment, checkpoints, console, data as data_lib, losses, models, rng,
-                        user_code, warm_start)
+                        tensorboard_writer, user_code, warm_start)
 from recipe_jax.errors import DivergenceError, UserError
 from recipe_jax.mesh import AXIS, needs_one_at_a_time, one_at_a_time, put_replicated, put_sharded
 from recipe_jax.trees import params_sha256, replace_leaf
@@ -82,7 +82,7 @@ def init_state(model, tx, example_shape, seed: int, output_bias=None,
   if output_bias is not None:
     logits = lambda p: jitted_logits(model)({'params': p, 'batch_stats': batch_stats}, dummy)
     with user_code.phase('in eval mode'):
-      path = models.find_output_bias(logits, params, len(output_bias))
+      path = models.find_output_bias(logits, params, len(output_bias), models.logits_rtol(model))
     if path is None:
       logging.warning('init well: no bias adds directly to the logits (is there an activation '
                       'after the last layer?); the output bias keeps its default init')
@@ -130,8 +130,12 @@ def batch_inputs(x_all, y_all, perm, step, batch_size: int, steps_per_epoch: int
 
 @functools.lru_cache(maxsize=None)  # a stage that trains several short runs compiles once
 def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int, seed: int,
-                    loss_fn=losses.cross_entropy, augmentation=None, ema_decay: float = 0.0):
+                    loss_fn=losses.cross_entropy, augmentation=None, ema_decay: float = 0.0,
+                    side_by_side: bool = False):
   """The jitted train step: (state, x_train, y_train, epoch_perm) -> (state, {loss, accuracy}).
+  With `side_by_side`, several seeds' runs in one program: (states, x_train, y_train,
+  epoch_perms, seeds) -> (states, {loss, accuracy}), every leaf with a leading seed axis and
+  `seed` unused (`recipe_jax.side_by_side`).
 
   Args:
     model, tx: the Flax module and the optax optimizer.
@@ -145,7 +149,7 @@ def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int
   """
   local_batch = batch_size // mesh.size
 
-  def step_fn(state, x_all, y_all, perm):
+  def step_fn(state, x_all, y_all, perm, seed=seed):
     device = jax.lax.axis_index(AXIS)
     x, y = batch_inputs(x_all, y_all, perm, state.step, batch_size, steps_per_epoch,
                         device * local_batch, local_batch, seed, augmentation)
@@ -173,7 +177,8 @@ def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int
                     'accuracy': jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), AXIS)}
     return new_state, step_metrics
 
-  sharded = jax.shard_map(step_fn, mesh=mesh, in_specs=(P(), P(), P(), P()),
+  body = jax.vmap(step_fn, in_axes=(0, None, None, 0, 0)) if side_by_side else step_fn
+  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(),) * (5 if side_by_side else 4),
                           out_specs=(P(), P()), check_vma=False)
   step = jax.jit(sharded, donate_argnums=(0,))
   if needs_one_at_a_time(mesh):
@@ -192,9 +197,10 @@ def pad_for_eval(x: np.ndarray, y: np.ndarray, eval_batch_size: int):
 
 @functools.lru_cache(maxsize=None)
 def make_eval_fn(model, mesh: Mesh, batch_size: int, loss_fn=losses.cross_entropy,
-                 use_ema: bool = False):
+                 use_ema: bool = False, side_by_side: bool = False):
   """(state, x, y, mask) -> {'loss', 'accuracy'} over a padded split sharded over devices:
-  the one evaluation path of every stage, with the configured loss."""
+  the one evaluation path of every stage, with the configured loss. With `side_by_side` the
+  state has a leading seed axis, and so do the metrics."""
   local_batch = batch_size // mesh.size
 
   def eval_fn(state, x, y, mask):
@@ -211,7 +217,8 @@ def make_eval_fn(model, mesh: Mesh, batch_size: int, loss_fn=losses.cross_entrop
     loss_sum, correct, count = jax.lax.psum(jnp.sum(jax.lax.map(one_batch, chunks), 0), AXIS)
     return {'loss': loss_sum / count, 'accuracy': correct / count}
 
-  sharded = jax.shard_map(eval_fn, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
+  body = jax.vmap(eval_fn, in_axes=(0, None, None, None)) if side_by_side else eval_fn
+  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
                           out_specs=P(), check_vma=False)
   return jax.jit(sharded)
 
@@ -222,15 +229,18 @@ def eval_batch_size(num_examples: int, configured: int, num_devices: int) -> int
 
 
 def compile_evaluator(model, mesh: Mesh, state, x, y, configured_batch: int, loss_fn,
-                      use_ema: bool = False):
+                      use_ema: bool = False, side_by_side: bool = False):
   """The split placed on the devices (padded) and its evaluation compiled ahead of time, so a
   model that cannot be evaluated fails before training, not at the first eval.
-  Returns evaluate(state) -> {'loss', 'accuracy'} as floats."""
+  Returns evaluate(state) -> {'loss', 'accuracy'} as floats (side by side: numpy arrays, one
+  value per seed)."""
   batch = eval_batch_size(len(y), configured_batch, mesh.size)
   arrays = [put_sharded(mesh, a) for a in pad_for_eval(x, y, batch)]
   with user_code.phase('in eval mode'):
-    compiled = make_eval_fn(model, mesh, batch, loss_fn, use_ema).lower(state, *arrays).compile()
-  return lambda state: {k: float(v) for k, v in compiled(state, *arrays).items()}
+    compiled = make_eval_fn(model, mesh, batch, loss_fn, use_ema,
+                            side_by_side).lower(state, *arrays).compile()
+  to_host = np.asarray if side_by_side else float
+  return lambda state: {k: to_host(v) for k, v in compiled(state, *arrays).items()}
 
 
 @contextlib.contextmanager
@@ -413,16 +423,17 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
   per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size)
   train_step = exp.train_step(per_epoch)
   x_train, y_train = put_replicated(mesh, (dataset.x_train, dataset.y_train))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
-                                                    writer=writer, every_secs=30)
+  writer = tensorboard_writer.ScalarWriter(workdir, just_logging=jax.process_index() > 0)
   progress_line = console.ProgressLine(config.num_train_steps, int(state.step))
   step = int(state.step)
   pending = []  # (step, {loss, accuracy}) still on device, checked and logged in batches
   train_summary, eval_metrics = {}, {}
   perm_epoch, perm = None, None
+  next_epoch, next_bits = None, None  # the next epoch's order, requested one epoch ahead
   segment_start = time.time()
   timed_from = None  # (time, step) after the first step's compilation
+  steps_per_sec = _Rate(step)
+  profile_until = None
   stop_requested = False
   try:
     with sigterm_requested() as preempted:
@@ -430,7 +441,10 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
              and not progress.stopped_early):
         epoch = step // per_epoch
         if epoch != perm_epoch:
-          perm = put_replicated(mesh, data_lib.epoch_permutation(config.seed, epoch, num_train))
+          bits = next_bits if next_epoch == epoch else data_lib.epoch_bits(config.seed, epoch,
+                                                                            num_train)
+          next_epoch, next_bits = epoch + 1, data_lib.epoch_bits(config.seed, epoch + 1, num_train)
+          perm = put_replicated(mesh, data_lib.permutation_from_bits(bits))
           if perm_epoch is None:
             trace_train_step(train_step, state, x_train, y_train, perm)
           perm_epoch = epoch
@@ -440,6 +454,12 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
         if timed_from is None:
           jax.block_until_ready(state)
           timed_from = (time.time(), step)
+          profile_until = _start_profile(config, workdir, step)
+        if step == profile_until:
+          jax.block_until_ready(state)
+          jax.profiler.stop_trace()
+          logging.info('profile of steps %d-%d in %s', step - config.profile_steps + 1, step,
+                       os.path.join(workdir, 'profile'))
         stop_requested = preempted.is_set()  # read once: it decides both the save and the exit
         is_last = step == config.num_train_steps
         eval_now = step % config.eval_every_steps == 0 or is_last
@@ -449,12 +469,11 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
           if window_summary:
             train_summary = window_summary
             writer.write_scalars(step, train_summary)
-          report_progress(step)  # time-based (every_secs), so calling it only here is enough
         if eval_now:
           eval_metrics = split_metrics(splits, state, 'val')
-          writer.write_scalars(step, eval_metrics)
+          writer.write_scalars(step, {**eval_metrics, **steps_per_sec.since_last(step)})
           progress.history.append({'step': step, **train_summary, **eval_metrics})
-          _track_best(step, state, eval_metrics, progress, config, best_mngr)
+          track_best(step, state, eval_metrics, progress, config, best_mngr)
           if on_eval:
             on_eval(step, eval_metrics)
         progress_line.report(step, train_summary, eval_metrics, force=eval_now)
@@ -466,6 +485,8 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
         logging.warning('SIGTERM: saved a checkpoint at step %d; exiting', step)
   finally:
     writer.flush()
+    if profile_until is not None and step < profile_until:  # stopped early, or an error
+      jax.profiler.stop_trace()
   elapsed = loop_end - timed_from[0] if timed_from else 0.0
   timed_steps = step - timed_from[1] if timed_from else 0
   return state, {
@@ -475,23 +496,56 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
       'examples_per_s': timed_steps * config.batch_size / elapsed if elapsed > 0 else None}
 
 
+def _start_profile(config, workdir: str, step: int) -> int | None:
+  """With config.profile_steps: starts a jax.profiler trace (after the first, compiling step)
+  and returns the step at which it stops."""
+  if config.profile_steps <= 0 or step + config.profile_steps > config.num_train_steps:
+    if config.profile_steps > 0:
+      logging.warning('profile_steps=%d: fewer steps than that are left; no profile',
+                      config.profile_steps)
+    return None
+  jax.profiler.start_trace(os.path.join(workdir, 'profile'))
+  return step + config.profile_steps
+
+
+class _Rate:
+  """Training steps per second between evals, for TensorBoard."""
+
+  def __init__(self, step: int):
+    self.step, self.time = step, time.time()
+
+  def since_last(self, step: int) -> dict:
+    now = time.time()
+    rate = (step - self.step) / max(now - self.time, 1e-9)
+    self.step, self.time = step, now
+    return {'steps_per_sec': rate}
+
+
 def _flush(pending: list, progress: RunProgress, config, mngr) -> dict:
   """Checks the pending steps' losses for divergence and returns their mean metrics, with one
   device-to-host transfer for the whole window."""
   if not pending:
     return {}
   window = jax.device_get(stack_steps([m for _, m in pending]))
-  step_losses = [(s, float(loss)) for (s, _), loss in zip(pending, window['loss'])]
+  steps = [s for s, _ in pending]
+  pending.clear()
+  return window_summary(steps, window, progress, config, mngr.latest_step())
+
+
+def window_summary(steps: list, window: dict, progress: RunProgress, config,
+                   latest_checkpoint) -> dict:
+  """A window of steps' metrics (host arrays, one value per step): checked for divergence,
+  then averaged into {'train_loss', 'train_accuracy'}."""
+  step_losses = [(s, float(loss)) for s, loss in zip(steps, window['loss'])]
   if progress.initial_loss is None:
     progress.initial_loss = step_losses[0][1]
   check_losses(step_losses, progress.initial_loss, config.divergence_factor,
-               config.optimizer.learning_rate, mngr.latest_step())
-  pending.clear()
+               config.optimizer.learning_rate, latest_checkpoint)
   merged = TrainMetrics.single_from_model_output(**window).compute()
   return {f'train_{k}': float(v) for k, v in merged.items()}
 
 
-def _track_best(step, state, eval_metrics, progress: RunProgress, config, best_mngr) -> None:
+def track_best(step, state, eval_metrics, progress: RunProgress, config, best_mngr) -> None:
   """Best validation accuracy so far (saved to `checkpoints_best/`) and early stopping."""
   stopping = config.early_stopping
   if eval_metrics['eval_accuracy'] > progress.best_eval_accuracy + stopping.min_delta:
@@ -528,6 +582,6 @@ def _final_evaluation(exp, workdir, state, progress, splits: dict, best_mngr, lo
     if config.eval_train_split:  # the whole training split in eval mode: can the model fit it?
       test_metrics.update(split_metrics(splits, final_state, 'train_split'))
     writer.write_scalars(loop['step'], test_metrics)
-    writer.flush()
+  writer.close()
   return {'eval_metrics': eval_metrics, 'test_metrics': test_metrics,
           'final_state_step': int(final_state.step)}

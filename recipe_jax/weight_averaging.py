@@ -70,7 +70,8 @@ def continue_and_average(exp, state, *, steps: int, every: int, learning_rate: f
                                batch_size=config.batch_size, seed=config.seed,
                                augmentation=exp.augmentation, every=every, callback=collect,
                                ema_decay=ema_decay)
-  local_model = models.create(config.model, exp.dataset.num_classes)  # no cross-device axis
+  local_model = models.create(config.model, exp.dataset.num_classes,  # no cross-device axis
+                              compute_dtype=config.compute_dtype)
 
   def with_fresh_statistics(params):
     stats = recompute_batch_stats(local_model, params, final.batch_stats, exp.dataset.x_train,

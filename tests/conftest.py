@@ -12,6 +12,15 @@ from recipe_jax import defaults
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """In-process tests share one persistent compilation cache, as CLI runs do: the same small
+  programs (a seed's train step, an evaluator) are compiled once per session, not per test."""
+  import jax
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory):
   """One TFDS data_dir for the session: mnist1d and digits are prepared into it on first use."""

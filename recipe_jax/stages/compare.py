@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import console, plots, report, runs, studies
+from recipe_jax import console, plots, report, runs, side_by_side, studies
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import train
@@ -63,8 +63,12 @@ def run(config, workdir: str) -> StageResult:
   progress = console.StageProgress('compare', len(variants) * len(seeds))
   for name, overrides in variants.items():
     summaries[name] = []
+    run_dirs = {seed: os.path.join(out, name, f'seed_{seed}') for seed in seeds}
+    if not side_by_side.train_unfinished([variant_config(config, overrides, s) for s in seeds],
+                                         list(run_dirs.values())):
+      return StageResult('compare', [], {}, files, finished=False)  # preempted
     for seed in seeds:
-      run_dir = os.path.join(out, name, f'seed_{seed}')
+      run_dir = run_dirs[seed]
       summary = runs.finished_summary(run_dir)
       trained = summary is None
       if trained:

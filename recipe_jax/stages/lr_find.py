@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from recipe_jax import experiment, plots, report
+from recipe_jax import experiment, plots, report, side_by_side
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
 
@@ -56,6 +56,14 @@ def suggest(lrs, losses_, beta: float = 0.9, stop_factor: float = 4.0) -> dict:
           'smoothed_loss': smooth}
 
 
+def _loss_curves(exp, seeds: list, steps: int) -> list:
+  """Each seed's training loss at every step: side by side where that is on."""
+  x, y = exp.dataset.x_train, exp.dataset.y_train
+  if len(seeds) > 1 and side_by_side.enabled(exp.config):
+    return list(side_by_side.run_steps(exp, x, y, steps, seeds)['loss'])
+  return [exp.run_steps(x, y, steps, seed=seed)[1]['loss'] for seed in seeds]
+
+
 def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'lr_find')
   os.makedirs(out, exist_ok=True)
@@ -65,11 +73,10 @@ def run(config, workdir: str) -> StageResult:
   schedule = optax.exponential_decay(cfg.min_lr, cfg.steps - 1, cfg.max_lr / cfg.min_lr)
   exp = experiment.build(config, num_train_steps=cfg.steps, schedule=schedule)
   lrs = np.array([float(schedule(i)) for i in range(cfg.steps)])
-  curves = []
-  for seed in range(config.seed, config.seed + cfg.seeds):
-    _, history = exp.run_steps(exp.dataset.x_train, exp.dataset.y_train, cfg.steps, seed=seed)
-    found = suggest(lrs, history['loss'], cfg.smoothing, cfg.stop_factor)
-    curves.append({'seed': seed, 'losses': history['loss'], **found})
+  curves, seeds = [], list(range(config.seed, config.seed + cfg.seeds))
+  for seed, losses in zip(seeds, _loss_curves(exp, seeds, cfg.steps)):
+    found = suggest(lrs, losses, cfg.smoothing, cfg.stop_factor)
+    curves.append({'seed': seed, 'losses': losses, **found})
     logging.info('lr_find seed %d: suggestion %.3g (min loss at %.3g)', seed,
                  found['suggestion'], found['min_loss_lr'])
   suggestions = np.array([c['suggestion'] for c in curves])

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from recipe_jax import (analysis, console, ensembles, experiment, plots, report, runs,
-                        weight_averaging)
+                        side_by_side, weight_averaging)
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import compare, train
@@ -84,6 +84,10 @@ def _with_data_dir(member_config, config):
 def train_members(config, members: list) -> bool:
   """Trains the members that are not finished; False when preempted (a restart resumes)."""
   progress = console.StageProgress('squeeze', len(members), 'members')
+  configs = [member_config for _, _, member_config in members]
+  if None not in configs and not side_by_side.train_unfinished(
+      configs, [run_dir for _, run_dir, _ in members]):
+    return False
   for number, (name, run_dir, member_config) in enumerate(members, 1):
     if runs.finished_summary(run_dir):
       logging.info('squeeze: member %s already finished, reused', name)
