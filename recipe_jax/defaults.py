@@ -71,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.decay_at = (0.5, 0.75)  # step: fractions of the (post-warmup) run ...
   c.optimizer.decay_factor = 0.1  # ... where the learning rate is multiplied by this
   c.optimizer.grad_clip_norm = config_dict.placeholder(float)
+  c.optimizer.accumulate_steps = 1  # > 1: each batch as this many micro-batches, one update
 
   c.batch_size = 100  # global, split over all devices
   c.eval_batch_size = 1000

@@ -39,7 +39,8 @@ class Experiment:
     """The run's jitted train step (see `trainer.make_train_step`)."""
     c = self.config
     return trainer.make_train_step(self.model, self.tx, self.mesh, c.batch_size, steps_per_epoch,
-                                   c.seed, self.train_loss_fn, self.augmentation, c.ema_decay)
+                                   c.seed, self.train_loss_fn, self.augmentation, c.ema_decay,
+                                   accumulate_steps=c.optimizer.accumulate_steps)
 
   def run_steps(self, x, y, num_steps: int, *, seed: int | None = None,
                 batch_size: int | None = None, augmentation=KEEP, every: int = 0,
@@ -84,6 +85,11 @@ def build(config, *, num_train_steps: int | None = None, schedule=None,
   mesh = make_mesh()
   require_divisible(mesh.size, {'batch_size': config.batch_size,
                                 'eval_batch_size': config.eval_batch_size})
+  micro = config.optimizer.accumulate_steps
+  if micro < 1 or (config.batch_size // mesh.size) % micro:
+    raise UserError(f'optimizer.accumulate_steps={micro} must be >= 1 and divide each '
+                    f"device's batch ({config.batch_size} / {mesh.size} devices = "
+                    f'{config.batch_size // mesh.size})')
   model = models.create(config.model, dataset.num_classes, bn_axis_name=AXIS,
                         compute_dtype=config.compute_dtype)
   tx = warm_start.freeze(optim.create(config.optimizer, num_train_steps or config.num_train_steps,

@@ -68,8 +68,13 @@ def run_stage(config, workdir: str):
     raise UserError(user_code.describe_failure(e, config.model.name, config.loss)) from None
 
 
+_distributed = False  # set by main(): such a run exits the normal way
+
+
 def main(argv):
+  global _distributed
   config, workdir = _CONFIG.value, _WORKDIR.value
+  _distributed = config.distributed
   console.setup(workdir, verbose=flags.FLAGS.verbosity >= 1)
   try:
     config_check.check(config)
@@ -106,7 +111,7 @@ def run_and_exit() -> None:
     code = 0
   except SystemExit as e:
     code = e.code
-  if not isinstance(code, int) or flags.FLAGS.is_parsed() and _CONFIG.value.distributed:
+  if not isinstance(code, int) or _distributed:
     sys.exit(code)
   import logging as pylogging
   pylogging.shutdown()  # flushes and closes log.txt

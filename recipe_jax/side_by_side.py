@@ -148,7 +148,8 @@ def _loop(exp, seeds, states, progress: list, managers: list, writers: list) -> 
   per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size)
   train_step = trainer.make_train_step(exp.model, exp.tx, mesh, config.batch_size, per_epoch,
                                        None, exp.train_loss_fn, exp.augmentation,
-                                       config.ema_decay, side_by_side=True)
+                                       config.ema_decay, side_by_side=True,
+                                       accumulate_steps=config.optimizer.accumulate_steps)
   states = put_replicated(mesh, states)
   seeds_on_device = put_replicated(mesh, seeds)
   x_train, y_train = put_replicated(mesh, (dataset.x_train, dataset.y_train))

@@ -131,7 +131,7 @@ def batch_inputs(x_all, y_all, perm, step, batch_size: int, steps_per_epoch: int
 @functools.lru_cache(maxsize=None)  # a stage that trains several short runs compiles once
 def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int, seed: int,
                     loss_fn=losses.cross_entropy, augmentation=None, ema_decay: float = 0.0,
-                    side_by_side: bool = False):
+                    side_by_side: bool = False, accumulate_steps: int = 1):
   """The jitted train step: (state, x_train, y_train, epoch_perm) -> (state, {loss, accuracy}).
   With `side_by_side`, several seeds' runs in one program: (states, x_train, y_train,
   epoch_perms, seeds) -> (states, {loss, accuracy}), every leaf with a leading seed axis and
@@ -143,6 +143,8 @@ def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int
     batch_size, steps_per_epoch, seed: fix the batch order (see `batch_inputs`).
     loss_fn: (logits, labels) -> per-example losses; the step minimises their mean.
     augmentation: `augment.Settings` or None. ema_decay: > 0 keeps `state.ema_params`.
+    accumulate_steps: > 1 splits each device's batch into this many micro-batches whose
+      gradients are summed one after another (`accumulate_gradients`), for one update.
   Returns:
     A function that donates `state`; on a multi-device CPU mesh each call completes before
     it returns (`mesh.one_at_a_time`).
@@ -155,13 +157,19 @@ def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int
                         device * local_batch, local_batch, seed, augmentation)
     dropout_key = jax.random.fold_in(rng.stream_key(seed, 'dropout', state.step), device)
 
-    def mean_loss(params):
-      variables = {'params': params, 'batch_stats': state.batch_stats}
-      logits, updates = apply_model(model, variables, x, True, rngs={'dropout': dropout_key},
-                               mutable=['batch_stats'])
-      return loss_fn(logits, y).mean(), (logits, updates)
+    def loss_and_grads(x, y, batch_stats, dropout_key):
+      def mean_loss(params):
+        variables = {'params': params, 'batch_stats': batch_stats}
+        logits, updates = apply_model(model, variables, x, True, rngs={'dropout': dropout_key},
+                                      mutable=['batch_stats'])
+        return loss_fn(logits, y).mean(), (logits, updates)
+      return jax.value_and_grad(mean_loss, has_aux=True)(state.params)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
+    if accumulate_steps > 1:
+      (loss, (logits, updates)), grads = accumulate_gradients(
+          loss_and_grads, state.params, x, y, state.batch_stats, dropout_key, accumulate_steps)
+    else:
+      (loss, (logits, updates)), grads = loss_and_grads(x, y, state.batch_stats, dropout_key)
     grads = jax.lax.pmean(grads, AXIS)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     batch_stats = jax.lax.pmean(updates.get('batch_stats', state.batch_stats), AXIS)
@@ -184,6 +192,30 @@ def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int
   if needs_one_at_a_time(mesh):
     return one_at_a_time(step)
   return step
+
+
+def accumulate_gradients(loss_and_grads, params, x, y, batch_stats, dropout_key,
+                         micro_batches: int):
+  """The batch's mean loss and gradients from `micro_batches` equal slices, one at a time in a
+  `lax.scan`, so only one micro-batch's activations are alive: a batch larger than fits in
+  memory. Same result as the whole batch up to float summation order; BatchNorm statistics
+  (and their running averages) go through the micro-batches in turn, and each micro-batch
+  draws its own dropout mask."""
+  split = lambda a: a.reshape(micro_batches, a.shape[0] // micro_batches, *a.shape[1:])
+
+  def one_micro_batch(carry, micro):
+    grads_sum, stats = carry
+    index, micro_x, micro_y = micro
+    (loss, (logits, updates)), grads = loss_and_grads(
+        micro_x, micro_y, stats, jax.random.fold_in(dropout_key, index))
+    return (jax.tree.map(jnp.add, grads_sum, grads), updates.get('batch_stats', stats)), (
+        loss, logits)
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (grads_sum, stats), (losses, logits) = jax.lax.scan(
+      one_micro_batch, (zeros, batch_stats), (jnp.arange(micro_batches), split(x), split(y)))
+  grads = jax.tree.map(lambda g: g / micro_batches, grads_sum)
+  return (losses.mean(), (logits.reshape(-1, logits.shape[-1]), {'batch_stats': stats})), grads
 
 
 def pad_for_eval(x: np.ndarray, y: np.ndarray, eval_batch_size: int):

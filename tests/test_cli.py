@@ -147,7 +147,7 @@ def test_console_shows_the_pipeline_lines_and_a_closing_summary(small_config, tm
   assert result.returncode == 0, result.stderr[-3000:]
   console = result.stderr + result.stdout
   for noise in ('libtpu', 'xla_bridge', 'oneDNN', 'cpu_feature_guard', 'Constructing tf.data',
-                'logging_writer.py', 'Setting work unit notes', 'absl::InitializeLog'):
+                'tensorboard_writer.py', 'absl::InitializeLog'):
     assert noise not in console, noise
   lines = result.stderr.strip().splitlines()
   assert all(line[:2].isdigit() and line[2] == ':' for line in lines), lines[:5]  # HH:MM:SS
@@ -155,10 +155,10 @@ def test_console_shows_the_pipeline_lines_and_a_closing_summary(small_config, tm
   assert 'train finished: ' in lines[-3] and '0 FAIL' in lines[-3] and 'test_accuracy' in lines[-2]
   assert 'look at:' in lines[-1] and 'summary.json' in lines[-1]
   log = (tmp_path / 'quiet' / 'log.txt').read_text()
-  assert 'logging_writer.py' in log and 'step 60/60' in log  # everything is kept in the file
+  assert 'tensorboard_writer.py' in log and 'step 60/60' in log  # everything is in the file
 
   verbose = run_main(tmp_path / 'verbose', *cli_flags(small_config), '--verbosity=1')
-  assert verbose.returncode == 0 and 'logging_writer.py' in verbose.stderr
+  assert verbose.returncode == 0 and 'tensorboard_writer.py' in verbose.stderr
 
 
 def test_a_failing_user_loss_is_one_line_exit_2(small_config, tmp_path):

@@ -1,0 +1,40 @@
+"""optimizer.accumulate_steps: a batch as micro-batches, one update, the same result."""
+import jax
+import numpy as np
+import pytest
+
+from recipe_jax import data as data_lib, experiment
+from recipe_jax.errors import UserError
+from recipe_jax.mesh import put_replicated
+
+
+def params_after(config, steps=10):
+  exp = experiment.build(config)
+  num = len(exp.dataset.y_train)
+  step = exp.train_step(data_lib.steps_per_epoch(num, config.batch_size))
+  state = put_replicated(exp.mesh, exp.initial_state())
+  x, y = put_replicated(exp.mesh, (exp.dataset.x_train, exp.dataset.y_train))
+  perm = put_replicated(exp.mesh, data_lib.epoch_permutation(config.seed, 0, num))
+  losses = []
+  for _ in range(steps):
+    state, metrics = step(state, x, y, perm)
+    losses.append(float(metrics['loss']))
+  return jax.device_get(state.params), losses
+
+
+@pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
+def test_micro_batches_give_the_whole_batch_update(small_config, optimizer):
+  small_config.optimizer.name = optimizer
+  small_config.optimizer.learning_rate = 0.1 if optimizer == 'sgd' else 1e-3
+  whole, whole_losses = params_after(small_config)
+  small_config.optimizer.accumulate_steps = 4
+  micro, micro_losses = params_after(small_config)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), whole, micro)
+  np.testing.assert_allclose(whole_losses, micro_losses, rtol=1e-5)
+  assert whole_losses[-1] < whole_losses[0]  # it trained
+
+
+def test_accumulate_steps_must_divide_the_batch(small_config):
+  small_config.optimizer.accumulate_steps = 3  # batch 100
+  with pytest.raises(UserError, match='accumulate_steps=3 must be >= 1 and divide'):
+    experiment.build(small_config)
