@@ -109,8 +109,8 @@ def run_and_exit() -> None:
   try:
     app.run(main, flags_parser=parse_flags)
     code = 0
-  except SystemExit as e:
-    code = e.code
+  except SystemExit as e:  # app.run ends every run with one; None means success
+    code = 0 if e.code is None else e.code
   if not isinstance(code, int) or _distributed:
     sys.exit(code)
   import logging as pylogging
