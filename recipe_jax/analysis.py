@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from recipe_jax import data, plots
+from recipe_jax import data, multihost, plots
 from recipe_jax.report import Verdict
 
 
@@ -180,6 +180,8 @@ def write(directory: str, probs, labels, x, cfg, dataset=None, split: str = 'val
 
 
 def _write_csv(path: str, header: list, rows: list) -> None:
+  if not multihost.is_leader():
+    return
   with open(path, 'w', newline='') as f:
     out = csv.writer(f)
     out.writerow(header)

@@ -63,7 +63,11 @@ def source_rows(dataset: Dataset, split: str, indices) -> dict:
 
 
 def load(dataset_config) -> Dataset:
-  """Loads, splits off validation and (optionally) normalises the configured dataset."""
+  """Loads, splits off validation and (optionally) normalises the configured dataset. With
+  `dataset.pipeline=grain` the training inputs stay in storage (`streaming.load`)."""
+  from recipe_jax import streaming
+  if streaming.resolve(dataset_config) == 'grain':
+    return streaming.load(dataset_config)
   x_train, y_train, x_test, y_test, num_classes, tfds_ids = _load_arrays(dataset_config)
   if dataset_config.downsample > 1:
     x_train, x_test = (downsample(x, dataset_config.downsample) for x in (x_train, x_test))
@@ -129,12 +133,20 @@ def load_input_stats(path: str, shape):
   return mean, np.maximum(np.asarray(stats['std'], np.float32).reshape(shape), 1e-8)
 
 
-def channel_stats(x: np.ndarray):
-  """Mean and std per channel (last axis) for images, one scalar for 1-D sequences."""
-  x = np.asarray(x, np.float64)
-  axes = tuple(range(x.ndim - 1)) if x.ndim >= 4 else None
-  mean, std = x.mean(axis=axes), x.std(axis=axes)
-  return mean.astype(np.float32), np.maximum(std, 1e-8).astype(np.float32)
+def channel_stats(x, chunk_bytes: int = 1 << 26):
+  """Mean and std per channel (last axis) for images, one scalar for 1-D sequences: two passes
+  over chunks of rows in float64, so a streamed training split (`streaming.Rows`) never needs
+  to fit in memory and gets the same statistics as the same rows in memory."""
+  image = x.ndim >= 4
+  axes = tuple(range(x.ndim - 1)) if image else None
+  count = len(x) * int(np.prod(x.shape[1:-1] if image else x.shape[1:], dtype=np.int64))
+  chunk_rows = max(1, chunk_bytes // (8 * int(np.prod(x.shape[1:], dtype=np.int64))))
+  chunks = lambda: (np.asarray(x[i:i + chunk_rows], np.float64)
+                    for i in range(0, len(x), chunk_rows))
+  mean = sum(c.sum(axis=axes) for c in chunks()) / count
+  std = np.sqrt(sum(np.square(c - mean).sum(axis=axes) for c in chunks()) / count)
+  return np.float32(mean) if axes is None else mean.astype(np.float32), np.maximum(
+      std, 1e-8).astype(np.float32)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -184,6 +196,16 @@ def _load_arrays(cfg):
 
 def _load_npz(path):
   path = os.path.expanduser(path)
+  check_npz(path)
+  with np.load(path) as npz:
+    x_train, y_train, x_test, y_test = (npz[k] for k in NPZ_KEYS)
+  check_labels(path, x_train, y_train, x_test, y_test)
+  num_classes = int(max(y_train.max(), y_test.max())) + 1
+  return x_train, y_train, x_test, y_test, num_classes, None
+
+
+def check_npz(path: str) -> None:
+  """A one-line error unless `path` is an .npz with the arrays NPZ_KEYS."""
   if not os.path.isfile(path):
     raise UserError(f"npz file '{path}' does not exist; expected a .npz with arrays "
                     f"{', '.join(NPZ_KEYS)}")
@@ -192,13 +214,13 @@ def _load_npz(path):
     if missing:
       raise UserError(f"npz file '{path}' lacks {', '.join(missing)}; it has "
                       f"{', '.join(npz.files) or 'no arrays'} and needs {', '.join(NPZ_KEYS)}")
-    x_train, y_train, x_test, y_test = (npz[k] for k in NPZ_KEYS)
+
+
+def check_labels(path: str, x_train, y_train, x_test, y_test) -> None:
   for split, x, y in (('train', x_train, y_train), ('test', x_test, y_test)):
     if len(x) != len(y) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
       raise UserError(f"npz '{path}': x_{split} has {len(x)} rows and y_{split} has shape "
                       f'{y.shape}, dtype {y.dtype}; labels must be 1-D integers, one per row')
-  num_classes = int(max(y_train.max(), y_test.max())) + 1
-  return x_train, y_train, x_test, y_test, num_classes, None
 
 
 def _load_tfds(cfg):
@@ -276,15 +298,16 @@ def _prepare_embedded(builder) -> None:
 
 def _read_tfds_splits(builder, cfg):
   import tensorflow_datasets as tfds
+  if str(builder.info.file_format) == str(tfds.core.FileFormat.ARRAY_RECORD):
+    from recipe_jax import streaming  # tf.data cannot read array_record: random access can
+    x_train, *rest = streaming.tfds_sources(builder, cfg)
+    return (x_train[:], *rest)
   for key in (cfg.image_key, cfg.label_key):
     if key not in builder.info.features:
       raise UserError(f"TFDS dataset '{cfg.name}' has no feature '{key}'; it has "
                       f"{', '.join(builder.info.features)} (set dataset.image_key / label_key)")
   arrays, ids = [], {}
-  for split in ('train', 'test'):
-    if builder.info.splits and split not in builder.info.splits:  # empty until prepared
-      raise UserError(f"TFDS dataset '{cfg.name}' has no '{split}' split; it has "
-                      f"{', '.join(builder.info.splits)}")
+  for role, split in tfds_splits(builder, cfg).items():
     # Batched reads: `batch_size=-1` crashes under tfds.testing.mock_data. In file order (no
     # shuffling), so a row number is the example's index within the TFDS split.
     read_config = tfds.ReadConfig(add_tfds_id=True)
@@ -293,8 +316,18 @@ def _read_tfds_splits(builder, cfg):
     arrays += [np.concatenate([p[cfg.image_key] for p in parts]),
                np.concatenate([p[cfg.label_key] for p in parts])]
     if parts and 'tfds_id' in parts[0]:
-      ids[split] = [i.decode() for p in parts for i in p['tfds_id']]
+      ids[role] = [i.decode() for p in parts for i in p['tfds_id']]
   return (*arrays, builder.info.features[cfg.label_key].num_classes, ids or None)
+
+
+def tfds_splits(builder, cfg) -> dict:
+  """{'train': 'train', 'test': dataset.test_split}, each checked to exist."""
+  splits = {'train': 'train', 'test': cfg.test_split}
+  for split in splits.values():
+    if builder.info.splits and split not in builder.info.splits:  # empty until prepared
+      raise UserError(f"TFDS dataset '{cfg.name}' has no '{split}' split; it has "
+                      f"{', '.join(builder.info.splits)} (set dataset.test_split)")
+  return splits
 
 
 def _online(host='storage.googleapis.com', timeout_s=3.0) -> bool:

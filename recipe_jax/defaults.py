@@ -36,6 +36,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.stats_from = config_dict.placeholder(str)  # inspect run dir or input_stats.json
   c.dataset.image_key = 'image'  # feature names for TFDS datasets
   c.dataset.label_key = 'label'
+  c.dataset.test_split = 'test'  # the TFDS split tested on at the end (ImageNet: 'validation')
+  # device: the training split in device memory | grain: streamed from storage (npz members
+  # memory-mapped, TFDS prepared as array_record) | auto: grain when the split (as float32)
+  # needs more than device_memory_fraction of one device's memory
+  c.dataset.pipeline = 'device'
+  c.dataset.device_memory_fraction = 0.5
+  c.dataset.grain_threads = 4  # threads reading the next batches ahead of the loop (grain)
+  c.dataset.prefetch_batches = 8
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'  # see recipe_jax.models.MODELS, or package.module:Factory

@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from recipe_jax import (augment, data as data_lib, losses, models, optim, rng, trainer,
-                        warm_start)
+from recipe_jax import (augment, data as data_lib, losses, models, optim, rng, streaming,
+                        trainer, warm_start)
 from recipe_jax.errors import UserError
 from recipe_jax.mesh import AXIS, Mesh, make_mesh, put_replicated, require_divisible
 
@@ -35,12 +35,18 @@ class Experiment:
     return trainer.init_state(self.model, self.tx, self.dataset.x_train.shape[1:], seed,
                               self.output_bias, ema=ema)
 
+  @property
+  def streamed(self) -> bool:
+    """Whether training batches are read from storage step by step (dataset.pipeline=grain)."""
+    return isinstance(self.dataset.x_train, streaming.Rows)
+
   def train_step(self, steps_per_epoch: int):
     """The run's jitted train step (see `trainer.make_train_step`)."""
     c = self.config
     return trainer.make_train_step(self.model, self.tx, self.mesh, c.batch_size, steps_per_epoch,
                                    c.seed, self.train_loss_fn, self.augmentation, c.ema_decay,
-                                   accumulate_steps=c.optimizer.accumulate_steps)
+                                   accumulate_steps=c.optimizer.accumulate_steps,
+                                   streamed=self.streamed)
 
   def run_steps(self, x, y, num_steps: int, *, seed: int | None = None,
                 batch_size: int | None = None, augmentation=KEEP, every: int = 0,
@@ -67,6 +73,15 @@ class Experiment:
     """(params, x, train) -> logits with the state's BatchNorm statistics, for checks."""
     return trainer.make_apply_fn(self.model, state.batch_stats,
                                  rng.stream_key(self.config.seed, 'dropout', 0))
+
+
+def in_memory(exp: Experiment) -> Experiment:
+  """`exp` with a streamed training split read into memory, for stages whose checks slice and
+  jit it freely (sanity); unchanged on the device path."""
+  if not exp.streamed:
+    return exp
+  dataset = dataclasses.replace(exp.dataset, x_train=np.asarray(exp.dataset.x_train))
+  return dataclasses.replace(exp, dataset=dataset)
 
 
 def initial_output_bias(config, dataset) -> np.ndarray | None:
@@ -100,6 +115,9 @@ def build(config, *, num_train_steps: int | None = None, schedule=None,
   if augment.mixes(augmentation) and config.loss not in losses.LOSSES:
     raise UserError(f"augment.mixup / augment.cutmix train on soft targets, which loss "
                     f"'{config.loss}' does not take; use loss=cross_entropy")
+  if augment.mixes(augmentation) and isinstance(dataset.x_train, streaming.Rows):
+    raise UserError('augment.mixup / augment.cutmix draw partners from the whole training '
+                    'split, which dataset.pipeline=grain does not hold; use pipeline=device')
   return Experiment(config, dataset, mesh, model, tx, loss_fn, train_loss_fn, augmentation,
                     initial_output_bias(config, dataset))
 

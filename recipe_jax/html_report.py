@@ -75,8 +75,12 @@ def render(workdir: str) -> str:
 
 
 def write(workdir: str) -> str:
-  """Writes DIR/report.html (atomically) and returns its path."""
+  """Writes DIR/report.html (atomically; in a multi-host job only process 0) and returns its
+  path."""
+  from recipe_jax import multihost
   path = os.path.join(workdir, 'report.html')
+  if not multihost.is_leader():
+    return path
   with open(path + '.tmp', 'w') as f:
     f.write(render(workdir))
   os.replace(path + '.tmp', path)

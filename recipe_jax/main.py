@@ -85,7 +85,8 @@ def main(argv):
       jax.distributed.initialize(config.coordinator_address, config.num_processes,
                                  config.process_id)
     enable_compilation_cache(config.compilation_cache_dir)
-    if jax.process_index() == 0:  # what this workdir ran: report.html's headline and commands
+    from recipe_jax import multihost
+    if multihost.is_leader():  # what this workdir ran: report.html's headline and commands
       os.makedirs(os.path.join(workdir, config.stage), exist_ok=True)
       with open(os.path.join(workdir, config.stage, 'config.json'), 'w') as f:
         json.dump(config.to_dict(), f, indent=2, sort_keys=True)

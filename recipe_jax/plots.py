@@ -5,6 +5,15 @@ matplotlib.use('Agg')  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from recipe_jax import multihost  # noqa: E402
+
+
+def save(fig, path) -> None:
+  """Writes the figure (only process 0 of a multi-host job writes files) and closes it."""
+  if multihost.is_leader():
+    fig.savefig(path, dpi=90)
+  plt.close(fig)
+
 
 def draw_example(ax, x, title=''):
   x = np.asarray(x, np.float32)
@@ -38,8 +47,7 @@ def grid(path, examples, titles, columns, row_labels=None, title=None):
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  save(fig, path)
 
 
 def class_counts(path, counts: dict):
@@ -52,8 +60,7 @@ def class_counts(path, counts: dict):
   ax.set_ylabel('examples')
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  save(fig, path)
 
 
 def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
@@ -79,8 +86,7 @@ def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
   ax.set_ylabel(ylabel)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  save(fig, path)
 
 
 def scatter(path, x, y, xlabel: str, ylabel: str, logx: bool = False,
@@ -97,8 +103,7 @@ def scatter(path, x, y, xlabel: str, ylabel: str, logx: bool = False,
   if vlines:
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  save(fig, path)
 
 
 def bars(path, values: dict, ylabel: str):
@@ -108,8 +113,7 @@ def bars(path, values: dict, ylabel: str):
     ax.text(i, v, f'{v:.3f}', ha='center', va='bottom', fontsize=8)
   ax.set_ylabel(ylabel)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  save(fig, path)
 
 
 def matrix(path, values, xlabel: str, ylabel: str, title: str):
@@ -120,8 +124,7 @@ def matrix(path, values, xlabel: str, ylabel: str, title: str):
   ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  save(fig, path)
 
 
 def prediction_dynamics(path, probabilities, eval_steps, labels, columns: int = 4):
@@ -144,8 +147,7 @@ def prediction_dynamics(path, probabilities, eval_steps, labels, columns: int = 
   axes[-1, 0].set_xlabel('step', fontsize=7)
   axes[-1, 0].set_ylabel('class', fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  save(fig, path)
 
 
 def confusion(path, counts, title: str):
@@ -168,8 +170,7 @@ def confusion(path, counts, title: str):
   ax.set_ylabel('true class')
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  save(fig, path)
 
 
 def reliability(path, bins: list, ece: float):
@@ -186,8 +187,7 @@ def reliability(path, bins: list, ece: float):
   ax.set_title(f'reliability: ECE {ece:.3f}', fontsize=9)
   ax.legend(fontsize=8, loc='upper left')
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  save(fig, path)
 
 
 def learning_curve(path, series: dict, points: dict, largest: float):
@@ -208,5 +208,4 @@ def learning_curve(path, series: dict, points: dict, largest: float):
     ax.set_ylabel(ylabel)
   ax_err.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  save(fig, path)

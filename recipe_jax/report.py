@@ -10,6 +10,7 @@ import os
 import numpy as np
 from absl import logging
 
+from recipe_jax import multihost
 from recipe_jax.errors import ChecksFailed
 
 STATUSES = ('PASS', 'WARN', 'FAIL')
@@ -74,6 +75,8 @@ def finish(workdir: str, result: StageResult, title: str, images: dict | None = 
     write(directory, title, result.verdicts, images)
   result.images = {check: [os.path.relpath(p, workdir) for p in paths]
                    for check, paths in (images or {}).items()}
+  if not multihost.is_leader():  # a multi-host job: process 0 writes the files
+    return result
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, 'result.json.tmp'), 'w') as f:
     json.dump(result.to_json(), f, indent=2)
@@ -83,7 +86,12 @@ def finish(workdir: str, result: StageResult, title: str, images: dict | None = 
 
 
 def write(directory: str, title: str, verdicts: list, images: dict | None = None) -> None:
-  """verdicts.json, report.md (images inline, under the check that made them), console lines."""
+  """verdicts.json, report.md (images inline, under the check that made them), console lines;
+  only process 0 of a multi-host job writes the files."""
+  for v in verdicts:
+    logging.info('%-4s %-22s %s', v.status, v.check, v.summary)
+  if not multihost.is_leader():
+    return
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, 'verdicts.json'), 'w') as f:
     json.dump([_jsonable(dataclasses.asdict(v)) for v in verdicts], f, indent=2)
@@ -95,8 +103,6 @@ def write(directory: str, title: str, verdicts: list, images: dict | None = None
       lines += [f'![{v.check}]({os.path.relpath(image, directory)})', '']
   with open(os.path.join(directory, 'report.md'), 'w') as f:
     f.write('\n'.join(lines))
-  for v in verdicts:
-    logging.info('%-4s %-22s %s', v.status, v.check, v.summary)
 
 
 def closing_lines(result: StageResult, workdir: str) -> list:

@@ -70,6 +70,8 @@ def why_not(configs: list) -> str | None:
     return 'early stopping ends each seed at its own step'
   if first.init_from:
     return 'init_from loads each run by itself'
+  if first.dataset.pipeline != 'device':
+    return f'dataset.pipeline={first.dataset.pipeline} streams one run\'s batches'
   if jax.process_count() > 1:
     return 'multi-host runs train one seed at a time'
   strip = lambda c: {k: v for k, v in c.to_dict().items() if k != 'seed'}
@@ -162,7 +164,7 @@ def _loop(exp, seeds, states, progress: list, managers: list, writers: list) -> 
   pending, perm_epoch, perms = [], None, None
   train_summaries, eval_metrics = [{} for _ in seeds], [{} for _ in seeds]
   segment_start = time.time()
-  with trainer.sigterm_requested() as preempted:
+  with trainer.stop_for_preemption() as preempted:
     while step < config.num_train_steps:
       epoch = step // per_epoch
       if epoch != perm_epoch:
@@ -173,7 +175,7 @@ def _loop(exp, seeds, states, progress: list, managers: list, writers: list) -> 
       states, step_metrics = train_step(states, x_train, y_train, perms, seeds_on_device)
       step += 1
       pending.append((step, step_metrics))
-      stop = preempted.is_set()
+      stop = preempted(step)
       is_last = step == config.num_train_steps
       eval_now = step % config.eval_every_steps == 0 or is_last
       save_now = step % config.checkpoint_every_steps == 0 or is_last or stop

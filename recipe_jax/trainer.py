@@ -20,10 +20,10 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metrics
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from recipe_jax import (augment, checkpoints, console, data as data_lib, losses, models, rng,
-                        tensorboard_writer, user_code, warm_start)
+from recipe_jax import (augment, checkpoints, console, data as data_lib, losses, models,
+                        multihost, rng, streaming, tensorboard_writer, user_code, warm_start)
 from recipe_jax.errors import DivergenceError, UserError
 from recipe_jax.mesh import AXIS, needs_one_at_a_time, one_at_a_time, put_replicated, put_sharded
 from recipe_jax.trees import params_sha256, replace_leaf
@@ -131,11 +131,13 @@ def batch_inputs(x_all, y_all, perm, step, batch_size: int, steps_per_epoch: int
 @functools.lru_cache(maxsize=None)  # a stage that trains several short runs compiles once
 def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int, seed: int,
                     loss_fn=losses.cross_entropy, augmentation=None, ema_decay: float = 0.0,
-                    side_by_side: bool = False, accumulate_steps: int = 1):
+                    side_by_side: bool = False, accumulate_steps: int = 1,
+                    streamed: bool = False):
   """The jitted train step: (state, x_train, y_train, epoch_perm) -> (state, {loss, accuracy}).
   With `side_by_side`, several seeds' runs in one program: (states, x_train, y_train,
   epoch_perms, seeds) -> (states, {loss, accuracy}), every leaf with a leading seed axis and
-  `seed` unused (`recipe_jax.side_by_side`).
+  `seed` unused (`recipe_jax.side_by_side`). With `streamed`, (state, x_batch, y_batch): the
+  step's batch itself, sharded over the devices (`dataset.pipeline=grain`).
 
   Args:
     model, tx: the Flax module and the optax optimizer.
@@ -151,10 +153,14 @@ def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int
   """
   local_batch = batch_size // mesh.size
 
-  def step_fn(state, x_all, y_all, perm, seed=seed):
+  def step_fn(state, x_all, y_all, perm=None, seed=seed):
     device = jax.lax.axis_index(AXIS)
-    x, y = batch_inputs(x_all, y_all, perm, state.step, batch_size, steps_per_epoch,
-                        device * local_batch, local_batch, seed, augmentation)
+    if streamed:  # x_all, y_all: this device's rows of the batch
+      positions = device * local_batch + jnp.arange(local_batch)
+      x, y = augment.apply(augmentation, seed, state.step, positions, x_all), y_all
+    else:
+      x, y = batch_inputs(x_all, y_all, perm, state.step, batch_size, steps_per_epoch,
+                          device * local_batch, local_batch, seed, augmentation)
     dropout_key = jax.random.fold_in(rng.stream_key(seed, 'dropout', state.step), device)
 
     def loss_and_grads(x, y, batch_stats, dropout_key):
@@ -186,8 +192,9 @@ def make_train_step(model, tx, mesh: Mesh, batch_size: int, steps_per_epoch: int
     return new_state, step_metrics
 
   body = jax.vmap(step_fn, in_axes=(0, None, None, 0, 0)) if side_by_side else step_fn
-  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(),) * (5 if side_by_side else 4),
-                          out_specs=(P(), P()), check_vma=False)
+  in_specs = (P(), P(AXIS), P(AXIS)) if streamed else (P(),) * (5 if side_by_side else 4)
+  sharded = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()),
+                          check_vma=False)
   step = jax.jit(sharded, donate_argnums=(0,))
   if needs_one_at_a_time(mesh):
     return one_at_a_time(step)
@@ -276,15 +283,22 @@ def compile_evaluator(model, mesh: Mesh, state, x, y, configured_batch: int, los
 
 
 @contextlib.contextmanager
-def sigterm_requested():
-  """An Event set by SIGTERM (preemption); the loop checks it after every step."""
+def stop_for_preemption():
+  """stop(step) -> whether to save and stop after `step`, asked after every step: SIGTERM seen
+  by this process. In a multi-host job, JAX's preemption sync point instead: a SIGTERM that
+  reaches any host (jax.distributed catches it) stops every host after the same step, so their
+  collective checkpoint save meets."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    yield multihost_utils.reached_preemption_sync_point
+    return
   event = threading.Event()
   if threading.current_thread() is not threading.main_thread():
-    yield event  # signal handlers can only be installed from the main thread
+    yield lambda step: event.is_set()  # signal handlers can only be installed from the main thread
     return
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
   try:
-    yield event
+    yield lambda step: event.is_set()
   finally:
     signal.signal(signal.SIGTERM, previous)
 
@@ -433,6 +447,7 @@ def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
       'params_sha256': params_sha256(state.params),
       'wall_s': progress.wall_s + time.time() - loop['segment_start'],
       'examples_per_s': loop['examples_per_s'],
+      'data_wait_fraction': loop['data_wait_fraction'],
       'num_devices': mesh.size,
       'init_from': progress.init_from,
       'history': progress.history,  # train and validation metrics at every eval
@@ -450,37 +465,35 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
                 on_eval=None):
   """Steps until the end, early stopping or SIGTERM; evaluates, checkpoints and reports on the
   way. Returns (state, facts about the loop for the summary)."""
-  config, mesh, dataset = exp.config, exp.mesh, exp.dataset
-  num_train = len(dataset.y_train)
-  per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size)
+  config, dataset = exp.config, exp.dataset
+  per_epoch = data_lib.steps_per_epoch(len(dataset.y_train), config.batch_size)
   train_step = exp.train_step(per_epoch)
-  x_train, y_train = put_replicated(mesh, (dataset.x_train, dataset.y_train))
-  writer = tensorboard_writer.ScalarWriter(workdir, just_logging=jax.process_index() > 0)
+  writer = tensorboard_writer.ScalarWriter(workdir, just_logging=not multihost.is_leader())
   progress_line = console.ProgressLine(config.num_train_steps, int(state.step))
   step = int(state.step)
   pending = []  # (step, {loss, accuracy}) still on device, checked and logged in batches
   train_summary, eval_metrics = {}, {}
-  perm_epoch, perm = None, None
-  next_epoch, next_bits = None, None  # the next epoch's order, requested one epoch ahead
+  if exp.streamed:
+    feed, data_iterator = _streamed_feed(exp, step, mngr)
+  else:
+    feed, data_iterator = _device_feed(exp, per_epoch), None
+  waited_s = 0.0  # time the devices may have idled waiting for inputs (see below)
   segment_start = time.time()
   timed_from = None  # (time, step) after the first step's compilation
   steps_per_sec = _Rate(step)
   profile_until = None
   stop_requested = False
   try:
-    with sigterm_requested() as preempted:
+    with stop_for_preemption() as preempted:
       while (step < config.num_train_steps and not stop_requested
              and not progress.stopped_early):
-        epoch = step // per_epoch
-        if epoch != perm_epoch:
-          bits = next_bits if next_epoch == epoch else data_lib.epoch_bits(config.seed, epoch,
-                                                                            num_train)
-          next_epoch, next_bits = epoch + 1, data_lib.epoch_bits(config.seed, epoch + 1, num_train)
-          perm = put_replicated(mesh, data_lib.permutation_from_bits(bits))
-          if perm_epoch is None:
-            trace_train_step(train_step, state, x_train, y_train, perm)
-          perm_epoch = epoch
-        state, step_metrics = train_step(state, x_train, y_train, perm)
+        asked = time.time()
+        inputs = feed(step)
+        if timed_from is None:
+          trace_train_step(train_step, state, *inputs)
+        elif state.step.is_ready():  # the devices finished the last step before the inputs came
+          waited_s += time.time() - asked  # (an upper bound on their idle time)
+        state, step_metrics = train_step(state, *inputs)
         step += 1
         pending.append((step, step_metrics))
         if timed_from is None:
@@ -492,7 +505,7 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
           jax.profiler.stop_trace()
           logging.info('profile of steps %d-%d in %s', step - config.profile_steps + 1, step,
                        os.path.join(workdir, 'profile'))
-        stop_requested = preempted.is_set()  # read once: it decides both the save and the exit
+        stop_requested = preempted(step)  # asked once: it decides both the save and the exit
         is_last = step == config.num_train_steps
         eval_now = step % config.eval_every_steps == 0 or is_last
         save_now = step % config.checkpoint_every_steps == 0 or is_last or stop_requested
@@ -511,7 +524,7 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
         progress_line.report(step, train_summary, eval_metrics, force=eval_now)
         if save_now or progress.stopped_early:
           checkpoints.save(mngr, step, state, dataclasses.asdict(dataclasses.replace(
-              progress, wall_s=progress.wall_s + time.time() - segment_start)))
+              progress, wall_s=progress.wall_s + time.time() - segment_start)), data_iterator)
       loop_end = time.time()
       if stop_requested:
         logging.warning('SIGTERM: saved a checkpoint at step %d; exiting', step)
@@ -525,7 +538,43 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
       'step': step, 'finished': step >= config.num_train_steps or progress.stopped_early,
       'train_summary': train_summary, 'eval_metrics': eval_metrics, 'writer': writer,
       'segment_start': segment_start,
-      'examples_per_s': timed_steps * config.batch_size / elapsed if elapsed > 0 else None}
+      'examples_per_s': timed_steps * config.batch_size / elapsed if elapsed > 0 else None,
+      'data_wait_fraction': waited_s / elapsed if elapsed > 0 else None}
+
+
+def _device_feed(exp, per_epoch: int):
+  """step -> the train step's inputs on the device path: the whole training split (placed
+  once) and the epoch's order; the next epoch's order is requested one epoch ahead."""
+  config, mesh, dataset = exp.config, exp.mesh, exp.dataset
+  x_train, y_train = put_replicated(mesh, (dataset.x_train, dataset.y_train))
+  num_train = len(dataset.y_train)
+  current = {'epoch': None, 'perm': None, 'next': (None, None)}
+
+  def inputs(step):
+    epoch = step // per_epoch
+    if epoch != current['epoch']:
+      next_epoch, next_bits = current['next']
+      bits = next_bits if next_epoch == epoch else data_lib.epoch_bits(config.seed, epoch,
+                                                                        num_train)
+      current['next'] = epoch + 1, data_lib.epoch_bits(config.seed, epoch + 1, num_train)
+      current['perm'] = put_replicated(mesh, data_lib.permutation_from_bits(bits))
+      current['epoch'] = epoch
+    return x_train, y_train, current['perm']
+  return inputs
+
+
+def _streamed_feed(exp, step: int, mngr):
+  """step -> the step's batch as sharded global arrays, read by grain (`streaming.batches`),
+  and the grain iterator (saved with every checkpoint; restored from the checkpoint resumed)."""
+  iterator = streaming.batches(exp.dataset, exp.config, step)
+  if step and checkpoints.restore_data_iterator(mngr, step, iterator):
+    position = iterator.get_state()['next_index']
+    if position != step:
+      raise RuntimeError(f'the checkpoint at step {step} saved the input iterator at {position}')
+    logging.info('restored the input iterator from the checkpoint at step %d', step)
+  sharding = NamedSharding(exp.mesh, P(AXIS))
+  return (lambda step: streaming.to_devices(sharding, next(iterator), exp.config.batch_size),
+          iterator)
 
 
 def _start_profile(config, workdir: str, step: int) -> int | None:

@@ -1,11 +1,13 @@
 """Multi-host code paths on one machine: 2 processes joined by jax.distributed (CPU backend,
 gloo collectives, one device each) against one process with 2 virtual devices."""
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 
-from conftest import REPO, cli_flags, read_summary, run_main
+from conftest import REPO, cli_flags, read_summary, run_main, wait_for_checkpoint
 
 TWO_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
 
@@ -16,17 +18,30 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two_processes(workdir, flags, per_process=None, timeout=300):
-  """Starts process 0 and 1 of a 2-process job; returns their CompletedProcess-like results."""
+def start_two_processes(workdir, flags, per_process=None):
+  """Starts process 0 and 1 of a 2-process job on localhost."""
   port = free_port()
-  procs = []
-  for i in (0, 1):
-    procs.append(subprocess.Popen(
-        [sys.executable, '-m', 'recipe_jax.main', f'--workdir={workdir}', *flags,
-         '--config.distributed=True', f'--config.coordinator_address=localhost:{port}',
-         '--config.num_processes=2', f'--config.process_id={i}', *(per_process or {}).get(i, [])],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  return [subprocess.Popen(
+      [sys.executable, '-m', 'recipe_jax.main', f'--workdir={workdir}', *flags,
+       '--config.distributed=True', f'--config.coordinator_address=localhost:{port}',
+       '--config.num_processes=2', f'--config.process_id={i}', *(per_process or {}).get(i, [])],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+
+
+def outputs_of(procs, timeout=300) -> list:
+  """Each process's output once all have ended; all are killed if one hangs (a collective
+  that one process never joins waits forever)."""
+  try:
+    return [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+
+
+def run_two_processes(workdir, flags, per_process=None, timeout=300):
+  """Runs a 2-process job; returns (returncode, output) of each process."""
+  procs = start_two_processes(workdir, flags, per_process)
+  outputs = outputs_of(procs, timeout)
   return [(p.returncode, out) for p, out in zip(procs, outputs)]
 
 
@@ -66,3 +81,62 @@ def test_a_sweep_on_two_hosts_only_lets_process_0_touch_the_study(small_config, 
   assert os.path.exists(tmp_path / 'hosts' / 'tune' / 'best_config.py')
   for _, output in results:  # both processes trained all three trials, step for step
     assert output.count('step 60/60 (100%)') == 3
+
+
+def test_two_processes_stream_only_their_shard_and_train_like_two_devices(small_config, tmp_path):
+  from test_streaming import write_images
+  small_config.dataset.name = write_images(tmp_path / 'images.npz')
+  small_config.model.name, small_config.batch_size = 'cnn2d', 32
+  small_config.augment.crop_padding, small_config.augment.flip = 1, True
+  small_config.dataset.pipeline = 'grain'
+  small_config.optimizer.accumulate_steps = 2  # micro-batches of each process's 16 rows
+  flags = cli_flags(small_config, 'configs/digits/cnn.py')
+  for returncode, output in run_two_processes(tmp_path / 'hosts', flags):
+    assert returncode == 0, output[-3000:]
+  saved = os.listdir(tmp_path / 'hosts' / 'checkpoints' / '60' / 'data')
+  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(saved)  # one iterator each
+  # The device path with 2 devices in one process: every batch, augmentation and sum the same.
+  devices = run_main(tmp_path / 'devices', *flags, '--config.dataset.pipeline=device',
+                     env=TWO_DEVICES)
+  assert devices.returncode == 0, devices.stderr[-3000:]
+  assert read_summary(tmp_path / 'hosts')['params_sha256'] == read_summary(
+      tmp_path / 'devices')['params_sha256']
+
+
+def test_a_process_other_than_0_writes_no_file_but_its_checkpoints(small_config, tmp_path,
+                                                                     monkeypatch):
+  """Every file of a train run except orbax's (which orbax coordinates itself) comes from one
+  writer: run as process 1 would, the workdir holds nothing else."""
+  from recipe_jax import multihost
+  from recipe_jax.stages import train
+  monkeypatch.setattr(multihost, 'is_leader', lambda: False)
+  train.run(small_config, str(tmp_path))
+  written = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path)
+             for f in files]
+  assert written and all(p.startswith('checkpoints' + os.sep) for p in written), written
+  monkeypatch.undo()
+  train.run(small_config, str(tmp_path / 'leader'))  # the same run as process 0 writes them
+  for name in ('summary.json', 'report.html', 'train/report.md', 'train/result.json',
+               'analysis/confusion_matrix.png'):
+    assert os.path.isfile(tmp_path / 'leader' / name), name
+
+
+def test_a_sigterm_to_one_host_stops_both_after_the_same_step_and_they_resume(small_config,
+                                                                            tmp_path):
+  small_config.num_train_steps, small_config.checkpoint_every_steps = 1500, 100
+  flags = cli_flags(small_config)
+  procs = start_two_processes(tmp_path / 'hosts', flags)
+  wait_for_checkpoint(procs[0], tmp_path / 'hosts' / 'checkpoints')
+  procs[1].send_signal(signal.SIGTERM)  # process 0 is not told
+  outputs = outputs_of(procs)
+  assert [p.returncode for p in procs] == [0, 0], outputs[1][-3000:]
+  stopped = [re.findall(r'SIGTERM: saved a checkpoint at step (\d+)', out) for out in outputs]
+  assert stopped[0] == stopped[1] and len(stopped[0]) == 1, outputs  # the same step on both
+  assert int(stopped[0][0]) < 1500
+  for returncode, output in run_two_processes(tmp_path / 'hosts', flags):
+    assert returncode == 0, output[-3000:]
+  straight = run_main(tmp_path / 'straight', *flags, env=TWO_DEVICES)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  assert read_summary(tmp_path / 'hosts')['resumed_from_step'] == int(stopped[0][0])
+  assert read_summary(tmp_path / 'hosts')['params_sha256'] == read_summary(
+      tmp_path / 'straight')['params_sha256']

@@ -46,7 +46,8 @@ def run(config, workdir: str) -> StageResult:
   os.makedirs(out, exist_ok=True)
   cfg = config.sanity
   # The plain loss, without label smoothing: one batch must be able to reach ~0 loss.
-  exp = experiment.build(config, num_train_steps=cfg.steps, label_smoothing=False)
+  exp = experiment.in_memory(experiment.build(config, num_train_steps=cfg.steps,
+                                              label_smoothing=False))
   dataset = exp.dataset
   if len(dataset.y_val) == 0:
     raise UserError('the sanity stage compares baselines on validation data; set '

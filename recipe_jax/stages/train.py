@@ -11,9 +11,8 @@ WARN for other schedules, whose shape changes), and the error analysis of the fi
 import json
 import os
 
-import jax
 
-from recipe_jax import experiment, optim, report, runs, trainer
+from recipe_jax import experiment, multihost, optim, report, runs, trainer
 from recipe_jax.errors import DivergenceError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import evaluate
@@ -24,7 +23,7 @@ FILES = ['summary.json', 'config.json', 'checkpoints', 'train/report.md']
 
 
 def write_json(path: str, obj) -> None:
-  if jax.process_index() == 0:
+  if multihost.is_leader():
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + '.tmp', 'w') as f:
       json.dump(obj, f, indent=2, sort_keys=True)

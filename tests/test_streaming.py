@@ -1,0 +1,146 @@
+"""dataset.pipeline=grain: training batches streamed from storage give exactly the device
+path's batches, resume from grain's saved iterator, and refuse what they cannot do."""
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from conftest import read_summary, train_and_evaluate
+from recipe_jax import data, experiment, streaming
+from recipe_jax.errors import UserError
+
+
+def write_images(path, compressed=False, n_train=960, n_test=200):
+  """uint8 8x8x3 images whose class is where the brightest of 10 pixels is."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (n_train + n_test, 8, 8, 3), dtype=np.uint8)
+  y = x.reshape(len(x), -1)[:, :10].argmax(1)
+  save = np.savez_compressed if compressed else np.savez
+  save(path, x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:])
+  return f'npz:{path}'
+
+
+@pytest.fixture
+def image_config(small_config, tmp_path):
+  small_config.dataset.name = write_images(tmp_path / 'images.npz')
+  small_config.model.name = 'cnn2d'
+  small_config.model.dropout = 0.1
+  small_config.augment.crop_padding, small_config.augment.flip = 1, True
+  small_config.augment.noise = 0.05
+  small_config.batch_size = 32
+  return small_config
+
+
+def assert_same_dataset(streamed, in_memory):
+  assert isinstance(streamed.x_train, streaming.Rows)
+  assert streamed.x_train.shape == in_memory.x_train.shape
+  np.testing.assert_array_equal(np.asarray(streamed.x_train), in_memory.x_train)
+  np.testing.assert_array_equal(streamed.x_train[[5, 0, 7]], in_memory.x_train[[5, 0, 7]])
+  for key in ('y_train', 'x_val', 'y_val', 'x_test', 'y_test', 'mean', 'std', 'train_rows'):
+    np.testing.assert_array_equal(getattr(streamed, key), getattr(in_memory, key), err_msg=key)
+  assert streamed.num_classes == in_memory.num_classes
+
+
+@pytest.mark.parametrize('compressed', [False, True], ids=['memory-mapped', 'extracted'])
+def test_npz_rows_stream_with_the_device_paths_split_statistics_and_normalisation(
+    small_config, tmp_path, compressed):
+  cfg = small_config.dataset
+  cfg.name = write_images(tmp_path / 'images.npz', compressed)
+  cfg.downsample, cfg.train_fraction = 2, 0.5
+  in_memory = data.load(cfg)
+  cfg.pipeline = 'grain'
+  streamed = data.load(cfg)
+  assert_same_dataset(streamed, in_memory)
+  stats = tmp_path / 'input_stats.json'  # as the inspect stage writes them: no pass over the split
+  stats.write_text(json.dumps({'mean': [1.0, 2.0, 3.0], 'std': [4.0, 5.0, 6.0]}))
+  cfg.stats_from = str(stats)
+  np.testing.assert_array_equal(data.load(cfg).mean, [1.0, 2.0, 3.0])
+  member = streaming.npz_member(str(tmp_path / 'images.npz'), 'x_train')
+  assert isinstance(member, np.memmap)  # never read into memory whole
+  assert os.path.isdir(tmp_path / 'images.npz.arrays') == compressed
+
+
+def test_grain_trains_bit_identically_to_the_device_path_and_resumes_from_its_iterator(
+    image_config, tmp_path):
+  device = train_and_evaluate(image_config, tmp_path / 'device')  # 60 steps
+  image_config.dataset.pipeline = 'grain'
+  image_config.num_train_steps = 30
+  train_and_evaluate(image_config, tmp_path / 'grain')
+  saved = tmp_path / 'grain' / 'checkpoints' / '30' / 'data' / 'process_0-of-1.json'
+  assert json.loads(saved.read_text())['next_index'] == 30  # grain's own checkpoint file
+  image_config.num_train_steps = 60
+  resumed = train_and_evaluate(image_config, tmp_path / 'grain')
+  assert resumed['resumed_from_step'] == 30
+  assert resumed['params_sha256'] == device['params_sha256']
+  assert resumed['test_accuracy'] == device['test_accuracy']
+  assert 0 <= resumed['data_wait_fraction'] < 1 and 0 <= device['data_wait_fraction'] < 1
+
+
+def test_a_batch_read_out_of_order_changes_the_result(image_config, tmp_path, monkeypatch):
+  """A planted defect the equality above must catch: streamed batches in another order."""
+  device = train_and_evaluate(image_config, tmp_path / 'device')
+  image_config.dataset.pipeline = 'grain'
+  real_permutation = data.epoch_permutation
+  monkeypatch.setattr(data, 'epoch_permutation',
+                      lambda seed, epoch, n: np.roll(real_permutation(seed, epoch, n), 1))
+  shifted = train_and_evaluate(image_config, tmp_path / 'shifted')
+  assert shifted['params_sha256'] != device['params_sha256']
+
+
+def test_tfds_array_record_streams_and_tfrecord_gets_a_one_line_error(small_config, tmp_path):
+  import tensorflow_datasets as tfds
+  from recipe_jax import tfds_builders  # noqa: F401
+  array_record_dir = str(tmp_path / 'array_record')
+  tfds.builder('digits', data_dir=array_record_dir).download_and_prepare(
+      file_format='array_record')
+  cfg = small_config.dataset
+  cfg.name, cfg.data_dir = 'digits', array_record_dir
+  in_memory = data.load(cfg)  # the device path reads array_record too (random access)
+  cfg.pipeline = 'grain'
+  assert_same_dataset(data.load(cfg), in_memory)
+  cfg.test_split = 'train'  # which TFDS split is the test split (ImageNet: 'validation')
+  assert len(data.load(cfg).y_test) == len(in_memory.y_train) + len(in_memory.y_val)
+  cfg.test_split = 'validation'
+  with pytest.raises(UserError, match="no 'validation' split; it has .*set dataset.test_split"):
+    data.load(cfg)
+  cfg.test_split = 'test'
+  cfg.data_dir = small_config.dataset.data_dir = str(tmp_path / 'tfrecord')
+  cfg.pipeline = 'device'
+  data.load(cfg)  # prepares digits as tfrecord, the default
+  cfg.pipeline = 'grain'
+  with pytest.raises(UserError, match=r'prepared without array_record.*`tfds build digits '
+                     r'--file_format=array_record`.*or use dataset.pipeline=device'):
+    data.load(cfg)
+
+
+def test_auto_streams_only_what_does_not_fit_and_grain_refuses_mixup(image_config, caplog):
+  image_config.dataset.pipeline = 'auto'
+  assert not experiment.build(image_config).streamed  # 960 small images fit
+  image_config.dataset.device_memory_fraction = 1e-9
+  with caplog.at_level(logging.INFO):
+    assert experiment.build(image_config).streamed
+  assert 'dataset.pipeline=auto: the training split needs' in caplog.text
+  image_config.augment.mixup = 0.2
+  with pytest.raises(UserError, match='mixup / augment.cutmix draw partners'):
+    experiment.build(image_config)
+  image_config.dataset.pipeline = 'fast'
+  with pytest.raises(UserError, match="dataset.pipeline='fast'; use device, grain, auto"):
+    experiment.build(image_config)
+
+
+def test_train_and_sanity_stages_run_on_a_streamed_dataset(image_config, tmp_path):
+  from conftest import cli_flags, run_main
+  image_config.dataset.pipeline = 'grain'
+  flags = cli_flags(image_config, 'configs/digits/cnn.py')
+  result = run_main(tmp_path / 'train', *flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = read_summary(tmp_path / 'train')
+  assert summary['finished'] and summary['data_wait_fraction'] is not None
+  sanity = run_main(tmp_path / 'sanity', *flags, '--config.stage=sanity',
+                    '--config.sanity.steps=60', '--config.sanity.overfit_steps=60',
+                    '--config.sanity.seed_steps=5')
+  assert sanity.returncode in (0, 1) and 'Traceback' not in sanity.stderr, sanity.stderr[-3000:]
+  verdicts = json.loads((tmp_path / 'sanity' / 'sanity' / 'result.json').read_text())['verdicts']
+  assert len(verdicts) >= 5  # every check ran and gave a verdict
