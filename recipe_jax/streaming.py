@@ -55,9 +55,17 @@ def train_split_bytes(cfg) -> int:
     shape = npz_member(cfg.name[len(data_lib.NPZ_PREFIX):], 'x_train').shape
   else:
     builder = _tfds_builder(cfg)
-    shape = (builder.info.splits['train'].num_examples,
-             *builder.info.features[cfg.image_key].shape)
+    shape = (builder.info.splits['train'].num_examples, *example_shape(builder, cfg))
   return 4 * int(np.prod(shape, dtype=np.int64))
+
+
+def example_shape(builder, cfg) -> tuple:
+  """The input feature's shape, which batching needs fixed."""
+  shape = tuple(builder.info.features[cfg.image_key].shape)
+  if None in shape:
+    raise UserError(f"TFDS dataset '{cfg.name}' has inputs of varying shape {shape}; batches "
+                    'need one shape: take a resized variant (e.g. imagenet_resized/64x64)')
+  return shape
 
 
 def npz_member(path: str, key: str):
@@ -70,8 +78,9 @@ def npz_member(path: str, key: str):
     info = archive.getinfo(f'{key}.npy')
     if info.compress_type == zipfile.ZIP_STORED:
       with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
         read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(member)]
+                       (2, 0): np.lib.format.read_array_header_2_0}[version]
         shape, fortran, dtype = read_header(member)
         header_size = member.tell()
       with open(path, 'rb') as f:  # the member's data starts after its local file header
@@ -105,8 +114,9 @@ class TfdsRows:
 
   def __getitem__(self, rows):
     rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
-    examples = self.source.__getitems__(rows.tolist())
-    return np.stack([e[self.key] for e in examples]) if len(rows) else np.zeros((0, *self.shape[1:]))
+    if not len(rows):
+      return np.zeros((0, *self.shape[1:]))
+    return np.stack([e[self.key] for e in self.source.__getitems__(rows.tolist())])
 
 
 class Rows:
@@ -117,7 +127,8 @@ class Rows:
     self.source, self.rows, self.factor = source, np.asarray(rows), downsample
     self.mean, self.std = mean, std
     example = self._read(self.rows[:1])
-    self.shape, self.ndim, self.dtype = (len(self.rows), *example.shape[1:]), example.ndim, np.float32
+    self.shape, self.ndim = (len(self.rows), *example.shape[1:]), example.ndim
+    self.dtype = np.float32
 
   def __len__(self):
     return len(self.rows)
@@ -197,15 +208,13 @@ def tfds_sources(builder, cfg):
           f'--file_format=array_record` (into a new data_dir) or use dataset.pipeline=device'
       ) from None
     y = np.array([e[cfg.label_key] for e in labels.__getitems__(list(range(len(labels))))])
-    arrays += [TfdsRows(source, cfg.image_key, features[cfg.image_key].shape), y]
+    arrays += [TfdsRows(source, cfg.image_key, example_shape(builder, cfg)), y]
   x_train, y_train, x_test, y_test = arrays
   return (x_train, y_train, x_test[:], y_test, features[cfg.label_key].num_classes, None)
 
 
 def _tfds_builder(cfg):
-  from recipe_jax import console
-  console.import_tensorflow_quietly()
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # without TensorFlow: metadata and array_record reads
   from recipe_jax import tfds_builders  # noqa: F401  registers mnist1d and digits
   builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
   if not builder.is_prepared():

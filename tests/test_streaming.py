@@ -115,6 +115,37 @@ def test_tfds_array_record_streams_and_tfrecord_gets_a_one_line_error(small_conf
     data.load(cfg)
 
 
+def test_tfds_images_stream_without_tensorflow(small_config, tmp_path):
+  import subprocess
+  import sys
+  import tensorflow_datasets as tfds
+  import tiny_images_builder  # noqa: F401  registers tiny_images
+  from conftest import REPO
+  data_dir = str(tmp_path / 'tfds')
+  tfds.builder('tiny_images', data_dir=data_dir).download_and_prepare(file_format='array_record')
+  read = f"""
+import sys
+sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+import numpy as np, tiny_images_builder
+from recipe_jax import defaults, data
+cfg = defaults.get_config().dataset
+cfg.name, cfg.data_dir, cfg.pipeline, cfg.normalize = 'tiny_images', {data_dir!r}, 'grain', False
+dataset = data.load(cfg)
+batch = dataset.x_train[[3, 1]]
+assert batch.shape == (2, 8, 8, 3) and batch.dtype == np.float32 and batch.max() > 1, batch
+assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'
+print('read', len(dataset.y_train), 'training images')
+"""
+  result = subprocess.run([sys.executable, '-c', read], capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0 and 'read 54 training images' in result.stdout, result.stderr
+  tfds.builder('tiny_images_varying', data_dir=data_dir).download_and_prepare(
+      file_format='array_record')
+  cfg = small_config.dataset
+  cfg.name, cfg.data_dir, cfg.pipeline = 'tiny_images_varying', data_dir, 'auto'
+  with pytest.raises(UserError, match=r'inputs of varying shape \(None, None, 3\); batches'):
+    data.load(cfg)
+
+
 def test_auto_streams_only_what_does_not_fit_and_grain_refuses_mixup(image_config, caplog):
   image_config.dataset.pipeline = 'auto'
   assert not experiment.build(image_config).streamed  # 960 small images fit
