@@ -199,8 +199,7 @@ def _load_npz(path):
   check_npz(path)
   with np.load(path) as npz:
     x_train, y_train, x_test, y_test = (npz[k] for k in NPZ_KEYS)
-  check_labels(path, x_train, y_train, x_test, y_test)
-  num_classes = int(max(y_train.max(), y_test.max())) + 1
+  num_classes = npz_num_classes(path, x_train, y_train, x_test, y_test)
   return x_train, y_train, x_test, y_test, num_classes, None
 
 
@@ -216,11 +215,14 @@ def check_npz(path: str) -> None:
                       f"{', '.join(npz.files) or 'no arrays'} and needs {', '.join(NPZ_KEYS)}")
 
 
-def check_labels(path: str, x_train, y_train, x_test, y_test) -> None:
+def npz_num_classes(path: str, x_train, y_train, x_test, y_test) -> int:
+  """The number of classes of an .npz's labels, after checking they are 1-D integers, one
+  per row."""
   for split, x, y in (('train', x_train, y_train), ('test', x_test, y_test)):
     if len(x) != len(y) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
       raise UserError(f"npz '{path}': x_{split} has {len(x)} rows and y_{split} has shape "
                       f'{y.shape}, dtype {y.dtype}; labels must be 1-D integers, one per row')
+  return int(max(y_train.max(), y_test.max())) + 1
 
 
 def _load_tfds(cfg):
@@ -302,10 +304,6 @@ def _read_tfds_splits(builder, cfg):
     from recipe_jax import streaming  # tf.data cannot read array_record: random access can
     x_train, *rest = streaming.tfds_sources(builder, cfg)
     return (x_train[:], *rest)
-  for key in (cfg.image_key, cfg.label_key):
-    if key not in builder.info.features:
-      raise UserError(f"TFDS dataset '{cfg.name}' has no feature '{key}'; it has "
-                      f"{', '.join(builder.info.features)} (set dataset.image_key / label_key)")
   arrays, ids = [], {}
   for role, split in tfds_splits(builder, cfg).items():
     # Batched reads: `batch_size=-1` crashes under tfds.testing.mock_data. In file order (no
@@ -321,7 +319,12 @@ def _read_tfds_splits(builder, cfg):
 
 
 def tfds_splits(builder, cfg) -> dict:
-  """{'train': 'train', 'test': dataset.test_split}, each checked to exist."""
+  """{'train': 'train', 'test': dataset.test_split}, each checked to exist, as are the input
+  and label features: a one-line error otherwise."""
+  for key in (cfg.image_key, cfg.label_key):
+    if key not in builder.info.features:
+      raise UserError(f"TFDS dataset '{cfg.name}' has no feature '{key}'; it has "
+                      f"{', '.join(builder.info.features)} (set dataset.image_key / label_key)")
   splits = {'train': 'train', 'test': cfg.test_split}
   for split in splits.values():
     if builder.info.splits and split not in builder.info.splits:  # empty until prepared

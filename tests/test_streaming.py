@@ -105,7 +105,12 @@ def test_tfds_array_record_streams_and_tfrecord_gets_a_one_line_error(small_conf
   cfg.test_split = 'validation'
   with pytest.raises(UserError, match="no 'validation' split; it has .*set dataset.test_split"):
     data.load(cfg)
-  cfg.test_split = 'test'
+  cfg.test_split, cfg.image_key = 'test', 'pixels'
+  for pipeline in ('device', 'grain'):  # one check serves both readers
+    cfg.pipeline = pipeline
+    with pytest.raises(UserError, match="no feature 'pixels'; it has image, label"):
+      data.load(cfg)
+  cfg.image_key, cfg.pipeline = 'image', 'grain'
   cfg.data_dir = small_config.dataset.data_dir = str(tmp_path / 'tfrecord')
   cfg.pipeline = 'device'
   data.load(cfg)  # prepares digits as tfrecord, the default

@@ -11,7 +11,6 @@ WARN for other schedules, whose shape changes), and the error analysis of the fi
 import json
 import os
 
-
 from recipe_jax import experiment, multihost, optim, report, runs, trainer
 from recipe_jax.errors import DivergenceError
 from recipe_jax.report import StageResult, Verdict
