@@ -3,6 +3,7 @@ path's batches, resume from grain's saved iterator, and refuse what they cannot 
 import json
 import logging
 import os
+import time
 
 import numpy as np
 import pytest
@@ -76,6 +77,21 @@ def test_grain_trains_bit_identically_to_the_device_path_and_resumes_from_its_it
   assert resumed['params_sha256'] == device['params_sha256']
   assert resumed['test_accuracy'] == device['test_accuracy']
   assert 0 <= resumed['data_wait_fraction'] < 1 and 0 <= device['data_wait_fraction'] < 1
+
+
+def test_data_wait_fraction_shows_a_reader_slower_than_the_step(image_config, tmp_path,
+                                                               monkeypatch):
+  image_config.dataset.pipeline = 'grain'
+  fast = train_and_evaluate(image_config, tmp_path / 'fast')
+  read_rows = streaming.Rows.__getitem__
+
+  def slow_read(rows, index):  # a planted slow disk: 30 ms a batch, with 4 reader threads
+    time.sleep(0.03)
+    return read_rows(rows, index)
+  monkeypatch.setattr(streaming.Rows, '__getitem__', slow_read)
+  slow = train_and_evaluate(image_config, tmp_path / 'slow')
+  assert slow['params_sha256'] == fast['params_sha256']  # slower, not different
+  assert slow['data_wait_fraction'] > 0.5 > fast['data_wait_fraction']
 
 
 def test_a_batch_read_out_of_order_changes_the_result(image_config, tmp_path, monkeypatch):
