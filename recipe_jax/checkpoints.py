@@ -20,25 +20,11 @@ def manager(directory: str, max_to_keep: int, best_metric: str | None = None):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict, data_iterator=None,
-         metrics=None) -> None:
-  """The state and `meta` (JSON), and a grain iterator's position with grain's own handler
-  (`dataset.pipeline=grain`: one file per process)."""
+def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict, metrics=None) -> None:
+  """The state and `meta` (JSON). No input-pipeline state: a step's batch is a pure function
+  of (seed, step), so the state's step is where the input resumes."""
   items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-  if data_iterator is not None:
-    import grain
-    items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
   mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
-
-
-def restore_data_iterator(mngr: ocp.CheckpointManager, step: int, iterator) -> bool:
-  """Sets a grain iterator to its position saved at `step`; False when that checkpoint has
-  none (written by the device pipeline)."""
-  if not os.path.isdir(os.path.join(str(mngr.directory), str(step), 'data')):
-    return False
-  import grain
-  mngr.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator)))
-  return True
 
 
 def restore_latest(mngr: ocp.CheckpointManager, like_state):

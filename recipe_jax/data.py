@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,8 @@ from absl import logging
 from recipe_jax import console, rng
 from recipe_jax.errors import UserError
 
-EMBEDDED = {'mnist1d': '1.0.0', 'digits': '1.0.0'}  # name -> TFDS version (tfds_builders)
+# name -> TFDS version (tfds_builders); 1.1.0: the same examples, prepared as array_record
+EMBEDDED = {'mnist1d': '1.1.0', 'digits': '1.1.0'}
 ARRAYS_CACHE = 'recipe_jax_arrays.npz'  # an embedded dataset as arrays, beside its TFDS files
 NPZ_PREFIX = 'npz:'
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
@@ -188,6 +190,19 @@ def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> n
   return epoch_permutation(seed, step // per_epoch, num_examples)[start:start + batch_size]
 
 
+def check_dataset_name(name: str) -> None:
+  """A one-line error unless `name` is embedded, npz:PATH or a dataset TFDS knows."""
+  if name in EMBEDDED or name.startswith(NPZ_PREFIX):
+    return
+  import tensorflow_datasets as tfds
+  try:
+    tfds.builder_cls(name.split(':')[0].split('/')[0])
+  except Exception:  # TFDS raises DatasetNotFoundError with a long multi-line text
+    raise UserError(f"unknown dataset '{name}'; use one of {', '.join(EMBEDDED)}, "
+                    "'npz:PATH' (arrays x_train, y_train, x_test, y_test) or a TFDS name "
+                    "such as mnist, fashion_mnist, cifar10") from None
+
+
 def _load_arrays(cfg):
   if cfg.name.startswith(NPZ_PREFIX):
     return _load_npz(cfg.name[len(NPZ_PREFIX):])
@@ -196,53 +211,137 @@ def _load_arrays(cfg):
 
 def _load_npz(path):
   path = os.path.expanduser(path)
-  check_npz(path)
+  num_classes = check_npz(path)
   with np.load(path) as npz:
     x_train, y_train, x_test, y_test = (npz[k] for k in NPZ_KEYS)
-  num_classes = npz_num_classes(path, x_train, y_train, x_test, y_test)
   return x_train, y_train, x_test, y_test, num_classes, None
 
 
-def check_npz(path: str) -> None:
-  """A one-line error unless `path` is an .npz with the arrays NPZ_KEYS."""
+def check_npz(path: str) -> int:
+  """The number of classes of a valid .npz (see `npz_problem`); a one-line UserError naming the
+  file and what is wrong with it otherwise."""
   if not os.path.isfile(path):
     raise UserError(f"npz file '{path}' does not exist; expected a .npz with arrays "
                     f"{', '.join(NPZ_KEYS)}")
-  with np.load(path) as npz:
-    missing = [k for k in NPZ_KEYS if k not in npz.files]
+  found = _checked_npz(path, os.path.getmtime(path), os.path.getsize(path))
+  if isinstance(found, str):
+    raise UserError(f"npz file '{path}': {found}")
+  return found
+
+
+@functools.lru_cache(maxsize=16)  # each reader asks once per member; the file is read once
+def _checked_npz(path: str, mtime: float, size: int):
+  return npz_problem(path) or npz_num_classes(path)
+
+
+def npz_header(archive: zipfile.ZipFile, key: str):
+  """(shape, fortran_order, dtype) of member `key` of an open .npz, read from its header."""
+  with archive.open(f'{key}.npy') as member:
+    version = np.lib.format.read_magic(member)
+    read = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+      raise ValueError(f'unsupported .npy format version {version}')
+    return (*read(member), member.tell())
+
+
+def npz_problem(path: str) -> str | None:
+  """What is wrong with an .npz as a dataset, read from its headers and labels (the inputs
+  are not loaded), or None: arrays x_train, y_train, x_test, y_test; numeric inputs of one
+  example shape in both splits; 1-D non-negative integer labels, one per row; no empty split."""
+  try:
+    archive = zipfile.ZipFile(path)
+  except (zipfile.BadZipFile, OSError) as e:
+    return (f'not an .npz (a zip of .npy arrays, as np.savez writes): {e}' if os.path.getsize(path)
+            else 'the file is empty; expected a .npz written by np.savez')
+  with archive:
+    names = [n[:-len('.npy')] for n in archive.namelist() if n.endswith('.npy')]
+    missing = [k for k in NPZ_KEYS if k not in names]
     if missing:
-      raise UserError(f"npz file '{path}' lacks {', '.join(missing)}; it has "
-                      f"{', '.join(npz.files) or 'no arrays'} and needs {', '.join(NPZ_KEYS)}")
+      return (f"lacks {', '.join(missing)}; it has {', '.join(names) or 'no arrays'} and "
+              f"needs {', '.join(NPZ_KEYS)}")
+    headers = {}
+    for key in NPZ_KEYS:
+      try:
+        shape, _, dtype, _ = npz_header(archive, key)
+      except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        return f'{key} is not a readable .npy array ({user_one_line(e)})'
+      if dtype.hasobject:
+        return (f'{key} holds Python objects (dtype {dtype}), which would need pickle to load; '
+                'save plain numeric arrays')
+      if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        return f'{key} has dtype {dtype}; inputs and labels must be numbers'
+      headers[key] = shape
+  for split in ('train', 'test'):
+    x, y = headers[f'x_{split}'], headers[f'y_{split}']
+    if len(x) < 2:
+      return (f'x_{split} has shape {x}; inputs need a row per example and at least one '
+              'feature, shape (examples, features...)')
+    if not x[0]:
+      return f'the {split} split is empty (x_{split} has shape {x}); it needs examples'
+    if len(y) != 1 or y[0] != x[0]:
+      return (f'x_{split} has {x[0]} rows and y_{split} has shape {y}; labels must be 1-D, one '
+              'per row')
+  if headers['x_train'][1:] != headers['x_test'][1:]:
+    return (f"x_train's examples have shape {headers['x_train'][1:]} and x_test's "
+            f"{headers['x_test'][1:]}; both splits need the same example shape")
+  with np.load(path) as npz:
+    for key in ('y_train', 'y_test'):
+      y = npz[key]
+      if not np.issubdtype(y.dtype, np.integer):
+        return f'{key} has dtype {y.dtype}; labels must be integers 0..C-1'
+      if y.min() < 0:
+        return (f'{key} holds negative labels (min {y.min()}, rows '
+                f'{np.flatnonzero(y < 0)[:5].tolist()}); labels must be integers 0..C-1')
+  return None
 
 
-def npz_num_classes(path: str, x_train, y_train, x_test, y_test) -> int:
-  """The number of classes of an .npz's labels, after checking they are 1-D integers, one
-  per row."""
-  for split, x, y in (('train', x_train, y_train), ('test', x_test, y_test)):
-    if len(x) != len(y) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-      raise UserError(f"npz '{path}': x_{split} has {len(x)} rows and y_{split} has shape "
-                      f'{y.shape}, dtype {y.dtype}; labels must be 1-D integers, one per row')
-  return int(max(y_train.max(), y_test.max())) + 1
+def user_one_line(e: BaseException) -> str:
+  return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
+def npz_num_classes(path: str) -> int:
+  """The number of classes of a checked .npz: one more than its largest label."""
+  with np.load(path) as npz:
+    return int(max(npz['y_train'].max(), npz['y_test'].max())) + 1
 
 
 def _load_tfds(cfg):
   cache = embedded_arrays_path(cfg)
   if cache and os.path.isfile(cache):
     return _read_arrays_cache(cache)
-  console.import_tensorflow_quietly()
-  import tensorflow_datasets as tfds
-  from recipe_jax import tfds_builders  # noqa: F401  registers mnist1d and digits
-  builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
-  if cfg.name in EMBEDDED and not builder.is_prepared():
+  arrays = _read_tfds_splits(prepared_builder(cfg), cfg)
+  if cache:
+    _write_arrays_cache(cache, arrays)
+  return arrays
+
+
+def prepared_builder(cfg, download: bool = True):
+  """The TFDS builder of `dataset.name`, prepared: an embedded dataset is generated the first
+  time; another is downloaded when `download` (and the machine is online), else a one-line
+  error says how to prepare it."""
+  builder = _tfds_builder(cfg)
+  if builder.is_prepared():
+    return builder
+  if cfg.name in EMBEDDED:
     _prepare_embedded(builder)
-    builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)  # reads what was just written
-  try:
-    arrays = _read_tfds_splits(builder, cfg)
-    if cache:
-      _write_arrays_cache(cache, arrays)
-    return arrays
-  except AssertionError:  # TFDS: "could not find data in DIR"
-    pass
+  elif download:
+    _download(builder, cfg)
+  else:
+    raise UserError(f"TFDS dataset '{cfg.name}' is not prepared under {builder.data_dir}; "
+                    f'dataset.pipeline=grain reads prepared data: run `tfds build {cfg.name} '
+                    '--file_format=array_record` first')
+  return _tfds_builder(cfg)  # reads what was just written
+
+
+def _tfds_builder(cfg):
+  import tensorflow_datasets as tfds  # without TensorFlow: metadata and array_record reads
+  from recipe_jax import tfds_builders  # noqa: F401  registers mnist1d and digits
+  return tfds.builder(cfg.name, data_dir=cfg.data_dir)
+
+
+def _download(builder, cfg) -> None:
+  """Downloads and prepares a TFDS dataset; offline, a one-line error saying where to put it."""
   where = os.path.join(builder.data_dir_root, cfg.name)
   how = (f"On a machine with internet run `tfds build {cfg.name} --data_dir=DIR`, copy "
          f"DIR/{cfg.name} to {where} (or set --config.dataset.data_dir=DIR)")
@@ -254,7 +353,6 @@ def _load_tfds(cfg):
   except Exception as e:
     raise UserError(f"TFDS dataset '{cfg.name}' could not be downloaded "
                     f'({type(e).__name__}: {e}). {how}') from None
-  return _read_tfds_splits(builder, cfg)
 
 
 def embedded_arrays_path(cfg) -> str | None:
@@ -283,7 +381,9 @@ def _read_arrays_cache(path: str):
 
 
 def _prepare_embedded(builder) -> None:
-  """Generates an embedded dataset locally (no network) the first time, quietly."""
+  """Generates an embedded dataset locally (no network) the first time, quietly, as
+  array_record: the device pipeline and grain both read that format."""
+  console.import_tensorflow_quietly()  # TFDS's writer may use it
   import tensorflow_datasets as tfds
   os.makedirs(builder.data_dir_root, exist_ok=True)
   # Several workers (a sweep) may start on a fresh machine together: one prepares, the others
@@ -295,7 +395,8 @@ def _prepare_embedded(builder) -> None:
     logging.info('preparing %s into %s (first use only)', builder.name, builder.data_dir)
     tfds.disable_progress_bar()
     with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
-      builder.download_and_prepare()
+      # array_record: random access, so both pipelines (device and grain) read it
+      builder.download_and_prepare(file_format='array_record')
 
 
 def _read_tfds_splits(builder, cfg):
@@ -304,6 +405,7 @@ def _read_tfds_splits(builder, cfg):
     from recipe_jax import streaming  # tf.data cannot read array_record: random access can
     x_train, *rest = streaming.tfds_sources(builder, cfg)
     return (x_train[:], *rest)
+  console.import_tensorflow_quietly()  # tf.data reads tfrecord
   arrays, ids = [], {}
   for role, split in tfds_splits(builder, cfg).items():
     # Batched reads: `batch_size=-1` crashes under tfds.testing.mock_data. In file order (no

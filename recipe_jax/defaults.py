@@ -132,7 +132,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.compare = ml_collections.ConfigDict()  # stage='compare': one change at a time
   c.compare.variants = '{}'  # JSON {"name": {"config.key": value, ...}, ...}
   c.compare.seeds = 3
-  c.compare.metric = 'eval_accuracy'  # from each run's summary.json
+  c.compare.metric = 'eval_accuracy'  # from each run's summary.json; or eval_loss (minimised)
   c.compare.storage = config_dict.placeholder(str)  # a study URL: workers split the runs
   c.compare.study_name = config_dict.placeholder(str)  # None: derived from the workdir
   c.compare.heartbeat_s = 30  # a silent worker's run is retried after 2x this
@@ -141,8 +141,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.tune.space = '{}'  # JSON {"config.key": {"type": "float"|"int"|"categorical", ...}}
   c.tune.sampler = 'qmc'  # qmc (quasi-random, seeded from seed) | random | tpe | gp
   c.tune.trials = 20  # for the whole study, over all workers
-  c.tune.metric = 'eval_accuracy'  # maximised; validation only, the test split never selects
+  c.tune.metric = 'eval_accuracy'  # or eval_loss (minimised); the test split never selects
   c.tune.pruner = 'none'  # none | median | hyperband, fed the metric at every eval
+  c.tune.pruner_startup_trials = 5  # median: prunes once this many trials have finished
   c.tune.storage = config_dict.placeholder(str)  # None: sqlite:///DIR/tune/study.db
   c.tune.study_name = config_dict.placeholder(str)  # None: derived from the workdir
   c.tune.heartbeat_s = 30  # a RUNNING trial silent for 2x this is retried elsewhere

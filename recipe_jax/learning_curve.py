@@ -38,6 +38,9 @@ def fit(examples, errors, samples: int = 2000, seed: int = 0) -> dict | None:
   largest = sizes.max()
   found = {'a': float(params[0]), 'b': float(params[1]), 'c': float(params[2]), 'rms': rms,
            'largest_n': float(largest),
+           # False when the fit's covariance is not finite (no more points than parameters,
+           # or a degenerate fit): its gains then have no uncertainty to trust
+           'uncertainty_known': bool(np.all(np.isfinite(cov))),
            # what the last step of the measured curve gained (accuracy), e.g. 1/2 -> all
            'last_step_gain': float(means[-2] - means[-1]) if len(sizes) > 1 else 0.0}
   for factor in (2, 4):
@@ -51,7 +54,7 @@ def fit(examples, errors, samples: int = 2000, seed: int = 0) -> dict | None:
 
 def _draws(params, cov, samples: int, seed: int) -> np.ndarray:
   """Parameter samples from the fit's covariance (clipped to the bounds); the point estimate
-  alone when the covariance is not finite."""
+  alone when the covariance is not finite (the verdict then WARNs: `uncertainty_known`)."""
   if not np.all(np.isfinite(cov)):
     return np.asarray(params)[None]
   draws = np.random.default_rng(seed).multivariate_normal(params, cov, samples,
@@ -73,6 +76,10 @@ def verdict(found: dict | None, cfg) -> Verdict:
     return Verdict('more_data', 'WARN', f"the power law misses its points by {found['rms']:.3f} "
                    f'(RMS, > {cfg.max_fit_rms:g}): no confident extrapolation; add seeds or '
                    'fractions', found)
+  if not found.get('uncertainty_known', True):
+    return Verdict('more_data', 'WARN', f"{words}; but the fit's uncertainty cannot be "
+                   'estimated (no more points than the 3 parameters of the power law, or a '
+                   'degenerate fit): no confident extrapolation; add seeds or fractions', found)
   if high < cfg.flat_gain:
     flat = (f'the fitted curve has flattened: doubling the data would gain at most {high:.1%} '
             f"(error floor c = {found['c']:.3f})")

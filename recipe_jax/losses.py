@@ -33,9 +33,7 @@ def smoothed_cross_entropy(label_smoothing: float):
 
 
 def create(name: str, label_smoothing: float = 0.0):
-  if label_smoothing:
-    if name != 'cross_entropy':
-      raise UserError(f"label_smoothing applies to loss 'cross_entropy', not '{name}'")
+  if label_smoothing:  # the config check allows it with cross_entropy only
     return smoothed_cross_entropy(label_smoothing)
   if name in LOSSES:
     return LOSSES[name]

@@ -6,6 +6,7 @@ Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed, 2 b
 import importlib
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -34,12 +35,30 @@ def parse_flags(argv):
   try:
     remaining = flags.FLAGS(argv)
   except Exception as e:  # bad flag, override key or type
-    fail(' '.join(str(e).split()), UserError.exit_code)
+    fail(flag_error(e, argv), UserError.exit_code)
   try:
     _CONFIG.value.to_dict()  # ml_collections defers a load failure until first use
   except Exception as e:  # missing file, or an error inside it: its last line says which
     fail(f'cannot load --config: {str(e).strip().splitlines()[-1].strip()}', UserError.exit_code)
   return remaining
+
+
+def flag_error(e: Exception, argv) -> str:
+  """One plain line for a bad flag. An unknown --config key names the whole key and
+  ml_collections' suggestion, instead of the repr of a KeyError inside an AttributeError."""
+  unknown = e if isinstance(e, KeyError) else (e.__cause__ or e.__context__)
+  if isinstance(unknown, KeyError) and unknown.args:
+    text = str(unknown.args[0])
+    name = text.splitlines()[0].strip("'")
+    given = [a[len('--config.'):].split('=')[0] for a in argv if a.startswith('--config.')]
+    key = next((g for g in given if name in g.split('.')), name)
+    suggested = re.search(r'Did you mean "([^"]+)"', text)
+    hint = ''
+    if suggested:
+      fixed = '.'.join(suggested.group(1) if part == name else part for part in key.split('.'))
+      hint = f"; did you mean '{fixed}'?"
+    return f"unknown config key '{key}'{hint} (every key is in recipe_jax/defaults.py)"
+  return ' '.join(str(e).split())
 
 
 def enable_compilation_cache(directory: str | None) -> None:
@@ -75,9 +94,12 @@ def main(argv):
   global _distributed
   config, workdir = _CONFIG.value, _WORKDIR.value
   _distributed = config.distributed
+  try:
+    config_check.check(config)  # before anything is written: a bad config leaves no workdir
+  except UserError as e:
+    fail(str(e), e.exit_code)
   console.setup(workdir, verbose=flags.FLAGS.verbosity >= 1)
   try:
-    config_check.check(config)
     import jax  # after the console's set-up, so the backends' INFO lines go to log.txt
     if config.distributed:
       # CPU processes reach each other through gloo (TPU and GPU have their own collectives).

@@ -224,8 +224,6 @@ def create(model_config, num_classes: int, bn_axis_name: str | None = None,
   """The configured model. A user factory is called as Factory(num_classes=...), and with
   `dtype=` too when the compute dtype is not float32."""
   check_name(model_config.name)
-  if compute_dtype not in COMPUTE_DTYPES:
-    raise UserError(f"compute_dtype='{compute_dtype}'; use one of {', '.join(COMPUTE_DTYPES)}")
   dtype = COMPUTE_DTYPES[compute_dtype]
   if model_config.name not in MODELS:
     if model_config.get('dropout') or model_config.get('depth') is not None:

@@ -2,9 +2,11 @@
 
 The train step is `jax.vmap`ped over the train state, the seed (its init, dropout and
 augmentation keys) and the epoch's batch order, so N small models fill the device that one
-leaves idle. Each seed computes exactly what it computes alone, up to float reassociation in
-the batched kernels (tests/test_side_by_side.py: parameters within 1e-4 of the run alone, the
-same accuracy); a side-by-side run is itself bit-reproducible.
+leaves idle. Each seed computes what it computes alone, up to float reassociation in the
+batched kernels (tests/test_side_by_side.py: the losses of 30 steps within 1e-4 relative of the
+run alone; after 40 steps at least 99% of the parameters within 1e-3, because Adam turns a
+near-zero gradient's rounding into an lr-sized step of either sign); a side-by-side run is
+itself bit-reproducible.
 
 The seeds end as ordinary run directories. This loop saves each seed's checkpoints with its
 `RunProgress` (history, best eval, first loss); `train.run_training` then finds each run at
@@ -23,7 +25,7 @@ from absl import logging
 
 from recipe_jax import checkpoints, console, data as data_lib, experiment, tensorboard_writer
 from recipe_jax import runs, trainer
-from recipe_jax.errors import DivergenceError, UserError
+from recipe_jax.errors import DivergenceError
 from recipe_jax.mesh import put_replicated
 
 FINISHED, PREEMPTED, ONE_AT_A_TIME = 'finished', 'preempted', 'one at a time'
@@ -31,8 +33,6 @@ FINISHED, PREEMPTED, ONE_AT_A_TIME = 'finished', 'preempted', 'one at a time'
 
 def enabled(config) -> bool:
   setting = config.seeds_side_by_side
-  if setting not in ('on', 'off', 'auto'):
-    raise UserError(f"seeds_side_by_side='{setting}'; use on, off or auto")
   return setting == 'on' or (setting == 'auto' and jax.default_backend() != 'cpu')
 
 

@@ -6,8 +6,8 @@ prepared as array_record through `tfds.data_source`); `Rows` reads and normalise
 batch needs. A step's batch is the same slice of the same `data.epoch_permutation` as on the
 device path, so both paths give the same batches for the same seed. grain's element is a
 whole batch, a pure function of the step: worker threads read the next batches ahead of the
-loop, and the iterator's state (the next step) is saved in every checkpoint with grain's orbax
-handler. Validation and test splits are read into memory, as on the device path.
+loop. A resumed run starts the iterator at the state's step: nothing of the input pipeline
+needs saving. Validation and test splits are read into memory, as on the device path.
 """
 import functools
 import os
@@ -21,15 +21,10 @@ from absl import logging
 from recipe_jax import data as data_lib
 from recipe_jax.errors import UserError
 
-PIPELINES = ('device', 'grain', 'auto')
-
-
 def resolve(dataset_config) -> str:
   """'device' or 'grain' for `dataset.pipeline`; 'auto' streams when the training split (as
   float32) needs more than `dataset.device_memory_fraction` of one device's memory."""
   setting = dataset_config.pipeline
-  if setting not in PIPELINES:
-    raise UserError(f"dataset.pipeline='{setting}'; use {', '.join(PIPELINES)}")
   if setting != 'auto':
     return setting
   needed = train_split_bytes(dataset_config)
@@ -54,7 +49,7 @@ def train_split_bytes(cfg) -> int:
   if cfg.name.startswith(data_lib.NPZ_PREFIX):
     shape = npz_member(cfg.name[len(data_lib.NPZ_PREFIX):], 'x_train').shape
   else:
-    builder = _tfds_builder(cfg)
+    builder = data_lib.prepared_builder(cfg, download=False)
     shape = (builder.info.splits['train'].num_examples, *example_shape(builder, cfg))
   return 4 * int(np.prod(shape, dtype=np.int64))
 
@@ -77,12 +72,7 @@ def npz_member(path: str, key: str):
   with zipfile.ZipFile(path) as archive:
     info = archive.getinfo(f'{key}.npy')
     if info.compress_type == zipfile.ZIP_STORED:
-      with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}[version]
-        shape, fortran, dtype = read_header(member)
-        header_size = member.tell()
+      shape, fortran, dtype, header_size = data_lib.npz_header(archive, key)
       with open(path, 'rb') as f:  # the member's data starts after its local file header
         f.seek(info.header_offset + 26)
         name_len, extra_len = np.frombuffer(f.read(4), np.uint16)
@@ -177,11 +167,11 @@ def load(cfg) -> data_lib.Dataset:
 def _sources(cfg):
   if cfg.name.startswith(data_lib.NPZ_PREFIX):
     path = cfg.name[len(data_lib.NPZ_PREFIX):]
+    num_classes = data_lib.check_npz(os.path.expanduser(path))
     x_train, x_test = npz_member(path, 'x_train'), npz_member(path, 'x_test')
     y_train, y_test = (np.asarray(npz_member(path, k)) for k in ('y_train', 'y_test'))
-    num_classes = data_lib.npz_num_classes(path, x_train, y_train, x_test, y_test)
     return x_train, y_train, x_test, y_test, num_classes, None
-  return tfds_sources(_tfds_builder(cfg), cfg)
+  return tfds_sources(data_lib.prepared_builder(cfg, download=False), cfg)
 
 
 def tfds_sources(builder, cfg):
@@ -207,17 +197,6 @@ def tfds_sources(builder, cfg):
     arrays += [TfdsRows(source, cfg.image_key, example_shape(builder, cfg)), y]
   x_train, y_train, x_test, y_test = arrays
   return (x_train, y_train, x_test[:], y_test, features[cfg.label_key].num_classes, None)
-
-
-def _tfds_builder(cfg):
-  import tensorflow_datasets as tfds  # without TensorFlow: metadata and array_record reads
-  from recipe_jax import tfds_builders  # noqa: F401  registers mnist1d and digits
-  builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
-  if not builder.is_prepared():
-    raise UserError(f"TFDS dataset '{cfg.name}' is not prepared under {builder.data_dir}; "
-                    f'dataset.pipeline=grain reads prepared data: run `tfds build {cfg.name} '
-                    '--file_format=array_record` first')
-  return builder
 
 
 def batches(dataset: data_lib.Dataset, config, first_step: int):

@@ -29,7 +29,7 @@ def name_from(directory: str) -> str:
 
 
 def open_study(url: str, name: str, heartbeat_s: int, sampler=None, pruner=None,
-               attempts: int = 10) -> optuna.Study:
+               attempts: int = 10, direction: str = 'maximize') -> optuna.Study:
   """Creates the study, or joins it. A RUNNING trial whose heartbeat stops for 2 x heartbeat_s
   is failed by the next worker to start a trial and queued again with the same parameters and
   user attributes (its run directory). Workers that start together race to create the
@@ -39,13 +39,22 @@ def open_study(url: str, name: str, heartbeat_s: int, sampler=None, pruner=None,
       storage = optuna.storages.RDBStorage(
           url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
           heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
-      return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                 direction='maximize', sampler=sampler, pruner=pruner)
+      study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                  direction=direction, sampler=sampler, pruner=pruner)
+    except ImportError as e:  # a database driver that is not installed
+      raise UserError(f'study storage {url}: {user_code.one_line(e)}; pip install the driver') \
+          from None
     except sqlalchemy.exc.SQLAlchemyError as e:
       if attempt == attempts - 1:
         raise UserError(f'study storage {url}: {user_code.one_line(e)}') from None
       logging.info('another worker is creating the study (%s); retrying', type(e).__name__)
       time.sleep(0.5 + random.random())
+      continue
+    if study.direction.name.lower() != direction:
+      raise UserError(f"study '{name}' in {url} {study.direction.name.lower()}s its metric; this "
+                      f'config {direction}s it: use the metric it was created with, or a new '
+                      'study_name')
+    return study
 
 
 def queue_again(study, trial) -> None:

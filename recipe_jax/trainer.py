@@ -449,6 +449,7 @@ def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
       'examples_per_s': loop['examples_per_s'],
       'data_wait_fraction': loop['data_wait_fraction'],
       'num_devices': mesh.size,
+      'train_examples': len(exp.dataset.y_train),  # what this run trained on
       'init_from': progress.init_from,
       'history': progress.history,  # train and validation metrics at every eval
   }
@@ -473,10 +474,7 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
   step = int(state.step)
   pending = []  # (step, {loss, accuracy}) still on device, checked and logged in batches
   train_summary, eval_metrics = {}, {}
-  if exp.streamed:
-    feed, data_iterator = _streamed_feed(exp, step, mngr)
-  else:
-    feed, data_iterator = _device_feed(exp, per_epoch), None
+  feed = _streamed_feed(exp, step) if exp.streamed else _device_feed(exp, per_epoch)
   waited_s = 0.0  # time the devices may have idled waiting for inputs (see below)
   segment_start = time.time()
   timed_from = None  # (time, step) after the first step's compilation
@@ -524,7 +522,7 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
         progress_line.report(step, train_summary, eval_metrics, force=eval_now)
         if save_now or progress.stopped_early:
           checkpoints.save(mngr, step, state, dataclasses.asdict(dataclasses.replace(
-              progress, wall_s=progress.wall_s + time.time() - segment_start)), data_iterator)
+              progress, wall_s=progress.wall_s + time.time() - segment_start)))
       loop_end = time.time()
       if stop_requested:
         logging.warning('SIGTERM: saved a checkpoint at step %d; exiting', step)
@@ -563,18 +561,12 @@ def _device_feed(exp, per_epoch: int):
   return inputs
 
 
-def _streamed_feed(exp, step: int, mngr):
-  """step -> the step's batch as sharded global arrays, read by grain (`streaming.batches`),
-  and the grain iterator (saved with every checkpoint; restored from the checkpoint resumed)."""
+def _streamed_feed(exp, step: int):
+  """step -> the step's batch as sharded global arrays, read by grain (`streaming.batches`)
+  from the step the run starts at: the batch order is a function of (seed, step) alone."""
   iterator = streaming.batches(exp.dataset, exp.config, step)
-  if step and checkpoints.restore_data_iterator(mngr, step, iterator):
-    position = iterator.get_state()['next_index']
-    if position != step:
-      raise RuntimeError(f'the checkpoint at step {step} saved the input iterator at {position}')
-    logging.info('restored the input iterator from the checkpoint at step %d', step)
   sharding = NamedSharding(exp.mesh, P(AXIS))
-  return (lambda step: streaming.to_devices(sharding, next(iterator), exp.config.batch_size),
-          iterator)
+  return lambda step: streaming.to_devices(sharding, next(iterator), exp.config.batch_size)
 
 
 def _start_profile(config, workdir: str, step: int) -> int | None:

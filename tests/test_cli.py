@@ -16,11 +16,13 @@ CONFIG = '--config=configs/mnist1d/mlp.py'
 
 
 @pytest.mark.parametrize('flags, message', [
-    (['--config.no_such_key=1'], 'no_such_key'),
+    (['--config.no_such_key=1'], "unknown config key 'no_such_key' (every key is in"),
+    (['--config.optimizer.learning_rat=1'],
+     "unknown config key 'optimizer.learning_rat'; did you mean 'optimizer.learning_rate'?"),
     (['--config.batch_size=abc'], 'abc'),
     (['--config.dataset.name=no_such_dataset'], "unknown dataset 'no_such_dataset'; use one of"),
     (['--config.model.name=transformer'], "unknown model 'transformer'; use one of"),
-    (['--config.optimizer.name=lion'], "unknown optimizer.name 'lion'; use one of adam"),
+    (['--config.optimizer.name=lion'], "optimizer.name='lion': use one of adam, adamw, sgd"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, flags, message):
   result = run_main(tmp_path, CONFIG, *flags)

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from recipe_jax import config_check, defaults, selection
 from recipe_jax.errors import UserError
 from recipe_jax.stages import compare
 from recipe_jax.stages import train
@@ -120,3 +121,20 @@ def test_stage_progress_counts_runs_and_gives_an_eta_from_trained_runs_only(capl
   first, second = [r.getMessage() for r in caplog.records]
   assert first == 'compare: 1/4 runs, ETA ?'
   assert second.startswith('compare: 2/4 runs, ETA ') and '?' not in second
+
+
+def test_a_loss_metric_picks_the_lowest_and_calls_a_lower_loss_better():
+  summaries = {name: [{'eval_loss': loss + noise, 'eval_accuracy': 0.5, 'train_accuracy': 0.6,
+                       'test_accuracy': 0.5, 'history': []} for noise in (0.0, 0.001, 0.002)]
+               for name, loss in (('baseline', 0.5), ('better', 0.3), ('worse', 0.7))}
+  rows = compare.table(summaries, {n: {} for n in summaries}, 'eval_loss')
+  verdicts = {v.check: v.status for v in compare.verdicts(rows, 'eval_loss')}
+  assert verdicts == {'variant_better': 'PASS', 'variant_worse': 'WARN'}
+  assert selection.best(rows, 'eval_loss', lambda r: r['mean'])['variant'] == 'better'
+
+
+def test_a_test_metric_never_selects():
+  c = defaults.get_config()
+  c.compare.metric = 'test_accuracy'
+  with pytest.raises(UserError, match="compare.metric='test_accuracy': use a validation metric"):
+    config_check.check_values(c)

@@ -78,14 +78,73 @@ def test_npz_loader_reads_users_arrays(small_config, tmp_path):
   assert ds.num_classes == 3
 
 
-def test_npz_missing_arrays_are_named(small_config, tmp_path):
-  _write_npz(tmp_path / 'bad.npz', y_test=None)
-  small_config.dataset.name = f'npz:{tmp_path / "bad.npz"}'
-  with pytest.raises(UserError, match='lacks y_test'):
+def _zip_with(path, name, payload: bytes):
+  import zipfile
+  with zipfile.ZipFile(path, 'w') as archive:
+    for key in data.NPZ_KEYS:
+      archive.writestr(f'{key}.npy', payload if key == name else _npy_bytes(np.zeros((4, 2))))
+
+
+def _npy_bytes(array) -> bytes:
+  import io
+  buffer = io.BytesIO()
+  np.save(buffer, array)
+  return buffer.getvalue()
+
+
+NPZ_DEFECTS = {  # name: (how to write the file, what the one line must say)
+    'missing array': (lambda p: _write_npz(p, y_test=None), 'lacks y_test'),
+    'negative labels': (lambda p: _write_npz(p, y_train=np.array([0, 1, -1] * 40)),
+                        r'y_train holds negative labels \(min -1, rows \[2, 5, 8'),
+    'empty test split': (lambda p: _write_npz(p, x_test=np.zeros((0, 6), np.float32),
+                                              y_test=np.zeros(0, np.int64)),
+                         r'the test split is empty \(x_test has shape \(0, 6\)\)'),
+    'features differ': (lambda p: _write_npz(p, x_test=np.zeros((40, 7), np.float32)),
+                        r"x_train's examples have shape \(6,\) and x_test's \(7,\)"),
+    'not an npz': (lambda p: p.write_text('a,b\n1,2\n'), r'not an \.npz \(a zip of \.npy'),
+    'empty file': (lambda p: p.write_bytes(b''), 'the file is empty'),
+    'pickled objects': (lambda p: _write_npz(p, y_train=np.array([0, 1, None] * 40, object)),
+                        'y_train holds Python objects'),
+    'text labels': (lambda p: _write_npz(p, y_test=np.array(['cat', 'dog'] * 20)),
+                    'y_test has dtype <U3; inputs and labels must be numbers'),
+    'float labels': (lambda p: _write_npz(p, y_train=np.zeros(120, np.float32)),
+                     'y_train has dtype float32; labels must be integers'),
+    'one value per example': (lambda p: _write_npz(p, x_train=np.zeros(120, np.float32)),
+                              r'x_train has shape \(120,\); inputs need a row per example'),
+    'labels per row': (lambda p: _write_npz(p, y_train=np.zeros(119, np.int64)),
+                       r'x_train has 120 rows and y_train has shape \(119,\)'),
+    'corrupt member': (lambda p: _zip_with(p, 'x_train', b'not an npy'),
+                       'x_train is not a readable .npy array'),
+}
+
+
+@pytest.mark.parametrize('defect', NPZ_DEFECTS)
+@pytest.mark.parametrize('pipeline', ['device', 'grain'])
+def test_every_malformed_npz_is_one_line_naming_the_file_and_the_defect(
+    small_config, tmp_path, defect, pipeline):
+  write, message = NPZ_DEFECTS[defect]
+  path = tmp_path / 'bad.npz'
+  write(path)
+  small_config.dataset.name = f'npz:{path}'
+  small_config.dataset.pipeline = pipeline
+  with pytest.raises(UserError, match=message) as refused:
     data.load(small_config.dataset)
+  assert str(refused.value).startswith(f"npz file '{path}': ") and '\n' not in str(refused.value)
 
 
-def test_tfds_datasets_load_through_the_tfds_layer(small_config, tmp_path):
+def test_a_malformed_npz_on_the_command_line_is_exit_2(tmp_path):
+  from conftest import run_main
+  _write_npz(tmp_path / 'bad.npz', y_test=np.array([0, -3] * 20))
+  result = run_main(tmp_path / 'run', '--config=configs/mnist1d/mlp.py',
+                    f'--config.dataset.name=npz:{tmp_path / "bad.npz"}')
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].endswith(
+      'y_test holds negative labels (min -3, rows [1, 3, 5, 7, 9]); labels must be integers '
+      '0..C-1')
+
+
+def test_tfds_datasets_load_through_the_tfds_layer(small_config, tmp_path, monkeypatch):
+  monkeypatch.setattr(data, '_online', lambda: True)  # mock_data stands in for the download
   small_config.dataset.name = 'mnist'
   small_config.dataset.data_dir = str(tmp_path)
   with tfds.testing.mock_data(num_examples=50):
@@ -99,6 +158,24 @@ def test_missing_tfds_data_offline_says_where_to_put_it(small_config, tmp_path, 
   small_config.dataset.name = 'mnist'
   small_config.dataset.data_dir = str(tmp_path)
   with pytest.raises(UserError, match=f'not prepared under {tmp_path}/mnist .*offline'):
+    data.load(small_config.dataset)
+
+
+def test_an_error_while_reading_a_prepared_dataset_is_not_taken_for_missing_data(
+    small_config, monkeypatch):
+  """Any AssertionError while reading TFDS used to mean "not prepared", and a download was
+  tried: a real error was hidden behind a misleading one."""
+  small_config.dataset.name = 'digits'
+  data.load(small_config.dataset)  # prepared (and its arrays cached)
+  small_config.dataset.image_key = 'image'  # the cache is bypassed only for other keys: remove it
+  import os
+  os.remove(data.embedded_arrays_path(small_config.dataset))
+
+  def broken_read(builder, cfg):
+    raise AssertionError('a bug inside the reader')
+  monkeypatch.setattr(data, '_read_tfds_splits', broken_read)
+  monkeypatch.setattr(data, '_download', lambda *a: pytest.fail('tried to download'))
+  with pytest.raises(AssertionError, match='a bug inside the reader'):
     data.load(small_config.dataset)
 
 

@@ -1,11 +1,12 @@
 """stage='data_scaling': nested subsets, the power-law fit and its verdicts."""
+import json
 import os
 
 import ml_collections
 import numpy as np
 import pytest
 
-from recipe_jax import data, learning_curve
+from recipe_jax import config_check, data, learning_curve
 from recipe_jax.errors import UserError
 from recipe_jax.stages import data_scaling
 
@@ -36,6 +37,16 @@ def test_a_fit_that_flattens_while_the_last_step_still_gains_warns():
   found = learning_curve.fit(np.repeat([475, 950, 1900, 3800], 2), 1 - accuracy)
   verdict = learning_curve.verdict(found, CFG)
   assert verdict.status == 'WARN' and 'still gained 1.5%' in verdict.summary
+
+
+def test_a_fit_without_a_usable_uncertainty_warns_instead_of_passing():
+  """Three points for three parameters: the fit goes through them and its covariance is not
+  finite. The point estimate alone used to PASS."""
+  n = np.array([500.0, 1000.0, 2000.0])
+  found = learning_curve.fit(n, learning_curve.power_law(n, 3.0, 0.5, 0.05))
+  assert found['uncertainty_known'] is False
+  verdict = learning_curve.verdict(found, CFG)
+  assert verdict.status == 'WARN' and "uncertainty cannot be estimated" in verdict.summary
 
 
 def test_a_curve_the_power_law_cannot_follow_warns_instead_of_giving_a_number():
@@ -79,4 +90,20 @@ def test_data_scaling_stage_trains_each_subset_and_reuses_finished_runs(small_co
   assert 'data_scaling: training' not in caplog.text
   small_config.data_scaling.fractions = (0.5, 1.0)
   with pytest.raises(UserError, match='at least 3'):
-    data_scaling.run(small_config, str(tmp_path / 'few'))
+    config_check.check_values(small_config)
+
+
+def test_fractions_are_of_what_the_config_trains_on_and_the_axis_counts_those_examples(
+    small_config, tmp_path):
+  """With dataset.train_fraction=0.5 set already, the x-axis counted the wrong examples."""
+  small_config.dataset.train_fraction = 0.5
+  small_config.data_scaling.fractions = (0.25, 0.5, 1.0)
+  small_config.data_scaling.seeds = 1
+  small_config.num_train_steps = 20
+  result = data_scaling.run(small_config, str(tmp_path))
+  rows = open(tmp_path / 'data_scaling' / 'results.csv').read().splitlines()
+  assert [r.split(',')[2] for r in rows[1:]] == ['450', '900', '1800']  # of 1800, not 3600
+  assert result.metrics['largest_n'] == 1800
+  summary = json.loads((tmp_path / 'data_scaling' / 'fraction_0.25' / 'seed_0' /
+                        'summary.json').read_text())
+  assert summary['train_examples'] == 450  # what the run really trained on

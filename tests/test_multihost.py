@@ -93,8 +93,6 @@ def test_two_processes_stream_only_their_shard_and_train_like_two_devices(small_
   flags = cli_flags(small_config, 'configs/digits/cnn.py')
   for returncode, output in run_two_processes(tmp_path / 'hosts', flags):
     assert returncode == 0, output[-3000:]
-  saved = os.listdir(tmp_path / 'hosts' / 'checkpoints' / '60' / 'data')
-  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(saved)  # one iterator each
   # The device path with 2 devices in one process: every batch, augmentation and sum the same.
   devices = run_main(tmp_path / 'devices', *flags, '--config.dataset.pipeline=device',
                      env=TWO_DEVICES)

@@ -4,7 +4,6 @@ import optax
 import pytest
 
 from recipe_jax import defaults, optim
-from recipe_jax.errors import UserError
 
 
 def schedule(name, warmup=0, **changes):
@@ -31,11 +30,6 @@ def test_warmup_ramps_from_zero_before_any_schedule():
     lr = schedule(name, warmup=10)
     assert lr(0) == 0.0 and lr(5) == pytest.approx(0.5) and lr(10) == pytest.approx(1.0)
   assert schedule('linear', warmup=10)(55) == pytest.approx(0.5)  # decays over the other 90
-
-
-def test_warmup_cosine_without_warmup_steps_is_refused():
-  with pytest.raises(UserError, match='warmup_steps'):
-    schedule('warmup_cosine')
 
 
 def test_clipping_bounds_the_update():

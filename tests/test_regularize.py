@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import read_summary
-from recipe_jax import augment, defaults, losses, models, trainer
+from recipe_jax import augment, config_check, defaults, losses, models, trainer
 from recipe_jax.errors import UserError
 from recipe_jax.stages import train
 
@@ -152,8 +152,9 @@ def test_label_smoothing_mixes_the_target_with_uniform():
   log_p = jax.nn.log_softmax(logits)[0]
   expected = -(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2])
   np.testing.assert_allclose(smoothed[0], expected, rtol=1e-6)
-  with pytest.raises(UserError, match='label_smoothing'):
-    losses.create('my.module:loss', 0.1)
+  with pytest.raises(UserError, match="label_smoothing applies to loss 'cross_entropy'"):
+    config_check.check_values({**config_check.flatten(defaults.get_config()),
+                               'label_smoothing': 0.1, 'loss': 'my.module:loss'})
 
 
 def test_ema_leaves_training_alone_and_is_what_eval_sees(small_config, tmp_path):

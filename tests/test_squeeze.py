@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recipe_jax import defaults, ensembles, experiment, runs, weight_averaging
+from recipe_jax import config_check, defaults, ensembles, experiment, runs, weight_averaging
 from recipe_jax.errors import UserError
 from recipe_jax.stages import squeeze
 
@@ -110,13 +110,16 @@ def test_members_from_a_tune_study_are_its_best_finished_trials(tmp_path):
     trial.mkdir(parents=True)
     finished = number != 3  # trial 3 is still running: never a member
     (trial / 'summary.json').write_text(
-        f'{{"finished": {str(finished).lower()}, "eval_accuracy": {accuracy}}}')
+        f'{{"finished": {str(finished).lower()}, "eval_accuracy": {accuracy}, '
+        f'"eval_loss": {1 - accuracy}, "test_accuracy": {1 - accuracy}}}')
   c = defaults.get_config()
   c.squeeze.members, c.squeeze.top_k = f'tune:{tmp_path}', 2
   assert [name for name, _, _ in squeeze.member_runs(c, 'out')] == ['trial_1', 'trial_2']
+  c.tune.metric = 'eval_loss'  # lower is better: the same two, not the two worst
+  assert [name for name, _, _ in squeeze.member_runs(c, 'out')] == ['trial_1', 'trial_2']
   c.squeeze.members = 'seeds:0'
-  with pytest.raises(UserError, match='positive N'):
-    squeeze.member_runs(c, 'out')
+  with pytest.raises(UserError, match=r"squeeze.members='seeds:0': use 'seeds:N' \(N >= 1\)"):
+    config_check.check_values(c)
 
 
 def test_weight_average_of_one_snapshot_is_that_snapshot():

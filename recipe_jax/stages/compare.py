@@ -17,46 +17,19 @@ import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import console, plots, report, runs, side_by_side, studies
-from recipe_jax.errors import UserError
+from recipe_jax import (config_check, console, plots, report, runs, selection, side_by_side,
+                        studies)
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import train
 
 BASELINE = 'baseline'
 
 
-def parse_variants(text: str) -> dict:
-  try:
-    variants = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise UserError(f'compare.variants is not valid JSON ({e}); expected e.g. '
-                    '\'{"dropout": {"model.dropout": 0.1}}\'') from None
-  if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
-    raise UserError('compare.variants must map each variant name to {"config.key": value}')
-  if BASELINE in variants:
-    raise UserError(f"'{BASELINE}' is the unchanged config; give the variant another name")
-  return variants
-
-
-def variant_config(config, overrides: dict, seed: int):
-  variant = config.copy_and_resolve_references()
-  variant.stage = 'train'
-  variant.seed = seed
-  variant.lock()  # an override of a key that does not exist is an error, not a new key
-  try:
-    variant.update_from_flattened_dict(overrides)
-  except (KeyError, AttributeError, TypeError, ValueError) as e:
-    raise UserError(f'compare variant override {overrides}: {e}') from None
-  return variant
-
-
 def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'compare')
   files = ['compare/results.md', 'compare/curves.png', 'compare/report.md']
-  variants = {BASELINE: {}, **parse_variants(config.compare.variants)}
+  variants = {BASELINE: {}, **config_check.decoded(config, 'compare.variants')}
   seeds = range(config.seed, config.seed + config.compare.seeds)
-  for name, overrides in variants.items():  # validate every override before any training
-    variant_config(config, overrides, config.seed)
   if config.compare.storage and not run_through_study(config, out, variants, seeds):
     return StageResult('compare', [], {}, files, finished=False)  # others still train
   summaries = {}
@@ -64,7 +37,7 @@ def run(config, workdir: str) -> StageResult:
   for name, overrides in variants.items():
     summaries[name] = []
     run_dirs = {seed: os.path.join(out, name, f'seed_{seed}') for seed in seeds}
-    if not side_by_side.train_unfinished([variant_config(config, overrides, s) for s in seeds],
+    if not side_by_side.train_unfinished([config_check.variant(config, overrides, s) for s in seeds],
                                          list(run_dirs.values())):
       return StageResult('compare', [], {}, files, finished=False)  # preempted
     for seed in seeds:
@@ -73,7 +46,7 @@ def run(config, workdir: str) -> StageResult:
       trained = summary is None
       if trained:
         logging.info('compare: training %s, seed %d', name, seed)
-        summary = train.run_training(variant_config(config, overrides, seed), run_dir)
+        summary = train.run_training(config_check.variant(config, overrides, seed), run_dir)
         if not summary['finished']:  # preempted: a restart resumes here
           return StageResult('compare', [], {}, files, finished=False)
       else:
@@ -87,7 +60,7 @@ def run(config, workdir: str) -> StageResult:
     logging.info('compare %-12s %s %.4f +- %.4f  delta %+.4f %s  gap %.4f', row['variant'],
                  config.compare.metric, row['mean'], row['std'], row['delta'], row['noise'],
                  row['train_val_gap'])
-  best = max(rows, key=lambda r: r['mean'])
+  best = selection.best(rows, config.compare.metric, lambda r: r['mean'])
   metrics = {'best_variant': best['variant'], f'best_{config.compare.metric}': best['mean'],
              f'baseline_{config.compare.metric}': rows[0]['mean']}
   return report.finish(workdir, StageResult('compare', verdicts(rows, config.compare.metric),
@@ -95,13 +68,14 @@ def run(config, workdir: str) -> StageResult:
 
 
 def verdicts(rows: list, metric: str) -> list:
-  """One per variant: PASS when it beats the baseline beyond seed noise, WARN otherwise (a
-  change that cannot be told apart from the baseline, or one that makes it worse)."""
+  """One per variant: PASS when it beats the baseline beyond seed noise (higher accuracy, or
+  lower loss), WARN otherwise (a change that cannot be told apart from the baseline, or one
+  that makes it worse)."""
   found = []
   for row in rows[1:]:
     line = (f"{metric} {row['mean']:.4f} +- {row['std']:.4f}, {row['delta']:+.4f} vs baseline, "
             f"{row['noise']}")
-    better = row['noise'] == 'beyond seed noise' and row['delta'] > 0
+    better = row['noise'] == 'beyond seed noise' and selection.sign(metric) * row['delta'] > 0
     found.append(Verdict(f"variant_{row['variant']}", 'PASS' if better else 'WARN', line,
                          {k: row[k] for k in ('overrides', 'seeds', 'mean', 'std', 'delta',
                                               'noise', 'train_val_gap', 'test_accuracy')}))
@@ -115,7 +89,8 @@ def run_through_study(config, out: str, variants: dict, seeds) -> bool:
   unfinished = [(name, seed) for name in variants for seed in seeds
                 if runs.finished_summary(os.path.join(out, name, f'seed_{seed}')) is None]
   name = config.compare.study_name or studies.name_from(out)
-  study = studies.open_study(config.compare.storage, name, config.compare.heartbeat_s)
+  study = studies.open_study(config.compare.storage, name, config.compare.heartbeat_s,
+                             direction=selection.DIRECTIONS[config.compare.metric])
   if 'runs' not in study.user_attrs:
     _enqueue_once(study, config.compare.storage, name, unfinished, out)
   optuna.storages.fail_stale_trials(study)  # a dead worker's run, queued again
@@ -128,7 +103,7 @@ def run_through_study(config, out: str, variants: dict, seeds) -> bool:
     trial.suggest_categorical('variant', list(variants))
     trial.suggest_int('seed', min(seeds), max(seeds))
     logging.info('compare: training %s, seed %d (trial %d)', variant, seed, trial.number)
-    summary = train.run_training(variant_config(config, variants[variant], seed),
+    summary = train.run_training(config_check.variant(config, variants[variant], seed),
                                  trial.user_attrs['run_dir'])
     if not summary['finished']:
       raise studies.Preempted(trial.number)

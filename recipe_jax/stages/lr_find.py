@@ -19,7 +19,6 @@ import optax
 from absl import logging
 
 from recipe_jax import experiment, plots, report, side_by_side
-from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
 
 RULE = ('steepest descent of the EMA-smoothed loss against log(lr), before the smoothed '
@@ -68,8 +67,6 @@ def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'lr_find')
   os.makedirs(out, exist_ok=True)
   cfg = config.lr_find
-  if not 0 < cfg.min_lr < cfg.max_lr:
-    raise UserError(f'lr_find needs 0 < min_lr < max_lr, got {cfg.min_lr}, {cfg.max_lr}')
   schedule = optax.exponential_decay(cfg.min_lr, cfg.steps - 1, cfg.max_lr / cfg.min_lr)
   exp = experiment.build(config, num_train_steps=cfg.steps, schedule=schedule)
   lrs = np.array([float(schedule(i)) for i in range(cfg.steps)])

@@ -13,51 +13,33 @@ from its checkpoints, and DIR/report.html is rewritten after every stage. A stag
 (`recipe.stages=squeeze`) still gets what the earlier stages in DIR found.
 """
 import importlib
-import json
 import os
 import time
 
 from absl import logging
 
-from recipe_jax import console, html_report, report
-from recipe_jax.errors import ChecksFailed, UserError
+from recipe_jax import config_check, console, html_report, report
+from recipe_jax.errors import ChecksFailed
 from recipe_jax.report import StageResult, Verdict
-from recipe_jax.stages import compare
 
-STAGES = ('inspect', 'sanity', 'lr_find', 'overfit', 'compare', 'data_scaling', 'tune', 'squeeze')
+STAGES = config_check.RECIPE_STAGES
 GATED = ('inspect', 'sanity')
 
 
 def selected_stages(config) -> list:
-  names = [s.strip() for s in config.recipe.stages.split(',') if s.strip()]
-  unknown = [s for s in names if s not in STAGES]
-  if unknown or not names:
-    raise UserError(f"recipe.stages names {', '.join(unknown) or 'nothing'}; use some of "
-                    f"{', '.join(STAGES)} (in that order)")
-  return sorted(names, key=STAGES.index)
-
-
-def stage_overrides(config) -> dict:
-  try:
-    overrides = json.loads(config.recipe.overrides)
-  except json.JSONDecodeError as e:
-    raise UserError(f'recipe.overrides is not valid JSON ({e}); expected e.g. '
-                    '\'{"overfit": {"num_train_steps": 2000}}\'') from None
-  unknown = [s for s in overrides if s not in STAGES]
-  if unknown:
-    raise UserError(f"recipe.overrides names stage {', '.join(unknown)}; use {', '.join(STAGES)}")
-  return overrides
+  """recipe.stages in the recipe's order (the config check made sure they are known)."""
+  return sorted(config_check.recipe_stage_names(config.recipe.stages), key=STAGES.index)
 
 
 def stage_config(config, stage: str, handed_on: dict, overrides: dict):
   """The config a stage runs with: the recipe's, what earlier stages found, its own keys."""
-  found = compare.variant_config(config, {**handed_on, **overrides.get(stage, {})}, config.seed)
+  found = config_check.variant(config, {**handed_on, **overrides.get(stage, {})})
   found.stage = stage
   return found
 
 
 def run(config, workdir: str) -> StageResult:
-  stages, overrides = selected_stages(config), stage_overrides(config)
+  stages, overrides = selected_stages(config), config_check.decoded(config, 'recipe.overrides')
   for stage in stages:  # every stage's config checked before the first one runs
     stage_config(config, stage, {}, overrides)
   handed_on, found = {}, []
@@ -120,7 +102,7 @@ def hand_on(stage: str, result: StageResult, config) -> tuple:
     best = result.metrics.get('best_variant')
     beats = [v for v in result.verdicts if v.check == f'variant_{best}' and v.status == 'PASS']
     if beats:
-      chosen = compare.parse_variants(config.compare.variants)[best]
+      chosen = config_check.decoded(config, 'compare.variants')[best]
       return chosen, f'compare: variant {best} beats the baseline beyond seed noise: {chosen}'
     return {}, (f'compare: no variant beats the baseline beyond seed noise (best: {best}); the '
                 'baseline goes on')

@@ -19,7 +19,6 @@ comma-separated run directories. Then, on validation (selection) and test (repor
 """
 import csv
 import glob
-import json
 import os
 import time
 
@@ -27,11 +26,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from recipe_jax import (analysis, console, ensembles, experiment, plots, report, runs,
-                        side_by_side, weight_averaging)
+from recipe_jax import (analysis, config_check, console, ensembles, experiment, plots, report,
+                        runs, selection, side_by_side, weight_averaging)
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
-from recipe_jax.stages import compare, train
+from recipe_jax.stages import train
 
 FILES = ['squeeze/results.md', 'squeeze/results.csv', 'squeeze/ensemble_gain.png',
          'squeeze/analysis/confusion_matrix.png', 'squeeze/report.md']
@@ -43,26 +42,18 @@ def member_runs(config, out: str) -> list:
   """[(name, run_dir, config to train it with, or None for an existing run)]."""
   spec = config.squeeze.members.strip()
   if spec.startswith('seeds:'):
-    count = _positive_int(spec[len('seeds:'):], spec)
+    count = int(spec[len('seeds:'):])
     return [(f'seed_{s}', os.path.join(out, 'members', f'seed_{s}'),
-             compare.variant_config(config, {}, s))
+             config_check.variant(config, {}, s))
             for s in range(config.seed, config.seed + count)]
   if spec.startswith('tune:'):
     return _best_trials(spec[len('tune:'):], config.squeeze.top_k, config.tune.metric)
   run_dirs = [d.strip() for d in spec.split(',') if d.strip()]
-  if not run_dirs:
-    raise UserError("squeeze.members is empty; use 'seeds:N', 'tune:DIR' or run directories "
-                    'separated by commas')
   return [(os.path.basename(os.path.normpath(d)), d, None) for d in run_dirs]
 
 
-def _positive_int(text: str, spec: str) -> int:
-  if not text.isdigit() or int(text) < 1:
-    raise UserError(f"squeeze.members='{spec}': seeds:N needs a positive N, e.g. seeds:5")
-  return int(text)
-
-
 def _best_trials(tune_dir: str, top_k: int, metric: str) -> list:
+  """The `top_k` best finished trials of a tune stage by its validation `metric`."""
   done = []
   for path in glob.glob(os.path.join(tune_dir, 'tune', 'trial_*', 'summary.json')):
     summary = runs.read_json(path)
@@ -71,7 +62,7 @@ def _best_trials(tune_dir: str, top_k: int, metric: str) -> list:
   if not done:
     raise UserError(f'squeeze.members=tune:{tune_dir}: no finished trials in '
                     f'{tune_dir}/tune/trial_*/ (give the --workdir of a tune stage)')
-  ranked = sorted(done, key=lambda found: -found[0])[:top_k]
+  ranked = selection.ranked(done, metric, lambda found: found[0])[:top_k]
   return [(os.path.basename(d), d, None) for _, d in ranked]
 
 
@@ -129,7 +120,7 @@ def row(name: str, val_probs, test_probs, dataset, bins: int, **extra) -> dict:
 def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'squeeze')
   members = member_runs(config, out)
-  student_overrides = _student_overrides(config)
+  student_overrides = config_check.decoded(config, 'squeeze.student')
   if not train_members(config, members):
     return StageResult('squeeze', [], {}, FILES, finished=False)
   loaded = [_load_member(config, name, run_dir) for name, run_dir, _ in members]
@@ -188,14 +179,6 @@ def run(config, workdir: str) -> StageResult:
                        f'Squeeze: {config.model.name} on {config.dataset.name}', images)
 
 
-def _student_overrides(config):
-  if not config.squeeze.student:
-    return None
-  overrides = json.loads(config.squeeze.student) if config.squeeze.student.strip() else {}
-  compare.variant_config(config, overrides, config.seed)  # a bad key fails before training
-  return overrides
-
-
 def _load_member(config, name: str, run_dir: str) -> dict:
   exp = experiment.build(_with_data_dir(runs.load_config(run_dir), config))
   state = runs.restore_final_state(exp, run_dir)
@@ -225,7 +208,7 @@ def _weight_averaging_rows(best: dict, squeeze, dataset, bins: int) -> list:
 
 def _distill(config, out: str, loaded: list, overrides: dict, bins: int):
   """[student on labels, distilled student] rows, or None when preempted."""
-  student_config = compare.variant_config(config, overrides, config.seed)
+  student_config = config_check.variant(config, overrides)
   exp = experiment.build(student_config)
   teacher = ensembles.average([runs.predict_probs(m['exp'], m['state'], exp.dataset.x_train)
                                for m in loaded])

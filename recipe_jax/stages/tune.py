@@ -9,53 +9,21 @@ the last checkpoint. SIGTERM saves the checkpoint, queues the trial again and ex
 diverged trial is recorded as failed with its reason. The study ends with exactly
 `tune.trials` finished trials (complete, pruned or diverged).
 """
-import json
 import os
 import re
+import time
 
 import jax
 import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import console, multihost, plots, report, studies
-from recipe_jax.errors import DivergenceError, UserError
+from recipe_jax import config_check, console, multihost, plots, report, selection, studies
+from recipe_jax.errors import DivergenceError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import compare, train
 
-SAMPLERS = ('qmc', 'random', 'tpe', 'gp')
-PRUNERS = ('none', 'median', 'hyperband')
-TYPES = ('float', 'int', 'categorical')
 EDGE = 0.1  # a best value in the outer 10% of a numeric range suggests widening it
-
-
-def parse_space(text: str, config) -> dict:
-  """`tune.space` as {config key: spec}, every key and spec checked before anything runs."""
-  try:
-    space = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise UserError(f'tune.space is not valid JSON ({e})') from None
-  if not isinstance(space, dict) or not space:
-    raise UserError('tune.space must map config keys to specs, e.g. \'{"optimizer.learning_rate":'
-                    ' {"type": "float", "low": 1e-4, "high": 3e-2, "log": true}}\'')
-  for key, spec in space.items():
-    compare.variant_config(config, {key: _example_value(key, spec)}, config.seed)  # key exists
-  return space
-
-
-def _example_value(key: str, spec):
-  if not isinstance(spec, dict) or spec.get('type') not in TYPES:
-    raise UserError(f'tune.space["{key}"]: give {{"type": one of {", ".join(TYPES)}, ...}}')
-  if spec['type'] == 'categorical':
-    if not spec.get('choices'):
-      raise UserError(f'tune.space["{key}"]: a categorical needs a non-empty "choices" list')
-    return spec['choices'][0]
-  low, high = spec.get('low'), spec.get('high')
-  if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or low >= high:
-    raise UserError(f'tune.space["{key}"]: needs numbers "low" < "high", got {low}, {high}')
-  if spec.get('log') and low <= 0:
-    raise UserError(f'tune.space["{key}"]: a log range needs low > 0, got {low}')
-  return int(low) if spec['type'] == 'int' else float(low)
 
 
 def suggest(trial, key: str, spec: dict):
@@ -76,9 +44,14 @@ def make_sampler(name: str, seed: int):
   return optuna.samplers.GPSampler(seed=seed)
 
 
-def make_pruner(name: str):
-  return {'none': optuna.pruners.NopPruner(), 'median': optuna.pruners.MedianPruner(),
-          'hyperband': optuna.pruners.HyperbandPruner()}[name]
+def make_pruner(cfg):
+  """`tune.pruner`; the median pruner compares with the trials finished so far once
+  `tune.pruner_startup_trials` have."""
+  if cfg.pruner == 'median':
+    return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials)
+  if cfg.pruner == 'hyperband':
+    return optuna.pruners.HyperbandPruner()
+  return optuna.pruners.NopPruner()
 
 
 def storage_url(config, out: str) -> str:
@@ -89,7 +62,8 @@ def open_study(config, out: str) -> optuna.Study:
   name = config.tune.study_name or studies.name_from(out)
   return studies.open_study(storage_url(config, out), name, config.tune.heartbeat_s,
                             make_sampler(config.tune.sampler, config.seed),
-                            make_pruner(config.tune.pruner))
+                            make_pruner(config.tune),
+                            direction=selection.DIRECTIONS[config.tune.metric])
 
 
 def counts_as_finished(t) -> bool:
@@ -104,32 +78,16 @@ def finished_trials(study) -> list:
   return [t for t in study.get_trials(deepcopy=False) if counts_as_finished(t)]
 
 
-def check_config(config) -> None:
-  cfg = config.tune
-  if cfg.sampler not in SAMPLERS:
-    raise UserError(f"unknown tune.sampler '{cfg.sampler}'; use one of {', '.join(SAMPLERS)}")
-  if cfg.pruner not in PRUNERS:
-    raise UserError(f"unknown tune.pruner '{cfg.pruner}'; use one of {', '.join(PRUNERS)}")
-  if cfg.trials < 1 or cfg.heartbeat_s < 1:
-    raise UserError('tune.trials and tune.heartbeat_s must be positive')
-  if cfg.metric.startswith('test_'):
-    raise UserError(f"tune.metric={cfg.metric}: the test split never selects; use a validation "
-                    'metric such as eval_accuracy')
-
-
 def run(config, workdir: str) -> StageResult:
-  check_config(config)
   out = os.path.join(workdir, 'tune')
   os.makedirs(out, exist_ok=True)
-  space = parse_space(config.tune.space, config)
+  space = config_check.decoded(config, 'tune.space')
   if not multihost.is_leader():  # a multi-host slice: only process 0 talks to the storage
     return _follow(config)
   study = open_study(config, out)
   objective = make_objective(config, space, out, study)
   try:
-    if len(finished_trials(study)) < config.tune.trials:
-      study.optimize(objective, catch=(studies.Surplus,),
-                     callbacks=[_stop_when_done(config.tune.trials)], gc_after_trial=False)
+    _work_until_done(config, study, objective)
   except studies.Preempted as e:
     [stopped] = [t for t in study.get_trials(deepcopy=False) if t.number == e.args[0]]
     studies.queue_again(study, stopped)
@@ -137,6 +95,30 @@ def run(config, workdir: str) -> StageResult:
   finally:
     _tell_followers({'stop': True})
   return finish(config, workdir, study, space)
+
+
+def _work_until_done(config, study, objective) -> None:
+  """Runs trials until the study has `tune.trials` finished ones. While the trials still
+  missing run on other workers, this one waits; a trial whose worker stopped (its heartbeat
+  stale after 2 x tune.heartbeat_s) is queued again, and this worker runs it."""
+  target, waited = config.tune.trials, False
+  while len(finished_trials(study)) < target:
+    optuna.storages.fail_stale_trials(study)  # a dead worker's trial: queued again (WAITING)
+    running = _trials(study, optuna.trial.TrialState.RUNNING)
+    if (not _trials(study, optuna.trial.TrialState.WAITING)
+        and len(finished_trials(study)) + len(running) >= target):
+      if not waited:
+        logging.info('tune: waiting for %d trial(s) running on other workers (a stopped '
+                     "worker's trial runs here once its heartbeat is stale)", len(running))
+        waited = True
+      time.sleep(min(config.tune.heartbeat_s, 5))
+      continue
+    study.optimize(objective, catch=(studies.Surplus,), callbacks=[_stop_when_done(target)],
+                   gc_after_trial=False)
+
+
+def _trials(study, state) -> list:
+  return study.get_trials(deepcopy=False, states=(state,))
 
 
 def _tell_followers(message) -> None:
@@ -158,7 +140,7 @@ def _follow(config) -> StageResult:
         raise optuna.TrialPruned(f'pruned at step {step}')
 
     try:
-      train.run_training(compare.variant_config(config, message['overrides'], config.seed),
+      train.run_training(config_check.variant(config, message['overrides']),
                          message['run_dir'], report_eval)
     except (optuna.TrialPruned, DivergenceError):
       pass  # process 0 records it
@@ -179,8 +161,8 @@ def make_objective(config, space: dict, out: str, study):
   target = config.tune.trials
 
   def objective(trial):
-    earlier_running = [t for t in study.get_trials(deepcopy=False, states=(
-        optuna.trial.TrialState.RUNNING,)) if t.number < trial.number]
+    earlier_running = [t for t in _trials(study, optuna.trial.TrialState.RUNNING)
+                       if t.number < trial.number]
     if len(finished_trials(study)) + len(earlier_running) >= target:
       trial.set_user_attr('surplus', True)
       study.stop()
@@ -199,8 +181,8 @@ def make_objective(config, space: dict, out: str, study):
         raise optuna.TrialPruned(f'pruned at step {step}')
 
     try:
-      summary = train.run_training(compare.variant_config(config, overrides, config.seed),
-                                   run_dir, report_eval)
+      summary = train.run_training(config_check.variant(config, overrides), run_dir,
+                                   report_eval)
     except DivergenceError as e:
       trial.set_user_attr('fail_reason', str(e))
       logging.warning('tune: trial %d diverged: %s', trial.number, e)
@@ -225,14 +207,14 @@ def finish(config, workdir: str, study, space: dict) -> StageResult:
   metrics = {'trials': len(trials), 'complete': len(complete)}
   images = {}
   if complete:
-    best = max(complete, key=lambda t: t.value)
+    best = selection.best(complete, config.tune.metric, lambda t: t.value)
     metrics.update({'best_trial': best.number, f'best_{config.tune.metric}': best.value,
                     'best_test_accuracy': best.user_attrs.get('test_accuracy'),
                     'best_params': best.params})
-    _write_best_config(out, compare.variant_config(config, best.params, config.seed), best)
+    _write_best_config(out, config_check.variant(config, best.params), best)
     files.insert(0, 'tune/best_config.py')
     verdicts += [*_boundary_verdicts(best, space), _spread_verdict(complete, config.tune.metric),
-                 _importance_verdict(study, complete)]
+                 _importance_verdict(study, complete, config.seed)]
     images = _plots(out, complete, space, config.tune.metric)
   logging.info('tune: %d trials, %d complete', len(rows), len(complete))
   return report.finish(workdir, StageResult('tune', verdicts, metrics, files),
@@ -240,14 +222,21 @@ def finish(config, workdir: str, study, space: dict) -> StageResult:
 
 
 def _finished_verdict(trials, complete, target) -> Verdict:
+  """FAIL when no trial completed; WARN when the study is short of `tune.trials` (trials still
+  RUNNING on workers that stopped) or fewer than half completed."""
   failed = {t.number: t.user_attrs['fail_reason'] for t in trials if 'fail_reason' in t.user_attrs}
   evidence = {'finished': len(trials), 'complete': len(complete), 'failed': failed,
               'pruned': len(trials) - len(complete) - len(failed), 'asked': target}
-  line = (f'{len(complete)} of {len(trials)} trials complete, {len(failed)} diverged, '
-          f'{evidence["pruned"]} pruned')
+  line = (f'{len(trials)} of {target} trials finished: {len(complete)} complete, {len(failed)} '
+          f'diverged, {evidence["pruned"]} pruned')
   if not complete:
     return Verdict('trials_finished', 'FAIL', f'{line}: every trial diverged; lower the learning '
                    'rate range or add optimizer.grad_clip_norm', evidence)
+  if len(trials) < target:
+    return Verdict('trials_finished', 'WARN', f'{line}: the study is short of its {target} trials '
+                   '(the others were still running, or their worker stopped). Restart a worker '
+                   'with the same command to finish it; a stopped trial resumes from its '
+                   'checkpoint', evidence)
   if len(complete) < len(trials) / 2:
     return Verdict('trials_finished', 'WARN', f'{line}: fewer than half completed; narrow the '
                    'space towards where trials succeed', evidence)
@@ -276,29 +265,39 @@ def _boundary_verdicts(best, space: dict) -> list:
 
 
 def _spread_verdict(complete, metric: str) -> Verdict:
-  values = np.array([t.value for t in complete])
+  values = np.array(selection.ranked([t.value for t in complete], metric))
   return Verdict('metric_spread', 'PASS', f'{metric} over {len(values)} trials: best '
-                 f'{values.max():.4f}, median {np.median(values):.4f}, worst {values.min():.4f}',
+                 f'{values[0]:.4f}, median {np.median(values):.4f}, worst {values[-1]:.4f}',
                  {'values': values.round(5).tolist()})
 
 
-def _importance_verdict(study, complete) -> Verdict:
+def _importance_verdict(study, complete, seed: int) -> Verdict:
+  """fANOVA importances (Optuna's FanovaImportanceEvaluator, named: Optuna's default evaluator
+  is PED-ANOVA, which needs more trials). WARN when they cannot be computed."""
   if len(complete) < 3:
-    return Verdict('parameter_importance', 'PASS', 'too few complete trials to rank parameters',
-                   {})
+    return Verdict('parameter_importance', 'PASS', 'too few complete trials (fewer than 3) to '
+                   'rank parameters', {})
+  varied = [key for key in complete[0].params if len({t.params[key] for t in complete}) > 1]
+  if not varied:
+    return Verdict('parameter_importance', 'WARN', 'no parameter took more than one value in '
+                   'the complete trials; nothing to rank', {})
   try:
-    importances = optuna.importance.get_param_importances(study)
-  except (RuntimeError, ValueError) as e:  # e.g. a parameter that never varied
-    return Verdict('parameter_importance', 'PASS', f'not computed: {e}', {})
+    importances = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed), params=varied)
+  except Exception as e:  # noqa: BLE001  any failure is reported, never a silent PASS
+    logging.info('importances failed', exc_info=True, extra=console.FILE_ONLY)
+    return Verdict('parameter_importance', 'WARN', f'fANOVA importances could not be computed: '
+                   f'{type(e).__name__}: {e}', {'error': str(e)})
   ranked = ', '.join(f'{k} {v:.2f}' for k, v in importances.items())
   return Verdict('parameter_importance', 'PASS', f'importance (fANOVA): {ranked}',
-                 {'importances': dict(importances)})
+                 {'importances': dict(importances), 'evaluator': 'fANOVA'})
 
 
 def _write_tables(out: str, trials, space: dict, metric: str) -> list:
   rows = []
-  for t in sorted(trials, key=lambda t: -(t.value if t.value is not None and np.isfinite(t.value)
-                                          else -np.inf)):
+  worst = -np.inf * selection.sign(metric)  # unfinished values sort last
+  value = lambda t: t.value if t.value is not None and np.isfinite(t.value) else worst
+  for t in selection.ranked(trials, metric, value):
     rows.append({'number': t.number, 'state': t.state.name,
                  **{k: t.params.get(k) for k in space}, metric: t.value,
                  'wall_s': t.user_attrs.get('wall_s'),
@@ -348,7 +347,7 @@ def _plots(out: str, complete, space: dict, metric: str) -> dict:
   values = np.array([t.value for t in ordered])
   plots.curves(history, {metric: ([t.number for t in ordered], values),
                          'best so far': ([t.number for t in ordered],
-                                         np.maximum.accumulate(values))}, 'trial', metric)
+                                         selection.best_so_far(values, metric))}, 'trial', metric)
   images = {'metric_spread': [history]}
   for key, spec in space.items():
     path = os.path.join(out, 'param_' + re.sub(r'[^\w]+', '_', key) + '.png')
