@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from recipe_jax import data, multihost, plots
+from recipe_jax import data, files, multihost, plots
 from recipe_jax.report import Verdict
 
 
@@ -142,7 +142,7 @@ def verdicts(counts, stats, ece, confusions, cfg, history=None, split='val') -> 
 def write(directory: str, probs, labels, x, cfg, dataset=None, split: str = 'val',
           history=None) -> tuple:
   """Writes the analysis files into `directory`; returns (verdicts, images by verdict)."""
-  os.makedirs(directory, exist_ok=True)
+  files.makedirs(directory)
   probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
   num_classes = probs.shape[-1]
   counts = confusion_matrix(labels, probs.argmax(-1), num_classes)
@@ -182,7 +182,7 @@ def write(directory: str, probs, labels, x, cfg, dataset=None, split: str = 'val
 def _write_csv(path: str, header: list, rows: list) -> None:
   if not multihost.is_leader():
     return
-  with open(path, 'w', newline='') as f:
+  with files.writing_text(path) as f:
     out = csv.writer(f)
     out.writerow(header)
     out.writerows(rows)

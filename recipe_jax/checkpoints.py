@@ -1,11 +1,13 @@
 """Orbax checkpoints of the train state plus a small JSON of run metadata, with restore fallback."""
 import os
-import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from recipe_jax import files
+from recipe_jax.errors import UserError
 
 
 def manager(directory: str, max_to_keep: int, best_metric: str | None = None):
@@ -17,7 +19,7 @@ def manager(directory: str, max_to_keep: int, best_metric: str | None = None):
                 keep_checkpoints_without_metrics=False)
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                          cleanup_tmp_directories=True, **best)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(files.absolute(directory), options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict, metrics=None) -> None:
@@ -30,31 +32,64 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict, metrics=None
 def restore_latest(mngr: ocp.CheckpointManager, like_state):
   """(state, meta) from the newest checkpoint that restores, or (None, None) if there is none.
 
-  A checkpoint that fails to restore is moved to `<dir>_corrupt/` (kept for a post-mortem)
-  and the one before it is tried.
+  A checkpoint whose arrays have other shapes than this config's state is a UserError, and
+  nothing is moved (a changed config is not corruption). A checkpoint that cannot be read is
+  moved to `<dir>_corrupt/` (kept for a post-mortem) and the one before it is tried.
   """
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       return restore_step(mngr, step, like_state)
-    except Exception as e:  # any corruption: truncated files, bad metadata, wrong shapes
+    except Exception as e:  # truncated files, bad metadata, ... or another model's shapes
+      mismatch = shape_mismatch(os.path.join(str(mngr.directory), str(step)), like_state)
+      if mismatch:
+        raise UserError(f'the checkpoint at step {step} in {mngr.directory} holds arrays of '
+                        f'other shapes than this config builds ({mismatch}); it is another '
+                        'run\'s: use a new --workdir, or --config.init_from to start from its '
+                        'weights') from None
       quarantine = os.path.join(str(mngr.directory) + '_corrupt', str(step))
       logging.warning('checkpoint at step %d failed to restore (%s: %s); moved it to %s and '
                       'falling back to the one before', step, type(e).__name__,
                       str(e).splitlines()[0][:200], quarantine)
       if jax.process_index() == 0:
-        shutil.rmtree(quarantine, ignore_errors=True)
-        shutil.move(os.path.join(str(mngr.directory), str(step)), quarantine)
+        files.remove_tree(quarantine)
+        files.move(os.path.join(str(mngr.directory), str(step)), quarantine)
       mngr.reload()
   return None, None
+
+
+def shape_mismatch(step_directory: str, like_state) -> str | None:
+  """The first array whose saved shape differs from `like_state`'s ('params/Dense_0/kernel
+  saved (40, 100), here (40, 7)'), or None (also when the metadata cannot be read)."""
+  try:
+    saved = _state_metadata(step_directory)
+  except Exception:  # noqa: BLE001  unreadable: corruption, handled by the caller
+    return None
+  saved_shapes = {_name(p): tuple(getattr(m, 'shape', ()) or ())
+                  for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(like_state)[0]:
+    name = _name(path)
+    if name in saved_shapes and saved_shapes[name] != tuple(np.shape(leaf)):
+      return f'{name} saved {saved_shapes[name]}, here {tuple(np.shape(leaf))}'
+  return None
+
+
+def _name(path) -> str:
+  """'params/Dense_0/kernel' for a tree path, whether its parts are keys or attributes."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def _state_metadata(step_directory: str):
+  metadata = ocp.PyTreeCheckpointer().metadata(files.join(files.absolute(step_directory),
+                                                          'state'))
+  tree = getattr(metadata, 'item_metadata', metadata)
+  return getattr(tree, 'tree', tree)
 
 
 def read_state_as_numpy(step_directory: str) -> dict:
   """The saved train state as nested dicts of numpy arrays, whatever device topology wrote it."""
   checkpointer = ocp.PyTreeCheckpointer()
-  path = os.path.join(os.path.abspath(step_directory), 'state')
-  metadata = checkpointer.metadata(path)
-  tree = getattr(metadata, 'item_metadata', metadata)
-  tree = getattr(tree, 'tree', tree)
+  path = files.join(files.absolute(step_directory), 'state')
+  tree = _state_metadata(step_directory)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   return checkpointer.restore(path, restore_args=restore_args)
 

@@ -375,6 +375,10 @@ RULES = {
                           lambda v: isinstance(v, str) and bool(recipe_stage_names(v)) and all(
                               s in RECIPE_STAGES for s in recipe_stage_names(v)),
                           ('', 'inspect,train', 'nonsense')),
+    'recipe.rerun': Rule(f"'' or stage names separated by commas, from "
+                         f"{', '.join(RECIPE_STAGES)}", lambda v: isinstance(v, str) and all(
+                             s in RECIPE_STAGES for s in recipe_stage_names(v)),
+                         ('train', 'lr_find,nonsense', 3)),
     'recipe.continue_on_fail': boolean(),
     'recipe.pin_learning_rate': boolean(),
     'recipe.overrides': json_rule('{"overfit": {"num_train_steps": 2000}}',

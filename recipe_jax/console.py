@@ -5,11 +5,14 @@ import contextlib
 import logging as pylogging
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 from absl import logging
+
+from recipe_jax import files
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 FILE_ONLY = {'file_only': True}  # logging.info(..., extra=FILE_ONLY): log.txt, never the console
@@ -24,9 +27,20 @@ def is_pipeline_line(record) -> bool:
 
 def setup(workdir: str, verbose: bool = False) -> None:
   """Console handler (compact, the pipeline's lines only; with `verbose` every line in absl's
-  full format) and DIR/log.txt (everything, absl's full format). Call once, at the start."""
-  os.makedirs(workdir, exist_ok=True)
-  log_path = os.path.join(workdir, 'log.txt')
+  full format) and DIR/log.txt (everything, absl's full format). Call once, at the start.
+  A remote workdir's log is written to a local copy, sent up by `sync_log` (at every
+  checkpoint and at the end); a resumed run, even on a new machine, appends to it."""
+  global _remote_log
+  log_path = files.join(workdir, 'log.txt')
+  _remote_log = None
+  if files.is_remote(workdir):
+    _remote_log = log_path
+    log_path = os.path.join(tempfile.mkdtemp(prefix='recipe_jax_log_'), 'log.txt')
+    if files.exists(_remote_log):
+      with open(log_path, 'wb') as f:
+        f.write(files.read_bytes(_remote_log))
+  else:
+    os.makedirs(workdir, exist_ok=True)
   root = pylogging.getLogger()
   for handler in list(root.handlers):
     root.removeHandler(handler)
@@ -48,6 +62,25 @@ def setup(workdir: str, verbose: bool = False) -> None:
 
 
 _quiet_log_path = None  # where TensorFlow's C++ banner goes when it is imported
+_remote_log = None  # a remote workdir's log.txt, written through a local copy
+
+
+def sync_log() -> None:
+  """Sends the local copy of a remote workdir's log.txt up (only process 0)."""
+  if _remote_log is None or not _local_log():
+    return
+  from recipe_jax import multihost
+  for handler in pylogging.getLogger().handlers:
+    handler.flush()
+  if multihost.is_leader():
+    files.copy_local_to(_local_log(), _remote_log)
+
+
+def _local_log() -> str | None:
+  for handler in pylogging.getLogger().handlers:
+    if isinstance(handler, pylogging.FileHandler):
+      return handler.baseFilename
+  return None
 
 
 def import_tensorflow_quietly() -> None:

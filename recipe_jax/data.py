@@ -8,8 +8,8 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import hashlib
 import io
-import json
 import os
 import zipfile
 
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from recipe_jax import console, rng
+from recipe_jax import console, files, rng
 from recipe_jax.errors import UserError
 
 # name -> TFDS version (tfds_builders); 1.1.0: the same examples, prepared as array_record
@@ -120,13 +120,12 @@ def nested_subset(num_examples: int, fraction: float, seed: int) -> np.ndarray:
 
 def load_input_stats(path: str, shape):
   """mean/std written by the inspect stage (`DIR/inspect/input_stats.json`, or DIR itself)."""
-  if os.path.isdir(path):
-    path = os.path.join(path, 'inspect', 'input_stats.json')
-  if not os.path.isfile(path):
+  if not path.endswith('.json'):
+    path = files.join(path, 'inspect', 'input_stats.json')
+  if not files.exists(path):
     raise UserError(f"dataset.stats_from: '{path}' does not exist; run the inspect stage first "
                     '(configs/<dataset>/inspect.py) and pass its workdir or input_stats.json')
-  with open(path) as f:
-    stats = json.load(f)
+  stats = files.read_json(path)
   channels = int(np.prod(shape, dtype=int))
   if np.size(stats['mean']) != channels or np.size(stats['std']) != channels:
     raise UserError(f"dataset.stats_from: '{path}' has {np.size(stats['mean'])} channel means; "
@@ -201,6 +200,29 @@ def check_dataset_name(name: str) -> None:
     raise UserError(f"unknown dataset '{name}'; use one of {', '.join(EMBEDDED)}, "
                     "'npz:PATH' (arrays x_train, y_train, x_test, y_test) or a TFDS name "
                     "such as mnist, fashion_mnist, cifar10") from None
+
+
+def identity(cfg) -> dict:
+  """What the configured data is, for a run directory's identity (`run_store`): an .npz's
+  content hash, or a TFDS dataset's name, version and split sizes."""
+  if cfg.name.startswith(NPZ_PREFIX):
+    path = os.path.expanduser(cfg.name[len(NPZ_PREFIX):])
+    check_npz(path)
+    return {'name': cfg.name, 'sha256': _file_sha256(path, os.path.getmtime(path),
+                                                     os.path.getsize(path))}
+  info = prepared_builder(cfg).info
+  return {'name': cfg.name, 'version': str(info.version),
+          **{f'{split}_examples': info.splits[split].num_examples
+             for split in ('train', cfg.test_split) if split in info.splits}}
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, mtime: float, size: int) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    while chunk := f.read(1 << 24):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def _load_arrays(cfg):

@@ -172,6 +172,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.recipe.continue_on_fail = False  # a FAIL in inspect or sanity stops the recipe
   c.recipe.pin_learning_rate = False  # True: keep optimizer.learning_rate, not lr_find's
   c.recipe.overrides = '{}'  # JSON {"stage": {"config.key": value}}: keys for one stage only
+  c.recipe.rerun = ''  # stages to redo (comma-separated); later stages they change are redone too
 
   c.analysis = ml_collections.ConfigDict()  # error analysis after every finished train run
   c.analysis.enabled = True

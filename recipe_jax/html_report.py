@@ -7,11 +7,12 @@ offline and can be attached to a bug report. Works for a single stage's workdir 
 recipe's (stages in DIR/<stage>/).
 """
 import base64
-import glob
 import html
 import json
 import os
 import sys
+
+from recipe_jax import files
 
 STATUS_COLOURS = {'PASS': '#1a7f37', 'WARN': '#9a6700', 'FAIL': '#cf222e'}
 STYLE = """
@@ -45,10 +46,9 @@ def find_results(workdir: str) -> list:
   """[(stage workdir, result dict)] for DIR/<stage>/result.json and, in a recipe's workdir,
   DIR/<stage>/<stage>/result.json; in recipe order where there is one."""
   found = []
-  for path in sorted(glob.glob(os.path.join(workdir, '*', 'result.json'))
-                     + glob.glob(os.path.join(workdir, '*', '*', 'result.json'))):
-    with open(path) as f:
-      result = json.load(f)
+  for path in sorted(files.glob(files.join(workdir, '*', 'result.json'))
+                     + files.glob(files.join(workdir, '*', '*', 'result.json'))):
+    result = files.read_json(path)
     stage_dir = os.path.dirname(os.path.dirname(path))
     if os.path.basename(os.path.dirname(path)) == result['stage']:
       found.append((stage_dir, result))
@@ -63,7 +63,7 @@ STAGE_ORDER = ('inspect', 'sanity', 'lr_find', 'overfit', 'train', 'compare', 'd
 def render(workdir: str) -> str:
   results = find_results(workdir)
   config = _run_config(workdir, results)
-  parts = [f'<h1>recipe_jax report</h1><p>{html.escape(os.path.abspath(workdir))}</p>',
+  parts = [f'<h1>recipe_jax report</h1><p>{html.escape(files.absolute(workdir))}</p>',
            _headline(config, results), _stage_table(results), _commands(workdir, results)]
   for stage_dir, result in results:
     if result['stage'] != 'recipe':
@@ -81,9 +81,7 @@ def write(workdir: str) -> str:
   path = os.path.join(workdir, 'report.html')
   if not multihost.is_leader():
     return path
-  with open(path + '.tmp', 'w') as f:
-    f.write(render(workdir))
-  os.replace(path + '.tmp', path)
+  files.write_text(path, render(workdir))
   return path
 
 
@@ -101,10 +99,7 @@ def _run_config(workdir: str, results: list) -> dict:
 
 
 def _read_json(path: str):
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path) if files.exists(path) else None
 
 
 def _badge(status: str, text: str | None = None) -> str:
@@ -160,13 +155,14 @@ def _stage_table(results: list) -> str:
 
 def _commands(workdir: str, results: list) -> str:
   command = os.path.join(workdir, 'command.txt')
-  if not os.path.exists(command):
+  if not files.exists(command):
     return ''
-  with open(command) as f:
-    line = f.read().strip()
-  items = [f'<li><code>{html.escape(line)}</code> (everything)</li>']
+  line = files.read_text(command).strip()
+  items = [f'<li><code>{html.escape(line)}</code> (everything; a finished stage is reused)</li>']
   if any(r['stage'] == 'recipe' for _, r in results):
-    items += [f'<li><code>{html.escape(line)} --config.recipe.stages={r["stage"]}</code></li>'
+    items += [f'<li><code>{html.escape(line)} --config.recipe.stages={r["stage"]} '
+              f'--config.recipe.rerun={r["stage"]}</code> (redoes {r["stage"]}: the earlier '
+              'results are kept beside it)</li>'
               for _, r in results if r['stage'] != 'recipe']
   return f'<h3>Reproduce</h3><ul>{"".join(items)}</ul>'
 
@@ -188,18 +184,17 @@ def _stage_section(stage_dir: str, result: dict) -> str:
                f'</details>{pictures}</div>')
   for name in result.get('files', []):
     path = os.path.join(stage_dir, name)
-    if name.endswith('.md') and not name.endswith('report.md') and os.path.isfile(path):
-      out.append(f'<h4>{html.escape(name)}</h4>{markdown_tables(open(path).read())}')
-    elif name.endswith('.png') and name not in shown and os.path.isfile(path):
+    if name.endswith('.md') and not name.endswith('report.md') and files.exists(path):
+      out.append(f'<h4>{html.escape(name)}</h4>{markdown_tables(files.read_text(path))}')
+    elif name.endswith('.png') and name not in shown and files.exists(path):
       out.append(f'<h4>{html.escape(name)}</h4>{_image(path)}')
   return '\n'.join(out)
 
 
 def _image(path: str) -> str:
-  if not os.path.isfile(path):
+  if not files.exists(path):
     return f'<p>(missing picture: {html.escape(path)})</p>'
-  with open(path, 'rb') as f:
-    data = base64.b64encode(f.read()).decode('ascii')
+  data = base64.b64encode(files.read_bytes(path)).decode('ascii')
   return f'<img alt="{html.escape(os.path.basename(path))}" src="data:image/png;base64,{data}">'
 
 
@@ -234,6 +229,6 @@ def _fmt(value) -> str:
 
 
 if __name__ == '__main__':
-  if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
+  if len(sys.argv) != 2 or not files.isdir(sys.argv[1]):
     sys.exit('usage: python -m recipe_jax.html_report DIR  (a --workdir)')
   print(write(sys.argv[1]))

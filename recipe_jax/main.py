@@ -4,7 +4,6 @@ Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed, 2 b
 (including a user model or loss that fails), 3 training diverged.
 """
 import importlib
-import json
 import os
 import re
 import shlex
@@ -15,7 +14,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only the data layer;
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from recipe_jax import config_check, console, report, user_code  # noqa: E402
+from recipe_jax import config_check, console, files, report, run_store, user_code  # noqa: E402
 from recipe_jax.errors import ChecksFailed, DivergenceError, UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -94,8 +93,12 @@ def main(argv):
   global _distributed
   config, workdir = _CONFIG.value, _WORKDIR.value
   _distributed = config.distributed
+  logging.set_verbosity(logging.WARNING)  # the checks' libraries stay quiet until the log exists
   try:
     config_check.check(config)  # before anything is written: a bad config leaves no workdir
+    files.check_workdir(workdir)  # gs://: reachable and writable, within seconds
+    check_study_storage(config, workdir)
+    run_store.check(*stage_directory(config, workdir))  # another config's run: left untouched
   except UserError as e:
     fail(str(e), e.exit_code)
   console.setup(workdir, verbose=flags.FLAGS.verbosity >= 1)
@@ -108,12 +111,12 @@ def main(argv):
                                  config.process_id)
     enable_compilation_cache(config.compilation_cache_dir)
     from recipe_jax import multihost
-    if multihost.is_leader():  # what this workdir ran: report.html's headline and commands
-      os.makedirs(os.path.join(workdir, config.stage), exist_ok=True)
-      with open(os.path.join(workdir, config.stage, 'config.json'), 'w') as f:
-        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-      with open(os.path.join(workdir, 'command.txt'), 'w') as f:
-        f.write(' '.join(['python -m recipe_jax.main', *map(shlex.quote, sys.argv[1:])]) + '\n')
+    if config.stage != 'train':  # a train run claims its workdir itself (run_training)
+      run_store.claim(*stage_directory(config, workdir))
+    command = files.join(workdir, 'command.txt')
+    if multihost.is_leader() and not files.exists(command):  # what started this workdir
+      files.write_text(command, ' '.join(
+          ['python -m recipe_jax.main', *map(shlex.quote, sys.argv[1:])]) + '\n')
     devices = jax.devices()
     logging.info('%s: %s on %s, %d x %s -> %s', config.stage, config.model.name,
                  config.dataset.name, len(devices), devices[0].platform, workdir)
@@ -122,7 +125,28 @@ def main(argv):
       logging.info('%s', line)
     report.raise_if_failed(result, workdir)
   except (UserError, DivergenceError, ChecksFailed) as e:
+    console.sync_log()
     fail(str(e), e.exit_code)
+  console.sync_log()
+
+
+def stage_directory(config, workdir: str) -> tuple:
+  """(directory, config, stage) whose identity `run_store` checks: a train run's workdir, or
+  DIR/<stage>/ for the other stages."""
+  if config.stage == 'train':
+    return workdir, config, None
+  return files.join(workdir, config.stage), config, config.stage
+
+
+def check_study_storage(config, workdir: str) -> None:
+  """A study's default storage is SQLite in the workdir, which cannot live on an object store."""
+  runs_tune = config.stage == 'tune' or (
+      config.stage == 'recipe' and 'tune' in config_check.recipe_stage_names(config.recipe.stages))
+  if files.is_remote(workdir) and runs_tune and not config.tune.storage:
+    raise UserError(f'--workdir={workdir}: the tune study cannot keep its default SQLite file on '
+                    'an object store; set --config.tune.storage=postgresql+psycopg://USER@HOST/DB '
+                    '(a server every worker reaches), or sqlite:////PATH/study.db on a local or '
+                    'shared POSIX disk')
 
 
 def run_and_exit() -> None:

@@ -1,17 +1,21 @@
 """Pictures of examples: images for 2-D/3-D inputs, line plots for 1-D sequences."""
+import io
+
 import matplotlib
 
 matplotlib.use('Agg')  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from recipe_jax import multihost  # noqa: E402
+from recipe_jax import files, multihost  # noqa: E402
 
 
 def save(fig, path) -> None:
   """Writes the figure (only process 0 of a multi-host job writes files) and closes it."""
   if multihost.is_leader():
-    fig.savefig(path, dpi=90)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=90, format='png')
+    files.write_bytes(path, buffer.getvalue())
   plt.close(fig)
 
 

@@ -4,13 +4,12 @@
 The recipe runner and the HTML report read `result.json` alone, so a new stage needs no
 special case anywhere."""
 import dataclasses
-import json
 import os
 
 import numpy as np
 from absl import logging
 
-from recipe_jax import multihost
+from recipe_jax import files, multihost
 from recipe_jax.errors import ChecksFailed
 
 STATUSES = ('PASS', 'WARN', 'FAIL')
@@ -58,8 +57,7 @@ class StageResult:
 
 def read_result(path: str) -> StageResult:
   """A `result.json` back as a StageResult."""
-  with open(path) as f:
-    raw = json.load(f)
+  raw = files.read_json(path)
   raw.pop('counts', None)
   raw['verdicts'] = [Verdict(**v) for v in raw['verdicts']]
   return StageResult(**raw)
@@ -77,10 +75,7 @@ def finish(workdir: str, result: StageResult, title: str, images: dict | None = 
                    for check, paths in (images or {}).items()}
   if not multihost.is_leader():  # a multi-host job: process 0 writes the files
     return result
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, 'result.json.tmp'), 'w') as f:
-    json.dump(result.to_json(), f, indent=2)
-  os.replace(os.path.join(directory, 'result.json.tmp'), os.path.join(directory, 'result.json'))
+  files.write_json(files.join(directory, 'result.json'), result.to_json())
   html_report.write(workdir)
   return result
 
@@ -92,17 +87,15 @@ def write(directory: str, title: str, verdicts: list, images: dict | None = None
     logging.info('%-4s %-22s %s', v.status, v.check, v.summary)
   if not multihost.is_leader():
     return
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, 'verdicts.json'), 'w') as f:
-    json.dump([_jsonable(dataclasses.asdict(v)) for v in verdicts], f, indent=2)
+  files.write_json(files.join(directory, 'verdicts.json'),
+                   [_jsonable(dataclasses.asdict(v)) for v in verdicts])
   counts = {s: sum(v.status == s for v in verdicts) for s in STATUSES}
   lines = [f'# {title}', '', ' · '.join(f'{n} {s}' for s, n in counts.items()), '']
   for v in verdicts:
     lines += [f'## {v.status} {v.check}', '', v.summary, '']
     for image in (images or {}).get(v.check, []):
       lines += [f'![{v.check}]({os.path.relpath(image, directory)})', '']
-  with open(os.path.join(directory, 'report.md'), 'w') as f:
-    f.write('\n'.join(lines))
+  files.write_text(files.join(directory, 'report.md'), '\n'.join(lines))
 
 
 def closing_lines(result: StageResult, workdir: str) -> list:
@@ -135,6 +128,6 @@ def raise_if_failed(result: StageResult, workdir: str) -> None:
 if __name__ == '__main__':  # python -m recipe_jax.report DIR: (re)writes DIR/report.html
   import sys
   from recipe_jax import html_report
-  if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
+  if len(sys.argv) != 2 or not files.isdir(sys.argv[1]):
     sys.exit('usage: python -m recipe_jax.report DIR  (a --workdir)')
   print(html_report.write(sys.argv[1]))

@@ -2,26 +2,24 @@
 
 Stages that look at trained models without retraining (evaluate, squeeze) start here.
 """
-import json
 import os
 
 import jax
 import numpy as np
 
-from recipe_jax import checkpoints, defaults, trainer
+from recipe_jax import checkpoints, defaults, files, trainer
 from recipe_jax.errors import UserError
 
 
 def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path)
 
 
 def load_config(run_dir: str):
   """The run's config.json over today's defaults (a run written before a key existed still
   loads, with that key's default)."""
   path = os.path.join(run_dir, 'config.json')
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise UserError(f'{run_dir} is not a run directory (no config.json); give the --workdir '
                     'of a train run')
   config = defaults.get_config()
@@ -33,7 +31,7 @@ def load_config(run_dir: str):
 
 def summary(run_dir: str) -> dict | None:
   path = os.path.join(run_dir, 'summary.json')
-  return read_json(path) if os.path.exists(path) else None
+  return read_json(path) if files.exists(path) else None
 
 
 def finished_summary(run_dir: str) -> dict | None:
@@ -51,7 +49,7 @@ def restore_final_state(exp, run_dir: str, step: int | None = None):
   wanted = step if step is not None else done.get('final_state_step')
   for name in ('checkpoints_best', 'checkpoints'):
     directory = os.path.join(run_dir, name)
-    if not os.path.isdir(directory):
+    if not files.isdir(directory):
       continue
     mngr = checkpoints.manager(directory, exp.config.max_to_keep)
     try:

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from recipe_jax import checkpoints, console, data as data_lib, experiment, tensorboard_writer
-from recipe_jax import runs, trainer
+from recipe_jax import run_store, trainer
 from recipe_jax.errors import DivergenceError
 from recipe_jax.mesh import put_replicated
 
@@ -84,7 +84,7 @@ def train_unfinished(configs: list, run_dirs: list) -> bool:
   """compare and squeeze: trains the runs not finished yet side by side where that is on and
   possible (they then only need their final evaluation, `train.run_training`); False when
   SIGTERM stopped them."""
-  todo = [(c, d) for c, d in zip(configs, run_dirs) if runs.finished_summary(d) is None]
+  todo = [(c, d) for c, d in zip(configs, run_dirs) if run_store.reusable_summary(d, c) is None]
   why = why_not([c for c, _ in todo]) if todo else 'none left'
   if why:
     if len(todo) > 1:
@@ -100,6 +100,8 @@ def train(configs: list, run_dirs: list) -> str:
   saved) or ONE_AT_A_TIME (the caller trains them sequentially, from their checkpoints)."""
   config = configs[0]
   exp = experiment.build(config)
+  for c, d in zip(configs, run_dirs):  # each directory holds this run, or nothing yet
+    run_store.claim(d, c)
   seeds = np.array([c.seed for c in configs], np.int32)
   managers = [checkpoints.manager(os.path.join(d, 'checkpoints'), config.max_to_keep)
               for d in run_dirs]

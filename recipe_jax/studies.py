@@ -1,6 +1,5 @@
 """An Optuna study as the shared to-do list of workers on one or many machines (the tune and
 compare stages): creating or joining it, and the two ways a trial ends without a result."""
-import os
 import random
 import re
 import time
@@ -9,7 +8,7 @@ import optuna
 import sqlalchemy.exc
 from absl import logging
 
-from recipe_jax import user_code
+from recipe_jax import files, user_code
 from recipe_jax.errors import UserError
 
 optuna.logging.disable_default_handler()  # Optuna's lines go to DIR/log.txt like the others
@@ -25,7 +24,7 @@ class Surplus(Exception):
 
 
 def name_from(directory: str) -> str:
-  return re.sub(r'[^\w.-]+', '_', os.path.abspath(directory)).strip('_')
+  return re.sub(r'[^\w.-]+', '_', files.absolute(directory)).strip('_')
 
 
 def open_study(url: str, name: str, heartbeat_s: int, sampler=None, pruner=None,

@@ -7,6 +7,7 @@ metadata), with the protos and record framing of the `tensorboard` package.
 """
 import os
 import socket
+import tempfile
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ from absl import logging
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from recipe_jax import console
+from recipe_jax import console, files
 
 
 class ScalarWriter:
@@ -22,12 +23,18 @@ class ScalarWriter:
   the log; `flush()`, `close()`."""
 
   def __init__(self, logdir: str, *, just_logging: bool = False):
-    self._records = None
+    """A remote logdir gets a local file, sent up whole at every `flush` (a checkpoint) and
+    at `close`."""
+    self._records, self._remote = None, None
     self._tags_seen = set()
     if not just_logging:
-      os.makedirs(logdir, exist_ok=True)
       name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.0.v2'
-      self._records = RecordWriter(open(os.path.join(logdir, name), 'wb'))
+      local_dir = logdir
+      if files.is_remote(logdir):
+        self._remote, local_dir = files.join(logdir, name), tempfile.mkdtemp(prefix='recipe_jax_tb_')
+      os.makedirs(local_dir, exist_ok=True)
+      self._local = os.path.join(local_dir, name)
+      self._records = RecordWriter(open(self._local, 'wb'))
       self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
 
   def write_scalars(self, step: int, scalars: dict) -> None:
@@ -53,9 +60,15 @@ class ScalarWriter:
     self._records.write(event.SerializeToString())
 
   def flush(self) -> None:
-    if self._records is not None:
+    if self._records is not None and not self._records.closed:
       self._records.flush()
+      self._send_up()
 
   def close(self) -> None:
     if self._records is not None and not self._records.closed:
       self._records.close()
+      self._send_up()
+
+  def _send_up(self) -> None:
+    if self._remote:
+      files.copy_local_to(self._local, self._remote)

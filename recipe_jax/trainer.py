@@ -523,6 +523,8 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
         if save_now or progress.stopped_early:
           checkpoints.save(mngr, step, state, dataclasses.asdict(dataclasses.replace(
               progress, wall_s=progress.wall_s + time.time() - segment_start)))
+          writer.flush()  # a remote workdir: the events and the log go up with each checkpoint
+          console.sync_log()
       loop_end = time.time()
       if stop_requested:
         logging.warning('SIGTERM: saved a checkpoint at step %d; exiting', step)

@@ -12,7 +12,7 @@ import optax
 from absl import logging
 from flax import traverse_util
 
-from recipe_jax import checkpoints
+from recipe_jax import checkpoints, files
 from recipe_jax.errors import UserError
 
 
@@ -29,14 +29,13 @@ def matches(name: str, names: list) -> bool:
 def source_step_dir(path: str) -> str:
   """The checkpoint directory to load: `path` itself when it is one, else the run's reported
   state (its best checkpoint with early stopping), else its latest checkpoint."""
-  if os.path.isdir(os.path.join(path, 'state')):
+  if files.isdir(os.path.join(path, 'state')):
     return path
   from recipe_jax import runs  # here: runs imports trainer, which imports this module
   done = runs.summary(path) or {}
   for name in ('checkpoints_best', 'checkpoints'):
     directory = os.path.join(path, name)
-    steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) \
-        if os.path.isdir(directory) else []
+    steps = sorted(int(s) for s in files.listdir(directory) if s.isdigit())
     if done.get('final_state_step') in steps:
       return os.path.join(directory, str(done['final_state_step']))
     if steps and name == 'checkpoints':

@@ -12,7 +12,7 @@ import pytest
 import browser
 from conftest import REPO, cli_flags, load_config, read_summary, run_main, start_main
 from recipe_jax import report
-from recipe_jax.errors import ChecksFailed
+from recipe_jax.errors import ChecksFailed, UserError
 from recipe_jax.stages import recipe
 
 
@@ -45,14 +45,13 @@ def test_a_short_digits_recipe_runs_every_stage_and_hands_its_findings_on(finish
   c, workdir, result = finished_recipe
   assert [v.check for v in result.verdicts] == [f'stage_{s}' for s in recipe.STAGES]
   for stage in recipe.STAGES:
-    assert report.read_result(os.path.join(workdir, stage, stage, 'result.json')).finished
-  suggestion = report.read_result(os.path.join(workdir, 'lr_find', 'lr_find', 'result.json')
+    assert report.read_result(os.path.join(workdir, stage, 'result.json')).finished
+  suggestion = report.read_result(os.path.join(workdir, 'lr_find', 'result.json')
                                   ).metrics['suggestion']
   overfit_config = json.load(open(os.path.join(workdir, 'overfit', 'config.json')))
   assert overfit_config['optimizer']['learning_rate'] == pytest.approx(suggestion)
-  tuned = report.read_result(os.path.join(workdir, 'tune', 'tune', 'result.json'))
-  member = json.load(open(os.path.join(workdir, 'squeeze', 'squeeze', 'members', 'seed_0',
-                                       'config.json')))
+  tuned = report.read_result(os.path.join(workdir, 'tune', 'result.json'))
+  member = json.load(open(os.path.join(workdir, 'squeeze', 'members', 'seed_0', 'config.json')))
   for key, value in tuned.metrics['best_params'].items():
     section, name = key.split('.')
     assert member[section][name] == pytest.approx(value)
@@ -75,9 +74,8 @@ def test_one_stage_alone_gets_what_the_earlier_stages_found(finished_recipe, tmp
   c = c.copy_and_resolve_references()
   c.recipe.stages = 'squeeze'
   recipe.run(c, str(tmp_path / 'copy'))
-  tuned = report.read_result(os.path.join(workdir, 'tune', 'tune', 'result.json'))
-  member = json.load(open(tmp_path / 'copy' / 'squeeze' / 'squeeze' / 'members' / 'seed_0' /
-                          'config.json'))
+  tuned = report.read_result(os.path.join(workdir, 'tune', 'result.json'))
+  member = json.load(open(tmp_path / 'copy' / 'squeeze' / 'members' / 'seed_0' / 'config.json'))
   for key, value in tuned.metrics['best_params'].items():
     section, name = key.split('.')
     assert member[section][name] == pytest.approx(value)
@@ -173,7 +171,7 @@ def test_a_recipe_stopped_mid_stage_finishes_like_one_that_never_stopped(never_s
   if stop == signal.SIGTERM:  # preemption: checkpointed, exit 0, the report says where it is
     assert proc.returncode == 0
     assert 'stopped, resumable' in (tmp_path / 'killed' / 'report.html').read_text()
-  lr_find_result = tmp_path / 'killed' / 'lr_find' / 'lr_find' / 'result.json'
+  lr_find_result = tmp_path / 'killed' / 'lr_find' / 'result.json'
   before = os.path.getmtime(lr_find_result)
   resumed = run_main(tmp_path / 'killed', *flags)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -199,3 +197,60 @@ def test_compares_winner_goes_on_only_beyond_seed_noise():
   c.recipe.pin_learning_rate = True
   lr = StageResult('lr_find', [], {'suggestion': 0.01}, [])
   assert recipe.hand_on('lr_find', lr, c)[0] == {}
+
+
+def test_a_finished_stage_with_another_config_is_refused_and_rerun_redoes_what_it_changes(
+    finished_recipe, tmp_path, caplog):
+  c, workdir, _ = finished_recipe
+  copy = tmp_path / 'copy'
+  shutil.copytree(workdir, copy)
+  c = c.copy_and_resolve_references()
+  c.recipe.stages = 'lr_find,overfit'
+  c.lr_find.max_lr = 1.0  # lr_find would find another rate
+  with pytest.raises(UserError, match=r'the lr_find stage in .* holds a run of another config: '
+                                      r'lr_find.max_lr: 10.0 -> 1.0.*--config.recipe.rerun=lr_find'):
+    recipe.run(c, str(copy))
+  c.recipe.rerun = 'lr_find'
+  with caplog.at_level('INFO'):
+    again = recipe.run(c, str(copy))
+  assert 'lr_find is redone (asked to rerun)' in caplog.text
+  assert 'overfit is redone (its config changed with what lr_find found anew)' in caplog.text
+  kept = sorted(p.name for p in copy.iterdir() if '.before-' in p.name)
+  assert [k.split('.before-')[0] for k in kept] == ['lr_find', 'overfit']
+  assert [v.check for v in again.verdicts] == [f'stage_{s}' for s in recipe.STAGES]  # all kept
+  old = report.read_result(os.path.join(workdir, 'lr_find', 'result.json'))
+  new = report.read_result(copy / 'lr_find' / 'result.json')
+  assert new.metrics['suggestion'] != old.metrics['suggestion']
+  overfit_config = json.load(open(copy / 'overfit' / 'config.json'))
+  assert overfit_config['optimizer']['learning_rate'] == pytest.approx(new.metrics['suggestion'])
+
+
+def test_the_reports_reproduce_command_reruns_its_stage_and_keeps_the_recipes_result(
+    data_dir, tmp_path):
+  import html
+  import re
+  import shlex
+  import subprocess
+  import sys
+  c = short_digits_recipe(data_dir)
+  c.recipe.stages = 'inspect,lr_find'
+  workdir = tmp_path / 'run'
+  assert run_main(workdir, *cli_flags(c, 'configs/digits/recipe.py')).returncode == 0
+  page = html.unescape((workdir / 'report.html').read_text())
+  [command] = [m for m in re.findall(r'<code>(python -m recipe_jax.main [^<]*)</code>', page)
+               if m.endswith('--config.recipe.rerun=lr_find')]
+  before = (workdir / 'lr_find' / 'result.json').stat().st_mtime
+  rerun = subprocess.run([sys.executable, *shlex.split(command)[1:]],  # 'python' is this one
+                         capture_output=True, text=True, cwd=REPO)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'lr_find is redone' in rerun.stderr
+  assert (workdir / 'lr_find' / 'result.json').stat().st_mtime > before
+  recipe_result = report.read_result(workdir / 'recipe' / 'result.json')
+  assert [v.check for v in recipe_result.verdicts] == ['stage_inspect', 'stage_lr_find']
+
+
+def test_a_workdir_of_the_older_nested_layout_is_refused_with_what_to_do(tmp_path, data_dir):
+  (tmp_path / 'lr_find' / 'lr_find').mkdir(parents=True)
+  (tmp_path / 'lr_find' / 'lr_find' / 'result.json').write_text('{}')
+  with pytest.raises(UserError, match='older layout .* run the recipe in a new --workdir'):
+    recipe.run(short_digits_recipe(data_dir), str(tmp_path))

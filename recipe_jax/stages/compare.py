@@ -17,8 +17,8 @@ import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import (config_check, console, plots, report, runs, selection, side_by_side,
-                        studies)
+from recipe_jax import (config_check, console, files, plots, report, run_store, runs, selection,
+                        side_by_side, studies)
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import train
 
@@ -42,7 +42,7 @@ def run(config, workdir: str) -> StageResult:
       return StageResult('compare', [], {}, files, finished=False)  # preempted
     for seed in seeds:
       run_dir = run_dirs[seed]
-      summary = runs.finished_summary(run_dir)
+      summary = run_store.reusable_summary(run_dir, config_check.variant(config, overrides, seed))
       trained = summary is None
       if trained:
         logging.info('compare: training %s, seed %d', name, seed)
@@ -86,8 +86,9 @@ def run_through_study(config, out: str, variants: dict, seeds) -> bool:
   """Trains the runs as the trials of a study in `compare.storage`, which workers on several
   machines share (a killed worker's run is retried from its checkpoint, as in the tune stage).
   True once every run has finished, so this worker writes the table."""
-  unfinished = [(name, seed) for name in variants for seed in seeds
-                if runs.finished_summary(os.path.join(out, name, f'seed_{seed}')) is None]
+  unfinished = [(name, seed) for name in variants for seed in seeds if run_store.reusable_summary(
+      os.path.join(out, name, f'seed_{seed}'), config_check.variant(config, variants[name], seed))
+                is None]
   name = config.compare.study_name or studies.name_from(out)
   study = studies.open_study(config.compare.storage, name, config.compare.heartbeat_s,
                              direction=selection.DIRECTIONS[config.compare.metric])
@@ -178,7 +179,7 @@ def table(summaries: dict, variants: dict, metric: str) -> list:
 
 
 def write_csv(path: str, rows: list) -> None:
-  with open(path, 'w', newline='') as f:
+  with files.writing_text(path) as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
     writer.writeheader()
     writer.writerows(rows)
@@ -194,8 +195,7 @@ def _write(out: str, rows: list, metric: str) -> None:
                  f"{r['std']:.4f} | {r['delta']:+.4f} | {r['noise']} | {r['train_val_gap']:.4f}"
                  f" | {r['test_accuracy']:.4f} |")
   lines += ['', '![validation curves](curves.png)', '']
-  with open(os.path.join(out, 'results.md'), 'w') as f:
-    f.write('\n'.join(lines))
+  files.write_text(os.path.join(out, 'results.md'), '\n'.join(lines))
 
 
 def _curves(path: str, summaries: dict, metric: str) -> None:

@@ -12,7 +12,7 @@ import os
 import numpy as np
 from absl import logging
 
-from recipe_jax import config_check, console, learning_curve, plots, report, runs
+from recipe_jax import config_check, console, files, learning_curve, plots, report, run_store
 from recipe_jax.report import StageResult
 from recipe_jax.stages import train
 
@@ -34,7 +34,7 @@ def run(config, workdir: str) -> StageResult:
   for fraction in fractions(config):
     for seed in seeds:
       run_dir = os.path.join(out, f'fraction_{fraction:g}', f'seed_{seed}')
-      summary = runs.finished_summary(run_dir)
+      summary = run_store.reusable_summary(run_dir, _subset_config(config, fraction, seed))
       trained = summary is None
       if trained:
         logging.info('data_scaling: training on %g of the training split, seed %d', fraction, seed)
@@ -69,7 +69,7 @@ def _subset_config(config, fraction: float, seed: int):
 
 
 def _write_csv(path: str, points: list) -> None:
-  with open(path, 'w', newline='') as f:
+  with files.writing_text(path) as f:
     writer = csv.DictWriter(f, list(points[0]))
     writer.writeheader()
     writer.writerows(points)

@@ -1,10 +1,9 @@
 """stage='inspect': recipe step 1, look at the data before any net (no training)."""
-import json
 import os
 
 import numpy as np
 
-from recipe_jax import data as data_lib, data_checks, plots, report
+from recipe_jax import data as data_lib, data_checks, files, plots, report
 from recipe_jax.report import StageResult
 
 
@@ -20,7 +19,7 @@ def raw_splits(config):
 
 def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'inspect')
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   dataset, splits = raw_splits(config)
   cfg = config.inspect
   balance = data_checks.class_balance(splits, dataset.num_classes, cfg.max_imbalance)
@@ -48,12 +47,12 @@ def run(config, workdir: str) -> StageResult:
             e['indices'], e['given_labels'], e['suggested_labels'])])]
   for v in verdicts:
     name_source_rows(v, dataset)
-  with open(os.path.join(out, 'input_stats.json'), 'w') as f:
-    json.dump({'mean': np.ravel(dataset.mean).tolist(), 'std': np.ravel(dataset.std).tolist(),
-               'computed_on': 'train split, before normalisation'}, f, indent=2)
+  files.write_json(os.path.join(out, 'input_stats.json'),
+                   {'mean': np.ravel(dataset.mean).tolist(), 'std': np.ravel(dataset.std).tolist(),
+                    'computed_on': 'train split, before normalisation'})
   metrics = {f'{name}_examples': len(xy[1]) for name, xy in splits.items()}
-  files = ['inspect/report.md', 'inspect/verdicts.json', 'inspect/input_stats.json']
-  return report.finish(workdir, StageResult('inspect', verdicts, metrics, files),
+  looked_at = ['inspect/report.md', 'inspect/verdicts.json', 'inspect/input_stats.json']
+  return report.finish(workdir, StageResult('inspect', verdicts, metrics, looked_at),
                        f'Inspect: {config.dataset.name}', images)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from recipe_jax import experiment, plots, report, side_by_side
+from recipe_jax import experiment, files, plots, report, side_by_side
 from recipe_jax.report import StageResult, Verdict
 
 RULE = ('steepest descent of the EMA-smoothed loss against log(lr), before the smoothed '
@@ -65,7 +65,7 @@ def _loss_curves(exp, seeds: list, steps: int) -> list:
 
 def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'lr_find')
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   cfg = config.lr_find
   schedule = optax.exponential_decay(cfg.min_lr, cfg.steps - 1, cfg.max_lr / cfg.min_lr)
   exp = experiment.build(config, num_train_steps=cfg.steps, schedule=schedule)
@@ -86,8 +86,7 @@ def run(config, workdir: str) -> StageResult:
       'per_seed': [{k: np.asarray(v).tolist() if isinstance(v, np.ndarray) else v
                     for k, v in c.items()} for c in curves],
   }
-  with open(os.path.join(out, 'curves.json'), 'w') as f:
-    json.dump(curve_data, f, indent=2)
+  files.write_text(os.path.join(out, 'curves.json'), json.dumps(curve_data, indent=2))
   _plot(os.path.join(out, 'lr_find.png'), lrs, curves, curve_data['suggestion'])
   metrics = {k: curve_data[k] for k in ('suggestion', 'spread_factor', 'optimizer')}
   return report.finish(workdir, StageResult(

@@ -5,6 +5,8 @@ trusts: Adam 3e-4, a constant learning rate, no regularisation. Then evaluates t
 training split and gives a verdict: can this model fit it? If not, it names the capacity
 increase to try. Writes overfit/{verdicts.json, report.md, result.json}; a FAIL exits with code 1.
 """
+import os
+
 from recipe_jax import models, report
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import train
@@ -44,10 +46,11 @@ def fits_training_set(summary: dict, target: float, model_name: str, width) -> V
 
 
 def run(config, workdir: str) -> StageResult:
+  """Trains in DIR/overfit/ (checkpoints, summary.json), beside the stage's report."""
   with config.unlocked():
     config.eval_train_split = True
-  summary = train.run_training(config, workdir)
-  files = ['overfit/report.md', 'summary.json']
+  summary = train.run_training(config, os.path.join(workdir, 'overfit'))
+  files = ['overfit/report.md', 'overfit/summary.json']
   if not summary['finished']:  # preempted: the next start resumes and then judges
     return StageResult('overfit', [], {'step': summary['step']}, files, finished=False)
   verdicts = [trusted_defaults(config),

@@ -1,7 +1,8 @@
 """stage='recipe': the whole recipe in one workdir, stage after stage, gated and resumable.
 
 `recipe.stages` (default inspect, sanity, lr_find, overfit, compare, tune, squeeze; add
-data_scaling where wanted) run in order, each with DIR/<stage>/ as its workdir. Findings are
+data_scaling where wanted) run in order in one workdir, each writing into DIR/<stage>/ (its
+config and data recorded there: `run_store`). Findings are
 handed on: lr_find's suggested learning rate to every later stage (unless
 `recipe.pin_learning_rate`), compare's best variant (when it beats the baseline beyond seed noise)
 to tune, tune's best trial to squeeze. `recipe.overrides` (JSON {"stage": {"key": value}}) sets
@@ -10,16 +11,17 @@ keys for one stage only.
 A FAIL in inspect or sanity stops the recipe (exit 1) unless `recipe.continue_on_fail`; WARNs
 never stop it. A restart skips finished stages (their result.json), resumes an unfinished one
 from its checkpoints, and DIR/report.html is rewritten after every stage. A stage run alone
-(`recipe.stages=squeeze`) still gets what the earlier stages in DIR found.
+(`recipe.stages=squeeze`) still gets what the earlier stages in DIR found. A finished stage
+whose config changed is refused, unless `recipe.rerun` names it (or an earlier stage whose new
+finding changed it): then its folder is moved to DIR/<stage>.before-<time>/ and it runs again.
 """
 import importlib
-import os
 import time
 
 from absl import logging
 
-from recipe_jax import config_check, console, html_report, report
-from recipe_jax.errors import ChecksFailed
+from recipe_jax import config_check, console, files, html_report, report, run_store
+from recipe_jax.errors import ChecksFailed, UserError
 from recipe_jax.report import StageResult, Verdict
 
 STAGES = config_check.RECIPE_STAGES
@@ -42,50 +44,86 @@ def run(config, workdir: str) -> StageResult:
   stages, overrides = selected_stages(config), config_check.decoded(config, 'recipe.overrides')
   for stage in stages:  # every stage's config checked before the first one runs
     stage_config(config, stage, {}, overrides)
-  handed_on, found = {}, []
+  _refuse_the_old_layout(workdir)
+  rerun = set(config_check.recipe_stage_names(config.recipe.rerun))
+  handed_on, redone = {}, []
   for stage in STAGES[:STAGES.index(stages[-1]) + 1]:
-    stage_dir = os.path.join(workdir, stage)
     if stage not in stages:  # not selected: what it found earlier in this workdir still goes on
-      earlier = _finished_result(stage, stage_dir)
+      earlier = _finished_result(workdir, stage)
       if earlier:
         handed_on.update(hand_on(stage, earlier, config)[0])
       continue
-    result = _run_or_reuse(stage_config(config, stage, handed_on, overrides), stage, stage_dir)
+    stage_cfg = stage_config(config, stage, handed_on, overrides)
+    if stage in rerun or (redone and _stale(workdir, stage, stage_cfg)):
+      _move_aside(workdir, stage, 'asked to rerun' if stage in rerun else
+                  f'its config changed with what {", ".join(redone)} found anew')
+      redone.append(stage)
+    result = _run_or_reuse(stage_cfg, stage, workdir)
     html_report.write(workdir)
     if not result.finished:  # SIGTERM: checkpointed; the same command continues here
-      return _finish(workdir, found, finished=False)
+      return _finish(workdir, config, finished=False)
     handed, note = hand_on(stage, result, config)
     handed_on.update(handed)
-    found.append(_stage_verdict(result, note))
     if note:
       logging.info('recipe: %s', note)
     failed = [v.check for v in result.verdicts if v.status == 'FAIL']
     if stage in GATED and failed and not config.recipe.continue_on_fail:
-      _finish(workdir, found)
+      _finish(workdir, config)
       raise ChecksFailed(f'recipe stopped after {stage}: {", ".join(failed)} FAILed; see '
-                         f'{os.path.join(stage_dir, stage, "report.md")} and fix it first (or '
+                         f'{files.join(workdir, stage, "report.md")} and fix it first (or '
                          '--config.recipe.continue_on_fail=True to go on anyway)')
-  return _finish(workdir, found)
+  return _finish(workdir, config)
 
 
-def _finished_result(stage: str, stage_dir: str) -> StageResult | None:
-  path = os.path.join(stage_dir, stage, 'result.json')
-  if os.path.exists(path):
+def _refuse_the_old_layout(workdir: str) -> None:
+  """Workdirs of recipe_jax before 2026-11-28 nested each stage twice (DIR/lr_find/lr_find/):
+  their report.html still reads, but the recipe does not mix the two layouts."""
+  nested = [s for s in STAGES if files.exists(files.join(workdir, s, s, 'result.json'))]
+  if nested:
+    raise UserError(f'{workdir} has the older layout (stage folders nested twice: '
+                    f'{files.join(workdir, nested[0], nested[0])}); its report.html still reads, '
+                    'but run the recipe in a new --workdir')
+
+
+def _stale(workdir: str, stage: str, config) -> bool:
+  try:
+    run_store.check(files.join(workdir, stage), config, stage)
+  except UserError:
+    return True
+  return False
+
+
+def _move_aside(workdir: str, stage: str, why: str) -> None:
+  """A stage redone keeps its earlier results, moved to DIR/<stage>.before-<time>/."""
+  folder = files.join(workdir, stage)
+  if not files.exists(folder):
+    return
+  kept = f'{folder}.before-{time.strftime("%Y%m%d-%H%M%S")}'
+  files.move(folder, kept)
+  logging.info('recipe: %s is redone (%s); its earlier results are in %s', stage, why, kept)
+
+
+def _finished_result(workdir: str, stage: str) -> StageResult | None:
+  path = files.join(workdir, stage, 'result.json')
+  if files.exists(path):
     result = report.read_result(path)
     if result.finished:
       return result
   return None
 
 
-def _run_or_reuse(config, stage: str, stage_dir: str) -> StageResult:
-  result = _finished_result(stage, stage_dir)
+def _run_or_reuse(config, stage: str, workdir: str) -> StageResult:
+  """The stage's finished result when its folder holds one of this config (another config is
+  refused by `run_store`), else the stage run (or resumed) in DIR/<stage>/."""
+  run_store.claim(files.join(workdir, stage), config, stage)
+  result = _finished_result(workdir, stage)
   if result:
     logging.info('recipe: %s already finished (%s), not rerun', stage, _counts(result))
     return result
   logging.info('recipe: %s starts', stage)
   start = time.time()
   module = importlib.import_module(f'recipe_jax.stages.{stage}')
-  result = module.run(config, stage_dir)
+  result = module.run(config, workdir)
   logging.info('recipe: %s %s in %s: %s', stage, 'done' if result.finished else 'stopped',
                console.format_seconds(time.time() - start), _counts(result))
   return result
@@ -127,7 +165,14 @@ def _counts(result: StageResult) -> str:
   return ', '.join(f'{n} {s}' for s, n in result.counts().items())
 
 
-def _finish(workdir: str, found: list, finished: bool = True) -> StageResult:
+def _finish(workdir: str, config, finished: bool = True) -> StageResult:
+  """The recipe's own result: every stage finished in this workdir, in order, with what it
+  handed on, whichever stages this command ran (a stage rerun alone leaves the others in)."""
+  found = []
+  for stage in STAGES:
+    result = _finished_result(workdir, stage)
+    if result:
+      found.append(_stage_verdict(result, hand_on(stage, result, config)[1]))
   result = StageResult('recipe', found, {'stages_finished': len(found)}, ['report.html'],
                        finished=finished)
   return report.finish(workdir, result, 'Recipe')  # which writes DIR/report.html too

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from recipe_jax import (checks, console, data as data_lib, experiment, models, plots, report,
-                        trainer, user_code)
+from recipe_jax import (checks, console, data as data_lib, experiment, files, models, plots,
+                        report, trainer, user_code)
 from recipe_jax.errors import UserError
 from recipe_jax.mesh import require_divisible
 from recipe_jax.report import StageResult, Verdict
@@ -43,7 +43,7 @@ def once(compute):
 
 def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'sanity')
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   cfg = config.sanity
   # The plain loss, without label smoothing: one batch must be able to reach ~0 loss.
   exp = experiment.in_memory(experiment.build(config, num_train_steps=cfg.steps,

@@ -18,7 +18,6 @@ comma-separated run directories. Then, on validation (selection) and test (repor
 - the error analysis of the ensemble on validation (squeeze/analysis/, `recipe_jax.analysis`).
 """
 import csv
-import glob
 import os
 import time
 
@@ -26,8 +25,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from recipe_jax import (analysis, config_check, console, ensembles, experiment, plots, report,
-                        runs, selection, side_by_side, weight_averaging)
+from recipe_jax import (analysis, config_check, console, ensembles, experiment, files, plots,
+                        report, run_store, runs, selection, side_by_side, weight_averaging)
 from recipe_jax.errors import UserError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import train
@@ -55,7 +54,7 @@ def member_runs(config, out: str) -> list:
 def _best_trials(tune_dir: str, top_k: int, metric: str) -> list:
   """The `top_k` best finished trials of a tune stage by its validation `metric`."""
   done = []
-  for path in glob.glob(os.path.join(tune_dir, 'tune', 'trial_*', 'summary.json')):
+  for path in files.glob(os.path.join(tune_dir, 'tune', 'trial_*', 'summary.json')):
     summary = runs.read_json(path)
     if summary.get('finished') and summary.get(metric) is not None:
       done.append((summary[metric], os.path.dirname(path)))
@@ -80,7 +79,8 @@ def train_members(config, members: list) -> bool:
       configs, [run_dir for _, run_dir, _ in members]):
     return False
   for number, (name, run_dir, member_config) in enumerate(members, 1):
-    if runs.finished_summary(run_dir):
+    if (run_store.reusable_summary(run_dir, member_config) if member_config
+        else runs.finished_summary(run_dir)):
       logging.info('squeeze: member %s already finished, reused', name)
       continue
     if member_config is None:
@@ -218,7 +218,7 @@ def _distill(config, out: str, loaded: list, overrides: dict, bins: int):
       ('student_distilled', f'student distilled (T={config.squeeze.temperature:g})',
        ensembles.student_experiment(exp, teacher, config.squeeze.temperature))):
     run_dir = os.path.join(out, key)
-    if not runs.finished_summary(run_dir):
+    if not run_store.reusable_summary(run_dir, student_config):
       logging.info('squeeze: training the %s', name)
       if not train.run_training(student_config, run_dir, exp=student)['finished']:
         return None
@@ -283,14 +283,13 @@ def _gain_plot(out: str, loaded: list, dataset) -> str:
     means[f'mean member ({split})'] = float(np.mean(
         [ensembles.scores(m[split], labels)['accuracy'] for m in loaded]))
   path = os.path.join(out, 'ensemble_gain.png')
-  os.makedirs(out, exist_ok=True)
   plots.curves(path, series, 'members in the ensemble (in member order)', 'accuracy',
                hlines=means, integer_x=True)
   return path
 
 
 def _write_tables(out: str, table: list) -> None:
-  with open(os.path.join(out, 'results.csv'), 'w', newline='') as f:
+  with files.writing_text(os.path.join(out, 'results.csv')) as f:
     writer = csv.DictWriter(f, ['name', *COLUMNS], extrasaction='ignore')
     writer.writeheader()
     writer.writerows(table)
@@ -298,8 +297,7 @@ def _write_tables(out: str, table: list) -> None:
   for r in table:
     cells = [_cell(r.get(k)) for k in COLUMNS]
     lines.append(f"| {r['name']} | " + ' | '.join(cells) + ' |')
-  with open(os.path.join(out, 'results.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+  files.write_text(os.path.join(out, 'results.md'), '\n'.join(lines) + '\n')
 
 
 def _cell(value) -> str:

@@ -8,10 +8,9 @@ checkpoint; bit-identical to a run that long from the start with a constant lear
 WARN for other schedules, whose shape changes), and the error analysis of the final state
 (`recipe_jax.analysis`, files in DIR/analysis/).
 """
-import json
 import os
 
-from recipe_jax import experiment, multihost, optim, report, runs, trainer
+from recipe_jax import experiment, files, multihost, optim, report, run_store, runs, trainer
 from recipe_jax.errors import DivergenceError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import evaluate
@@ -23,15 +22,13 @@ FILES = ['summary.json', 'config.json', 'checkpoints', 'train/report.md']
 
 def write_json(path: str, obj) -> None:
   if multihost.is_leader():
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(path + '.tmp', path)  # never leave a half-written file behind
+    files.write_json(path, obj)  # whole or not at all
 
 
 def run_training(config, workdir: str, on_eval=None, exp=None) -> dict:
-  """Trains (or resumes) the run in workdir and returns its summary (summary.json)."""
-  write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  """Trains (or resumes) the run in workdir and returns its summary (summary.json). A workdir
+  that holds a run of another config is refused before anything is written (`run_store`)."""
+  run_store.claim(workdir, config)
   summary = trainer.train_and_evaluate(exp or experiment.build(config), workdir, on_eval)
   write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary

@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import config_check, console, multihost, plots, report, selection, studies
+from recipe_jax import config_check, console, files, multihost, plots, report, selection, studies
 from recipe_jax.errors import DivergenceError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import compare, train
@@ -80,7 +80,7 @@ def finished_trials(study) -> list:
 
 def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'tune')
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   space = config_check.decoded(config, 'tune.space')
   if not multihost.is_leader():  # a multi-host slice: only process 0 talks to the storage
     return _follow(config)
@@ -309,8 +309,7 @@ def _write_tables(out: str, trials, space: dict, metric: str) -> list:
   for row in rows:
     lines.append('| ' + ' | '.join(f'{v:.4g}' if isinstance(v, float) else str(v)
                                    for v in row.values()) + ' |')
-  with open(os.path.join(out, 'results.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+  files.write_text(os.path.join(out, 'results.md'), '\n'.join(lines) + '\n')
   return rows
 
 
@@ -327,8 +326,7 @@ def _write_best_config(out: str, trial_config, best) -> None:
       value = tuple(value)
     lines.append(f'  c.{key} = {value!r}')
   lines.append('  return c')
-  with open(os.path.join(out, 'best_config.py'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+  files.write_text(os.path.join(out, 'best_config.py'), '\n'.join(lines) + '\n')
 
 
 def _flatten(tree: dict, prefix: str = ''):

