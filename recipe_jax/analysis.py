@@ -159,18 +159,19 @@ def write(directory: str, probs, labels, x, cfg, dataset=None, split: str = 'val
   images = {'confusions': [os.path.join(directory, 'confusion_matrix.png')],
             'calibration': [os.path.join(directory, 'reliability.png')]}
   plots.confusion(images['confusions'][0], counts, f'confusion on {split} ({len(labels)})')
-  plots.reliability(images['calibration'][0], bins, ece)
+  plots.reliability(images['calibration'][0], probs.max(-1), probs.argmax(-1) == labels, ece,
+                    len(bins))
   wrong = most_confident_wrong(probs, labels, cfg.examples)
   if len(wrong):
     predicted = probs.argmax(-1)
     rows = data.source_rows(dataset, split, wrong) if dataset is not None else {}
     ids = rows.get('source_rows', wrong.tolist())
-    titles = [f'#{r}: {labels[i]} -> {predicted[i]} ({probs[i, predicted[i]]:.2f})'
+    titles = [f'row {r}: {labels[i]} -> {predicted[i]} ({probs[i, predicted[i]]:.2f})'
               for r, i in zip(ids, wrong)]
     path = os.path.join(directory, 'most_confident_wrong.png')
     plots.grid(path, [x[i] for i in wrong], titles, columns=4,
-               title=f'most confident mistakes on {split}: source row: given label -> '
-               'predicted (probability)')
+               title=f'most confident mistakes on {split}: row in the source split: given label '
+               '-> predicted (probability)')
     images['class_recall'] = [path]
     found[0].evidence['most_confident_wrong'] = {
         'indices': wrong.tolist(), **rows, 'labels': labels[wrong].tolist(),

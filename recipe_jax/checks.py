@@ -221,8 +221,9 @@ def decreasing_loss(losses, min_drop: float = 0.1, window_fraction: float = 0.1)
   drop = (first - last) / abs(first) if first else 0.0
   evidence = {'first_window_mean': first, 'last_window_mean': last, 'relative_drop': drop,
               'slope_per_step': slope, 'window': window, 'min_drop': min_drop}
-  line = (f'loss {first:.4f} (first {window} steps) -> {last:.4f} (last {window}), '
-          f'{drop:+.1%}, slope {slope:.2e}/step')
+  change = f'fell {drop:.1%}' if drop >= 0 else f'rose {-drop:.1%}'
+  line = (f'loss {first:.4f} (first {window} steps) -> {last:.4f} (last {window}): {change}, '
+          f'slope {slope:.2e}/step')
   if not np.all(np.isfinite(losses)):
     return Verdict('decreasing_loss', 'FAIL', 'the training loss became NaN/Inf', evidence)
   if drop >= min_drop and slope < 0:

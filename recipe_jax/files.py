@@ -129,7 +129,7 @@ def write_text(path, text: str) -> None:
 
 
 def write_json(path, obj, indent: int = 2) -> None:
-  write_text(path, json.dumps(obj, indent=indent, sort_keys=True))
+  write_text(path, json.dumps(obj, indent=indent))
 
 
 @contextlib.contextmanager

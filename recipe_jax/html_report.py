@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from recipe_jax import files
+from recipe_jax import files, report
 
 STATUS_COLOURS = {'PASS': '#1a7f37', 'WARN': '#9a6700', 'FAIL': '#cf222e'}
 STYLE = """
@@ -118,34 +118,28 @@ def _headline(config: dict, results: list) -> str:
   baselines and the human one."""
   model, dataset = config.get('model', {}).get('name'), config.get('dataset', {}).get('name')
   metrics = {r['stage']: r['metrics'] for _, r in results}
-  final = _final_accuracy(metrics)
-  rows = [('final test accuracy', final)]
+  final = report.final_accuracy(metrics)
+  rows = [(f'test accuracy of {final[0]}', final[1])] if final else []
   sanity = metrics.get('sanity', {})
-  rows += [('model after the sanity run (validation)', sanity.get('model_val_accuracy')),
-           ('zero-input baseline (validation)', sanity.get('zero_input_val_accuracy')),
-           ('human baseline', config.get('human_baseline'))]
-  cells = ''.join(f'<tr><th>{html.escape(name)}</th><td>{_fmt(value)}</td></tr>'
-                  for name, value in rows if value is not None)
+  rows += [('model after the sanity run (validation accuracy)', sanity.get('model_val_accuracy')),
+           ('zero-input baseline (validation accuracy)', sanity.get('zero_input_val_accuracy')),
+           ('human baseline (accuracy)', config.get('human_baseline'))]
+  cells = ''.join(f'<tr><th>{html.escape(name)}</th><td>{report.number(value, "accuracy")}</td>'
+                  '</tr>' for name, value in rows if value is not None)
   return (f'<p class="headline">{html.escape(str(model))} on {html.escape(str(dataset))}, seed '
           f'{config.get("seed")}</p><table>{cells}</table>')
 
 
-def _final_accuracy(metrics: dict):
-  """The last word on test accuracy: the ensemble, else the best tuned trial, else a train run."""
-  for stage, key in (('squeeze', 'ensemble_test_accuracy'), ('tune', 'best_test_accuracy'),
-                     ('train', 'test_accuracy'), ('evaluate', 'test_accuracy')):
-    if metrics.get(stage, {}).get(key) is not None:
-      return f'{metrics[stage][key]:.4f} ({stage}: {key})'
-  return None
-
-
 def _stage_table(results: list) -> str:
+  """One row per stage: its checks' counts and its headline in words. The recipe's own result
+  (a verdict per stage) is the table itself, so it gets no row."""
   rows = []
   for _, r in results:
+    if r['stage'] == 'recipe':
+      continue
     counts = r.get('counts', {})
     state = 'finished' if r.get('finished', True) else 'stopped, resumable'
-    numbers = ', '.join(f'{k} {_fmt(v)}' for k, v in r['metrics'].items()
-                        if not isinstance(v, (dict, list)))
+    numbers = report.headline(r['metrics'])
     rows.append(f'<tr><td><a href="#{r["stage"]}">{r["stage"]}</a></td><td>{state}</td>'
                 + ''.join(f'<td>{_count(s, counts.get(s, 0))}</td>' for s in STATUS_COLOURS)
                 + f'<td>{html.escape(numbers)}</td></tr>')
@@ -220,12 +214,6 @@ def markdown_tables(text: str) -> str:
       out.append(f'<p>{html.escape(line.lstrip("# "))}</p>')
   flush()
   return '\n'.join(out)
-
-
-def _fmt(value) -> str:
-  if isinstance(value, float):
-    return f'{value:.4g}'
-  return html.escape(str(value))
 
 
 if __name__ == '__main__':

@@ -1,7 +1,8 @@
 """python -m recipe_jax.main --config=configs/mnist1d/cnn.py --workdir=DIR [--config.key=value ...]
 
 Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed, 2 bad input
-(including a user model or loss that fails), 3 training diverged.
+(including a user model or loss that fails), 3 training diverged, 130 stopped by Ctrl-C (after
+saving a checkpoint; a second Ctrl-C stops at once).
 """
 import importlib
 import os
@@ -87,6 +88,7 @@ def run_stage(config, workdir: str):
 
 
 _distributed = False  # set by main(): such a run exits the normal way
+INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C
 
 
 def main(argv):
@@ -127,7 +129,15 @@ def main(argv):
   except (UserError, DivergenceError, ChecksFailed) as e:
     console.sync_log()
     fail(str(e), e.exit_code)
+  except KeyboardInterrupt:  # Ctrl-C outside a training loop, or a second one inside
+    console.sync_log()
+    fail('interrupted (Ctrl-C); the checkpoints saved so far stay, and the same command '
+         'resumes from the last one', INTERRUPTED)
   console.sync_log()
+  from recipe_jax import trainer
+  if not result.finished and trainer.stopped_by() == 'SIGINT':
+    fail('interrupted (Ctrl-C) after saving a checkpoint; the same command resumes',
+         INTERRUPTED)
 
 
 def stage_directory(config, workdir: str) -> tuple:

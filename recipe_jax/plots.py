@@ -56,24 +56,30 @@ def grid(path, examples, titles, columns, row_labels=None, title=None):
 
 def class_counts(path, counts: dict):
   """Grouped bars: examples per class for each split."""
-  fig, ax = plt.subplots(figsize=(7, 3))
+  fig, ax = plt.subplots(figsize=(7.5, 3))
   width = 0.8 / len(counts)
+  num_classes = len(next(iter(counts.values())))
   for i, (split, per_class) in enumerate(counts.items()):
-    ax.bar(np.arange(len(per_class)) + i * width, per_class, width, label=split)
+    ax.bar(np.arange(num_classes) + (i - (len(counts) - 1) / 2) * width, per_class, width,
+           label=split)
+  ax.set_xticks(range(num_classes))  # one tick per class, under its group of bars
+  ax.set_xlim(-0.6, num_classes - 0.4)
   ax.set_xlabel('class')
   ax.set_ylabel('examples')
-  ax.legend()
+  ax.legend(title='split', loc='upper left', bbox_to_anchor=(1.01, 1), fontsize=8)
   fig.tight_layout()
   save(fig, path)
 
 
 def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
            hlines: dict | None = None, logx: bool = False, vlines: dict | None = None,
-           ylim: tuple | None = None, integer_x: bool = False):
-  """Line plot of {label: (x, y)}, with optional labelled reference lines."""
+           ylim: tuple | None = None, integer_x: bool = False, points: dict | None = None):
+  """Line plot of {label: (x, y)}, with optional labelled reference lines and marked points."""
   fig, ax = plt.subplots(figsize=(6, 3.2))
   for label, (x, y) in series.items():
     ax.plot(x, y, label=label, linewidth=1.2, marker='o' if integer_x else None, markersize=4)
+  for i, (label, (x, y)) in enumerate((points or {}).items()):
+    ax.plot(x, y, 'x', color=f'C{i}', markersize=9, markeredgewidth=2, label=label)
   if integer_x:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   references = [(ax.axhline, item) for item in (hlines or {}).items()]
@@ -89,6 +95,37 @@ def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.legend(fontsize=8)
+  fig.tight_layout()
+  save(fig, path)
+
+
+LOSS_FLOOR = 1e-7  # a loss of exactly 0 cannot sit on a log axis: drawn here, and said so
+
+
+def loss_and_accuracy(path, steps, losses, accuracies, xlabel: str, target_loss=None,
+                      series: dict | None = None):
+  """Two panels over the same steps: the loss on a log scale (values below LOSS_FLOOR drawn at
+  it, so a loss that reaches 0 does not vanish), the accuracy on a linear one. `series` adds
+  other runs' {label: (steps, losses, accuracies)} (a validation curve, say)."""
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+  runs = {'training': (steps, losses, accuracies), **(series or {})}
+  for i, (label, (x, loss, accuracy)) in enumerate(runs.items()):
+    ax_loss.plot(x, np.maximum(np.asarray(loss, float), LOSS_FLOOR), color=f'C{i}',
+                 linewidth=1.2, label=label)
+    ax_acc.plot(x, accuracy, color=f'C{i}', linewidth=1.2, label=label)
+  if target_loss:
+    ax_loss.axhline(target_loss, linestyle='--', color='gray', linewidth=1,
+                    label=f'target loss {target_loss:g}')
+  if np.nanmin(np.asarray(losses, float)) < LOSS_FLOOR:
+    ax_loss.axhline(LOSS_FLOOR, linestyle=':', color='black', linewidth=0.8,
+                    label=f'loss 0 drawn at {LOSS_FLOOR:g}')
+  ax_loss.set_yscale('log')
+  ax_loss.set_ylabel('loss (log scale)')
+  ax_acc.set_ylim(-0.02, 1.02)
+  ax_acc.set_ylabel('accuracy')
+  for ax in (ax_loss, ax_acc):
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=8)
   fig.tight_layout()
   save(fig, path)
 
@@ -177,19 +214,36 @@ def confusion(path, counts, title: str):
   save(fig, path)
 
 
-def reliability(path, bins: list, ece: float):
-  """Accuracy against mean confidence per equal-mass bin; the diagonal is perfect calibration."""
-  conf = [b['confidence'] for b in bins]
-  acc = [b['accuracy'] for b in bins]
-  fig, ax = plt.subplots(figsize=(4, 4))
+def reliability(path, confidence, correct, ece: float, ece_bins: int, bins: int = 10):
+  """Accuracy against confidence in equal-width bins (bars, the count of examples on each; the
+  diagonal is perfect calibration) beside how the confidences are spread. Equal-width bins
+  show where a model is over- or under-confident even when most examples sit near 1.0, which
+  the ECE's equal-mass bins crowd into one corner."""
+  confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
+  edges = np.linspace(0, 1, bins + 1)
+  which = np.clip(np.digitize(confidence, edges) - 1, 0, bins - 1)
+  counts = np.bincount(which, minlength=bins)
+  accuracy = np.bincount(which, weights=correct, minlength=bins) / np.maximum(counts, 1)
+  centres = (edges[:-1] + edges[1:]) / 2
+  fig, (ax, ax_hist) = plt.subplots(1, 2, figsize=(8, 3.6))
+  filled = counts > 0
+  ax.bar(centres[filled], accuracy[filled], width=1 / bins, edgecolor='C0', color='C0',
+         alpha=0.6, label='accuracy of the examples in the bin')
+  for x, y, n in zip(centres[filled], accuracy[filled], counts[filled]):
+    ax.text(x, y + 0.02, str(n), ha='center', fontsize=7)
   ax.plot([0, 1], [0, 1], '--', color='gray', linewidth=1, label='perfectly calibrated')
-  ax.plot(conf, acc, 'o-', linewidth=1.2, markersize=4, label='model (equal-mass bins)')
-  ax.set_xlim(0, 1.02)
-  ax.set_ylim(0, 1.02)
-  ax.set_xlabel('mean confidence in bin')
-  ax.set_ylabel('accuracy in bin')
-  ax.set_title(f'reliability: ECE {ece:.3f}', fontsize=9)
-  ax.legend(fontsize=8, loc='upper left')
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.1)
+  ax.set_xlabel('confidence (top-class probability)')
+  ax.set_ylabel('accuracy in bin (n on each bar)')
+  ax.set_title(f'reliability: ECE {ece:.3f} ({ece_bins} equal-mass bins)', fontsize=9)
+  ax.legend(fontsize=7, loc='upper left')
+  ax_hist.hist(confidence, bins=edges, color='C1', alpha=0.7)
+  ax_hist.set_yscale('log')
+  ax_hist.set_xlim(0, 1)
+  ax_hist.set_xlabel('confidence (top-class probability)')
+  ax_hist.set_ylabel('examples (log scale)')
+  ax_hist.set_title(f'{len(confidence)} examples', fontsize=9)
   fig.tight_layout()
   save(fig, path)
 
@@ -205,9 +259,14 @@ def learning_curve(path, series: dict, points: dict, largest: float):
     style = dict(marker='o', markersize=4) if i == 0 else dict(linestyle='--')
     ax_err.plot(x, y, label=label, color=f'C{i}', linewidth=1.2, **style)
     ax_acc.plot(x, 1 - np.asarray(y), label=label, color=f'C{i}', linewidth=1.2, **style)
+  ticks = sorted({int(round(x)) for _, (xs, _) in points.items() for x in xs} | {int(4 * largest)})
   for ax, ylabel in ((ax_err, 'validation error'), (ax_acc, 'validation accuracy')):
     ax.axvspan(largest, 4 * largest, color='C1', alpha=0.08)
     ax.set_xscale('log')
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))  # the sizes measured
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.tick_params(axis='x', labelsize=7)
     ax.set_xlabel('training examples (shaded: extrapolated)')
     ax.set_ylabel(ylabel)
   ax_err.legend(fontsize=7)

@@ -99,22 +99,58 @@ def write(directory: str, title: str, verdicts: list, images: dict | None = None
 
 
 def closing_lines(result: StageResult, workdir: str) -> list:
-  """What a person reads at the end of a run: the stage, its headline numbers, the verdict
-  counts and where to look next."""
+  """What a person reads at the end of a run: the stage, its result in words, the verdict
+  counts, the page to open first and the other files to look at."""
   state = 'finished' if result.finished else 'stopped (resume with the same command)'
   counts = result.counts()
-  numbers = '  '.join(f'{k} {_short(v)}' for k, v in result.metrics.items())
+  numbers = headline(result.metrics)
   lines = [f'{result.stage} {state}: ' + ', '.join(f'{n} {s}' for s, n in counts.items()),
-           *([numbers] if numbers else [])]
-  if result.files:
-    lines.append('look at: ' + ', '.join(os.path.join(workdir, f) for f in result.files))
+           *([numbers] if numbers else []),
+           f"open first: {os.path.join(workdir, 'report.html')}"]
+  others = [f for f in result.files if f != 'report.html']
+  if others:
+    lines.append('also: ' + ', '.join(os.path.join(workdir, f) for f in others))
   return lines
 
 
-def _short(value) -> str:
-  if isinstance(value, float):
-    return f'{value:.4g}'
-  return str(value)
+WORDS = {'eval': 'validation', 'val': 'validation', 'us': 'µs', 'ece': 'ECE', 'lr': 'LR',
+         'sha256': 'SHA-256'}
+
+
+def metric_name(key: str) -> str:
+  """'best_eval_accuracy' -> 'best validation accuracy'."""
+  return ' '.join(WORDS.get(part, part) for part in key.split('_'))
+
+
+def number(value, key: str = '') -> str:
+  """A number to the precision it has: accuracies as percentages with one decimal, other
+  floats with 3 significant digits, integers whole."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    return str(value)
+  if isinstance(value, (int, np.integer)):
+    return str(int(value))
+  if key.endswith('accuracy') and 0 <= value <= 1:
+    return f'{100 * value:.1f}%'
+  return f'{value:.3g}'
+
+
+def headline(metrics: dict) -> str:
+  """A stage's headline numbers in words: 'ensemble test accuracy 98.8%, members 5'."""
+  return ', '.join(f'{metric_name(k)} {number(v, k)}' for k, v in metrics.items()
+                   if v is not None and not isinstance(v, (dict, list)))
+
+
+def final_accuracy(metrics_by_stage: dict):
+  """(words, value) of the last word on test accuracy in a workdir: the ensemble, else the
+  best tuned trial, else a train run; None when there is none."""
+  for stage, key, words in (('squeeze', 'ensemble_test_accuracy', 'the ensemble (squeeze)'),
+                            ('tune', 'best_test_accuracy', 'the best tuned trial'),
+                            ('train', 'test_accuracy', 'the trained model'),
+                            ('evaluate', 'test_accuracy', 'the evaluated model')):
+    value = metrics_by_stage.get(stage, {}).get(key)
+    if value is not None:
+      return words, value
+  return None
 
 
 def raise_if_failed(result: StageResult, workdir: str) -> None:

@@ -196,7 +196,8 @@ def _loop(exp, seeds, states, progress: list, managers: list, writers: list) -> 
       if save_now:
         _save(mesh, states, step, progress, managers, time.time() - segment_start)
       if stop:
-        logging.warning('SIGTERM: saved the seeds\' checkpoints at step %d; exiting', step)
+        logging.warning('%s: saved the seeds\' checkpoints at step %d; the same command '
+                        'resumes', trainer.stopped_by(), step)
         return PREEMPTED
   return FINISHED
 

@@ -59,5 +59,4 @@ def open_study(url: str, name: str, heartbeat_s: int, sampler=None, pruner=None,
 def queue_again(study, trial) -> None:
   """A preempted trial, back in the study to be run again (resuming from its checkpoint)."""
   optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
-  logging.warning('SIGTERM: trial %d saved its checkpoint and is queued to run again',
-                  trial.number)
+  logging.warning('trial %d saved its checkpoint and is queued to run again', trial.number)

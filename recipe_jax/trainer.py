@@ -284,10 +284,11 @@ def compile_evaluator(model, mesh: Mesh, state, x, y, configured_batch: int, los
 
 @contextlib.contextmanager
 def stop_for_preemption():
-  """stop(step) -> whether to save and stop after `step`, asked after every step: SIGTERM seen
-  by this process. In a multi-host job, JAX's preemption sync point instead: a SIGTERM that
-  reaches any host (jax.distributed catches it) stops every host after the same step, so their
-  collective checkpoint save meets."""
+  """stop(step) -> whether to save and stop after `step`, asked after every step: SIGTERM (a
+  preemption) or Ctrl-C (SIGINT) seen by this process; `stopped_by()` then names it. A second
+  Ctrl-C stops at once (KeyboardInterrupt). In a multi-host job, JAX's preemption sync point
+  instead: a SIGTERM that reaches any host (jax.distributed catches it) stops every host after
+  the same step, so their collective checkpoint save meets."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     yield multihost_utils.reached_preemption_sync_point
@@ -296,11 +297,28 @@ def stop_for_preemption():
   if threading.current_thread() is not threading.main_thread():
     yield lambda step: event.is_set()  # signal handlers can only be installed from the main thread
     return
-  previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+
+  def stop(signum, frame):
+    if event.is_set() and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # the second Ctrl-C: now, without saving
+    _stopped_by['signal'] = signal.Signals(signum).name
+    event.set()
+    if signum == signal.SIGINT:
+      logging.warning('Ctrl-C: saving a checkpoint after this step (Ctrl-C again stops at once)')
+  previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield lambda step: event.is_set()
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
+_stopped_by = {'signal': None}
+
+
+def stopped_by() -> str | None:
+  """'SIGTERM' or 'SIGINT' once a training loop of this process stopped for one, else None."""
+  return _stopped_by['signal']
 
 
 def check_losses(pending, initial_loss: float, factor: float, learning_rate, last_checkpoint):
@@ -450,6 +468,7 @@ def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
       'data_wait_fraction': loop['data_wait_fraction'],
       'num_devices': mesh.size,
       'train_examples': len(exp.dataset.y_train),  # what this run trained on
+      'val_examples': len(exp.dataset.y_val),
       'init_from': progress.init_from,
       'history': progress.history,  # train and validation metrics at every eval
   }
@@ -527,7 +546,8 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
           console.sync_log()
       loop_end = time.time()
       if stop_requested:
-        logging.warning('SIGTERM: saved a checkpoint at step %d; exiting', step)
+        logging.warning('%s: saved a checkpoint at step %d; the same command resumes',
+                        stopped_by(), step)
   finally:
     writer.flush()
     if profile_until is not None and step < profile_until:  # stopped early, or an error

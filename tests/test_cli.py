@@ -65,6 +65,39 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(small_config, tmp_path):
   assert str(summary['step']) in os.listdir(tmp_path / 'checkpoints')
 
 
+def test_ctrl_c_saves_a_checkpoint_says_one_line_exits_130_and_resumes_bit_identically(
+    small_config, tmp_path):
+  small_config.num_train_steps = 3000
+  small_config.checkpoint_every_steps = 100
+  straight = train_and_evaluate(small_config, str(tmp_path / 'straight'))
+  proc = start_main(tmp_path / 'run', *cli_flags(small_config))
+  wait_for_checkpoint(proc, tmp_path / 'run' / 'checkpoints')
+  proc.send_signal(signal.SIGINT)
+  output, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 130, output[-3000:]
+  assert 'Traceback' not in output and 'KeyboardInterrupt' not in output
+  assert output.strip().splitlines()[-1] == (
+      'recipe_jax: error: interrupted (Ctrl-C) after saving a checkpoint; the same command '
+      'resumes')
+  stopped = read_summary(tmp_path / 'run')
+  assert not stopped['finished'] and str(stopped['step']) in os.listdir(
+      tmp_path / 'run' / 'checkpoints')  # saved where it stopped, not at the last periodic one
+  assert run_main(tmp_path / 'run', *cli_flags(small_config)).returncode == 0
+  resumed = read_summary(tmp_path / 'run')
+  assert resumed['resumed_from_step'] == stopped['step']
+  assert resumed['params_sha256'] == straight['params_sha256']
+
+
+def test_a_first_ctrl_c_asks_to_save_and_stop_and_a_second_stops_at_once():
+  with trainer.stop_for_preemption() as stop:
+    assert not stop(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop(2) and trainer.stopped_by() == 'SIGINT'  # the loop saves, then stops
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored afterwards
+
+
 def test_run_killed_after_a_checkpoint_resumes_bit_identically(small_config, tmp_path):
   small_config.num_train_steps = 1500
   small_config.checkpoint_every_steps = 100

@@ -35,7 +35,7 @@ def test_compare_tabulates_variants_and_does_not_redo_finished_runs(compare_conf
   with open(tmp_path / 'compare' / 'results.csv') as f:
     table = list(csv.DictReader(f))
   assert [r['variant'] for r in table] == ['baseline', 'narrow', 'smooth']
-  assert all(r['noise'] in ('inside seed noise', 'beyond seed noise') for r in table[1:])
+  assert all(r['noise'] in ('inside noise', 'beyond noise') for r in table[1:])
   markdown = (tmp_path / 'compare' / 'results.md').read_text()
   assert '| narrow |' in markdown and 'curves.png' in markdown
   assert os.path.getsize(tmp_path / 'compare' / 'curves.png') > 1000
@@ -68,10 +68,23 @@ def test_the_noise_flag_compares_the_delta_with_twice_its_standard_error():
                'same': runs(0.905, 0.915, 0.925)}
   rows = {r['variant']: r for r in compare.table(summaries, {k: {} for k in summaries},
                                                  'eval_accuracy')}
-  assert rows['better']['noise'] == 'beyond seed noise'
+  assert rows['better']['noise'] == 'beyond noise'
   assert rows['better']['delta'] == pytest.approx(0.05)
-  assert rows['same']['noise'] == 'inside seed noise'
+  assert rows['same']['noise'] == 'inside noise'
   assert rows['baseline']['train_val_gap'] == pytest.approx(0.09)
+
+
+def test_seeds_that_agree_exactly_do_not_make_every_difference_significant():
+  """Two seeds with identical accuracies gave +- 0.0000, and a one-example difference on 200
+  validation examples was called beyond the noise."""
+  def runs(accuracy):
+    return [{'eval_accuracy': accuracy, 'train_accuracy': 1.0, 'test_accuracy': accuracy,
+             'val_examples': 200}] * 2
+  summaries = {'baseline': runs(0.900), 'one_more': runs(0.905), 'much_better': runs(0.99)}
+  rows = {r['variant']: r for r in compare.table(summaries, {k: {} for k in summaries},
+                                                 'eval_accuracy')}
+  assert rows['one_more']['noise'] == 'inside noise'  # binomial error of 200 examples: ~0.03
+  assert rows['much_better']['noise'] == 'beyond noise'
 
 
 def test_two_workers_split_one_comparison_through_a_study(compare_config, tmp_path):

@@ -84,6 +84,17 @@ def test_a_changed_config_on_a_gs_run_is_refused_and_leaves_it_as_it_was(bucket,
   assert again.returncode == 2
   assert 'model.width: 100 -> 7' in again.stderr.strip().splitlines()[-1]
   assert {n: read_object(bucket, n) for n in objects(bucket, 'done/')} == before
+  # What names another run directory reads it from the bucket too.
+  tuned = run_main(tmp_path / 'finetune', *cli_flags(small_config),
+                   '--config.init_from=gs://bucket/done', env=env)
+  assert tuned.returncode == 0, tuned.stderr[-3000:]
+  assert json.load(open(tmp_path / 'finetune' / 'summary.json'))['init_from']['source'] == (
+      'gs://bucket/done/checkpoints/60')
+  evaluated = run_main('gs://bucket/evaluated', '--config=configs/mnist1d/mlp.py',
+                       '--config.stage=evaluate', '--config.evaluate.run_dir=gs://bucket/done',
+                       f'--config.dataset.data_dir={small_config.dataset.data_dir}', env=env)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert 'evaluated/analysis/confusion_matrix.png' in objects(bucket, 'evaluated/')
 
 
 def test_a_tune_study_keeps_its_trials_on_gs_and_its_study_in_postgresql(bucket, small_config,

@@ -2,6 +2,7 @@
 real browser."""
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -156,7 +157,8 @@ def never_stopped(data_dir, tmp_path_factory):
   return flags, workdir
 
 
-@pytest.mark.parametrize('stop', [signal.SIGKILL, signal.SIGTERM], ids=['SIGKILL', 'SIGTERM'])
+@pytest.mark.parametrize('stop', [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
+                         ids=['SIGKILL', 'SIGTERM', 'Ctrl-C'])
 def test_a_recipe_stopped_mid_stage_finishes_like_one_that_never_stopped(never_stopped, tmp_path,
                                                                          stop):
   flags, straight_dir = never_stopped
@@ -168,8 +170,8 @@ def test_a_recipe_stopped_mid_stage_finishes_like_one_that_never_stopped(never_s
     time.sleep(0.2)
   proc.send_signal(stop)
   proc.wait()
-  if stop == signal.SIGTERM:  # preemption: checkpointed, exit 0, the report says where it is
-    assert proc.returncode == 0
+  if stop != signal.SIGKILL:  # checkpointed; exit 0 (preemption) or 130 (Ctrl-C); the report
+    assert proc.returncode == (0 if stop == signal.SIGTERM else 130)  # says where it stopped
     assert 'stopped, resumable' in (tmp_path / 'killed' / 'report.html').read_text()
   lr_find_result = tmp_path / 'killed' / 'lr_find' / 'result.json'
   before = os.path.getmtime(lr_find_result)
@@ -228,7 +230,6 @@ def test_a_finished_stage_with_another_config_is_refused_and_rerun_redoes_what_i
 def test_the_reports_reproduce_command_reruns_its_stage_and_keeps_the_recipes_result(
     data_dir, tmp_path):
   import html
-  import re
   import shlex
   import subprocess
   import sys
@@ -254,3 +255,41 @@ def test_a_workdir_of_the_older_nested_layout_is_refused_with_what_to_do(tmp_pat
   (tmp_path / 'lr_find' / 'lr_find' / 'result.json').write_text('{}')
   with pytest.raises(UserError, match='older layout .* run the recipe in a new --workdir'):
     recipe.run(short_digits_recipe(data_dir), str(tmp_path))
+
+
+def visible_defects(text: str, headers: list) -> list:
+  """What a person should not have to read: raw floats of more than 6 significant digits,
+  empty table headers (a first column may say what its rows are), literal backticks."""
+  found = []
+  for number in re.findall(r'(?<![\w.])\d+\.\d+(?:e[-+]?\d+)?', text):
+    digits = number.split('e')[0].replace('.', '').lstrip('0')
+    if len(digits) > 6:
+      found.append(f'long float {number}')
+  found += ['empty table header' for h in headers if not h.strip()]
+  found += ['literal backtick' for _ in range(text.count('`'))]
+  return found
+
+
+def page_text(path, tmp_path):
+  page = browser.open_page(str(path), str(tmp_path / 'shot.png'), 'JSON.stringify({text: '
+                           'document.body.innerText, headers: Array.from(document.querySelectorAll'
+                           '("th")).map(h => h.innerText)})')
+  found = json.loads(page['value'])
+  return found['text'], found['headers']
+
+
+def test_the_reports_visible_text_reads_as_words_and_numbers_of_their_precision(
+    finished_recipe, tmp_path):
+  _, workdir, _ = finished_recipe
+  text, headers = page_text(os.path.join(workdir, 'report.html'), tmp_path)
+  assert visible_defects(text, headers) == [], text[:2000]
+  assert 'test accuracy of the ensemble (squeeze)' in text
+
+
+def test_the_text_check_catches_long_floats_empty_headers_and_backticks(tmp_path):
+  page = tmp_path / 'bad.html'
+  page.write_text('<html><body><p>lr 0.011689251750068384 and `{"a": 1}`</p>'
+                  '<table><tr><th></th><th>ok</th></tr></table></body></html>')
+  assert sorted(visible_defects(*page_text(page, tmp_path))) == [
+      'empty table header', 'literal backtick', 'literal backtick',
+      'long float 0.011689251750068384']

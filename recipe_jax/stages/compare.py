@@ -5,7 +5,7 @@ e.g. '{"dropout": {"model.dropout": 0.1}, "wd": {"optimizer.name": "adamw",
 "optimizer.weight_decay": 5e-4}}'. Every variant, baseline included, trains for
 `compare.seeds` seeds in compare/<variant>/seed_<n>/ (a normal train run: a restart resumes
 it, and a finished one is not redone). Output: compare/results.{md,csv} with the validation
-metric's mean +- std, the delta against the baseline and whether it is inside seed noise, the
+metric's mean +- std, the delta against the baseline and whether it is inside noise, the
 train/validation gap, and compare/curves.png (validation curves overlaid, seed means).
 """
 import csv
@@ -68,14 +68,16 @@ def run(config, workdir: str) -> StageResult:
 
 
 def verdicts(rows: list, metric: str) -> list:
-  """One per variant: PASS when it beats the baseline beyond seed noise (higher accuracy, or
+  """One per variant: PASS when it beats the baseline beyond noise (higher accuracy, or
   lower loss), WARN otherwise (a change that cannot be told apart from the baseline, or one
   that makes it worse)."""
   found = []
   for row in rows[1:]:
-    line = (f"{metric} {row['mean']:.4f} +- {row['std']:.4f}, {row['delta']:+.4f} vs baseline, "
-            f"{row['noise']}")
-    better = row['noise'] == 'beyond seed noise' and selection.sign(metric) * row['delta'] > 0
+    noise = (f"+-{row['noise_level']:.4f}" if np.isfinite(row['noise_level']) else
+             'one seed gives no noise estimate: use compare.seeds >= 2')
+    line = (f"{metric} {row['mean']:.4f} +- {row['std']:.4f} over {row['seeds']} seed(s), "
+            f"{row['delta']:+.4f} vs baseline: {row['noise']} ({noise})")
+    better = row['noise'] == 'beyond noise' and selection.sign(metric) * row['delta'] > 0
     found.append(Verdict(f"variant_{row['variant']}", 'PASS' if better else 'WARN', line,
                          {k: row[k] for k in ('overrides', 'seeds', 'mean', 'std', 'delta',
                                               'noise', 'train_val_gap', 'test_accuracy')}))
@@ -154,25 +156,37 @@ def _stop_when_queue_empty(study, trial) -> None:
 def table(summaries: dict, variants: dict, metric: str) -> list:
   """One row per variant: metric mean/std over seeds, delta vs baseline, noise flag, gap.
 
-  A delta is flagged as inside seed noise when it is smaller than twice its standard error,
-  2 * sqrt(std_b^2 / n_b + std_v^2 / n_v).
+  A delta is inside the noise when it is at most twice its standard error. That error is the
+  seeds' spread, 2 * sqrt(std_b^2 / n_b + std_v^2 / n_v), but never below what the validation
+  split's size allows for an accuracy (the binomial error sqrt(p (1 - p) / n_val) of each
+  mean): two seeds that happen to agree, or a handful of validation examples, measure no
+  difference finer than that. Fewer than 2 seeds: no estimate, so every delta is inside.
   """
   def values(name, key):
     return np.array([s[key] for s in summaries[name]], np.float64)
+
+  def binomial_variance(name, mean):
+    if not metric.endswith('accuracy'):
+      return 0.0
+    examples = min((s.get('val_examples') or 0) for s in summaries[name])
+    return mean * (1 - mean) / examples if examples else 0.0
 
   base = values(BASELINE, metric)
   rows = []
   for name in summaries:
     v = values(name, metric)
     delta = v.mean() - base.mean()
-    noise = 2 * np.sqrt(base.var(ddof=1) / len(base) + v.var(ddof=1) / len(v)) \
-        if min(len(base), len(v)) > 1 else float('inf')
+    noise = float('inf')
+    if min(len(base), len(v)) > 1:
+      seeds = base.var(ddof=1) / len(base) + v.var(ddof=1) / len(v)
+      split = binomial_variance(BASELINE, base.mean()) + binomial_variance(name, v.mean())
+      noise = 2 * np.sqrt(max(seeds, split))
     gap = values(name, 'train_accuracy') - values(name, 'eval_accuracy')
     rows.append({'variant': name, 'overrides': json.dumps(variants[name]), 'seeds': len(v),
                  'mean': v.mean(), 'std': v.std(ddof=1) if len(v) > 1 else 0.0,
                  'delta': delta, 'noise': ('' if name == BASELINE else
-                                           'inside seed noise' if abs(delta) <= noise else
-                                           'beyond seed noise'),
+                                           'inside noise' if abs(delta) <= noise else
+                                           'beyond noise'), 'noise_level': noise,
                  'train_val_gap': gap.mean(),
                  'test_accuracy': values(name, 'test_accuracy').mean()})
   return rows
@@ -188,12 +202,15 @@ def write_csv(path: str, rows: list) -> None:
 def _write(out: str, rows: list, metric: str) -> None:
   write_csv(os.path.join(out, 'results.csv'), rows)
   lines = [f'# Compare: {metric}, mean +- std over seeds', '',
-           f'| variant | overrides | seeds | {metric} | delta vs baseline | | train - val gap |'
-           ' test accuracy |', '|---|---|---|---|---|---|---|---|']
+           f'| variant | overrides | seeds | {metric} | delta vs baseline | beyond the noise? |'
+           ' train - val gap | test accuracy |', '|---|---|---|---|---|---|---|---|']
   for r in rows:
-    lines.append(f"| {r['variant']} | `{r['overrides']}` | {r['seeds']} | {r['mean']:.4f} +- "
-                 f"{r['std']:.4f} | {r['delta']:+.4f} | {r['noise']} | {r['train_val_gap']:.4f}"
-                 f" | {r['test_accuracy']:.4f} |")
+    overrides = ', '.join(f'{k}={v}' for k, v in json.loads(r['overrides']).items()) or '(none)'
+    spread = f"+- {r['std']:.4f}" if r['seeds'] > 1 else '(1 seed)'
+    delta = '' if r['variant'] == BASELINE else f"{r['delta']:+.4f}"
+    lines.append(f"| {r['variant']} | {overrides} | {r['seeds']} | {r['mean']:.4f} {spread} | "
+                 f"{delta} | {r['noise'] or '-'} | {r['train_val_gap']:.4f} | "
+                 f"{r['test_accuracy']:.4f} |")
   lines += ['', '![validation curves](curves.png)', '']
   files.write_text(os.path.join(out, 'results.md'), '\n'.join(lines))
 
@@ -207,4 +224,4 @@ def _curves(path: str, summaries: dict, metric: str) -> None:
       steps = [e['step'] for e in histories[0][:length]]
       mean = np.mean([[e[metric] for e in h[:length]] for h in histories], axis=0)
       series[name] = (steps, mean)
-  plots.curves(path, series, 'step', f'{metric} (mean over seeds)')
+  plots.curves(path, series, 'step', f'{report.metric_name(metric)} (mean over seeds)')

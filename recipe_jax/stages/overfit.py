@@ -7,7 +7,7 @@ increase to try. Writes overfit/{verdicts.json, report.md, result.json}; a FAIL 
 """
 import os
 
-from recipe_jax import models, report
+from recipe_jax import files, models, report
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import train
 
@@ -16,16 +16,34 @@ TRUSTED = {'optimizer.name': 'adam', 'optimizer.learning_rate': 3e-4,
            'optimizer.weight_decay': 0.0}
 
 
-def trusted_defaults(config) -> Verdict:
-  """WARN for each setting that differs from what the recipe trusts at this step."""
-  flat = {key: config[key.split('.')[0]][key.split('.')[1]] for key in TRUSTED}
-  changed = {key: value for key, value in flat.items() if value != TRUSTED[key]}
+def trusted_defaults(config, found_learning_rate: float | None = None) -> Verdict:
+  """WARN for each setting that differs from what the recipe trusts at this step. A learning
+  rate the lr_find stage found (in this workdir) is trusted as much as Adam's 3e-4."""
+  trusted = dict(TRUSTED)
+  rate = 'Adam 3e-4'
+  if found_learning_rate:
+    trusted['optimizer.learning_rate'] = found_learning_rate
+    rate = f'Adam at the learning rate lr_find found ({found_learning_rate:.3g})'
+  flat = {key: config[key.split('.')[0]][key.split('.')[1]] for key in trusted}
+  changed = {key: value for key, value in flat.items() if not _same(value, trusted[key])}
   if changed:
     return Verdict('trusted_defaults', 'WARN', 'differs from the recipe\'s trusted settings: ' +
-                   ', '.join(f'{k}={v} (trusted {TRUSTED[k]})' for k, v in changed.items()),
-                   {'changed': changed, 'trusted': TRUSTED})
-  return Verdict('trusted_defaults', 'PASS', 'Adam 3e-4, constant learning rate, no weight '
-                 'decay', {'trusted': TRUSTED})
+                   ', '.join(f'{k}={v} (trusted {trusted[k]})' for k, v in changed.items()),
+                   {'changed': changed, 'trusted': trusted})
+  return Verdict('trusted_defaults', 'PASS', f'{rate}, constant learning rate, no weight decay',
+                 {'trusted': trusted})
+
+
+def _same(a, b) -> bool:
+  if isinstance(a, float) and isinstance(b, float):
+    return abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+  return a == b
+
+
+def lr_find_suggestion(workdir: str) -> float | None:
+  """The learning rate an lr_find stage in this workdir suggested, if it ran."""
+  path = files.join(workdir, 'lr_find', 'result.json')
+  return report.read_result(path).metrics.get('suggestion') if files.exists(path) else None
 
 
 def fits_training_set(summary: dict, target: float, model_name: str, width) -> Verdict:
@@ -53,7 +71,7 @@ def run(config, workdir: str) -> StageResult:
   files = ['overfit/report.md', 'overfit/summary.json']
   if not summary['finished']:  # preempted: the next start resumes and then judges
     return StageResult('overfit', [], {'step': summary['step']}, files, finished=False)
-  verdicts = [trusted_defaults(config),
+  verdicts = [trusted_defaults(config, lr_find_suggestion(workdir)),
               fits_training_set(summary, config.overfit.target_accuracy, config.model.name,
                                 config.model.width)]
   metrics = {k: summary[k] for k in ('train_split_accuracy', 'train_split_loss',

@@ -4,7 +4,7 @@
 data_scaling where wanted) run in order in one workdir, each writing into DIR/<stage>/ (its
 config and data recorded there: `run_store`). Findings are
 handed on: lr_find's suggested learning rate to every later stage (unless
-`recipe.pin_learning_rate`), compare's best variant (when it beats the baseline beyond seed noise)
+`recipe.pin_learning_rate`), compare's best variant (when it beats the baseline beyond noise)
 to tune, tune's best trial to squeeze. `recipe.overrides` (JSON {"stage": {"key": value}}) sets
 keys for one stage only.
 
@@ -141,13 +141,19 @@ def hand_on(stage: str, result: StageResult, config) -> tuple:
     beats = [v for v in result.verdicts if v.check == f'variant_{best}' and v.status == 'PASS']
     if beats:
       chosen = config_check.decoded(config, 'compare.variants')[best]
-      return chosen, f'compare: variant {best} beats the baseline beyond seed noise: {chosen}'
-    return {}, (f'compare: no variant beats the baseline beyond seed noise (best: {best}); the '
+      return chosen, f'compare: variant {best} beats the baseline beyond noise: {_words(chosen)}'
+    return {}, (f'compare: no variant beats the baseline beyond noise (best: {best}); the '
                 'baseline goes on')
   if stage == 'tune' and result.metrics.get('best_params'):
     params = result.metrics['best_params']
-    return params, f"tune: best trial {result.metrics['best_trial']} goes on: {params}"
+    return params, f"tune: best trial {result.metrics['best_trial']} goes on: {_words(params)}"
   return {}, None
+
+
+def _words(overrides: dict) -> str:
+  """'model.width=51, optimizer.learning_rate=0.00206': values to 3 significant digits."""
+  return ', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}'
+                   for k, v in overrides.items())
 
 
 def _stage_verdict(result: StageResult, handed_on: str | None) -> Verdict:
@@ -168,11 +174,14 @@ def _counts(result: StageResult) -> str:
 def _finish(workdir: str, config, finished: bool = True) -> StageResult:
   """The recipe's own result: every stage finished in this workdir, in order, with what it
   handed on, whichever stages this command ran (a stage rerun alone leaves the others in)."""
-  found = []
+  found, metrics = [], {}
   for stage in STAGES:
     result = _finished_result(workdir, stage)
     if result:
       found.append(_stage_verdict(result, hand_on(stage, result, config)[1]))
-  result = StageResult('recipe', found, {'stages_finished': len(found)}, ['report.html'],
-                       finished=finished)
+      metrics[stage] = result.metrics
+  final = report.final_accuracy(metrics)
+  headline = {'final_test_accuracy': final[1], 'from': final[0]} if final else {}
+  result = StageResult('recipe', found, {**headline, 'stages_finished': len(found)},
+                       ['report.html'], finished=finished)
   return report.finish(workdir, result, 'Recipe')  # which writes DIR/report.html too

@@ -208,10 +208,9 @@ def _overfit_one_batch(out, cfg, exp, apply_fn):
   state, history = exp.run_steps(x, y, cfg.overfit_steps, batch_size=len(y), augmentation=None)
   verdict = checks.overfit_one_batch(history['loss'], history['accuracy'], cfg.overfit_max_loss)
   curve = os.path.join(out, 'overfit_one_batch.png')
-  steps = np.arange(1, len(history['loss']) + 1)
-  plots.curves(curve, {'loss': (steps, history['loss']),
-                       'accuracy': (steps, history['accuracy'])}, 'step', 'on the one batch',
-               logy=True, hlines={'target loss': cfg.overfit_max_loss})
+  plots.loss_and_accuracy(curve, np.arange(1, len(history['loss']) + 1), history['loss'],
+                          history['accuracy'], f'training step on one batch of {len(y)} examples',
+                          target_loss=cfg.overfit_max_loss)
   probabilities = np.asarray(jax.nn.softmax(apply_fn(state.params, x, False)))
   predicted = probabilities.argmax(-1)
   verdict.evidence['labels'], verdict.evidence['predictions'] = y, predicted

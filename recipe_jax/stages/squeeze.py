@@ -293,7 +293,7 @@ def _write_tables(out: str, table: list) -> None:
     writer = csv.DictWriter(f, ['name', *COLUMNS], extrasaction='ignore')
     writer.writeheader()
     writer.writerows(table)
-  lines = ['| | ' + ' | '.join(COLUMNS) + ' |', '|---' * (len(COLUMNS) + 1) + '|']
+  lines = ['| model | ' + ' | '.join(COLUMNS) + ' |', '|---' * (len(COLUMNS) + 1) + '|']
   for r in table:
     cells = [_cell(r.get(k)) for k in COLUMNS]
     lines.append(f"| {r['name']} | " + ' | '.join(cells) + ' |')
@@ -302,7 +302,9 @@ def _write_tables(out: str, table: list) -> None:
 
 def _cell(value) -> str:
   if value is None:
-    return ''
+    return '-'
   if isinstance(value, float) and value > 100:
     return f'{value:.0f}'
+  if isinstance(value, float) and value > 1:  # microseconds
+    return f'{value:.1f}'
   return f'{value:.4f}' if isinstance(value, float) else str(value)

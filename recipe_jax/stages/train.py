@@ -10,7 +10,8 @@ WARN for other schedules, whose shape changes), and the error analysis of the fi
 """
 import os
 
-from recipe_jax import experiment, files, multihost, optim, report, run_store, runs, trainer
+from recipe_jax import (experiment, files, multihost, optim, plots, report, run_store, runs,
+                        trainer)
 from recipe_jax.errors import DivergenceError
 from recipe_jax.report import StageResult, Verdict
 from recipe_jax.stages import evaluate
@@ -57,8 +58,8 @@ def extension_verdict(previous: dict | None, config) -> Verdict | None:
 
 def verdicts(summary: dict, max_gap: float) -> list:
   if not summary['finished']:
-    return [Verdict('finished', 'WARN', f"stopped at step {summary['step']} (SIGTERM); the same "
-                    'command resumes it', {'step': summary['step']})]
+    return [Verdict('finished', 'WARN', f"stopped at step {summary['step']} (SIGTERM or "
+                    'Ctrl-C); the same command resumes it', {'step': summary['step']})]
   done = Verdict('finished', 'PASS', f"trained {summary['step']} steps"
                  + (' (stopped early)' if summary['stopped_early'] else ''),
                  {'step': summary['step'], 'stopped_early': summary['stopped_early']})
@@ -73,6 +74,19 @@ def verdicts(summary: dict, max_gap: float) -> list:
                         f'(warn above {max_gap:g})', evidence)]
 
 
+def training_curves(workdir: str, history: list) -> str | None:
+  """DIR/train/curves.png: training and validation loss and accuracy at every eval."""
+  if not history:
+    return None
+  path = os.path.join(workdir, 'train', 'curves.png')
+  column = lambda key: [h.get(key, float('nan')) for h in history]
+  steps = column('step')
+  plots.loss_and_accuracy(path, steps, column('train_loss'), column('train_accuracy'), 'step',
+                          series={'validation': (steps, column('eval_loss'),
+                                                 column('eval_accuracy'))})
+  return path
+
+
 def run(config, workdir: str) -> StageResult:
   title = f'Train: {config.model.name} on {config.dataset.name}'
   extended = extension_verdict(runs.summary(workdir), config)
@@ -84,13 +98,18 @@ def run(config, workdir: str) -> StageResult:
                                        FILES[1:]), title)
     raise
   metrics = {k: summary[k] for k in HEADLINE if summary.get(k) is not None}
-  found, images, files = verdicts(summary, config.max_train_val_gap), {}, list(FILES)
+  found, images, looked_at = verdicts(summary, config.max_train_val_gap), {}, list(FILES)
+  curves = training_curves(workdir, summary['history'])
+  if curves:
+    looked_at.append('train/curves.png')
   if extended:
     found.append(extended)
   if summary['finished'] and config.analysis.enabled:
     state = runs.restore_final_state(exp, workdir)
     analysed, images, _ = evaluate.analyse(exp, state, workdir, summary['history'])
     found += analysed
-    files += evaluate.FILES
-  result = StageResult('train', found, metrics, files, finished=summary['finished'])
+    looked_at += evaluate.FILES
+  if curves:
+    images['finished'] = [curves]
+  result = StageResult('train', found, metrics, looked_at, finished=summary['finished'])
   return report.finish(workdir, result, title, images)

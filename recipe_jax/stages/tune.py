@@ -307,7 +307,8 @@ def _write_tables(out: str, trials, space: dict, metric: str) -> list:
   lines = [f'# Tune: trials ranked by {metric}', '', '| ' + ' | '.join(rows[0]) + ' |',
            '|---' * len(rows[0]) + '|'] if rows else ['# Tune: no trial finished']
   for row in rows:
-    lines.append('| ' + ' | '.join(f'{v:.4g}' if isinstance(v, float) else str(v)
+    lines.append('| ' + ' | '.join(f'{v:.4g}' if isinstance(v, float) else
+                                   '-' if v is None or v == '' else str(v)
                                    for v in row.values()) + ' |')
   files.write_text(os.path.join(out, 'results.md'), '\n'.join(lines) + '\n')
   return rows
@@ -345,13 +346,15 @@ def _plots(out: str, complete, space: dict, metric: str) -> dict:
   values = np.array([t.value for t in ordered])
   plots.curves(history, {metric: ([t.number for t in ordered], values),
                          'best so far': ([t.number for t in ordered],
-                                         selection.best_so_far(values, metric))}, 'trial', metric)
+                                         selection.best_so_far(values, metric))}, 'trial',
+               report.metric_name(metric), integer_x=True)
   images = {'metric_spread': [history]}
   for key, spec in space.items():
     path = os.path.join(out, 'param_' + re.sub(r'[^\w]+', '_', key) + '.png')
     xs = [t.params[key] for t in ordered]
     bounds = {} if spec['type'] == 'categorical' else {'low': spec['low'], 'high': spec['high']}
-    plots.scatter(path, xs, values, key, metric, logx=bool(spec.get('log')), vlines=bounds)
+    plots.scatter(path, xs, values, key, report.metric_name(metric), logx=bool(spec.get('log')),
+                  vlines=bounds)
     check = 'parameter_importance' if spec['type'] == 'categorical' else f'boundary_{key}'
     images.setdefault(check, []).append(path)
   return images
