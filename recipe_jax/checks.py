@@ -287,3 +287,47 @@ def human_baseline(human: float | None, model_accuracy: float, steps: int) -> Ve
                    'well you classify these examples yourself, to know what to aim for', evidence)
   return Verdict('human_baseline', 'PASS', f'human accuracy {human:.1%}; the model reaches '
                  f'{model_accuracy:.1%} after a {steps}-step sanity run', evidence)
+
+
+def eval_consistency(apply_fn, params, x, keys) -> Verdict:
+  """`apply_fn(params, x, train, key) -> logits`, with the pipeline's dropout key `key`.
+
+  Eval mode must be a function of each example alone: the same batch twice gives the same
+  outputs, and a permuted batch the same outputs permuted (an output that depends on its
+  position in the batch is a dropout mask, a random draw or state left on in eval mode). Train
+  mode may be random, but only through the pipeline's keys: the same key twice gives the same
+  outputs (`keys`: two different keys; a second one shows whether train mode uses it)."""
+  x = np.asarray(x)
+  permutation = np.arange(len(x))[::-1]
+  first, again = (np.asarray(apply_fn(params, x, False, keys[0])) for _ in range(2))
+  permuted = np.asarray(apply_fn(params, x[permutation], False, keys[0]))
+  scale = max(float(np.abs(first).max()), 1.0)
+  moved = np.abs(permuted - first[permutation]).max(-1) / scale
+  train_a, train_a_again, train_b = (np.asarray(apply_fn(params, x, True, k))
+                                     for k in (keys[0], keys[0], keys[1]))
+  evidence = {'eval_twice_max_difference': float(np.abs(first - again).max()),
+              'eval_permuted_max_relative_difference': float(moved.max()),
+              'examples_whose_output_moved_with_their_position':
+                  np.flatnonzero(moved > 1e-4).tolist(),
+              'train_same_key_max_difference': float(np.abs(train_a - train_a_again).max()),
+              'train_uses_the_key': bool(not np.array_equal(train_a, train_b)),
+              'batch': len(x)}
+  problems = []
+  if not np.array_equal(first, again):
+    problems.append('eval mode gives other outputs for the same batch a second time: it draws '
+                    'randomness (a host callback, a global random state) that no key controls')
+  if moved.max() > 1e-4:
+    problems.append(f'in eval mode the output of {int((moved > 1e-4).sum())} of {len(x)} '
+                    'examples changes when the batch is reordered: it depends on the '
+                    "example's position in the batch (a dropout mask or a random draw in eval "
+                    'mode?)')
+  if not np.array_equal(train_a, train_a_again):
+    problems.append('train mode gives other outputs for the same batch and the same dropout '
+                    "key: its randomness comes from outside the pipeline's key streams, so runs "
+                    'cannot be reproduced')
+  if problems:
+    return Verdict('eval_consistency', 'FAIL', '; '.join(problems), evidence)
+  uses = ('train mode is random only through the pipeline\'s keys' if evidence['train_uses_the_key']
+          else 'train mode is deterministic')
+  return Verdict('eval_consistency', 'PASS', f'eval mode gives the same outputs twice and '
+                 f'follows a reordered batch ({len(x)} examples); {uses}', evidence)

@@ -401,6 +401,15 @@ RULES = {
     'inspect.cv_steps': positive_int(),
     'inspect.cv_max_examples': number(10, integer=True),
     'inspect.cv_min_accuracy': number(0, 1),
+    'inspect.shift_max_examples': number(100, integer=True),
+    'inspect.drift_alpha': number(0, 1, low_open=True, high_open=True),
+    'inspect.drift_min_ks': number(0, 1),
+    'inspect.domain_warn_auc': number(0.5, 1),
+    'inspect.domain_fail_auc': number(0.5, 1),
+    'inspect.label_drift_warn_v': number(0, 1),
+    'inspect.label_drift_fail_v': number(0, 1),
+    'inspect.train_to_test_z': number(0, low_open=True),
+    'inspect.shortcut_score': number(0, 1, low_open=True),
 }
 JSON_KEYS = ('compare.variants', 'tune.space', 'recipe.overrides', 'squeeze.student')
 
@@ -422,6 +431,10 @@ def _relations(flat: dict) -> list:
   if flat['lr_find.min_lr'] >= flat['lr_find.max_lr']:
     found.append(f"lr_find.min_lr={flat['lr_find.min_lr']:g} must be below lr_find.max_lr="
                  f"{flat['lr_find.max_lr']:g}")
+  for low, high in (('inspect.domain_warn_auc', 'inspect.domain_fail_auc'),
+                    ('inspect.label_drift_warn_v', 'inspect.label_drift_fail_v')):
+    if flat[low] > flat[high]:
+      found.append(f'{low}={flat[low]:g} must not be above {high}={flat[high]:g}')
   if flat['optimizer.schedule'] == 'warmup_cosine' and flat['optimizer.warmup_steps'] < 1:
     found.append('optimizer.schedule=warmup_cosine needs optimizer.warmup_steps >= 1')
   if flat['optimizer.warmup_steps'] >= flat['num_train_steps'] > 1:

@@ -224,41 +224,55 @@ def outliers(x, y, num_classes: int, z_threshold: float) -> Verdict:
 
 
 def cross_validated_probabilities(x, y, num_classes: int, folds: int = 5, steps: int = 300,
-                                  hidden: int = 128, seed: int = 0) -> np.ndarray:
+                                  hidden: int = 128, seed: int = 0, fold_of=None,
+                                  train_folds=None) -> np.ndarray:
   """Out-of-sample class probabilities: each fold predicted by a small MLP trained in JAX
-  (full batch, Adam) on the other folds."""
+  (full batch, Adam) on the other folds (of `train_folds` only, when given: a split that is
+  predicted but never trained on). Every fold trains on all rows with a 0/1 weight, so the
+  fit compiles once for all folds."""
   [rows] = _standardise(x)
-  fold_of = np.random.default_rng(seed).permutation(len(y)) % folds
-  tx = optax.adamw(1e-2, weight_decay=1e-3)
-
-  def logits(params, inputs):
-    return jax.nn.relu(inputs @ params['w1'] + params['b1']) @ params['w2'] + params['b2']
-
-  @jax.jit
-  def fit(inputs, labels, key):
-    k1, k2 = jax.random.split(key)
-    d = inputs.shape[1]
-    params = {'w1': jax.random.normal(k1, (d, hidden)) / np.sqrt(d), 'b1': jnp.zeros(hidden),
-              'w2': jax.random.normal(k2, (hidden, num_classes)) / np.sqrt(hidden),
-              'b2': jnp.zeros(num_classes)}
-
-    def step(carry, _):
-      params, opt_state = carry
-      loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-          logits(p, inputs), labels).mean()
-      updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
-    return params
-
+  if fold_of is None:
+    fold_of = np.random.default_rng(seed).permutation(len(y)) % folds
+  trainable = np.isin(fold_of, train_folds if train_folds is not None else range(folds))
+  inputs, labels = jnp.asarray(rows), jnp.asarray(y, jnp.int32)
   probabilities = np.zeros((len(y), num_classes), np.float32)
   for k in range(folds):
     held_out = fold_of == k
-    params = fit(jnp.asarray(rows[~held_out]), jnp.asarray(y[~held_out]),
-                 jax.random.fold_in(jax.random.key(seed), k))
-    probabilities[held_out] = np.asarray(jax.nn.softmax(logits(params, jnp.asarray(rows[held_out]))))
+    weights = jnp.asarray(trainable & ~held_out, jnp.float32)
+    params = _fit_mlp(inputs, labels, weights, jax.random.fold_in(jax.random.key(seed), k),
+                      num_classes, hidden, steps)
+    probabilities[held_out] = np.asarray(_mlp_probabilities(params, inputs))[held_out]
   return probabilities
+
+
+_MLP_OPTIMIZER = optax.adamw(1e-2, weight_decay=1e-3)
+
+
+def _mlp_logits(params, inputs):
+  return jax.nn.relu(inputs @ params['w1'] + params['b1']) @ params['w2'] + params['b2']
+
+
+_mlp_probabilities = jax.jit(lambda params, inputs: jax.nn.softmax(_mlp_logits(params, inputs)))
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _fit_mlp(inputs, labels, weights, key, num_classes: int, hidden: int, steps: int):
+  """The label-noise and shift checks' small MLP, fitted full batch to the weighted rows."""
+  k1, k2 = jax.random.split(key)
+  d = inputs.shape[1]
+  params = {'w1': jax.random.normal(k1, (d, hidden)) / np.sqrt(d), 'b1': jnp.zeros(hidden),
+            'w2': jax.random.normal(k2, (hidden, num_classes)) / np.sqrt(hidden),
+            'b2': jnp.zeros(num_classes)}
+
+  def step(carry, _):
+    params, opt_state = carry
+    loss = lambda p: jnp.sum(weights * optax.softmax_cross_entropy_with_integer_labels(
+        _mlp_logits(p, inputs), labels)) / jnp.sum(weights)
+    updates, opt_state = _MLP_OPTIMIZER.update(jax.grad(loss)(params), opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, _MLP_OPTIMIZER.init(params)), None, length=steps)
+  return params
 
 
 def label_noise(y, probabilities: np.ndarray, min_model_accuracy: float = 0.8) -> Verdict:

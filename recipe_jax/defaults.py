@@ -196,4 +196,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.inspect.cv_steps = 300  # ... trained full batch for this many Adam steps per fold
   c.inspect.cv_max_examples = 20000  # ... on at most this many train examples (random subset)
   c.inspect.cv_min_accuracy = 0.8  # below this the model is too weak to judge labels
+  # Train against test and validation (shift_checks.py), on at most this many rows a split:
+  c.inspect.shift_max_examples = 5000
+  c.inspect.drift_alpha = 0.01  # a feature drifts: KS test at this false discovery rate ...
+  c.inspect.drift_min_ks = 0.1  # ... and a KS statistic of at least this
+  c.inspect.domain_warn_auc = 0.7  # a classifier tells the splits apart: WARN from this AUC ...
+  c.inspect.domain_fail_auc = 0.9  # ... FAIL from this
+  c.inspect.label_drift_warn_v = 0.1  # class proportions differ: WARN from this Cramér's V ...
+  c.inspect.label_drift_fail_v = 0.3  # ... FAIL from this
+  c.inspect.train_to_test_z = 4.0  # FAIL: a model of train is this many errors worse on test
+  c.inspect.shortcut_score = 0.8  # WARN: one feature or patch predicts the label this well
   return c

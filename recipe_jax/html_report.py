@@ -133,9 +133,12 @@ def _headline(config: dict, results: list) -> str:
 def _stage_table(results: list) -> str:
   """One row per stage: its checks' counts and its headline in words. The recipe's own result
   (a verdict per stage) is the table itself, so it gets no row."""
-  rows = []
+  rows, note = [], ''
   for _, r in results:
     if r['stage'] == 'recipe':
+      if not r.get('finished', True):
+        note = ('<p><b>The recipe stopped, resumable</b> (SIGTERM or Ctrl-C): the same command '
+                'continues where it stopped.</p>')
       continue
     counts = r.get('counts', {})
     state = 'finished' if r.get('finished', True) else 'stopped, resumable'
@@ -143,7 +146,7 @@ def _stage_table(results: list) -> str:
     rows.append(f'<tr><td><a href="#{r["stage"]}">{r["stage"]}</a></td><td>{state}</td>'
                 + ''.join(f'<td>{_count(s, counts.get(s, 0))}</td>' for s in STATUS_COLOURS)
                 + f'<td>{html.escape(numbers)}</td></tr>')
-  return ('<table><tr><th>stage</th><th>state</th><th>PASS</th><th>WARN</th><th>FAIL</th>'
+  return (note + '<table><tr><th>stage</th><th>state</th><th>PASS</th><th>WARN</th><th>FAIL</th>'
           f'<th>headline</th></tr>{"".join(rows)}</table>')
 
 

@@ -95,6 +95,7 @@ def main(argv):
   global _distributed
   config, workdir = _CONFIG.value, _WORKDIR.value
   _distributed = config.distributed
+  verbose = flags.FLAGS.verbosity >= 1  # read first: absl's set_verbosity below changes the flag
   logging.set_verbosity(logging.WARNING)  # the checks' libraries stay quiet until the log exists
   try:
     config_check.check(config)  # before anything is written: a bad config leaves no workdir
@@ -103,7 +104,7 @@ def main(argv):
     run_store.check(*stage_directory(config, workdir))  # another config's run: left untouched
   except UserError as e:
     fail(str(e), e.exit_code)
-  console.setup(workdir, verbose=flags.FLAGS.verbosity >= 1)
+  console.setup(workdir, verbose=verbose)
   try:
     import jax  # after the console's set-up, so the backends' INFO lines go to log.txt
     if config.distributed:

@@ -54,8 +54,8 @@ def grid(path, examples, titles, columns, row_labels=None, title=None):
   save(fig, path)
 
 
-def class_counts(path, counts: dict):
-  """Grouped bars: examples per class for each split."""
+def class_counts(path, counts: dict, ylabel: str = 'examples'):
+  """Grouped bars: examples (or their fraction) per class for each split."""
   fig, ax = plt.subplots(figsize=(7.5, 3))
   width = 0.8 / len(counts)
   num_classes = len(next(iter(counts.values())))
@@ -65,7 +65,7 @@ def class_counts(path, counts: dict):
   ax.set_xticks(range(num_classes))  # one tick per class, under its group of bars
   ax.set_xlim(-0.6, num_classes - 0.4)
   ax.set_xlabel('class')
-  ax.set_ylabel('examples')
+  ax.set_ylabel(ylabel)
   ax.legend(title='split', loc='upper left', bbox_to_anchor=(1.01, 1), fontsize=8)
   fig.tight_layout()
   save(fig, path)
@@ -97,6 +97,43 @@ def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
   ax.legend(fontsize=8)
   fig.tight_layout()
   save(fig, path)
+
+
+def feature_map(path, values, example_shape, title: str, threshold=None, histograms=None,
+                features=()) -> str:
+  """A value per input feature where the features sit: a heat map over an image's pixels
+  (the largest over its channels), bars over a sequence's positions. With `histograms`
+  ({split: inputs}), the distributions of `features` in each split beside it."""
+  values = np.asarray(values, float).reshape(example_shape)
+  panels = 1 + len(features) if histograms else 1
+  fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), squeeze=False)
+  ax = axes[0, 0]
+  if values.ndim >= 2:
+    shown = values.reshape(*values.shape[:2], -1).max(-1)
+    image = ax.imshow(shown, cmap='magma', vmin=0, vmax=max(1.0 if threshold else 0,
+                                                            float(shown.max())))
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_xlabel('column')
+    ax.set_ylabel('row')
+  else:
+    ax.bar(np.arange(len(values)), values, color='C3')
+    if threshold is not None:
+      ax.axhline(threshold, linestyle='--', color='gray', label=f'shortcut from {threshold:g}')
+      ax.legend(fontsize=7)
+    ax.set_xlabel('position')
+  ax.set_title(title, fontsize=8)
+  for ax, feature in zip(axes[0, 1:], features):
+    for i, (split, x) in enumerate(histograms.items()):
+      column = np.asarray(x, float).reshape(len(x), -1)[:, feature]
+      ax.hist(column, bins=30, alpha=0.5, density=True, color=f'C{i}', label=split)
+    ax.set_title(f'feature {feature} at {list(np.unravel_index(feature, example_shape))}',
+                 fontsize=8)
+    ax.set_xlabel('raw value')
+    ax.set_ylabel('density')
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  save(fig, path)
+  return path
 
 
 LOSS_FLOOR = 1e-7  # a loss of exactly 0 cannot sit on a log axis: drawn here, and said so

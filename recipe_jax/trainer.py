@@ -291,7 +291,13 @@ def stop_for_preemption():
   the same step, so their collective checkpoint save meets."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
-    yield multihost_utils.reached_preemption_sync_point
+
+    def reached(step):
+      if multihost_utils.reached_preemption_sync_point(step):
+        _stopped_by['signal'] = 'SIGTERM'
+        return True
+      return False
+    yield reached
     return
   event = threading.Event()
   if threading.current_thread() is not threading.main_thread():
@@ -469,6 +475,7 @@ def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
       'num_devices': mesh.size,
       'train_examples': len(exp.dataset.y_train),  # what this run trained on
       'val_examples': len(exp.dataset.y_val),
+      'test_examples': len(exp.dataset.y_test),
       'init_from': progress.init_from,
       'history': progress.history,  # train and validation metrics at every eval
   }

@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from recipe_jax import losses
 
@@ -20,6 +21,15 @@ class _MLP(nn.Module):
     if self.bug == 'dead_layer':
       h = h * 0.0  # the layer's output is thrown away: its parameters get no gradient
     h = nn.relu(nn.Dense(64)(h + 1.0))
+    if self.bug == 'fixed_mask_in_eval' and not train:
+      # "dropout" left on in eval with a mask drawn once: row i of every batch gets mask i
+      keep = jax.random.bernoulli(jax.random.key(0), 0.5, (4096, h.shape[-1]))[:len(h)]
+      h = jnp.where(keep, h / 0.5, 0.0)
+    if self.bug == 'host_noise' and train:
+      # noise from numpy's global random state: no key of the pipeline controls it
+      h = h + jax.lax.stop_gradient(jax.pure_callback(
+          lambda: np.random.normal(size=h.shape).astype(np.float32),
+          jax.ShapeDtypeStruct(h.shape, jnp.float32)))
     scale = 100.0 if self.bug == 'final_layer_100x' else 1.0
     kernel_init = lambda *a: scale * nn.initializers.lecun_normal()(*a)
     logits = nn.Dense(self.num_classes, kernel_init=kernel_init)(h)
@@ -49,6 +59,16 @@ def FinalLayer100x(num_classes):  # noqa: N802
 def SoftmaxOutput(num_classes):  # noqa: N802
   """overfit_one_batch: probabilities fed to a loss that expects logits cannot reach zero."""
   return _MLP(num_classes, 'softmax_output')
+
+
+def FixedMaskInEval(num_classes):  # noqa: N802
+  """eval_consistency: an example's eval output depends on its position in the batch."""
+  return _MLP(num_classes, 'fixed_mask_in_eval')
+
+
+def HostNoiseInTrain(num_classes):  # noqa: N802
+  """eval_consistency: train mode random outside the pipeline's key streams."""
+  return _MLP(num_classes, 'host_noise')
 
 
 def labels_rolled_loss(logits, labels):

@@ -1,6 +1,7 @@
 """The command line as a user meets it: exit codes, one-line errors, preemption and crashes."""
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -39,14 +40,19 @@ def test_missing_config_file_is_one_line_exit_2(tmp_path):
 
 
 def test_huge_learning_rate_stops_with_exit_3_and_keeps_checkpoints(small_config, tmp_path):
-  flags = cli_flags(small_config)
-  assert run_main(tmp_path, *flags, '--config.num_train_steps=30').returncode == 0
-  result = run_main(tmp_path, *flags, '--config.optimizer.learning_rate=1e6')
+  """A warmup to a learning rate of 100: fine for the first steps (checkpoints every 10),
+  diverged a few tens of steps in."""
+  small_config.num_train_steps, small_config.optimizer.warmup_steps = 2000, 1000
+  small_config.optimizer.learning_rate = 100.0
+  small_config.checkpoint_every_steps = small_config.log_every_steps = 10
+  result = run_main(tmp_path, *cli_flags(small_config))
   assert result.returncode == 3, result.stderr
   last = result.stderr.strip().splitlines()[-1]
-  assert 'diverged at step' in last and 'learning rate (1e+06)' in last, last
-  assert 'last good checkpoint: step 30' in last
-  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['30']
+  diverged, kept = map(int, re.search(
+      r'diverged at step (\d+): .*learning rate \(100\).*last good checkpoint: step (\d+)',
+      last).groups())
+  assert 0 < kept < diverged
+  assert max(int(s) for s in os.listdir(tmp_path / 'checkpoints')) == kept  # all kept intact
   with open(tmp_path / 'train' / 'result.json') as f:
     [diverged] = json.load(f)['verdicts']
   assert diverged['status'] == 'FAIL' and 'diverged at step' in diverged['summary']
@@ -187,8 +193,10 @@ def test_console_shows_the_pipeline_lines_and_a_closing_summary(small_config, tm
   lines = result.stderr.strip().splitlines()
   assert all(line[:2].isdigit() and line[2] == ':' for line in lines), lines[:5]  # HH:MM:SS
   assert any('step 60/60 (100%)' in line and 'ETA' in line for line in lines)
-  assert 'train finished: ' in lines[-3] and '0 FAIL' in lines[-3] and 'test_accuracy' in lines[-2]
-  assert 'look at:' in lines[-1] and 'summary.json' in lines[-1]
+  assert 'train finished: ' in lines[-4] and '0 FAIL' in lines[-4]
+  assert lines[-3].split(' ', 1)[1].startswith('test accuracy ')  # the result in words
+  assert lines[-2].endswith(f"open first: {tmp_path / 'quiet' / 'report.html'}")
+  assert 'also:' in lines[-1] and 'summary.json' in lines[-1]
   log = (tmp_path / 'quiet' / 'log.txt').read_text()
   assert 'tensorboard_writer.py' in log and 'step 60/60' in log  # everything is in the file
 

@@ -12,8 +12,8 @@ from recipe_jax.errors import ChecksFailed
 from recipe_jax.stages import sanity
 
 CHECKS = ('fixed_seed', 'loss_at_init', 'init_well', 'inputs_before_net', 'batch_dependency',
-          'gradients', 'dumb_baselines', 'decreasing_loss', 'prediction_dynamics',
-          'overfit_one_batch', 'human_baseline')
+          'eval_consistency', 'gradients', 'dumb_baselines', 'decreasing_loss',
+          'prediction_dynamics', 'overfit_one_batch', 'human_baseline')
 
 # planted bug -> (config overrides, the check that must FAIL)
 PLANTED = {
@@ -26,6 +26,10 @@ PLANTED = {
     'layer output multiplied by zero': ({'model.name': 'planted_bugs:DeadLayer'}, 'gradients'),
     'final layer initialised 100x': ({'model.name': 'planted_bugs:FinalLayer100x'},
                                      'loss_at_init'),
+    'dropout with a fixed mask in eval': ({'model.name': 'planted_bugs:FixedMaskInEval'},
+                                          'eval_consistency'),
+    'train-mode noise from numpy': ({'model.name': 'planted_bugs:HostNoiseInTrain'},
+                                    'eval_consistency'),
     'input pipeline does not normalise': ({'dataset.name': 'digits', 'dataset.normalize': False,
                                            'model.name': 'mlp', 'batch_size': 64},
                                           'inputs_before_net'),

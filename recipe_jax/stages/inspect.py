@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from recipe_jax import data as data_lib, data_checks, files, plots, report
+from recipe_jax import data as data_lib, data_checks, files, plots, report, shift_checks
 from recipe_jax.report import StageResult
 
 
@@ -27,8 +27,9 @@ def run(config, workdir: str) -> StageResult:
   x, y = splits['train']
   outliers = data_checks.outliers(x, y, dataset.num_classes, cfg.outlier_z)
   noise = _label_noise(x, y, dataset.num_classes, cfg)
+  shifted, shift_images = _shift_checks(out, splits, dataset, cfg)
   verdicts = [*data_checks.basic_statistics(splits), balance,
-              *data_checks.exact_duplicates(splits), *leakage, outliers, noise]
+              *data_checks.exact_duplicates(splits), *leakage, outliers, noise, *shifted]
   images = {balance.check: [_class_plot(out, balance)],
             'sizes_and_ranges': _sample_grids(out, dataset, splits['train'], dataset.num_classes,
                                               cfg.examples_per_class)}
@@ -45,6 +46,7 @@ def run(config, workdir: str) -> StageResult:
     images['label_noise'] = [_indexed_grid(out, 'label_noise.png', x, e['indices'], [
         f'row {dataset.train_rows[i]} given {g} -> {s}?' for i, g, s in zip(
             e['indices'], e['given_labels'], e['suggested_labels'])])]
+  images.update(shift_images)
   for v in verdicts:
     name_source_rows(v, dataset)
   files.write_json(os.path.join(out, 'input_stats.json'),
@@ -54,6 +56,50 @@ def run(config, workdir: str) -> StageResult:
   looked_at = ['inspect/report.md', 'inspect/verdicts.json', 'inspect/input_stats.json']
   return report.finish(workdir, StageResult('inspect', verdicts, metrics, looked_at),
                        f'Inspect: {config.dataset.name}', images)
+
+
+def _shift_checks(out: str, splits: dict, dataset, cfg) -> tuple:
+  """(verdicts, images): train against test and validation (drift of features and labels, a
+  domain classifier), a model trained on train tested on test, and shortcut features."""
+  x, y = splits['train']
+  found, images = [], {}
+  cap = cfg.shift_max_examples
+  for other in ('test', 'val'):
+    if other not in splits:
+      continue
+    xo, yo = splits[other]
+    names = ('train', other)
+    drift = shift_checks.feature_drift(x, xo, names, cap, cfg.drift_alpha, cfg.drift_min_ks)
+    domain = shift_checks.domain_classifier(x, xo, names, cap, cfg.cv_folds, cfg.cv_steps,
+                                            cfg.domain_warn_auc, cfg.domain_fail_auc)
+    labels = shift_checks.label_drift(y, yo, dataset.num_classes, names,
+                                      cfg.label_drift_warn_v, cfg.label_drift_fail_v)
+    found += [drift, domain, labels]
+    if drift.status != 'PASS':
+      images[drift.check] = [plots.feature_map(
+          os.path.join(out, f'drift_{other}.png'), drift.evidence['ks_by_feature'],
+          x.shape[1:], f'KS statistic, train vs {other}, per input feature',
+          histograms={'train': x, other: xo}, features=drift.evidence['drifted_features'][:3])]
+    if domain.status != 'PASS':
+      rows = domain.evidence[f'{other}_indices_least_like_train']
+      images[domain.check] = [_indexed_grid(out, f'least_like_train_{other}.png', xo, rows, [
+          f'{other} row {getattr(dataset, f"{other}_rows")[i]} y={yo[i]}' for i in rows])]
+    if labels.status != 'PASS':
+      images[labels.check] = [_class_plot(out, labels, f'class_proportions_{other}.png',
+                                          'proportions')]
+  if 'test' in splits:
+    found.append(shift_checks.train_to_test(x, y, *splits['test'], dataset.num_classes,
+                                            ('train', 'test'), cap, cfg.cv_steps,
+                                            cfg.train_to_test_z))
+  shortcut = shift_checks.shortcut_features(x, y, dataset.num_classes, cap, cfg.cv_folds,
+                                            cfg.shortcut_score)
+  found.append(shortcut)
+  if shortcut.status != 'PASS':
+    images[shortcut.check] = [plots.feature_map(
+        os.path.join(out, 'shortcut_features.png'), shortcut.evidence['score_by_feature'],
+        x.shape[1:], 'label predicted by each feature alone (0: majority class, 1: perfect)',
+        threshold=cfg.shortcut_score)]
+  return found, images
 
 
 def name_source_rows(verdict, dataset) -> None:
@@ -80,6 +126,10 @@ def name_source_rows(verdict, dataset) -> None:
   elif verdict.check == 'non_finite_values' and 'rows_with_non_finite' in e:
     e['rows_with_non_finite'] = {split: {'split': split, **data_lib.source_rows(
         dataset, split, rows)} for split, rows in e['rows_with_non_finite'].items()}
+  elif verdict.check.startswith('domain_classifier_'):
+    split = verdict.check[len('domain_classifier_'):]
+    e['least_like_train'] = data_lib.source_rows(
+        dataset, split, e.pop(f'{split}_indices_least_like_train'))
   elif verdict.check == 'duplicates_within_splits':
     e['groups'] = {split: [[as_ref(split, i) for i in group] for group in groups]
                    for split, groups in e['groups'].items()}
@@ -109,9 +159,10 @@ def _indexed_grid(out, name, x, indices, titles, limit=24):
   return path
 
 
-def _class_plot(out, balance):
-  path = os.path.join(out, 'class_counts.png')
-  plots.class_counts(path, balance.evidence['counts'])
+def _class_plot(out, verdict, name='class_counts.png', key='counts'):
+  path = os.path.join(out, name)
+  plots.class_counts(path, verdict.evidence[key], 'fraction of the split' if key == 'proportions'
+                     else 'examples')
   return path
 
 

@@ -13,14 +13,14 @@ import numpy as np
 from absl import logging
 
 from recipe_jax import (checks, console, data as data_lib, experiment, files, models, plots,
-                        report, trainer, user_code)
+                        report, rng, trainer, user_code)
 from recipe_jax.errors import UserError
 from recipe_jax.mesh import require_divisible
 from recipe_jax.report import StageResult, Verdict
 
 CHECKS = ('fixed_seed', 'loss_at_init', 'init_well', 'inputs_before_net', 'batch_dependency',
-          'gradients', 'dumb_baselines', 'decreasing_loss', 'prediction_dynamics',
-          'overfit_one_batch', 'human_baseline')
+          'eval_consistency', 'gradients', 'dumb_baselines', 'decreasing_loss',
+          'prediction_dynamics', 'overfit_one_batch', 'human_baseline')
 
 
 def once(compute):
@@ -67,6 +67,13 @@ def run(config, workdir: str) -> StageResult:
                                                  first_positions[:cfg.dependency_examples]))
     return verdict, _dependency_matrix(out, verdict)
 
+  def consistency():
+    batch_stats = state().batch_stats
+    keyed = jax.jit(lambda p, x, train, key: trainer.make_apply_fn(exp.model, batch_stats, key)(
+        p, x, train), static_argnums=(2,))
+    keys = [rng.stream_key(config.seed, 'dropout', step) for step in (0, 1)]
+    return (checks.eval_consistency(keyed, state().params, first_x[:16], keys),)
+
   def gradients():
     grad_fn = jax.jit(jax.grad(lambda p, x, y: exp.loss_fn(apply_fn()(p, x, True), y).mean()))
     return (checks.gradients(grad_fn, state().params, first_x, first_y),)
@@ -107,6 +114,7 @@ def run(config, workdir: str) -> StageResult:
                                              models.logits_rtol(exp.model)),),
       'inputs_before_net': inputs,
       'batch_dependency': dependency,
+      'eval_consistency': consistency,
       'gradients': gradients,
       'dumb_baselines': baselines,
       'decreasing_loss': decreasing,

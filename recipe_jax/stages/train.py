@@ -10,6 +10,8 @@ WARN for other schedules, whose shape changes), and the error analysis of the fi
 """
 import os
 
+import numpy as np
+
 from recipe_jax import (experiment, files, multihost, optim, plots, report, run_store, runs,
                         trainer)
 from recipe_jax.errors import DivergenceError
@@ -63,15 +65,42 @@ def verdicts(summary: dict, max_gap: float) -> list:
   done = Verdict('finished', 'PASS', f"trained {summary['step']} steps"
                  + (' (stopped early)' if summary['stopped_early'] else ''),
                  {'step': summary['step'], 'stopped_early': summary['stopped_early']})
+  found = [done, _gap_verdict(summary, max_gap)]
+  if summary.get('test_accuracy') is not None and summary.get('test_examples'):
+    found.append(val_vs_test(summary))
+  return found
+
+
+def val_vs_test(summary: dict, z_max: float = 3.0) -> Verdict:
+  """WARN when test accuracy is below validation accuracy by more than the binomial noise of
+  the two splits' sizes allows (z > z_max): the test split is not what validation measured."""
+  val, test = summary['eval_accuracy'], summary['test_accuracy']
+  n_val, n_test = summary['val_examples'], summary['test_examples']
+  error = np.sqrt(val * (1 - val) / n_val + test * (1 - test) / n_test)
+  z = (val - test) / max(error, 1e-9)
+  evidence = {'eval_accuracy': val, 'test_accuracy': test, 'val_examples': n_val,
+              'test_examples': n_test, 'z': float(z), 'z_max': z_max}
+  line = (f'test accuracy {test:.1%} against validation {val:.1%} ({n_test} and {n_val} '
+          f'examples: {z:.1f} standard errors apart)')
+  if z > z_max:
+    return Verdict('val_vs_test', 'WARN', f'{line}: more than chance allows. Typical causes: '
+                   'test labels coded differently (a class mapping shows as a clean '
+                   'off-diagonal in the test confusion matrix: --config.stage=evaluate '
+                   '--config.analysis.split=test), test inputs preprocessed differently, or a '
+                   'distribution shift (the inspect stage compares the splits)', evidence)
+  return Verdict('val_vs_test', 'PASS', f'{line}: within chance', evidence)
+
+
+def _gap_verdict(summary: dict, max_gap: float) -> Verdict:
   gap = summary['train_accuracy'] - summary['eval_accuracy']
   evidence = {'train_accuracy': summary['train_accuracy'],
               'eval_accuracy': summary['eval_accuracy'], 'gap': gap, 'max_gap': max_gap}
   if gap > max_gap:
-    return [done, Verdict('train_val_gap', 'WARN', f'training accuracy exceeds validation by '
-                          f'{gap:.3f} (> {max_gap:g}): the model overfits; regularise (recipe '
-                          'step 4: augmentation, weight decay, dropout, more data)', evidence)]
-  return [done, Verdict('train_val_gap', 'PASS', f'training - validation accuracy = {gap:.3f} '
-                        f'(warn above {max_gap:g})', evidence)]
+    return Verdict('train_val_gap', 'WARN', f'training accuracy exceeds validation by '
+                   f'{gap:.3f} (> {max_gap:g}): the model overfits; regularise (recipe step 4: '
+                   'augmentation, weight decay, dropout, more data)', evidence)
+  return Verdict('train_val_gap', 'PASS', f'training - validation accuracy = {gap:.3f} (warn '
+                 f'above {max_gap:g})', evidence)
 
 
 def training_curves(workdir: str, history: list) -> str | None:
