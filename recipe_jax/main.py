@@ -96,7 +96,7 @@ def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   _distributed = config.distributed
   verbose = flags.FLAGS.verbosity >= 1  # read first: absl's set_verbosity below changes the flag
-  logging.set_verbosity(logging.WARNING)  # the checks' libraries stay quiet until the log exists
+  logging.set_verbosity(logging.ERROR)  # the checks' libraries stay quiet until the log exists
   try:
     config_check.check(config)  # before anything is written: a bad config leaves no workdir
     files.check_workdir(workdir)  # gs://: reachable and writable, within seconds

@@ -135,5 +135,5 @@ def reusable_summary(run_dir: str, config) -> dict | None:
   from recipe_jax import runs
   found = runs.finished_summary(run_dir)
   if found and files.exists(files.join(run_dir, 'config.json')):
-    claim(run_dir, config)  # the same run: its config and data are recorded again, unchanged
+    check(run_dir, config)  # read only: a finished run's files are left as they are
   return found

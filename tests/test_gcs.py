@@ -2,7 +2,6 @@
 that survives its VM, a sweep whose trials live in the bucket, a recipe's report read back from
 it, and a bucket that cannot be reached, refused in one line."""
 import json
-import os
 import re
 import signal
 import time
@@ -13,7 +12,7 @@ import pytest
 
 import browser
 import gcs_emulator
-from conftest import REPO, cli_flags, run_main, start_main, train_and_evaluate
+from conftest import cli_flags, run_main, start_main, train_and_evaluate
 
 
 @pytest.fixture(scope='module')
