@@ -92,6 +92,9 @@ def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
     ax.set_xscale('log')
   if ylim:
     ax.set_ylim(*ylim)
+  if logy and ax.get_ylim()[1] / ax.get_ylim()[0] < 100:  # under two decades: plain numbers
+    for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+      set_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.legend(fontsize=8)

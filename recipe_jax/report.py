@@ -114,6 +114,7 @@ def closing_lines(result: StageResult, workdir: str) -> list:
 
 
 WORDS = {'eval': 'validation', 'val': 'validation', 'us': 'µs', 'ece': 'ECE', 'lr': 'LR',
+         'swa': 'SWA', 'ema': 'EMA', 'tta': 'TTA',
          'sha256': 'SHA-256'}
 
 

@@ -1,5 +1,5 @@
 """The whole recipe on MNIST-1D, from the plain CNN: inspect, sanity, lr_find, overfit, compare,
-tune, squeeze (about 10 minutes on 2 cores). DIR/report.html is the one page to read."""
+tune, squeeze (about 5.5 minutes on 2 cores). DIR/report.html is the one page to read."""
 import json
 
 from recipe_jax import presets
