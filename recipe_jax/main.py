@@ -15,7 +15,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only the data layer;
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from recipe_jax import config_check, console, files, report, run_store, user_code  # noqa: E402
+from recipe_jax import console, files  # noqa: E402
+from recipe_jax.config import check as config_check
+from recipe_jax.model import user_code
+from recipe_jax.report import results as report
+from recipe_jax.runs import store as run_store
 from recipe_jax.errors import ChecksFailed, DivergenceError, UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -57,7 +61,7 @@ def flag_error(e: Exception, argv) -> str:
     if suggested:
       fixed = '.'.join(suggested.group(1) if part == name else part for part in key.split('.'))
       hint = f"; did you mean '{fixed}'?"
-    return f"unknown config key '{key}'{hint} (every key is in recipe_jax/defaults.py)"
+    return f"unknown config key '{key}'{hint} (every key is in recipe_jax/config/defaults.py)"
   return ' '.join(str(e).split())
 
 
@@ -113,7 +117,7 @@ def main(argv):
       jax.distributed.initialize(config.coordinator_address, config.num_processes,
                                  config.process_id)
     enable_compilation_cache(config.compilation_cache_dir)
-    from recipe_jax import multihost
+    from recipe_jax.engine import multihost
     if config.stage != 'train':  # a train run claims its workdir itself (run_training)
       run_store.claim(*stage_directory(config, workdir))
     command = files.join(workdir, 'command.txt')
@@ -135,7 +139,7 @@ def main(argv):
     fail('interrupted (Ctrl-C); the checkpoints saved so far stay, and the same command '
          'resumes from the last one', INTERRUPTED)
   console.sync_log()
-  from recipe_jax import trainer
+  from recipe_jax.engine import trainer
   if not result.finished and trainer.stopped_by() == 'SIGINT':
     fail('interrupted (Ctrl-C) after saving a checkpoint; the same command resumes',
          INTERRUPTED)

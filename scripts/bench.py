@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from recipe_jax import data as data_lib, experiment, mesh as mesh_lib, models, optim, trainer
+from recipe_jax.data import datasets as data_lib
+from recipe_jax.engine import experiment, mesh as mesh_lib, trainer
+from recipe_jax.model import models, optim
 
 
 def load_config(path):

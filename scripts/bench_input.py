@@ -21,7 +21,9 @@ import zipfile
 
 import numpy as np
 
-from recipe_jax import data as data_lib, defaults, experiment, streaming, trainer
+from recipe_jax.config import defaults
+from recipe_jax.data import datasets as data_lib, streaming
+from recipe_jax.engine import experiment, trainer
 
 
 def load_config(path):

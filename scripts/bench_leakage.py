@@ -9,7 +9,7 @@ import time
 import jax
 import numpy as np
 
-from recipe_jax import data_checks
+from recipe_jax.diagnose import data_checks
 
 
 def main():

@@ -14,8 +14,9 @@ import time
 import jax
 import numpy as np
 
-from recipe_jax import data as data_lib, experiment, trainer
-from recipe_jax.mesh import put_replicated
+from recipe_jax.data import datasets as data_lib
+from recipe_jax.engine import experiment, trainer
+from recipe_jax.engine.mesh import put_replicated
 
 
 def load_config(path):

@@ -25,7 +25,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = r'''
 import json, os, sys, time
 T0 = time.time()
-from recipe_jax import main, data, trainer
+from recipe_jax import main
+from recipe_jax.data import datasets as data
+from recipe_jax.engine import trainer
 from recipe_jax.stages import evaluate, train  # imported by main's dispatch in a real run
 T_IMPORT = time.time()
 phases = {'import_s': T_IMPORT - T0, 'started_at': T0}
@@ -93,7 +95,8 @@ def main():
   parser.add_argument('--torch_python', default=None)
   args = parser.parse_args()
   sys.path.insert(0, REPO)
-  from recipe_jax import data, defaults
+  from recipe_jax.config import defaults
+  from recipe_jax.data import datasets as data
   arrays = data.embedded_arrays_path(defaults.get_config().dataset)
   with tempfile.TemporaryDirectory() as tmp:
     cold = run_ours(args.config, os.path.join(tmp, 'cold'))

@@ -35,7 +35,7 @@ def planted_sets(x_train, y_train, x_test, y_test) -> dict:
 
 
 def ours(path: str, workdir: str) -> list:
-  from recipe_jax import defaults
+  from recipe_jax.config import defaults
   from recipe_jax.stages import inspect, train
   c = defaults.get_config()
   c.dataset.name = f'npz:{path}'
@@ -56,7 +56,8 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--deepchecks_python', default='/work/deepchecks-venv/bin/python')
   args = parser.parse_args()
-  from recipe_jax import data, defaults
+  from recipe_jax.config import defaults
+  from recipe_jax.data import datasets as data
   c = defaults.get_config().dataset
   c.name, c.normalize, c.val_fraction = 'digits', False, 0.0
   d = data.load(c)

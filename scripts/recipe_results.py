@@ -18,7 +18,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from recipe_jax import report  # noqa: E402
+from recipe_jax.report import results as report  # noqa: E402
 
 FIGURES = {  # stage: metrics quoted
     'lr_find': ('suggestion',),

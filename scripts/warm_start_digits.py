@@ -15,7 +15,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recipe_jax import data, presets  # noqa: E402
+from recipe_jax.config import presets  # noqa: E402
+from recipe_jax.data import datasets as data
 from recipe_jax.stages import train  # noqa: E402
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from recipe_jax import defaults
+from recipe_jax.config import defaults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +86,7 @@ def read_summary(workdir):
 
 def train_and_evaluate(config, workdir):
   """The train loop on the experiment the config describes; returns the run summary."""
-  from recipe_jax import experiment, trainer
+  from recipe_jax.engine import experiment, trainer
   return trainer.train_and_evaluate(experiment.build(config), str(workdir))
 
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recipe_jax import losses
+from recipe_jax.model import losses
 
 
 class _MLP(nn.Module):

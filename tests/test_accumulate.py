@@ -3,9 +3,10 @@ import jax
 import numpy as np
 import pytest
 
-from recipe_jax import data as data_lib, experiment
+from recipe_jax.data import datasets as data_lib
+from recipe_jax.engine import experiment
 from recipe_jax.errors import UserError
-from recipe_jax.mesh import put_replicated
+from recipe_jax.engine.mesh import put_replicated
 
 
 def params_after(config, steps=10):

@@ -5,7 +5,11 @@ import os
 import numpy as np
 import pytest
 
-from recipe_jax import analysis, defaults, experiment, report, runs
+from recipe_jax.config import defaults
+from recipe_jax.diagnose import analysis
+from recipe_jax.engine import experiment
+from recipe_jax.report import results as report
+from recipe_jax.runs import finished as runs
 from recipe_jax.errors import UserError
 from recipe_jax.stages import evaluate, train
 
@@ -131,7 +135,7 @@ def test_evaluate_into_the_run_directory_itself_keeps_the_runs_config(trained_ru
   from conftest import run_main
   config, workdir, _ = trained_run
   before = open(os.path.join(workdir, 'config.json')).read()
-  result = run_main(workdir, '--config=recipe_jax/defaults.py', '--config.stage=evaluate',
+  result = run_main(workdir, '--config=recipe_jax/config/defaults.py', '--config.stage=evaluate',
                     f'--config.evaluate.run_dir={workdir}',
                     f'--config.dataset.data_dir={config.dataset.data_dir}')
   assert result.returncode == 0, result.stderr[-2000:]

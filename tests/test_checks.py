@@ -7,7 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from recipe_jax import checks, models, trainer
+from recipe_jax.diagnose import checks
+from recipe_jax.engine import trainer
+from recipe_jax.model import models
 
 
 class SubtractsBatchMean(nn.Module):  # a classic silent bug: normalising over the batch axis

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import (cli_flags, read_summary, run_main, start_main, train_and_evaluate,
                       wait_for_checkpoint)
-from recipe_jax import checkpoints, models, trainer
+from recipe_jax.engine import checkpoints, trainer
+from recipe_jax.model import models
 
 CONFIG = '--config=configs/mnist1d/mlp.py'
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from recipe_jax import config_check, defaults, selection
+from recipe_jax.config import check as config_check, defaults, selection
 from recipe_jax.errors import UserError
 from recipe_jax.stages import compare
 from recipe_jax.stages import train

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from conftest import REPO, load_config, run_main
-from recipe_jax import config_check, defaults
+from recipe_jax.config import check as config_check, defaults
 from recipe_jax.errors import UserError
 
 DEFAULTS = config_check.flatten(defaults.get_config())

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from recipe_jax import data
+from recipe_jax.data import datasets as data
 from recipe_jax.errors import UserError
 
 
@@ -184,7 +184,7 @@ def test_two_processes_preparing_an_embedded_dataset_at_once_both_load_it(tmp_pa
   (FileExistsError), and the loser read an empty dataset."""
   import subprocess
   import sys
-  code = ('from recipe_jax import data, defaults; c = defaults.get_config(); '
+  code = ('from recipe_jax.config import defaults; from recipe_jax.data import datasets as data; c = defaults.get_config(); '
           f'c.dataset.name = "digits"; c.dataset.data_dir = "{tmp_path}"; '
           'print(len(data.load(c.dataset).y_train))')
   workers = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from recipe_jax import data_checks
+from recipe_jax.diagnose import data_checks
 
 DUPLICATED_TRAIN = list(range(10, 15))  # copies of train rows 0..4
 LEAKED_TEST = list(range(8))  # copies of train rows 20..27 plus small noise

@@ -6,7 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from recipe_jax import config_check, data, learning_curve
+from recipe_jax.config import check as config_check
+from recipe_jax.data import datasets as data
+from recipe_jax.diagnose import learning_curve
 from recipe_jax.errors import UserError
 from recipe_jax.stages import data_scaling
 

@@ -4,7 +4,8 @@ import os
 
 import numpy as np
 
-from recipe_jax import data, defaults
+from recipe_jax.config import defaults
+from recipe_jax.data import datasets as data
 from recipe_jax.stages import inspect as inspect_stage
 
 
@@ -44,7 +45,7 @@ def test_inspect_stage_reports_planted_leakage_with_pictures(tmp_path):
 
 
 def test_training_data_can_take_its_normalisation_from_an_inspect_run(tmp_path, data_dir):
-  from recipe_jax import data
+  from recipe_jax.data import datasets as data
   config = defaults.get_config()
   config.stage = 'inspect'
   config.dataset.name = 'digits'
@@ -121,7 +122,7 @@ def test_inspect_stage_finds_every_defect_planted_in_an_npz(tmp_path):
 def test_near_duplicates_survive_nearly_constant_features():
   """Regression: per-feature standardisation divided the noise in nearly constant features
   (digits' corner pixels, a black border) by a tiny std, so noisy copies were not 'near'."""
-  from recipe_jax import data_checks
+  from recipe_jax.diagnose import data_checks
   config = defaults.get_config()
   config.dataset.name, config.dataset.normalize = 'digits', False
   config.dataset.val_fraction = 0.0

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from recipe_jax import models, trainer
+from recipe_jax.engine import trainer
+from recipe_jax.model import models
 from recipe_jax.errors import UserError
 
 sys.path.insert(0, os.path.dirname(__file__))  # for user_models

@@ -105,7 +105,7 @@ def test_a_process_other_than_0_writes_no_file_but_its_checkpoints(small_config,
                                                                      monkeypatch):
   """Every file of a train run except orbax's (which orbax coordinates itself) comes from one
   writer: run as process 1 would, the workdir holds nothing else."""
-  from recipe_jax import multihost
+  from recipe_jax.engine import multihost
   from recipe_jax.stages import train
   monkeypatch.setattr(multihost, 'is_leader', lambda: False)
   train.run(small_config, str(tmp_path))

@@ -3,7 +3,8 @@ import numpy as np
 import optax
 import pytest
 
-from recipe_jax import defaults, optim
+from recipe_jax.config import defaults
+from recipe_jax.model import optim
 
 
 def schedule(name, warmup=0, **changes):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from recipe_jax import report
+from recipe_jax.report import results as report
 from recipe_jax.errors import ChecksFailed
 from recipe_jax.stages import overfit
 

@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from recipe_jax import experiment, models, trainer
+from recipe_jax.engine import experiment, trainer
+from recipe_jax.model import models
 from recipe_jax.errors import UserError
 
 from conftest import train_and_evaluate

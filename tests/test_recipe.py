@@ -12,7 +12,7 @@ import pytest
 
 import browser
 from conftest import REPO, cli_flags, load_config, read_summary, run_main, start_main
-from recipe_jax import report
+from recipe_jax.report import results as report
 from recipe_jax.errors import ChecksFailed, UserError
 from recipe_jax.stages import recipe
 
@@ -184,8 +184,8 @@ def test_a_recipe_stopped_mid_stage_finishes_like_one_that_never_stopped(never_s
 
 
 def test_compares_winner_goes_on_only_beyond_seed_noise():
-  from recipe_jax import defaults
-  from recipe_jax.report import StageResult, Verdict
+  from recipe_jax.config import defaults
+  from recipe_jax.report.results import StageResult, Verdict
   c = defaults.get_config()
   c.compare.variants = json.dumps({'shift': {'augment.shift': 5}, 'dropout': {'model.dropout': 0.1}})
   beyond = StageResult('compare', [Verdict('variant_shift', 'PASS', ''),

@@ -9,7 +9,9 @@ import optax
 import pytest
 
 from conftest import read_summary
-from recipe_jax import augment, config_check, defaults, losses, models, trainer
+from recipe_jax.config import check as config_check, defaults
+from recipe_jax.engine import trainer
+from recipe_jax.model import augment, losses, models
 from recipe_jax.errors import UserError
 from recipe_jax.stages import train
 
@@ -116,7 +118,7 @@ def test_label_smoothing_composes_with_soft_targets():
 
 
 def test_mixing_needs_a_loss_that_takes_soft_targets(small_config):
-  from recipe_jax import experiment
+  from recipe_jax.engine import experiment
   small_config.augment.mixup = 0.2
   small_config.loss = 'planted_bugs:doubled_cross_entropy'
   with pytest.raises(UserError, match='soft targets'):
@@ -188,7 +190,7 @@ def test_early_stopping_stops_and_restores_the_best_checkpoint(small_config, tmp
 
 
 def test_downsampling_averages_blocks_of_signals_and_images():
-  from recipe_jax import data
+  from recipe_jax.data import datasets as data
   signals = np.arange(12, dtype=np.float32).reshape(2, 6)
   np.testing.assert_array_equal(data.downsample(signals, 2), [[0.5, 2.5, 4.5], [6.5, 8.5, 10.5]])
   images = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
@@ -200,7 +202,7 @@ def test_downsampling_averages_blocks_of_signals_and_images():
 
 
 def test_downsampled_dataset_trains(small_config, tmp_path):
-  from recipe_jax import data
+  from recipe_jax.data import datasets as data
   small_config.dataset.downsample = 2
   assert data.load(small_config.dataset).x_train.shape[1:] == (20,)  # mnist1d: 40 -> 20
   small_config.num_train_steps = 30

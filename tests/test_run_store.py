@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import cli_flags, read_summary, run_main, train_and_evaluate
-from recipe_jax import config_check, run_store
+from recipe_jax.config import check as config_check
+from recipe_jax.runs import store as run_store
 from recipe_jax.errors import UserError
 from recipe_jax.stages import compare, train
 
@@ -96,7 +97,7 @@ def test_compare_refuses_to_reuse_a_run_trained_with_another_override(small_conf
 
 def test_stage_results_depend_on_their_own_section_and_not_on_other_stages():
   base = config_check.flatten(config_check.variant(
-      __import__('recipe_jax.defaults', fromlist=['x']).get_config(), {}))
+      __import__('recipe_jax.config.defaults', fromlist=['x']).get_config(), {}))
   tuned = {**base, 'tune.space': '{"model.width": {"type": "int", "low": 8, "high": 9}}'}
   assert run_store.differences(base, tuned, 'sanity') == ({}, {})
   assert run_store.differences(base, tuned, None) == ({}, {})  # a train run: training keys only

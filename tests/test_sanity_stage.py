@@ -7,7 +7,8 @@ import numpy as np
 
 import pytest
 from conftest import REPO, as_flags, load_config, run_main
-from recipe_jax import experiment, report
+from recipe_jax.engine import experiment
+from recipe_jax.report import results as report
 from recipe_jax.errors import ChecksFailed
 from recipe_jax.stages import sanity
 

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from recipe_jax import data, defaults, shift_checks
+from recipe_jax.config import defaults
+from recipe_jax.data import datasets as data
+from recipe_jax.diagnose import shift_checks
 from recipe_jax.stages import inspect, train
 
 

@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recipe_jax import config_check, defaults, ensembles, experiment, runs, weight_averaging
+from recipe_jax.config import check as config_check, defaults
+from recipe_jax.diagnose import ensembles, weight_averaging
+from recipe_jax.engine import experiment
+from recipe_jax.runs import finished as runs
 from recipe_jax.errors import UserError
 from recipe_jax.stages import squeeze
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from recipe_jax import data
+from recipe_jax.data import datasets as data
 
 from conftest import REPO, read_summary, train_and_evaluate
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import read_summary, train_and_evaluate
-from recipe_jax import config_check, data, experiment, streaming
+from recipe_jax.config import check as config_check
+from recipe_jax.data import datasets as data, streaming
+from recipe_jax.engine import experiment
 from recipe_jax.errors import UserError
 
 
@@ -136,7 +138,7 @@ def test_a_batch_read_out_of_order_changes_the_result(image_config, tmp_path, mo
 
 def test_tfds_array_record_streams_and_tfrecord_gets_a_one_line_error(small_config, tmp_path):
   import tensorflow_datasets as tfds
-  from recipe_jax import tfds_builders  # noqa: F401
+  from recipe_jax.data import tfds_builders  # noqa: F401
   array_record_dir = str(tmp_path / 'array_record')
   tfds.builder('digits', data_dir=array_record_dir).download_and_prepare(
       file_format='array_record')
@@ -179,7 +181,8 @@ def test_tfds_images_stream_without_tensorflow(small_config, tmp_path):
 import sys
 sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
 import numpy as np, tiny_images_builder
-from recipe_jax import defaults, data
+from recipe_jax.config import defaults
+from recipe_jax.data import datasets as data
 cfg = defaults.get_config().dataset
 cfg.name, cfg.data_dir, cfg.pipeline, cfg.normalize = 'tiny_images', {data_dir!r}, 'grain', False
 dataset = data.load(cfg)

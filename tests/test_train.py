@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import read_summary, train_and_evaluate
-from recipe_jax import mesh, trainer
+from recipe_jax.engine import mesh, trainer
 from recipe_jax.errors import DivergenceError, UserError
 
 SUMMARY_KEYS = {'stage', 'step', 'train_loss', 'eval_loss', 'eval_accuracy', 'best_eval_accuracy',
@@ -87,7 +87,7 @@ def test_batches_must_split_evenly_over_devices():
 
 
 def test_train_stage_writes_its_result_with_verdicts(small_config, tmp_path):
-  from recipe_jax import report
+  from recipe_jax.report import results as report
   from recipe_jax.stages import train
   result = train.run(small_config, str(tmp_path))
   saved = report.read_result(str(tmp_path / 'train' / 'result.json'))

@@ -3,13 +3,15 @@ import numpy as np
 import pytest
 
 from conftest import cli_flags, run_main, train_and_evaluate
-from recipe_jax import checkpoints, data, experiment, warm_start
+from recipe_jax.data import datasets as data
+from recipe_jax.engine import checkpoints, experiment
+from recipe_jax.model import warm_start
 from recipe_jax.errors import UserError
 
 
 @pytest.fixture(scope='module')
 def pretrained(tmp_path_factory, data_dir):
-  from recipe_jax import defaults
+  from recipe_jax.config import defaults
   c = defaults.get_config()
   c.dataset.name, c.dataset.data_dir = 'mnist1d', data_dir
   c.model.name, c.optimizer.learning_rate = 'mlp', 1e-2

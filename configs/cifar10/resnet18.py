@@ -1,5 +1,5 @@
 """CIFAR-10 ResNet-18 (needs CIFAR-10 prepared in TFDS: `tfds build cifar10` where online)."""
-from recipe_jax import defaults
+from recipe_jax.config import defaults
 
 
 def get_config():

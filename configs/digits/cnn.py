@@ -1,5 +1,5 @@
 """scikit-learn digits (8x8), small 2D CNN. Target: test accuracy >= 97%."""
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

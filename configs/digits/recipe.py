@@ -2,7 +2,7 @@
 2 cores: every stage, data_scaling included."""
 import json
 
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

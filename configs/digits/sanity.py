@@ -1,5 +1,5 @@
 """Sanity checks (recipe step 2) for the digits CNN with its training config's settings."""
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """Compare (recipe step 4): regularisers for the MNIST-1D CNN, one change at a time, 3 seeds."""
 import json
 
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

@@ -2,7 +2,7 @@
 shift of configs/mnist1d/cnn_regularized.py (the baseline here), 3 seeds."""
 import json
 
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

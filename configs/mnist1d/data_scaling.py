@@ -1,6 +1,6 @@
 """Is more data worth it for the regularised MNIST-1D CNN? Nested subsets of 1/8 to all of the
 3800 training examples, 2 seeds each, and a power-law fit of the validation error."""
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

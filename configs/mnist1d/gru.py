@@ -1,5 +1,5 @@
 """MNIST-1D gru, the MNIST-1D paper's setup (presets.mnist1d; paper: 91% test)."""
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """Inspect the mnist1d data (recipe step 1): statistics, duplicates, leakage, pictures. No training."""
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """LR range test (recipe step 3) for the MNIST-1D CNN with Adam, batch 100."""
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """Overfit (recipe step 3): can the MNIST-1D CNN fit its training set with Adam 3e-4?"""
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

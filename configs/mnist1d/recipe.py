@@ -2,7 +2,7 @@
 tune, squeeze (about 5.5 minutes on 2 cores). DIR/report.html is the one page to read."""
 import json
 
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

@@ -4,7 +4,7 @@ Start the same command on more machines (with --config.tune.storage=postgresql+p
 and a shared --workdir) to spread the trials over them."""
 import json
 
-from recipe_jax import presets
+from recipe_jax.config import presets
 
 
 def get_config():

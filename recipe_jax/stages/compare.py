@@ -17,9 +17,12 @@ import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import (config_check, console, files, plots, report, run_store, runs, selection,
-                        side_by_side, studies)
-from recipe_jax.report import StageResult, Verdict
+from recipe_jax import console, files
+from recipe_jax.config import check as config_check, selection
+from recipe_jax.engine import side_by_side
+from recipe_jax.report import plots, results as report
+from recipe_jax.runs import store as run_store, finished as runs, studies
+from recipe_jax.report.results import StageResult, Verdict
 from recipe_jax.stages import train
 
 BASELINE = 'baseline'

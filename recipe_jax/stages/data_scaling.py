@@ -4,7 +4,7 @@ Trains the config on nested random subsets of the training split (`data_scaling.
 each with `data_scaling.seeds` seeds; the validation split is the same throughout) as normal
 train runs in data_scaling/fraction_<f>/seed_<s>/ (resumable, finished runs reused), fits
 error = a * n^-b + c to the validation error and says what 2x and 4x the data would gain
-(`recipe_jax.learning_curve`). Output: learning_curve.png, results.csv, the `more_data` verdict.
+(`recipe_jax.diagnose.learning_curve`). Output: learning_curve.png, results.csv, the `more_data` verdict.
 """
 import csv
 import os
@@ -12,8 +12,12 @@ import os
 import numpy as np
 from absl import logging
 
-from recipe_jax import config_check, console, files, learning_curve, plots, report, run_store
-from recipe_jax.report import StageResult
+from recipe_jax import console, files
+from recipe_jax.config import check as config_check
+from recipe_jax.diagnose import learning_curve
+from recipe_jax.report import plots, results as report
+from recipe_jax.runs import store as run_store
+from recipe_jax.report.results import StageResult
 from recipe_jax.stages import train
 
 FILES = ['data_scaling/learning_curve.png', 'data_scaling/results.csv',

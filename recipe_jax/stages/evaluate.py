@@ -1,14 +1,17 @@
 """stage='evaluate': the error analysis of a finished run (or one of its checkpoints), without
 retraining: `--config.evaluate.run_dir=RUN`. Every finished train run does the same at its end.
 
-Writes DIR/analysis/ (see `recipe_jax.analysis`) on the validation split; the test split only
+Writes DIR/analysis/ (see `recipe_jax.diagnose.analysis`) on the validation split; the test split only
 with `--config.analysis.split=test`, and never to select anything.
 """
 import os
 
-from recipe_jax import analysis, experiment, report, runs
+from recipe_jax.diagnose import analysis
+from recipe_jax.engine import experiment
+from recipe_jax.report import results as report
+from recipe_jax.runs import finished as runs
 from recipe_jax.errors import UserError
-from recipe_jax.report import StageResult
+from recipe_jax.report.results import StageResult
 
 FILES = ['analysis/confusion_matrix.png', 'analysis/per_class.csv', 'analysis/reliability.png',
          'analysis/most_confident_wrong.png']

@@ -3,8 +3,11 @@ import os
 
 import numpy as np
 
-from recipe_jax import data as data_lib, data_checks, files, plots, report, shift_checks
-from recipe_jax.report import StageResult
+from recipe_jax import files
+from recipe_jax.data import datasets as data_lib
+from recipe_jax.diagnose import data_checks, shift_checks
+from recipe_jax.report import plots, results as report
+from recipe_jax.report.results import StageResult
 
 
 def raw_splits(config):

@@ -7,8 +7,10 @@ increase to try. Writes overfit/{verdicts.json, report.md, result.json}; a FAIL 
 """
 import os
 
-from recipe_jax import files, models, report
-from recipe_jax.report import StageResult, Verdict
+from recipe_jax import files
+from recipe_jax.model import models
+from recipe_jax.report import results as report
+from recipe_jax.report.results import StageResult, Verdict
 from recipe_jax.stages import train
 
 TRUSTED = {'optimizer.name': 'adam', 'optimizer.learning_rate': 3e-4,

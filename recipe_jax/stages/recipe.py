@@ -20,9 +20,12 @@ import time
 
 from absl import logging
 
-from recipe_jax import config_check, console, files, html_report, report, run_store
+from recipe_jax import console, files
+from recipe_jax.config import check as config_check
+from recipe_jax.report import html as html_report, results as report
+from recipe_jax.runs import store as run_store
 from recipe_jax.errors import ChecksFailed, UserError
-from recipe_jax.report import StageResult, Verdict
+from recipe_jax.report.results import StageResult, Verdict
 
 STAGES = config_check.RECIPE_STAGES
 GATED = ('inspect', 'sanity')

@@ -12,11 +12,15 @@ import jax
 import numpy as np
 from absl import logging
 
-from recipe_jax import (checks, console, data as data_lib, experiment, files, models, plots,
-                        report, rng, trainer, user_code)
+from recipe_jax import console, files
+from recipe_jax.data import datasets as data_lib
+from recipe_jax.diagnose import checks
+from recipe_jax.engine import experiment, rng, trainer
+from recipe_jax.model import models, user_code
+from recipe_jax.report import plots, results as report
 from recipe_jax.errors import UserError
-from recipe_jax.mesh import require_divisible
-from recipe_jax.report import StageResult, Verdict
+from recipe_jax.engine.mesh import require_divisible
+from recipe_jax.report.results import StageResult, Verdict
 
 CHECKS = ('fixed_seed', 'loss_at_init', 'init_well', 'inputs_before_net', 'batch_dependency',
           'eval_consistency', 'gradients', 'dumb_baselines', 'decreasing_loss',

@@ -15,7 +15,7 @@ comma-separated run directories. Then, on validation (selection) and test (repor
 - distillation (`squeeze.student`, JSON overrides such as '{"model.width": 8}'): the student
   trained on the ensemble's probabilities softened at `squeeze.temperature`, against the same
   student trained on labels alone, with parameter counts and inference time per example;
-- the error analysis of the ensemble on validation (squeeze/analysis/, `recipe_jax.analysis`).
+- the error analysis of the ensemble on validation (squeeze/analysis/, `recipe_jax.diagnose.analysis`).
 """
 import csv
 import os
@@ -25,10 +25,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from recipe_jax import (analysis, config_check, console, ensembles, experiment, files, plots,
-                        report, run_store, runs, selection, side_by_side, weight_averaging)
+from recipe_jax import console, files
+from recipe_jax.config import check as config_check, selection
+from recipe_jax.diagnose import analysis, ensembles, weight_averaging
+from recipe_jax.engine import experiment, side_by_side
+from recipe_jax.report import plots, results as report
+from recipe_jax.runs import store as run_store, finished as runs
 from recipe_jax.errors import UserError
-from recipe_jax.report import StageResult, Verdict
+from recipe_jax.report.results import StageResult, Verdict
 from recipe_jax.stages import train
 
 FILES = ['squeeze/results.md', 'squeeze/results.csv', 'squeeze/ensemble_gain.png',

@@ -6,16 +6,19 @@ Verdicts: `finished` (PASS; WARN when preempted, to be resumed; FAIL when it div
 restarted with a larger `num_train_steps` ("leave it training": it continues from its last
 checkpoint; bit-identical to a run that long from the start with a constant learning rate, a
 WARN for other schedules, whose shape changes), and the error analysis of the final state
-(`recipe_jax.analysis`, files in DIR/analysis/).
+(`recipe_jax.diagnose.analysis`, files in DIR/analysis/).
 """
 import os
 
 import numpy as np
 
-from recipe_jax import (experiment, files, multihost, optim, plots, report, run_store, runs,
-                        trainer)
+from recipe_jax import files
+from recipe_jax.engine import experiment, multihost, trainer
+from recipe_jax.model import optim
+from recipe_jax.report import plots, results as report
+from recipe_jax.runs import store as run_store, finished as runs
 from recipe_jax.errors import DivergenceError
-from recipe_jax.report import StageResult, Verdict
+from recipe_jax.report.results import StageResult, Verdict
 from recipe_jax.stages import evaluate
 
 HEADLINE = ('test_accuracy', 'eval_accuracy', 'best_eval_accuracy', 'train_accuracy', 'step',

@@ -18,9 +18,13 @@ import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import config_check, console, files, multihost, plots, report, selection, studies
+from recipe_jax import console, files
+from recipe_jax.config import check as config_check, selection
+from recipe_jax.engine import multihost
+from recipe_jax.report import plots, results as report
+from recipe_jax.runs import studies
 from recipe_jax.errors import DivergenceError
-from recipe_jax.report import StageResult, Verdict
+from recipe_jax.report.results import StageResult, Verdict
 from recipe_jax.stages import compare, train
 
 EDGE = 0.1  # a best value in the outer 10% of a numeric range suggests widening it
@@ -320,7 +324,7 @@ def _write_best_config(out: str, trial_config, best) -> None:
   resolved = trial_config.to_dict()
   lines = [f'"""Best trial {best.number} of the tune stage in {out} ({best.value:.4f}).',
            '', f'python -m recipe_jax.main --config={os.path.join(out, "best_config.py")} '
-           '--workdir=DIR reproduces it bit for bit."""', 'from recipe_jax import defaults', '',
+           '--workdir=DIR reproduces it bit for bit."""', 'from recipe_jax.config import defaults', '',
            '', 'def get_config():', '  c = defaults.get_config()']
   for key, value in _flatten(resolved):
     if isinstance(value, list):

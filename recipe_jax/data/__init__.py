@@ -1,0 +1,1 @@
+"""Datasets: embedded, .npz and TFDS, read into memory or streamed by grain."""

@@ -1,0 +1,306 @@
+"""Recipe step 1, "become one with the data": checks on raw arrays, each returning Verdicts.
+
+Plain functions over numpy arrays (`splits` maps a split name to (x, y)), so they work on any
+dataset a user has in memory, not only through the inspect stage.
+"""
+import functools
+import hashlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from recipe_jax.report.results import Verdict
+
+MAX_LISTED = 100  # indices listed in evidence per finding
+
+
+def _rows(x):
+  x = np.asarray(x)
+  return x.reshape(len(x), int(np.prod(x.shape[1:])))  # -1 cannot be inferred for 0 rows
+
+
+def basic_statistics(splits: dict) -> list:
+  """Sizes, shapes, dtypes, ranges (PASS), NaN/Inf (FAIL), features constant in train (WARN)."""
+  stats, non_finite = {}, {}
+  for name, (x, y) in splits.items():
+    rows = _rows(x).astype(np.float64)
+    if name == 'train':
+      train_rows = rows  # reused below for the constant-feature check
+    finite = np.isfinite(rows)
+    bad_rows = np.flatnonzero(~finite.all(axis=1))
+    stats[name] = {'examples': len(y), 'shape': list(np.shape(x)[1:]), 'dtype': str(x.dtype),
+                   'min': float(np.min(rows, where=finite, initial=np.inf)),
+                   'max': float(np.max(rows, where=finite, initial=-np.inf)),
+                   'nan': int(np.isnan(rows).sum()), 'inf': int(np.isinf(rows).sum())}
+    if len(bad_rows):
+      non_finite[name] = bad_rows[:MAX_LISTED].tolist()
+  verdicts = [Verdict('sizes_and_ranges', 'PASS', '; '.join(
+      f"{n}: {s['examples']} x {s['shape']} {s['dtype']} in [{s['min']:.3g}, {s['max']:.3g}]"
+      for n, s in stats.items()), stats)]
+  if non_finite:
+    counts = {n: stats[n]['nan'] + stats[n]['inf'] for n in non_finite}
+    verdicts.append(Verdict('non_finite_values', 'FAIL', 'NaN/Inf values in ' + ', '.join(
+        f'{n} ({c} values, rows {non_finite[n][:5]}...)' for n, c in counts.items()),
+        {'rows_with_non_finite': non_finite, 'counts': counts}))
+  else:
+    verdicts.append(Verdict('non_finite_values', 'PASS', 'no NaN or Inf values', {}))
+  constant = np.flatnonzero(np.nanmax(train_rows, 0) == np.nanmin(train_rows, 0))
+  status = 'WARN' if len(constant) else 'PASS'
+  verdicts.append(Verdict('constant_features', status,
+                          f'{len(constant)} of {train_rows.shape[1]} input features are constant '
+                          'in train (they carry no information)' if len(constant) else
+                          'no input feature is constant in train',
+                          {'constant_feature_indices': constant[:MAX_LISTED].tolist(),
+                           'count': int(len(constant))}))
+  return verdicts
+
+
+def class_balance(splits: dict, num_classes: int, max_imbalance: float) -> Verdict:
+  """Counts per class and split; FAIL when test has classes train lacks, WARN when imbalanced."""
+  counts = {n: np.bincount(y, minlength=num_classes).tolist() for n, (_, y) in splits.items()}
+  train = np.asarray(counts['train'])
+  missing = [c for c in range(num_classes) if train[c] == 0 and counts['test'][c] > 0]
+  present = train[train > 0]
+  ratio = float(present.max() / present.min())
+  evidence = {'counts': counts, 'imbalance_ratio': ratio, 'test_classes_missing_in_train': missing}
+  if missing:
+    return Verdict('class_balance', 'FAIL',
+                   f'classes {missing} occur in test but never in train', evidence)
+  status = 'WARN' if ratio > max_imbalance else 'PASS'
+  return Verdict('class_balance', status, f'largest / smallest train class = {ratio:.2f} '
+                 f'(warn above {max_imbalance:g})', evidence)
+
+
+def content_hashes(x) -> list:
+  rows = np.ascontiguousarray(_rows(x))
+  return [hashlib.sha1(row.tobytes()).hexdigest() for row in rows]
+
+
+def exact_duplicates(splits: dict) -> list:
+  """Identical inputs: within a split (WARN), across splits (FAIL: leakage), and identical
+  inputs with different labels anywhere (FAIL)."""
+  groups = {}
+  for name, (x, y) in splits.items():
+    for index, (digest, label) in enumerate(zip(content_hashes(x), y)):
+      groups.setdefault(digest, []).append((name, index, int(label)))
+  within, across, conflicting = {}, [], []
+  for members in groups.values():
+    if len(members) < 2:
+      continue
+    names = {m[0] for m in members}
+    for name in names:
+      same_split = [m[1] for m in members if m[0] == name]
+      if len(same_split) > 1:
+        within.setdefault(name, []).append(same_split)
+    if len(names) > 1:
+      across.append([[m[0], m[1]] for m in members])
+    if len({m[2] for m in members}) > 1:
+      conflicting.append([list(m) for m in members])
+  extra = {n: sum(len(g) - 1 for g in gs) for n, gs in within.items()}
+  verdicts = [
+      Verdict('duplicates_within_splits', 'WARN' if within else 'PASS',
+              ', '.join(f'{n}: {c} redundant copies' for n, c in extra.items()) or
+              'no split holds the same input twice',
+              {'groups': {n: gs[:MAX_LISTED] for n, gs in within.items()}, 'redundant': extra}),
+      Verdict('duplicates_across_splits', 'FAIL' if across else 'PASS',
+              f'{len(across)} inputs appear in more than one split (leakage)' if across else
+              'no input appears in two splits', {'groups': across[:MAX_LISTED]}),
+      Verdict('conflicting_labels', 'FAIL' if conflicting else 'PASS',
+              f'{len(conflicting)} identical inputs carry different labels' if conflicting else
+              'identical inputs always carry the same label',
+              {'groups': conflicting[:MAX_LISTED]})]
+  return verdicts
+
+
+STD_FLOOR_FRACTION = 0.5  # of the typical feature std; see _standardise
+
+
+def _standardise(x_train, *others):
+  """Per-feature standardisation with train statistics, each feature's std floored at half the
+  typical (root-mean-square) feature std. Without the floor a nearly constant feature (a
+  border pixel, a silent channel) turns tiny perturbations into huge distances, and a noisy
+  copy of a training example no longer looks near. Non-finite values count as the mean (they are
+  reported by `basic_statistics`), so one Inf does not hide every other finding."""
+  finite = lambda a: np.where(np.isfinite(a), a, np.nan)  # a NaN/Inf must not poison a column
+  rows = finite(_rows(x_train).astype(np.float32))
+  mean, std = np.nan_to_num(np.nanmean(rows, 0)), np.nan_to_num(np.nanstd(rows, 0))
+  typical = float(np.sqrt(np.mean(std ** 2))) if std.size else 0.0
+  std = np.maximum(std, STD_FLOOR_FRACTION * typical if typical > 0 else 1.0)
+  scale = lambda a: np.nan_to_num((finite(_rows(a).astype(np.float32)) - mean) / std)
+  return [scale(a) for a in (x_train, *others)]
+
+
+@functools.partial(jax.jit, static_argnames=('block',))
+def _nearest(queries, reference, block: int):
+  """Per query: (squared distance, index) of the nearest reference row, in reference blocks."""
+  num_blocks = -(-reference.shape[0] // block)
+  padded = jnp.pad(reference, ((0, num_blocks * block - reference.shape[0]), (0, 0)))
+  valid = jnp.arange(num_blocks * block) < reference.shape[0]
+  q_norms = jnp.sum(queries ** 2, axis=1)
+
+  def scan_block(best, b):
+    rows = jax.lax.dynamic_slice_in_dim(padded, b * block, block)
+    d2 = q_norms[:, None] + jnp.sum(rows ** 2, 1)[None] - 2 * queries @ rows.T
+    d2 = jnp.where(jax.lax.dynamic_slice_in_dim(valid, b * block, block)[None], d2, jnp.inf)
+    j = jnp.argmin(d2, axis=1)
+    d = jnp.take_along_axis(d2, j[:, None], 1)[:, 0]
+    better = d < best[0]
+    return (jnp.where(better, d, best[0]), jnp.where(better, j + b * block, best[1])), None
+
+  init = (jnp.full(queries.shape[0], jnp.inf), jnp.zeros(queries.shape[0], jnp.int32))
+  (d2, index), _ = jax.lax.scan(scan_block, init, jnp.arange(num_blocks))
+  return jnp.maximum(d2, 0.0), index
+
+
+def nearest_train_neighbour(x_train, x_query, block: int = 2048):
+  """RMS per-feature distance (in train-standardised space) and index of each query's nearest
+  training example, computed blockwise on the default device."""
+  train, queries = _standardise(x_train, x_query)
+  reference = jnp.asarray(train)
+  distances, indices = [], []
+  for start in range(0, len(queries), block):  # query blocks bound the distance matrix's size
+    d2, index = _nearest(jnp.asarray(queries[start:start + block]), reference, block)
+    distances.append(np.sqrt(np.asarray(d2) / train.shape[1]))
+    indices.append(np.asarray(index))
+  return np.concatenate(distances), np.concatenate(indices)
+
+
+def near_duplicate_leakage(splits: dict, rms_threshold: float) -> list:
+  """Val/test examples whose nearest training example is within `rms_threshold` (FAIL).
+
+  Validation is compared with train; test with train and validation together, the whole
+  training file a user has (a test example copied from it leaks whichever part it fell into).
+  Evidence: `leaked_<split>_indices` and, aligned with them, `nearest_splits` and
+  `nearest_indices` (positions in those splits)."""
+  verdicts = []
+  for name in ('val', 'test'):
+    if name not in splits or not len(splits[name][1]):
+      continue
+    references = [s for s in (('train',) if name == 'val' else ('train', 'val'))
+                  if s in splits and len(splits[s][1])]
+    owner = np.concatenate([[s] * len(splits[s][1]) for s in references])
+    position = np.concatenate([np.arange(len(splits[s][1])) for s in references])
+    reference = np.concatenate([splits[s][0] for s in references])
+    distance, nearest = nearest_train_neighbour(reference, splits[name][0])
+    clean = np.nan_to_num(distance, nan=np.inf)
+    leaked = np.flatnonzero(clean < rms_threshold)
+    order = leaked[np.argsort(clean[leaked])][:MAX_LISTED]
+    evidence = {f'leaked_{name}_indices': order.tolist(),
+                'nearest_splits': owner[nearest[order]].tolist(),
+                'nearest_indices': position[nearest[order]].tolist(),
+                'rms_distances': clean[order].round(5).tolist(),
+                'count': int(len(leaked)), 'rms_threshold': rms_threshold,
+                'median_nearest_rms_distance': float(np.median(clean[np.isfinite(clean)]))
+                if np.isfinite(clean).any() else None}
+    verdicts.append(Verdict(
+        f'near_duplicates_{name}_train', 'FAIL' if len(leaked) else 'PASS',
+        f'{len(leaked)} {name} examples are within RMS distance {rms_threshold:g} of a '
+        f'{" or ".join(references)} example (median nearest distance '
+        f'{evidence["median_nearest_rms_distance"]:.3g})', evidence))
+  return verdicts
+
+
+def outliers(x, y, num_classes: int, z_threshold: float) -> Verdict:
+  """Examples far from their class mean: robust z-score (median / MAD within the class) of the
+  RMS distance to the class mean, in standardised space. WARN with the ranked list."""
+  [rows] = _standardise(x)
+  z = np.zeros(len(y))
+  for c in range(num_classes):
+    members = np.flatnonzero(y == c)
+    if len(members) < 3:
+      continue
+    distance = np.sqrt(((rows[members] - rows[members].mean(0)) ** 2).mean(1))
+    mad = np.median(np.abs(distance - np.median(distance))) * 1.4826 + 1e-12
+    z[members] = (distance - np.median(distance)) / mad
+  flagged = np.flatnonzero(z > z_threshold)
+  order = flagged[np.argsort(-z[flagged])]
+  return Verdict('outliers', 'WARN' if len(flagged) else 'PASS',
+                 f'{len(flagged)} train examples lie more than {z_threshold:g} robust standard '
+                 'deviations farther from their class mean than is typical',
+                 {'indices': order[:MAX_LISTED].tolist(), 'z': z[order[:MAX_LISTED]].round(2).tolist(),
+                  'count': int(len(flagged)), 'z_threshold': z_threshold})
+
+
+def cross_validated_probabilities(x, y, num_classes: int, folds: int = 5, steps: int = 300,
+                                  hidden: int = 128, seed: int = 0, fold_of=None,
+                                  train_folds=None) -> np.ndarray:
+  """Out-of-sample class probabilities: each fold predicted by a small MLP trained in JAX
+  (full batch, Adam) on the other folds (of `train_folds` only, when given: a split that is
+  predicted but never trained on). Every fold trains on all rows with a 0/1 weight, so the
+  fit compiles once for all folds."""
+  [rows] = _standardise(x)
+  if fold_of is None:
+    fold_of = np.random.default_rng(seed).permutation(len(y)) % folds
+  trainable = np.isin(fold_of, train_folds if train_folds is not None else range(folds))
+  inputs, labels = jnp.asarray(rows), jnp.asarray(y, jnp.int32)
+  probabilities = np.zeros((len(y), num_classes), np.float32)
+  for k in range(folds):
+    held_out = fold_of == k
+    weights = jnp.asarray(trainable & ~held_out, jnp.float32)
+    params = _fit_mlp(inputs, labels, weights, jax.random.fold_in(jax.random.key(seed), k),
+                      num_classes, hidden, steps)
+    probabilities[held_out] = np.asarray(_mlp_probabilities(params, inputs))[held_out]
+  return probabilities
+
+
+_MLP_OPTIMIZER = optax.adamw(1e-2, weight_decay=1e-3)
+
+
+def _mlp_logits(params, inputs):
+  return jax.nn.relu(inputs @ params['w1'] + params['b1']) @ params['w2'] + params['b2']
+
+
+_mlp_probabilities = jax.jit(lambda params, inputs: jax.nn.softmax(_mlp_logits(params, inputs)))
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _fit_mlp(inputs, labels, weights, key, num_classes: int, hidden: int, steps: int):
+  """The label-noise and shift checks' small MLP, fitted full batch to the weighted rows."""
+  k1, k2 = jax.random.split(key)
+  d = inputs.shape[1]
+  params = {'w1': jax.random.normal(k1, (d, hidden)) / np.sqrt(d), 'b1': jnp.zeros(hidden),
+            'w2': jax.random.normal(k2, (hidden, num_classes)) / np.sqrt(hidden),
+            'b2': jnp.zeros(num_classes)}
+
+  def step(carry, _):
+    params, opt_state = carry
+    loss = lambda p: jnp.sum(weights * optax.softmax_cross_entropy_with_integer_labels(
+        _mlp_logits(p, inputs), labels)) / jnp.sum(weights)
+    updates, opt_state = _MLP_OPTIMIZER.update(jax.grad(loss)(params), opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, _MLP_OPTIMIZER.init(params)), None, length=steps)
+  return params
+
+
+def label_noise(y, probabilities: np.ndarray, min_model_accuracy: float = 0.8) -> Verdict:
+  """Confident learning: the given label's probability is under its class's threshold (the
+  mean self-confidence of that class) while another class is over its own threshold.
+  Ranked by how much more the model believes the suggested class. A model below
+  `min_model_accuracy` cannot judge labels: the summary says so and the list is hard examples."""
+  num_classes = probabilities.shape[1]
+  thresholds = np.array([probabilities[y == c, c].mean() if np.any(y == c) else 1.0
+                         for c in range(num_classes)])
+  given = probabilities[np.arange(len(y)), y]
+  others = np.where(np.eye(num_classes, dtype=bool)[y], -np.inf, probabilities)
+  confident_other = np.where(others >= thresholds[None], others, -np.inf)
+  suggested = np.argmax(confident_other, axis=1)
+  suspect = (given < thresholds[y]) & np.isfinite(confident_other.max(axis=1))
+  margin = confident_other.max(axis=1) - given
+  order = np.flatnonzero(suspect)[np.argsort(-margin[suspect])]
+  accuracy = float(np.mean(np.argmax(probabilities, 1) == y))
+  judged = (f'{len(order)} train examples look mislabelled to a cross-validated model '
+            f'(accuracy {accuracy:.1%}; confident learning)')
+  if accuracy < min_model_accuracy:
+    judged = (f'the cross-validated model reaches only {accuracy:.1%} (< {min_model_accuracy:.0%}),'
+              f' too weak to judge labels: its {len(order)} flags are hard examples, not '
+              'evidence of label noise')
+  return Verdict('label_noise', 'WARN' if len(order) else 'PASS', judged,
+                 {'indices': order[:MAX_LISTED].tolist(),
+                  'given_labels': y[order[:MAX_LISTED]].tolist(),
+                  'suggested_labels': suggested[order[:MAX_LISTED]].tolist(),
+                  'margins': margin[order[:MAX_LISTED]].round(3).tolist(),
+                  'count': int(len(order)), 'class_thresholds': thresholds.round(3).tolist(),
+                  'model_accuracy': accuracy, 'min_model_accuracy': min_model_accuracy})

@@ -1,0 +1,1 @@
+"""What is trained: models (built-in and users' own), losses, optimizers, augmentation, warm starts."""

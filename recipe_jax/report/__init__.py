@@ -1,0 +1,1 @@
+"""What a person reads: verdicts and stage results, plots, report.html."""

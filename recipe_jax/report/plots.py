@@ -1,0 +1,315 @@
+"""Pictures of examples: images for 2-D/3-D inputs, line plots for 1-D sequences."""
+import io
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from recipe_jax import files  # noqa: E402
+from recipe_jax.engine import multihost
+
+
+def save(fig, path) -> None:
+  """Writes the figure (only process 0 of a multi-host job writes files) and closes it."""
+  if multihost.is_leader():
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=90, format='png')
+    files.write_bytes(path, buffer.getvalue())
+  plt.close(fig)
+
+
+def draw_example(ax, x, title=''):
+  x = np.asarray(x, np.float32)
+  if x.ndim == 1:
+    ax.plot(x, linewidth=1)
+  elif x.ndim == 2 or (x.ndim == 3 and x.shape[-1] == 1):
+    ax.imshow(x.reshape(x.shape[0], x.shape[1]), cmap='gray')
+  else:
+    lo, hi = np.nanmin(x), np.nanmax(x)
+    ax.imshow((x[..., :3] - lo) / max(hi - lo, 1e-8))
+  ax.set_xticks([])
+  ax.set_yticks([])
+  ax.set_title(title, fontsize=7)
+
+
+def grid(path, examples, titles, columns, row_labels=None, title=None):
+  """A grid of examples, `columns` per row, saved as PNG."""
+  rows = max(1, -(-len(examples) // columns))
+  fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.3 * rows), squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  for i, (x, example_title) in enumerate(zip(examples, titles)):
+    if x is None:  # a blank cell keeps rows aligned (e.g. a class with few examples)
+      continue
+    ax = axes.flat[i]
+    ax.axis('on')
+    draw_example(ax, x, example_title)
+  if row_labels:
+    for r, label in enumerate(row_labels):
+      axes[r, 0].set_ylabel(label, fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def class_counts(path, counts: dict, ylabel: str = 'examples'):
+  """Grouped bars: examples (or their fraction) per class for each split."""
+  fig, ax = plt.subplots(figsize=(7.5, 3))
+  width = 0.8 / len(counts)
+  num_classes = len(next(iter(counts.values())))
+  for i, (split, per_class) in enumerate(counts.items()):
+    ax.bar(np.arange(num_classes) + (i - (len(counts) - 1) / 2) * width, per_class, width,
+           label=split)
+  ax.set_xticks(range(num_classes))  # one tick per class, under its group of bars
+  ax.set_xlim(-0.6, num_classes - 0.4)
+  ax.set_xlabel('class')
+  ax.set_ylabel(ylabel)
+  ax.legend(title='split', loc='upper left', bbox_to_anchor=(1.01, 1), fontsize=8)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
+           hlines: dict | None = None, logx: bool = False, vlines: dict | None = None,
+           ylim: tuple | None = None, integer_x: bool = False, points: dict | None = None):
+  """Line plot of {label: (x, y)}, with optional labelled reference lines and marked points."""
+  fig, ax = plt.subplots(figsize=(6, 3.2))
+  for label, (x, y) in series.items():
+    ax.plot(x, y, label=label, linewidth=1.2, marker='o' if integer_x else None, markersize=4)
+  for i, (label, (x, y)) in enumerate((points or {}).items()):
+    ax.plot(x, y, 'x', color=f'C{i}', markersize=9, markeredgewidth=2, label=label)
+  if integer_x:
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  references = [(ax.axhline, item) for item in (hlines or {}).items()]
+  references += [(ax.axvline, item) for item in (vlines or {}).items()]
+  for i, (draw, (label, value)) in enumerate(references):
+    draw(value, linestyle='--', color=f'C{len(series) + i}', linewidth=1, label=label)
+  if logy:
+    ax.set_yscale('log')
+  if logx:
+    ax.set_xscale('log')
+  if ylim:
+    ax.set_ylim(*ylim)
+  if logy and ax.get_ylim()[1] / ax.get_ylim()[0] < 100:  # under two decades: plain numbers
+    for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+      set_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def feature_map(path, values, example_shape, title: str, threshold=None, histograms=None,
+                features=()) -> str:
+  """A value per input feature where the features sit: a heat map over an image's pixels
+  (the largest over its channels), bars over a sequence's positions. With `histograms`
+  ({split: inputs}), the distributions of `features` in each split beside it."""
+  values = np.asarray(values, float).reshape(example_shape)
+  panels = 1 + len(features) if histograms else 1
+  fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), squeeze=False)
+  ax = axes[0, 0]
+  if values.ndim >= 2:
+    shown = values.reshape(*values.shape[:2], -1).max(-1)
+    image = ax.imshow(shown, cmap='magma', vmin=0, vmax=max(1.0 if threshold else 0,
+                                                            float(shown.max())))
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_xlabel('column')
+    ax.set_ylabel('row')
+  else:
+    ax.bar(np.arange(len(values)), values, color='C3')
+    if threshold is not None:
+      ax.axhline(threshold, linestyle='--', color='gray', label=f'shortcut from {threshold:g}')
+      ax.legend(fontsize=7)
+    ax.set_xlabel('position')
+  ax.set_title(title, fontsize=8)
+  for ax, feature in zip(axes[0, 1:], features):
+    for i, (split, x) in enumerate(histograms.items()):
+      column = np.asarray(x, float).reshape(len(x), -1)[:, feature]
+      ax.hist(column, bins=30, alpha=0.5, density=True, color=f'C{i}', label=split)
+    ax.set_title(f'feature {feature} at {list(np.unravel_index(feature, example_shape))}',
+                 fontsize=8)
+    ax.set_xlabel('raw value')
+    ax.set_ylabel('density')
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  save(fig, path)
+  return path
+
+
+LOSS_FLOOR = 1e-7  # a loss of exactly 0 cannot sit on a log axis: drawn here, and said so
+
+
+def loss_and_accuracy(path, steps, losses, accuracies, xlabel: str, target_loss=None,
+                      series: dict | None = None):
+  """Two panels over the same steps: the loss on a log scale (values below LOSS_FLOOR drawn at
+  it, so a loss that reaches 0 does not vanish), the accuracy on a linear one. `series` adds
+  other runs' {label: (steps, losses, accuracies)} (a validation curve, say)."""
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+  runs = {'training': (steps, losses, accuracies), **(series or {})}
+  for i, (label, (x, loss, accuracy)) in enumerate(runs.items()):
+    ax_loss.plot(x, np.maximum(np.asarray(loss, float), LOSS_FLOOR), color=f'C{i}',
+                 linewidth=1.2, label=label)
+    ax_acc.plot(x, accuracy, color=f'C{i}', linewidth=1.2, label=label)
+  if target_loss:
+    ax_loss.axhline(target_loss, linestyle='--', color='gray', linewidth=1,
+                    label=f'target loss {target_loss:g}')
+  if np.nanmin(np.asarray(losses, float)) < LOSS_FLOOR:
+    ax_loss.axhline(LOSS_FLOOR, linestyle=':', color='black', linewidth=0.8,
+                    label=f'loss 0 drawn at {LOSS_FLOOR:g}')
+  ax_loss.set_yscale('log')
+  ax_loss.set_ylabel('loss (log scale)')
+  ax_acc.set_ylim(-0.02, 1.02)
+  ax_acc.set_ylabel('accuracy')
+  for ax in (ax_loss, ax_acc):
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def scatter(path, x, y, xlabel: str, ylabel: str, logx: bool = False,
+            vlines: dict | None = None):
+  """Points (x, y), e.g. a sweep's metric against one parameter, with the range's bounds."""
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  ax.scatter(x, y, s=18)
+  for i, (label, value) in enumerate((vlines or {}).items()):
+    ax.axvline(value, linestyle='--', color=f'C{i + 1}', linewidth=1, label=f'{label} {value:g}')
+  if logx:
+    ax.set_xscale('log')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if vlines:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def bars(path, values: dict, ylabel: str):
+  fig, ax = plt.subplots(figsize=(6, 3))
+  ax.bar(list(values), list(values.values()), color=[f'C{i}' for i in range(len(values))])
+  for i, v in enumerate(values.values()):
+    ax.text(i, v, f'{v:.3f}', ha='center', va='bottom', fontsize=8)
+  ax.set_ylabel(ylabel)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def matrix(path, values, xlabel: str, ylabel: str, title: str):
+  fig, ax = plt.subplots(figsize=(4, 3.5))
+  image = ax.imshow(values, cmap='viridis')
+  fig.colorbar(image, ax=ax)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def prediction_dynamics(path, probabilities, eval_steps, labels, columns: int = 4):
+  """One panel per example: predicted class probabilities (rows) over training (columns),
+  the true class outlined."""
+  p = np.asarray(probabilities)  # (evals, examples, classes)
+  rows = -(-p.shape[1] // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 1.9 * rows), squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  for i, label in enumerate(labels):
+    ax = axes.flat[i]
+    ax.axis('on')
+    ax.imshow(p[:, i, :].T, aspect='auto', vmin=0, vmax=1, cmap='magma', origin='lower',
+              extent=(eval_steps[0], eval_steps[-1], -0.5, p.shape[2] - 0.5))
+    ax.axhline(label - 0.5, color='cyan', linewidth=0.8)
+    ax.axhline(label + 0.5, color='cyan', linewidth=0.8)
+    ax.set_title(f'example {i}, label {label}', fontsize=7)
+    ax.tick_params(labelsize=6)
+  axes[-1, 0].set_xlabel('step', fontsize=7)
+  axes[-1, 0].set_ylabel('class', fontsize=7)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def confusion(path, counts, title: str):
+  """Row-normalised colours (the fraction of each true class), counts written in the cells."""
+  counts = np.asarray(counts)
+  n = len(counts)
+  fractions = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+  size = min(12, 2 + 0.45 * n)
+  fig, ax = plt.subplots(figsize=(size + 1, size))
+  image = ax.imshow(fractions, cmap='Blues', vmin=0, vmax=1)
+  fig.colorbar(image, ax=ax, fraction=0.046, label='fraction of the true class')
+  if n <= 30:
+    for (t, p), c in np.ndenumerate(counts):
+      if c:
+        ax.text(p, t, str(c), ha='center', va='center', fontsize=7,
+                color='white' if fractions[t, p] > 0.5 else 'black')
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+  ax.set_xlabel('predicted class')
+  ax.set_ylabel('true class')
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def reliability(path, confidence, correct, ece: float, ece_bins: int, bins: int = 10):
+  """Accuracy against confidence in equal-width bins (bars, the count of examples on each; the
+  diagonal is perfect calibration) beside how the confidences are spread. Equal-width bins
+  show where a model is over- or under-confident even when most examples sit near 1.0, which
+  the ECE's equal-mass bins crowd into one corner."""
+  confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
+  edges = np.linspace(0, 1, bins + 1)
+  which = np.clip(np.digitize(confidence, edges) - 1, 0, bins - 1)
+  counts = np.bincount(which, minlength=bins)
+  accuracy = np.bincount(which, weights=correct, minlength=bins) / np.maximum(counts, 1)
+  centres = (edges[:-1] + edges[1:]) / 2
+  fig, (ax, ax_hist) = plt.subplots(1, 2, figsize=(8, 3.6))
+  filled = counts > 0
+  ax.bar(centres[filled], accuracy[filled], width=1 / bins, edgecolor='C0', color='C0',
+         alpha=0.6, label='accuracy of the examples in the bin')
+  for x, y, n in zip(centres[filled], accuracy[filled], counts[filled]):
+    ax.text(x, y + 0.02, str(n), ha='center', fontsize=7)
+  ax.plot([0, 1], [0, 1], '--', color='gray', linewidth=1, label='perfectly calibrated')
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.1)
+  ax.set_xlabel('confidence (top-class probability)')
+  ax.set_ylabel('accuracy in bin (n on each bar)')
+  ax.set_title(f'reliability: ECE {ece:.3f} ({ece_bins} equal-mass bins)', fontsize=9)
+  ax.legend(fontsize=7, loc='upper left')
+  ax_hist.hist(confidence, bins=edges, color='C1', alpha=0.7)
+  ax_hist.set_yscale('log')
+  ax_hist.set_xlim(0, 1)
+  ax_hist.set_xlabel('confidence (top-class probability)')
+  ax_hist.set_ylabel('examples (log scale)')
+  ax_hist.set_title(f'{len(confidence)} examples', fontsize=9)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def learning_curve(path, series: dict, points: dict, largest: float):
+  """Validation error against training examples (log x): the measured means, every seed as a
+  dot, the fitted power law continued to 4x the data, the extrapolated region shaded."""
+  fig, (ax_err, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+  for label, (x, y) in points.items():
+    ax_err.scatter(x, y, s=14, color='gray', alpha=0.7, label=label)
+    ax_acc.scatter(x, 1 - np.asarray(y), s=14, color='gray', alpha=0.7, label=label)
+  for i, (label, (x, y)) in enumerate(series.items()):
+    style = dict(marker='o', markersize=4) if i == 0 else dict(linestyle='--')
+    ax_err.plot(x, y, label=label, color=f'C{i}', linewidth=1.2, **style)
+    ax_acc.plot(x, 1 - np.asarray(y), label=label, color=f'C{i}', linewidth=1.2, **style)
+  ticks = sorted({int(round(x)) for _, (xs, _) in points.items() for x in xs} | {int(4 * largest)})
+  for ax, ylabel in ((ax_err, 'validation error'), (ax_acc, 'validation accuracy')):
+    ax.axvspan(largest, 4 * largest, color='C1', alpha=0.08)
+    ax.set_xscale('log')
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))  # the sizes measured
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.tick_params(axis='x', labelsize=7)
+    ax.set_xlabel('training examples (shaded: extrapolated)')
+    ax.set_ylabel(ylabel)
+  ax_err.legend(fontsize=7)
+  fig.tight_layout()
+  save(fig, path)

@@ -1,0 +1,171 @@
+"""What every stage returns and writes: verdicts (one JSON shape for every stage), a
+`StageResult` in `DIR/<stage>/result.json`, the console lines, and a readable report.md.
+
+The recipe runner and the HTML report read `result.json` alone, so a new stage needs no
+special case anywhere."""
+import dataclasses
+import os
+
+import numpy as np
+from absl import logging
+
+from recipe_jax import files
+from recipe_jax.engine import multihost
+from recipe_jax.errors import ChecksFailed
+
+STATUSES = ('PASS', 'WARN', 'FAIL')
+
+
+@dataclasses.dataclass
+class Verdict:
+  check: str
+  status: str  # PASS | WARN | FAIL
+  summary: str
+  evidence: dict = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if self.status not in STATUSES:
+      raise ValueError(f"status must be one of {STATUSES}, got '{self.status}'")
+
+
+def _jsonable(value):
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return _jsonable(value.tolist())
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+@dataclasses.dataclass
+class StageResult:
+  stage: str
+  verdicts: list  # of Verdict
+  metrics: dict  # the stage's headline numbers, e.g. {'test_accuracy': 0.92}
+  files: list  # paths the stage wrote that a person would open, relative to the workdir
+  finished: bool = True  # False when preempted: a restart continues the stage
+  images: dict = dataclasses.field(default_factory=dict)  # check -> pictures, workdir-relative
+
+  def counts(self) -> dict:
+    return {s: sum(v.status == s for v in self.verdicts) for s in STATUSES}
+
+  def to_json(self) -> dict:
+    return _jsonable({**dataclasses.asdict(self), 'counts': self.counts()})
+
+
+def read_result(path: str) -> StageResult:
+  """A `result.json` back as a StageResult."""
+  raw = files.read_json(path)
+  raw.pop('counts', None)
+  raw['verdicts'] = [Verdict(**v) for v in raw['verdicts']]
+  return StageResult(**raw)
+
+
+def finish(workdir: str, result: StageResult, title: str, images: dict | None = None
+           ) -> StageResult:
+  """Writes DIR/<stage>/{verdicts.json, report.md, result.json}, the console lines, and
+  DIR/report.html (every stage's result in DIR, one self-contained page)."""
+  from recipe_jax.report import html as html_report
+  directory = os.path.join(workdir, result.stage)
+  if result.verdicts:
+    write(directory, title, result.verdicts, images)
+  result.images = {check: [os.path.relpath(p, workdir) for p in paths]
+                   for check, paths in (images or {}).items()}
+  if not multihost.is_leader():  # a multi-host job: process 0 writes the files
+    return result
+  files.write_json(files.join(directory, 'result.json'), result.to_json())
+  html_report.write(workdir)
+  return result
+
+
+def write(directory: str, title: str, verdicts: list, images: dict | None = None) -> None:
+  """verdicts.json, report.md (images inline, under the check that made them), console lines;
+  only process 0 of a multi-host job writes the files."""
+  for v in verdicts:
+    logging.info('%-4s %-22s %s', v.status, v.check, v.summary)
+  if not multihost.is_leader():
+    return
+  files.write_json(files.join(directory, 'verdicts.json'),
+                   [_jsonable(dataclasses.asdict(v)) for v in verdicts])
+  counts = {s: sum(v.status == s for v in verdicts) for s in STATUSES}
+  lines = [f'# {title}', '', ' · '.join(f'{n} {s}' for s, n in counts.items()), '']
+  for v in verdicts:
+    lines += [f'## {v.status} {v.check}', '', v.summary, '']
+    for image in (images or {}).get(v.check, []):
+      lines += [f'![{v.check}]({os.path.relpath(image, directory)})', '']
+  files.write_text(files.join(directory, 'report.md'), '\n'.join(lines))
+
+
+def closing_lines(result: StageResult, workdir: str) -> list:
+  """What a person reads at the end of a run: the stage, its result in words, the verdict
+  counts, the page to open first and the other files to look at."""
+  state = 'finished' if result.finished else 'stopped (resume with the same command)'
+  counts = result.counts()
+  numbers = headline(result.metrics)
+  lines = [f'{result.stage} {state}: ' + ', '.join(f'{n} {s}' for s, n in counts.items()),
+           *([numbers] if numbers else []),
+           f"open first: {os.path.join(workdir, 'report.html')}"]
+  others = [f for f in result.files if f != 'report.html']
+  if others:
+    lines.append('also: ' + ', '.join(os.path.join(workdir, f) for f in others))
+  return lines
+
+
+WORDS = {'eval': 'validation', 'val': 'validation', 'us': 'µs', 'ece': 'ECE', 'lr': 'LR',
+         'swa': 'SWA', 'ema': 'EMA', 'tta': 'TTA',
+         'sha256': 'SHA-256'}
+
+
+def metric_name(key: str) -> str:
+  """'best_eval_accuracy' -> 'best validation accuracy'."""
+  return ' '.join(WORDS.get(part, part) for part in key.split('_'))
+
+
+def number(value, key: str = '') -> str:
+  """A number to the precision it has: accuracies as percentages with one decimal, other
+  floats with 3 significant digits, integers whole."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    return str(value)
+  if isinstance(value, (int, np.integer)):
+    return str(int(value))
+  if key.endswith('accuracy') and 0 <= value <= 1:
+    return f'{100 * value:.1f}%'
+  return f'{value:.3g}'
+
+
+def headline(metrics: dict) -> str:
+  """A stage's headline numbers in words: 'ensemble test accuracy 98.8%, members 5'."""
+  return ', '.join(f'{metric_name(k)} {number(v, k)}' for k, v in metrics.items()
+                   if v is not None and not isinstance(v, (dict, list)))
+
+
+def final_accuracy(metrics_by_stage: dict):
+  """(words, value) of the last word on test accuracy in a workdir: the ensemble, else the
+  best tuned trial, else a train run; None when there is none."""
+  for stage, key, words in (('squeeze', 'ensemble_test_accuracy', 'the ensemble (squeeze)'),
+                            ('tune', 'best_test_accuracy', 'the best tuned trial'),
+                            ('train', 'test_accuracy', 'the trained model'),
+                            ('evaluate', 'test_accuracy', 'the evaluated model')):
+    value = metrics_by_stage.get(stage, {}).get(key)
+    if value is not None:
+      return words, value
+  return None
+
+
+def raise_if_failed(result: StageResult, workdir: str) -> None:
+  """ChecksFailed (exit code 1) when any verdict FAILed, pointing at the report."""
+  failed = [v.check for v in result.verdicts if v.status == 'FAIL']
+  if failed:
+    where = os.path.join(workdir, result.stage, 'report.md')
+    raise ChecksFailed(f'{len(failed)} check(s) FAILed: {", ".join(failed)}; see {where}')
+
+
+if __name__ == '__main__':  # python -m recipe_jax.report.results DIR: (re)writes DIR/report.html
+  import sys
+  from recipe_jax.report import html as html_report
+  if len(sys.argv) != 2 or not files.isdir(sys.argv[1]):
+    sys.exit('usage: python -m recipe_jax.report.results DIR  (a --workdir)')
+  print(html_report.write(sys.argv[1]))
