@@ -139,8 +139,8 @@ def main(argv):
     fail('interrupted (Ctrl-C); the checkpoints saved so far stay, and the same command '
          'resumes from the last one', INTERRUPTED)
   console.sync_log()
-  from recipe_jax.engine import trainer
-  if not result.finished and trainer.stopped_by() == 'SIGINT':
+  from recipe_jax.engine import loop
+  if not result.finished and loop.stopped_by() == 'SIGINT':
     fail('interrupted (Ctrl-C) after saving a checkpoint; the same command resumes',
          INTERRUPTED)
 

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from recipe_jax.data import datasets as data_lib
-from recipe_jax.engine import experiment, mesh as mesh_lib, trainer
+from recipe_jax.engine import batches, experiment, mesh as mesh_lib, state as state_lib, training
 from recipe_jax.model import models, optim
 
 
@@ -33,7 +33,7 @@ def load_config(path):
 def minimal_loop_seconds_per_step(config, dataset, steps):
   model = models.create(config.model, dataset.num_classes)
   tx = optim.create(config.optimizer, config.num_train_steps)
-  params = trainer.init_state(model, tx, dataset.x_train.shape[1:], config.seed).params
+  params = state_lib.init_state(model, tx, dataset.x_train.shape[1:], config.seed).params
   opt_state = tx.init(params)
   x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
   batch = config.batch_size
@@ -64,7 +64,7 @@ def minimal_loop_seconds_per_step(config, dataset, steps):
 def pipeline_seconds_per_step(config, steps):
   config.num_train_steps = steps
   with tempfile.TemporaryDirectory() as workdir:
-    summary = trainer.train_and_evaluate(experiment.build(config), workdir)
+    summary = training.train_and_evaluate(experiment.build(config), workdir)
   return config.batch_size / summary['examples_per_s']
 
 
@@ -72,11 +72,11 @@ def batch_order_seconds(config, dataset, steps):
   """Time the pipeline spends producing batch orders: one permutation per epoch, on the host,
   then copied to the devices (here each copy is waited for, so this is an upper bound)."""
   mesh, num = mesh_lib.make_mesh(), len(dataset.y_train)
-  epochs = steps // data_lib.steps_per_epoch(num, config.batch_size) + 1
+  order = batches.BatchOrder(config.seed, num, config.batch_size)
+  epochs = steps // order.steps_per_epoch + 1
   start = time.perf_counter()
   for epoch in range(epochs):
-    jax.block_until_ready(mesh_lib.put_replicated(
-        mesh, data_lib.epoch_permutation(config.seed, epoch, num)))
+    jax.block_until_ready(mesh_lib.put_replicated(mesh, order.epoch(epoch)))
   return time.perf_counter() - start
 
 

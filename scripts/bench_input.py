@@ -22,8 +22,8 @@ import zipfile
 import numpy as np
 
 from recipe_jax.config import defaults
-from recipe_jax.data import datasets as data_lib, streaming
-from recipe_jax.engine import experiment, trainer
+from recipe_jax.data import datasets, sources
+from recipe_jax.engine import experiment, training
 
 
 def load_config(path):
@@ -68,14 +68,14 @@ def cifar_shaped(path: str, num_train: int, num_test: int = 1000) -> None:
 
 def mnist1d_npz(path: str) -> None:
   cfg = load_config('configs/mnist1d/cnn.py').dataset
-  x_train, y_train, x_test, y_test, _, _ = data_lib._load_arrays(cfg)
+  x_train, y_train, x_test, y_test, _, _ = sources.arrays(cfg)
   np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 
 def train(config, workdir: str) -> dict:
   shutil.rmtree(workdir, ignore_errors=True)  # a fresh run, not a resumed one
   exp = experiment.build(config)
-  summary = trainer.train_and_evaluate(exp, workdir)
+  summary = training.train_and_evaluate(exp, workdir)
   return {'pipeline': 'grain' if exp.streamed else 'device', **summary}
 
 
@@ -105,7 +105,7 @@ def main():
   parser.add_argument('--skip_resnet', action='store_true')
   args = parser.parse_args()
   os.makedirs(args.workdir, exist_ok=True)
-  print(f'device memory (or host memory on CPU): {streaming.device_memory_bytes() / 1e9:.1f} GB')
+  print(f'device memory (or host memory on CPU): {datasets.device_memory_bytes() / 1e9:.1f} GB')
 
   mnist = os.path.join(args.workdir, 'mnist1d.npz')
   mnist1d_npz(mnist)
@@ -128,9 +128,9 @@ def main():
     cifar_shaped(big, num_train)
   small = os.path.join(args.workdir, 'cifar_shaped_50k.npz')
   if not os.path.isfile(small):
-    x = streaming.npz_member(big, 'x_train')
-    y = np.asarray(streaming.npz_member(big, 'y_train'))
-    test = {k: streaming.npz_member(big, k)[:] for k in ('x_test', 'y_test')}
+    x = sources.npz_member(big, 'x_train')
+    y = np.asarray(sources.npz_member(big, 'y_train'))
+    test = {k: sources.npz_member(big, k)[:] for k in ('x_test', 'y_test')}
     np.savez(small, x_train=x[:50_000], y_train=y[:50_000], **test)
   runs = []
   for name, rows, pipeline in ((small, 50_000, 'device'), (big, num_train, 'auto')):

@@ -14,8 +14,8 @@ import time
 import jax
 import numpy as np
 
-from recipe_jax.data import datasets as data_lib
-from recipe_jax.engine import experiment, trainer
+from recipe_jax.engine import batches, experiment
+from recipe_jax.engine import steps as steps_lib
 from recipe_jax.engine.mesh import put_replicated
 
 
@@ -38,22 +38,18 @@ def seconds_per_step(step, state, args, steps):
 
 def measure(config, num_seeds: int, steps: int):
   exp = experiment.build(config)
-  num = len(exp.dataset.y_train)
-  per_epoch = data_lib.steps_per_epoch(num, config.batch_size)
-  x, y = put_replicated(exp.mesh, (exp.dataset.x_train, exp.dataset.y_train))
-  seeds = np.arange(num_seeds, dtype=np.int32)
-  together = trainer.make_train_step(exp.model, exp.tx, exp.mesh, config.batch_size, per_epoch,
-                                     None, exp.train_loss_fn, exp.augmentation,
-                                     side_by_side=True)
+  x, y = exp.dataset.x_train, exp.dataset.y_train
+  orders = [batches.BatchOrder(s, len(y), config.batch_size) for s in range(num_seeds)]
+  together = steps_lib.compile_train_step(
+      exp.step_settings(orders[0].steps_per_epoch, ema_decay=0.0), exp.mesh, side_by_side=True)
   states = put_replicated(exp.mesh, jax.tree.map(
-      lambda *leaves: np.stack(leaves), *[exp.initial_state(int(s)) for s in seeds]))
-  perms = put_replicated(exp.mesh, np.stack([data_lib.epoch_permutation(int(s), 0, num)
-                                             for s in seeds]))
-  t_together = seconds_per_step(together, states, (x, y, perms, put_replicated(exp.mesh, seeds)),
-                                steps)
-  alone = exp.train_step(per_epoch)
-  state = put_replicated(exp.mesh, exp.initial_state())
-  t_alone = seconds_per_step(alone, state, (x, y, perms[0]), steps)
+      lambda *leaves: np.stack(leaves), *[exp.initial_state(s) for s in range(num_seeds)]))
+  t_together = seconds_per_step(together, states,
+                                batches.device_feed(exp.mesh, x, y, orders)(0), steps)
+  alone = exp.train_step(orders[0].steps_per_epoch)
+  state = put_replicated(exp.mesh, exp.initial_state(0))
+  t_alone = seconds_per_step(alone, state, batches.device_feed(exp.mesh, x, y, orders[0])(0),
+                             steps)
   return t_together, t_alone
 
 

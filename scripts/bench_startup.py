@@ -27,8 +27,8 @@ import json, os, sys, time
 T0 = time.time()
 from recipe_jax import main
 from recipe_jax.data import datasets as data
-from recipe_jax.engine import trainer
 from recipe_jax.stages import evaluate, train  # imported by main's dispatch in a real run
+from recipe_jax.data import sources
 T_IMPORT = time.time()
 phases = {'import_s': T_IMPORT - T0, 'started_at': T0}
 def timed(module, name, key):
@@ -96,8 +96,8 @@ def main():
   args = parser.parse_args()
   sys.path.insert(0, REPO)
   from recipe_jax.config import defaults
-  from recipe_jax.data import datasets as data
-  arrays = data.embedded_arrays_path(defaults.get_config().dataset)
+  from recipe_jax.data import sources
+  arrays = sources.embedded_arrays_path(defaults.get_config().dataset)
   with tempfile.TemporaryDirectory() as tmp:
     cold = run_ours(args.config, os.path.join(tmp, 'cold'))
     ours, torch_s = [], []

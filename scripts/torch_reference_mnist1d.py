@@ -5,7 +5,7 @@
 The CNN and training loop of greydanus/mnist1d's notebooks (`ConvBase`, `train_model`): Adam
 1e-2, batch 100, 6000 steps, train and test accuracy every 250 steps, a state_dict copy every
 1000. Not part of recipe_jax and not installed with it: torch is only needed to measure.
-The data is recipe_jax's cached MNIST-1D arrays (`data.embedded_arrays_path`), so no reading
+The data is recipe_jax's cached MNIST-1D arrays (`sources.embedded_arrays_path`), so no reading
 code is timed on either side beyond loading arrays.
 """
 import argparse

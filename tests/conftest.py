@@ -8,6 +8,7 @@ import time
 import pytest
 
 from recipe_jax.config import defaults
+from recipe_jax.engine import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,8 +87,8 @@ def read_summary(workdir):
 
 def train_and_evaluate(config, workdir):
   """The train loop on the experiment the config describes; returns the run summary."""
-  from recipe_jax.engine import experiment, trainer
-  return trainer.train_and_evaluate(experiment.build(config), str(workdir))
+  from recipe_jax.engine import experiment
+  return training.train_and_evaluate(experiment.build(config), str(workdir))
 
 
 def wait_for_checkpoint(proc, directory, timeout=240):

@@ -3,22 +3,21 @@ import jax
 import numpy as np
 import pytest
 
-from recipe_jax.data import datasets as data_lib
 from recipe_jax.engine import experiment
 from recipe_jax.errors import UserError
 from recipe_jax.engine.mesh import put_replicated
+from recipe_jax.engine import batches
 
 
 def params_after(config, steps=10):
   exp = experiment.build(config)
-  num = len(exp.dataset.y_train)
-  step = exp.train_step(data_lib.steps_per_epoch(num, config.batch_size))
+  order = batches.BatchOrder(config.seed, len(exp.dataset.y_train), config.batch_size)
+  step = exp.train_step(order.steps_per_epoch)
   state = put_replicated(exp.mesh, exp.initial_state())
-  x, y = put_replicated(exp.mesh, (exp.dataset.x_train, exp.dataset.y_train))
-  perm = put_replicated(exp.mesh, data_lib.epoch_permutation(config.seed, 0, num))
+  feed = batches.device_feed(exp.mesh, exp.dataset.x_train, exp.dataset.y_train, order)
   losses = []
-  for _ in range(steps):
-    state, metrics = step(state, x, y, perm)
+  for i in range(steps):
+    state, metrics = step(state, *feed(i))
     losses.append(float(metrics['loss']))
   return jax.device_get(state.params), losses
 

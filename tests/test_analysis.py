@@ -11,7 +11,8 @@ from recipe_jax.engine import experiment
 from recipe_jax.report import results as report
 from recipe_jax.runs import finished as runs
 from recipe_jax.errors import UserError
-from recipe_jax.stages import evaluate, train
+from recipe_jax.engine import evaluate
+from recipe_jax.stages import evaluate as evaluate_stage, train
 
 # Six examples, three classes; predictions 0, 0, 1, 1, 0, 2 (two mistakes).
 LABELS = np.array([0, 0, 0, 1, 1, 2])
@@ -97,7 +98,7 @@ def test_every_finished_train_run_writes_its_error_analysis(trained_run):
 def test_a_planted_systematic_confusion_is_the_top_confusion_and_warns(trained_run, tmp_path):
   config, workdir, _ = trained_run
   exp = experiment.build(config)
-  probs = runs.predict_probs(exp, runs.restore_final_state(exp, workdir), exp.dataset.x_val)
+  probs = evaluate.probabilities(exp, runs.restore_final_state(exp, workdir), exp.dataset.x_val)
   labels = exp.dataset.y_val.copy()
   threes = np.flatnonzero(labels == 3)
   labels[threes[::2]] = 5  # half of class 3 labelled 5: the model (rightly) says 3
@@ -115,20 +116,20 @@ def test_evaluate_stage_analyses_a_run_without_retraining(trained_run, tmp_path)
   c.stage = 'evaluate'
   c.evaluate.run_dir = workdir
   c.analysis.split = 'test'
-  result = evaluate.run(c, str(tmp_path))
+  result = evaluate_stage.run(c, str(tmp_path))
   summary = runs.summary(workdir)
   assert result.metrics['test_accuracy'] == pytest.approx(summary['test_accuracy'], abs=1e-6)
   assert result.metrics['step'] == 600
   assert report.read_result(str(tmp_path / 'evaluate' / 'result.json')).stage == 'evaluate'
   assert os.path.exists(tmp_path / 'analysis' / 'confusion_matrix.png')
   c.evaluate.step = 300  # an earlier checkpoint
-  assert evaluate.run(c, str(tmp_path / 'at300')).metrics['step'] == 300
+  assert evaluate_stage.run(c, str(tmp_path / "at300")).metrics['step'] == 300
   c.evaluate.step = 123
   with pytest.raises(UserError, match='no checkpoint at step 123'):
-    evaluate.run(c, str(tmp_path / 'missing'))
+    evaluate_stage.run(c, str(tmp_path / 'missing'))
   c.evaluate.run_dir = str(tmp_path / 'nothing_here')
   with pytest.raises(UserError, match='not a run directory'):
-    evaluate.run(c, str(tmp_path / 'x'))
+    evaluate_stage.run(c, str(tmp_path / 'x'))
 
 
 def test_evaluate_into_the_run_directory_itself_keeps_the_runs_config(trained_run):

@@ -8,8 +8,8 @@ import optax
 import pytest
 
 from recipe_jax.diagnose import checks
-from recipe_jax.engine import trainer
 from recipe_jax.model import models
+from recipe_jax.engine import state as state_lib
 
 
 class SubtractsBatchMean(nn.Module):  # a classic silent bug: normalising over the batch axis
@@ -135,7 +135,7 @@ def test_expected_initial_loss_is_the_prior_entropy_or_log_c():
 
 
 def init_well_verdict(model, log_prior, set_bias=True):
-  state = trainer.init_state(model, optax.adam(1e-3), (12,), 0, log_prior if set_bias else None)
+  state = state_lib.init_state(model, optax.adam(1e-3), (12,), 0, log_prior if set_bias else None)
   x = jnp.ones((4, 12))
   return checks.init_well(lambda p: model.apply({'params': p}, x), state.params, log_prior,
                           enabled=set_bias)

@@ -10,8 +10,10 @@ import pytest
 
 from conftest import (cli_flags, read_summary, run_main, start_main, train_and_evaluate,
                       wait_for_checkpoint)
-from recipe_jax.engine import checkpoints, trainer
+from recipe_jax.engine import checkpoints
 from recipe_jax.model import models
+from recipe_jax.engine import state as state_lib
+from recipe_jax.engine import loop
 
 CONFIG = '--config=configs/mnist1d/mlp.py'
 
@@ -96,10 +98,10 @@ def test_ctrl_c_saves_a_checkpoint_says_one_line_exits_130_and_resumes_bit_ident
 
 
 def test_a_first_ctrl_c_asks_to_save_and_stop_and_a_second_stops_at_once():
-  with trainer.stop_for_preemption() as stop:
+  with loop.stop_for_preemption() as stop:
     assert not stop(1)
     os.kill(os.getpid(), signal.SIGINT)
-    assert stop(2) and trainer.stopped_by() == 'SIGINT'  # the loop saves, then stops
+    assert stop(2) and loop.stopped_by() == 'SIGINT'  # the loop saves, then stops
     with pytest.raises(KeyboardInterrupt):
       os.kill(os.getpid(), signal.SIGINT)
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored afterwards
@@ -139,7 +141,7 @@ def test_one_and_two_devices_agree(small_config, tmp_path):
   one_params, two_params = (
       checkpoints.read_state_as_numpy(tmp_path / run / 'checkpoints/20')['params']
       for run in ('one', 'two'))
-  init_params = trainer.init_state(
+  init_params = state_lib.init_state(
       models.create(small_config.model, 10), optax.adam(1e-3), (40,), small_config.seed).params
   for layer in one_params:
     for name in one_params[layer]:

@@ -4,6 +4,8 @@ import tensorflow_datasets as tfds
 
 from recipe_jax.data import datasets as data
 from recipe_jax.errors import UserError
+from recipe_jax.data import sources
+from recipe_jax.engine import batches
 
 
 def test_mnist1d_is_generated_offline_with_the_published_sizes(small_config):
@@ -40,20 +42,21 @@ def test_normalisation_uses_train_statistics_only(small_config):
 
 
 def test_batch_order_is_a_pure_function_of_seed_and_step():
-  first = data.batch_indices(seed=3, step=17, num_examples=1000, batch_size=100)
-  again = data.batch_indices(seed=3, step=17, num_examples=1000, batch_size=100)
+  first = batches.BatchOrder(seed=3, num_examples=1000, batch_size=100).indices(17)
+  again = batches.BatchOrder(seed=3, num_examples=1000, batch_size=100).indices(17)
   np.testing.assert_array_equal(first, again)
-  other_seed = data.batch_indices(seed=4, step=17, num_examples=1000, batch_size=100)
+  other_seed = batches.BatchOrder(seed=4, num_examples=1000, batch_size=100).indices(17)
   assert not np.array_equal(first, other_seed)
-  epoch = np.concatenate([data.batch_indices(3, s, 1000, 100) for s in range(10)])
+  order = batches.BatchOrder(3, 1000, 100)
+  epoch = np.concatenate([order.indices(s) for s in range(10)])
   assert sorted(epoch) == list(range(1000))  # one epoch visits every example once
-  next_epoch = np.concatenate([data.batch_indices(3, s, 1000, 100) for s in range(10, 20)])
+  next_epoch = np.concatenate([order.indices(s) for s in range(10, 20)])
   assert not np.array_equal(epoch, next_epoch)  # and each epoch is reshuffled
 
 
 def test_batch_larger_than_train_split_is_a_user_error():
   with pytest.raises(UserError, match='batch_size=500 is larger'):
-    data.steps_per_epoch(400, 500)
+    batches.steps_per_epoch(400, 500)
 
 
 def _write_npz(path, num_train=120, num_test=40, **replace):
@@ -81,7 +84,7 @@ def test_npz_loader_reads_users_arrays(small_config, tmp_path):
 def _zip_with(path, name, payload: bytes):
   import zipfile
   with zipfile.ZipFile(path, 'w') as archive:
-    for key in data.NPZ_KEYS:
+    for key in sources.NPZ_KEYS:
       archive.writestr(f'{key}.npy', payload if key == name else _npy_bytes(np.zeros((4, 2))))
 
 
@@ -169,7 +172,7 @@ def test_an_error_while_reading_a_prepared_dataset_is_not_taken_for_missing_data
   data.load(small_config.dataset)  # prepared (and its arrays cached)
   small_config.dataset.image_key = 'image'  # the cache is bypassed only for other keys: remove it
   import os
-  os.remove(data.embedded_arrays_path(small_config.dataset))
+  os.remove(sources.embedded_arrays_path(small_config.dataset))
 
   def broken_read(builder, cfg):
     raise AssertionError('a bug inside the reader')

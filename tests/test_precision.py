@@ -10,9 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from recipe_jax.engine import experiment, trainer
+from recipe_jax.engine import experiment
 from recipe_jax.model import models
 from recipe_jax.errors import UserError
+from recipe_jax.engine import state as state_lib
 
 from conftest import train_and_evaluate
 
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # for user_models
 def test_bfloat16_computes_in_bfloat16_on_float32_weights(name, example_shape):
   config = ml_collections.ConfigDict({'name': name, 'width': 8 if name == 'resnet18' else None})
   model = models.create(config, num_classes=5, compute_dtype='bfloat16')
-  state = trainer.init_state(model, optax.adam(1e-3), example_shape, seed=0,
+  state = state_lib.init_state(model, optax.adam(1e-3), example_shape, seed=0,
                              output_bias=np.log(np.full(5, 0.2, np.float32)))
   dtypes = {leaf.dtype for leaf in jax.tree.leaves((state.params, state.opt_state))
             if hasattr(leaf, 'dtype') and jnp.issubdtype(leaf.dtype, jnp.floating)}
@@ -73,6 +74,6 @@ def test_the_sanity_checks_run_in_the_configured_precision(small_config):
   assert exp.model.dtype == jnp.bfloat16
   state = exp.initial_state()
   path = models.find_output_bias(
-      lambda p: trainer.jitted_logits(exp.model)({'params': p}, exp.dataset.x_val[:8]),
+      lambda p: state_lib.jitted_logits(exp.model)({'params': p}, exp.dataset.x_val[:8]),
       state.params, exp.dataset.num_classes, models.logits_rtol(exp.model))
   assert path is not None  # init well finds the output bias through bfloat16 logits

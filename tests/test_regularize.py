@@ -10,10 +10,10 @@ import pytest
 
 from conftest import read_summary
 from recipe_jax.config import check as config_check, defaults
-from recipe_jax.engine import trainer
 from recipe_jax.model import augment, losses, models
 from recipe_jax.errors import UserError
 from recipe_jax.stages import train
+from recipe_jax.engine import steps
 
 
 def settings(**changes):
@@ -26,7 +26,7 @@ def gathered(augmentation, step=0, offset=0, size=8, seed=0, x_all=None):
   x_all = np.arange(16 * 40, dtype=np.float32).reshape(16, 40) if x_all is None else x_all
   y_all = np.arange(len(x_all), dtype=np.int32) % 10
   perm = np.arange(len(x_all))
-  x, y = trainer.batch_inputs(x_all, y_all, perm, step, 8, 2, offset, size, seed, augmentation)
+  x, y = steps.batch_inputs(x_all, y_all, perm, step, 8, 2, offset, size, seed, augmentation)
   return np.asarray(x), np.asarray(y), x_all[perm[(step % 2) * 8 + offset:][:size]]
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from recipe_jax.data import datasets as data
+from recipe_jax.data import datasets as data, sources
 
 from conftest import REPO, read_summary, train_and_evaluate
 
@@ -26,7 +26,7 @@ print(json.dumps({'tensorflow_imported': 'tensorflow' in sys.modules}))
 def prepared(small_config):
   """The embedded dataset read once through TFDS, which leaves its arrays cache behind."""
   data.load(small_config.dataset)
-  assert os.path.isfile(data.embedded_arrays_path(small_config.dataset))
+  assert os.path.isfile(sources.embedded_arrays_path(small_config.dataset))
   return small_config
 
 
@@ -58,7 +58,7 @@ def test_a_train_run_imports_no_tensorflow_and_tensorboard_reads_its_events(prep
 
 def test_the_embedded_arrays_cache_gives_the_same_dataset_as_tfds(prepared):
   from_cache = data.load(prepared.dataset)
-  os.remove(data.embedded_arrays_path(prepared.dataset))
+  os.remove(sources.embedded_arrays_path(prepared.dataset))
   from_tfds = data.load(prepared.dataset)  # and writes the cache again
   for field in ('x_train', 'y_train', 'x_val', 'x_test', 'y_test', 'train_rows'):
     assert (getattr(from_cache, field) == getattr(from_tfds, field)).all()

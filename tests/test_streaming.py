@@ -10,7 +10,8 @@ import pytest
 
 from conftest import read_summary, train_and_evaluate
 from recipe_jax.config import check as config_check
-from recipe_jax.data import datasets as data, streaming
+from recipe_jax.data import datasets as data, sources
+from recipe_jax.engine import batches
 from recipe_jax.engine import experiment
 from recipe_jax.errors import UserError
 
@@ -37,7 +38,7 @@ def image_config(small_config, tmp_path):
 
 
 def assert_same_dataset(streamed, in_memory):
-  assert isinstance(streamed.x_train, streaming.Rows)
+  assert isinstance(streamed.x_train, data.Rows)
   assert streamed.x_train.shape == in_memory.x_train.shape
   np.testing.assert_array_equal(np.asarray(streamed.x_train), in_memory.x_train)
   np.testing.assert_array_equal(streamed.x_train[[5, 0, 7]], in_memory.x_train[[5, 0, 7]])
@@ -60,7 +61,7 @@ def test_npz_rows_stream_with_the_device_paths_split_statistics_and_normalisatio
   stats.write_text(json.dumps({'mean': [1.0, 2.0, 3.0], 'std': [4.0, 5.0, 6.0]}))
   cfg.stats_from = str(stats)
   np.testing.assert_array_equal(data.load(cfg).mean, [1.0, 2.0, 3.0])
-  member = streaming.npz_member(str(tmp_path / 'images.npz'), 'x_train')
+  member = sources.npz_member(str(tmp_path / 'images.npz'), 'x_train')
   assert isinstance(member, np.memmap)  # never read into memory whole
   assert os.path.isdir(tmp_path / 'images.npz.arrays') == compressed
 
@@ -87,9 +88,9 @@ def test_a_resume_that_restarts_the_input_at_the_wrong_step_changes_the_result(
   image_config.num_train_steps = 45
   image_config.checkpoint_every_steps = 45
   train_and_evaluate(image_config, tmp_path / 'resumed')
-  real_batches = streaming.batches
-  monkeypatch.setattr(streaming, 'batches', lambda dataset, config, first_step: real_batches(
-      dataset, config, 0))
+  real_feed = batches.grain_feed
+  monkeypatch.setattr(batches, 'grain_feed', lambda mesh, dataset, config, first_step, order:
+                      real_feed(mesh, dataset, config, 0, order))
   image_config.num_train_steps = 60
   resumed = train_and_evaluate(image_config, tmp_path / 'resumed')
   assert resumed['params_sha256'] != straight['params_sha256']
@@ -114,12 +115,12 @@ def test_data_wait_fraction_shows_a_reader_slower_than_the_step(image_config, tm
   image_config.dataset.grain_threads, image_config.dataset.prefetch_batches = 1, 1
   image_config.num_train_steps = 20
   fast = train_and_evaluate(image_config, tmp_path / 'fast')
-  read_rows = streaming.Rows.__getitem__
+  read_rows = data.Rows.__getitem__
 
   def slow_read(rows, index):
     time.sleep(0.2)
     return read_rows(rows, index)
-  monkeypatch.setattr(streaming.Rows, '__getitem__', slow_read)
+  monkeypatch.setattr(data.Rows, '__getitem__', slow_read)
   slow = train_and_evaluate(image_config, tmp_path / 'slow')
   assert slow['params_sha256'] == fast['params_sha256']  # slower, not different
   assert slow['data_wait_fraction'] > 0.5
@@ -129,9 +130,9 @@ def test_a_batch_read_out_of_order_changes_the_result(image_config, tmp_path, mo
   """A planted defect the equality above must catch: streamed batches in another order."""
   device = train_and_evaluate(image_config, tmp_path / 'device')
   image_config.dataset.pipeline = 'grain'
-  real_permutation = data.epoch_permutation
-  monkeypatch.setattr(data, 'epoch_permutation',
-                      lambda seed, epoch, n: np.roll(real_permutation(seed, epoch, n), 1))
+  real_epoch = batches.BatchOrder.epoch
+  monkeypatch.setattr(batches.BatchOrder, 'epoch',
+                      lambda order, epoch: np.roll(real_epoch(order, epoch), 1))
   shifted = train_and_evaluate(image_config, tmp_path / 'shifted')
   assert shifted['params_sha256'] != device['params_sha256']
 
@@ -183,6 +184,8 @@ sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
 import numpy as np, tiny_images_builder
 from recipe_jax.config import defaults
 from recipe_jax.data import datasets as data
+from recipe_jax.data import sources
+from recipe_jax.engine import batches
 cfg = defaults.get_config().dataset
 cfg.name, cfg.data_dir, cfg.pipeline, cfg.normalize = 'tiny_images', {data_dir!r}, 'grain', False
 dataset = data.load(cfg)

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import read_summary, train_and_evaluate
-from recipe_jax.engine import mesh, trainer
+from recipe_jax.engine import mesh
 from recipe_jax.errors import DivergenceError, UserError
+from recipe_jax.engine import loop
+from recipe_jax.engine import evaluate
 
 SUMMARY_KEYS = {'stage', 'step', 'train_loss', 'eval_loss', 'eval_accuracy', 'best_eval_accuracy',
                 'params_sha256', 'wall_s', 'examples_per_s'}
@@ -60,17 +62,17 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_one_before(small_config, 
 
 def test_divergence_rule_names_the_first_bad_step():
   ok = [(1, 2.3), (2, 2.0), (3, 150.0)]
-  trainer.check_losses(ok, initial_loss=2.3, factor=100, learning_rate=0.01, last_checkpoint=None)
+  loop.check_losses(ok, initial_loss=2.3, factor=100, learning_rate=0.01, last_checkpoint=None)
   with pytest.raises(DivergenceError, match='diverged at step 3: loss nan is not finite.*'
                      'learning rate \\(0.01\\).*no checkpoint was saved'):
-    trainer.check_losses([(2, 2.0), (3, float('nan')), (4, float('inf'))], 2.3, 100, 0.01, None)
+    loop.check_losses([(2, 2.0), (3, float('nan')), (4, float('inf'))], 2.3, 100, 0.01, None)
   with pytest.raises(DivergenceError, match='step 5: loss 300 exceeds 100 x the initial loss 2.3.*'
                      'last good checkpoint: step 4'):
-    trainer.check_losses([(5, 300.0)], 2.3, 100, 0.01, last_checkpoint=4)
+    loop.check_losses([(5, 300.0)], 2.3, 100, 0.01, last_checkpoint=4)
 
 
 def test_eval_padding_masks_the_extra_examples():
-  x, y, mask = trainer.pad_for_eval(np.ones((7, 3), np.float32), np.arange(7), 4)
+  x, y, mask = evaluate.pad_for_eval(np.ones((7, 3), np.float32), np.arange(7), 4)
   assert x.shape == (8, 3) and mask.tolist() == [1] * 7 + [0]
 
 

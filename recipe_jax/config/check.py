@@ -15,10 +15,10 @@ from typing import Any, Callable
 from recipe_jax.config import selection
 from recipe_jax.errors import UserError
 
-STAGES = ('train', 'inspect', 'sanity', 'lr_find', 'overfit', 'compare', 'tune',
-          'evaluate', 'squeeze', 'data_scaling', 'recipe')
-RECIPE_STAGES = ('inspect', 'sanity', 'lr_find', 'overfit', 'compare', 'data_scaling', 'tune',
-                 'squeeze')  # the order the recipe runs them in
+# The one list of stages, in the recipe's order (report.html shows them in it too).
+STAGES = ('inspect', 'sanity', 'lr_find', 'overfit', 'train', 'compare', 'data_scaling', 'tune',
+          'squeeze', 'evaluate', 'recipe')
+RECIPE_STAGES = tuple(s for s in STAGES if s not in ('train', 'evaluate', 'recipe'))
 TUNE_TYPES = ('float', 'int', 'categorical')
 
 
@@ -496,9 +496,9 @@ def check_values(config, nested: bool = False) -> None:
 def check(config) -> None:
   """The values, then the names that need a look-up (dataset, model, loss)."""
   check_values(config)
-  from recipe_jax.data import datasets as data  # imported here: the checks above are cheap
+  from recipe_jax.data import sources  # imported here: the checks above are cheap
   from recipe_jax.model import losses, models
-  data.check_dataset_name(config.dataset.name)
+  sources.check_dataset_name(config.dataset.name)
   models.check_name(config.model.name)
   losses.create(config.loss)
 

@@ -5,7 +5,7 @@ Importing this module registers `mnist1d` and `digits` with TFDS.
 import numpy as np
 import tensorflow_datasets as tfds
 
-from recipe_jax.data.datasets import EMBEDDED
+from recipe_jax.data.embedded import EMBEDDED
 
 DIGITS_TEST_FRACTION = 0.2
 

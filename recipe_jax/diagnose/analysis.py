@@ -25,12 +25,6 @@ from recipe_jax.report import plots
 from recipe_jax.report.results import Verdict
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  z = np.asarray(logits, np.float64)
-  z = np.exp(z - z.max(-1, keepdims=True))
-  return z / z.sum(-1, keepdims=True)
-
-
 def confusion_matrix(labels, predicted, num_classes: int) -> np.ndarray:
   """counts[true, predicted]."""
   counts = np.zeros((num_classes, num_classes), np.int64)

@@ -7,8 +7,8 @@ import numpy as np
 import optax
 
 from recipe_jax.diagnose import analysis
+from recipe_jax.engine import evaluate
 from recipe_jax.model import augment
-from recipe_jax.runs import finished as runs
 
 
 def scores(probs: np.ndarray, labels: np.ndarray, calibration_bins: int = 15) -> dict:
@@ -31,16 +31,16 @@ def _augmented(settings, seed, copy, x):
 
 def tta_probs(exp, state, x: np.ndarray, copies: int) -> np.ndarray:
   """Probabilities averaged over x and `copies` draws of the configured augmentation."""
-  total = runs.predict_probs(exp, state, x)
+  total = evaluate.probabilities(exp, state, x)
   for copy in range(copies):
     augmented = np.asarray(_augmented(exp.augmentation, exp.config.seed, copy, x))
-    total = total + runs.predict_probs(exp, state, augmented)
+    total = total + evaluate.probabilities(exp, state, augmented)
   return total / (copies + 1)
 
 
 def soft_targets(teacher_probs: np.ndarray, temperature: float) -> np.ndarray:
   """The teacher's probabilities softened: softmax(log p / T)."""
-  return analysis.softmax(np.log(np.clip(teacher_probs, 1e-12, 1)) / temperature
+  return evaluate.softmax(np.log(np.clip(teacher_probs, 1e-12, 1)) / temperature
                           ).astype(np.float32)
 
 

@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recipe_jax.engine import rng, trainer
+from recipe_jax.engine import rng
 from recipe_jax.model import models, optim
+from recipe_jax.engine import training
+from recipe_jax.engine import state as state_lib
 
 
 def average_params(snapshots: list):
@@ -33,7 +35,7 @@ def recompute_batch_stats(model, params, batch_stats, x: np.ndarray, batch_size:
 
   @jax.jit
   def updated(stats, xb):
-    _, new = trainer.apply_model(model, {'params': params, 'batch_stats': stats}, xb, True,
+    _, new = state_lib.apply_model(model, {'params': params, 'batch_stats': stats}, xb, True,
                                  rngs={'dropout': dropout_key}, mutable=['batch_stats'])
     return new['batch_stats']
 
@@ -66,11 +68,10 @@ def continue_and_average(exp, state, *, steps: int, every: int, learning_rate: f
     if step > 0:
       snapshots.append(current.params)
 
-  final, _ = trainer.run_steps(exp.model, tx, exp.train_loss_fn, exp.mesh, start,
-                               exp.dataset.x_train, exp.dataset.y_train, num_steps=steps,
-                               batch_size=config.batch_size, seed=config.seed,
-                               augmentation=exp.augmentation, every=every, callback=collect,
-                               ema_decay=ema_decay)
+  final, _ = training.run_steps(exp, start, exp.dataset.x_train, exp.dataset.y_train,
+                                num_steps=steps, seed=config.seed, batch_size=config.batch_size,
+                                tx=tx, augmentation=exp.augmentation, every=every,
+                                callback=collect, ema_decay=ema_decay)
   local_model = models.create(config.model, exp.dataset.num_classes,  # no cross-device axis
                               compute_dtype=config.compute_dtype)
 

@@ -8,12 +8,13 @@ import dataclasses
 from typing import Any, Callable
 
 import numpy as np
+from absl import logging
 
-from recipe_jax.data import datasets as data_lib, streaming
-from recipe_jax.engine import rng, trainer
-from recipe_jax.model import augment, losses, models, optim, warm_start
-from recipe_jax.errors import UserError
+from recipe_jax.data import datasets as data_lib
+from recipe_jax.engine import evaluate, rng, state as state_lib, steps, training
 from recipe_jax.engine.mesh import AXIS, Mesh, make_mesh, put_replicated, require_divisible
+from recipe_jax.errors import UserError
+from recipe_jax.model import augment, losses, models, optim, warm_start
 
 KEEP = object()  # "as configured", for arguments where None means "off"
 
@@ -30,35 +31,48 @@ class Experiment:
   augmentation: augment.Settings | None
   output_bias: np.ndarray | None  # the log class priors ("init well"), or None
 
-  def initial_state(self, seed: int | None = None, ema: bool = False) -> trainer.TrainState:
+  def initial_state(self, seed: int | None = None, ema: bool = False) -> state_lib.TrainState:
     """The state before step 0, on the host (from the 'init' stream of `seed`)."""
     seed = self.config.seed if seed is None else seed
-    return trainer.init_state(self.model, self.tx, self.dataset.x_train.shape[1:], seed,
-                              self.output_bias, ema=ema)
+    return state_lib.init_state(self.model, self.tx, self.dataset.x_train.shape[1:], seed,
+                                self.output_bias, ema=ema)
 
   @property
   def streamed(self) -> bool:
     """Whether training batches are read from storage step by step (dataset.pipeline=grain)."""
-    return isinstance(self.dataset.x_train, streaming.Rows)
+    return isinstance(self.dataset.x_train, data_lib.Rows)
 
-  def train_step(self, steps_per_epoch: int):
-    """The run's jitted train step (see `trainer.make_train_step`)."""
+  def step_settings(self, steps_per_epoch: int, *, batch_size: int | None = None, tx=None,
+                    augmentation=KEEP, ema_decay: float | None = None) -> steps.StepSettings:
+    """The configured train step; a short run may change its batch, optimizer, augmentation
+    or EMA. `optimizer.accumulate_steps` holds wherever it divides a device's batch."""
     c = self.config
-    return trainer.make_train_step(self.model, self.tx, self.mesh, c.batch_size, steps_per_epoch,
-                                   c.seed, self.train_loss_fn, self.augmentation, c.ema_decay,
-                                   accumulate_steps=c.optimizer.accumulate_steps,
-                                   streamed=self.streamed)
+    batch_size = batch_size or c.batch_size
+    micro = c.optimizer.accumulate_steps
+    if (batch_size // self.mesh.size) % micro:
+      logging.info('a batch of %d: no accumulate_steps=%d micro-batches; the whole batch at once',
+                   batch_size, micro)
+      micro = 1
+    return steps.StepSettings(
+        self.model, tx or self.tx, batch_size, steps_per_epoch, self.train_loss_fn,
+        self.augmentation if augmentation is KEEP else augmentation,
+        c.ema_decay if ema_decay is None else ema_decay, micro)
+
+  def train_step(self, steps_per_epoch: int, side_by_side: bool = False):
+    """The run's jitted train step (see `steps.compile_train_step`)."""
+    return steps.compile_train_step(self.step_settings(steps_per_epoch), self.mesh,
+                                    side_by_side, self.streamed)
 
   def run_steps(self, x, y, num_steps: int, *, seed: int | None = None,
                 batch_size: int | None = None, augmentation=KEEP, every: int = 0,
                 callback=None):
-    """A short run from a fresh init of `seed` on (x, y) (see `trainer.run_steps`)."""
+    """A short run from a fresh init of `seed` on (x, y) (see `training.run_steps`)."""
     seed = self.config.seed if seed is None else seed
     batch_size = batch_size or self.config.batch_size
     require_divisible(self.mesh.size, {'batch_size': batch_size})
-    return trainer.run_steps(
-        self.model, self.tx, self.train_loss_fn, self.mesh, self.initial_state(seed), x, y,
-        num_steps=num_steps, batch_size=batch_size, seed=seed,
+    return training.run_steps(
+        self, self.initial_state(seed), x, y, num_steps=num_steps, seed=seed,
+        batch_size=batch_size,
         augmentation=self.augmentation if augmentation is KEEP else augmentation,
         every=every, callback=callback)
 
@@ -66,14 +80,13 @@ class Experiment:
     """{'loss', 'accuracy'} of a host state on (x, y) in eval mode, with the configured loss:
     the same evaluation path as training's."""
     state = put_replicated(self.mesh, state)
-    evaluate = trainer.compile_evaluator(self.model, self.mesh, state, x, y,
-                                         self.config.eval_batch_size, self.loss_fn)
-    return evaluate(state)
+    return evaluate.compile_evaluator(self.model, self.mesh, state, x, y,
+                                      self.config.eval_batch_size, self.loss_fn)(state)
 
   def apply_fn(self, state):
     """(params, x, train) -> logits with the state's BatchNorm statistics, for checks."""
-    return trainer.make_apply_fn(self.model, state.batch_stats,
-                                 rng.stream_key(self.config.seed, 'dropout', 0))
+    return state_lib.make_apply_fn(self.model, state.batch_stats,
+                                   rng.stream_key(self.config.seed, 'dropout', 0))
 
 
 def in_memory(exp: Experiment) -> Experiment:
@@ -116,7 +129,7 @@ def build(config, *, num_train_steps: int | None = None, schedule=None,
   if augment.mixes(augmentation) and config.loss not in losses.LOSSES:
     raise UserError(f"augment.mixup / augment.cutmix train on soft targets, which loss "
                     f"'{config.loss}' does not take; use loss=cross_entropy")
-  if augment.mixes(augmentation) and isinstance(dataset.x_train, streaming.Rows):
+  if augment.mixes(augmentation) and isinstance(dataset.x_train, data_lib.Rows):
     raise UserError('augment.mixup / augment.cutmix draw partners from the whole training '
                     'split, which dataset.pipeline=grain does not hold; use pipeline=device')
   return Experiment(config, dataset, mesh, model, tx, loss_fn, train_loss_fn, augmentation,

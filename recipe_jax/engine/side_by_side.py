@@ -24,12 +24,11 @@ import numpy as np
 from absl import logging
 
 from recipe_jax import console
-from recipe_jax.data import datasets as data_lib
-from recipe_jax.engine import checkpoints, experiment, tensorboard_writer
-from recipe_jax.engine import trainer
-from recipe_jax.runs import store as run_store
-from recipe_jax.errors import DivergenceError
+from recipe_jax.engine import (batches, checkpoints, evaluate, experiment, loop, steps,
+                               tensorboard_writer, training)
 from recipe_jax.engine.mesh import put_replicated
+from recipe_jax.errors import DivergenceError
+from recipe_jax.runs import store as run_store
 
 FINISHED, PREEMPTED, ONE_AT_A_TIME = 'finished', 'preempted', 'one at a time'
 
@@ -42,24 +41,19 @@ def enabled(config) -> bool:
 def run_steps(exp, x, y, num_steps: int, seeds) -> dict:
   """`exp.run_steps` for several seeds at once (lr_find): {'loss', 'accuracy'} per seed and
   step, as numpy arrays of shape (seeds, steps)."""
-  config, mesh = exp.config, exp.mesh
-  seeds = np.asarray(seeds, np.int32)
-  per_epoch = data_lib.steps_per_epoch(len(y), config.batch_size)
-  train_step = trainer.make_train_step(exp.model, exp.tx, mesh, config.batch_size, per_epoch,
-                                       None, exp.train_loss_fn, exp.augmentation,
-                                       side_by_side=True)
-  states = put_replicated(mesh, jax.tree.map(
-      lambda *leaves: np.stack(leaves), *[exp.initial_state(int(s)) for s in seeds]))
-  x_all, y_all = put_replicated(mesh, (x, y))
-  seeds_on_device, history, perms = put_replicated(mesh, seeds), [], None
-  for step in range(num_steps):
-    if step % per_epoch == 0:
-      perms = put_replicated(mesh, np.stack([
-          data_lib.epoch_permutation(int(s), step // per_epoch, len(y)) for s in seeds]))
-    states, step_metrics = train_step(states, x_all, y_all, perms, seeds_on_device)
-    history.append(step_metrics)
+  orders = [batches.BatchOrder(s, len(y), exp.config.batch_size) for s in seeds]
+  train_step = steps.compile_train_step(
+      exp.step_settings(orders[0].steps_per_epoch, ema_decay=0.0), exp.mesh, side_by_side=True)
+  states = put_replicated(exp.mesh, _stacked([exp.initial_state(int(s)) for s in seeds]))
+  history = []
+  loop.run(train_step, states, batches.device_feed(exp.mesh, x, y, orders), first=0,
+           last=num_steps, hooks=[loop.Hook(lambda step, state, m: history.append(m))])
   history = jax.device_get(history)
   return {k: np.stack([m[k] for m in history], axis=1) for k in ('loss', 'accuracy')}
+
+
+def _stacked(trees: list):
+  return jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
 
 
 def why_not(configs: list) -> str | None:
@@ -139,10 +133,10 @@ def _restore(exp, seeds, managers):
     fresh = put_replicated(exp.mesh, exp.initial_state(int(seed), ema=ema))
     restored, meta = checkpoints.restore_latest(mngr, fresh)
     states.append(jax.device_get(fresh if restored is None else restored))
-    progress.append(trainer.RunProgress(**(meta or {})))
+    progress.append(training.RunProgress(**(meta or {})))
   if len({int(s.step) for s in states}) > 1:
     return None
-  return jax.tree.map(lambda *leaves: np.stack(leaves), *states), progress
+  return _stacked(states), progress
 
 
 def _seed_slice(tree, i: int):
@@ -150,71 +144,60 @@ def _seed_slice(tree, i: int):
 
 
 def _loop(exp, seeds, states, progress: list, managers: list, writers: list) -> str:
+  """The loop of `train.run_training` with each hook done for every seed."""
   config, mesh, dataset = exp.config, exp.mesh, exp.dataset
-  num_train = len(dataset.y_train)
-  per_epoch = data_lib.steps_per_epoch(num_train, config.batch_size)
-  train_step = trainer.make_train_step(exp.model, exp.tx, mesh, config.batch_size, per_epoch,
-                                       None, exp.train_loss_fn, exp.augmentation,
-                                       config.ema_decay, side_by_side=True,
-                                       accumulate_steps=config.optimizer.accumulate_steps)
+  orders = [batches.BatchOrder(s, len(dataset.y_train), config.batch_size) for s in seeds]
+  train_step = exp.train_step(orders[0].steps_per_epoch, side_by_side=True)
   states = put_replicated(mesh, states)
-  seeds_on_device = put_replicated(mesh, seeds)
-  x_train, y_train = put_replicated(mesh, (dataset.x_train, dataset.y_train))
-  evaluate = trainer.compile_evaluator(exp.model, mesh, states, dataset.x_val, dataset.y_val,
-                                       config.eval_batch_size, exp.loss_fn,
-                                       config.ema_decay > 0, side_by_side=True)
+  evaluate_all = evaluate.compile_evaluator(exp.model, mesh, states, dataset.x_val,
+                                            dataset.y_val, config.eval_batch_size, exp.loss_fn,
+                                            config.ema_decay > 0, side_by_side=True)
   step = int(states.step[0])
-  line = console.ProgressLine(config.num_train_steps, step)
+  line, window = console.ProgressLine(config.num_train_steps, step), loop.MetricsWindow()
   logging.info('side by side: seeds %s from step %d', ', '.join(map(str, seeds)), step)
-  pending, perm_epoch, perms = [], None, None
-  train_summaries, eval_metrics = [{} for _ in seeds], [{} for _ in seeds]
+  seen = {'train': [{} for _ in seeds], 'eval': [{} for _ in seeds], 'eval_step': None}
+
+  def train_metrics(step, state=None, step_metrics=None):
+    flushed = window.flush()
+    if flushed:
+      steps_done, values = flushed  # leaves (steps, seeds)
+      seen['train'] = [loop.window_summary(steps_done, {k: v[:, i] for k, v in values.items()},
+                                           run, config, mngr.latest_step())
+                       for i, (run, mngr) in enumerate(zip(progress, managers))]
+      for writer, summary in zip(writers, seen['train']):
+        writer.write_scalars(step, summary)
+
+  def evaluate_val(step, state, step_metrics):
+    train_metrics(step)
+    found, seen['eval_step'] = evaluate_all(state), step
+    for i, (writer, run) in enumerate(zip(writers, progress)):
+      seen['eval'][i] = {f'eval_{k}': float(v[i]) for k, v in found.items()}
+      writer.write_scalars(step, seen['eval'][i])
+      run.history.append({'step': step, **seen['train'][i], **seen['eval'][i]})
+      training.track_best(step, None, seen['eval'][i], run, config, None)
+
+  def report(step, state, step_metrics):
+    line.report(step, _mean(seen['train']), _mean(seen['eval']),
+                force=seen['eval_step'] == step)
+
+  def save(step, state, step_metrics):
+    train_metrics(step)
+    _save(mesh, state, step, progress, managers, time.time() - segment_start)
+
+  hooks = [loop.Hook(window.add), loop.Hook(train_metrics, config.log_every_steps),
+           loop.Hook(evaluate_val, config.eval_every_steps), loop.Hook(report),
+           loop.Hook(save, config.checkpoint_every_steps, at_stop=True)]
   segment_start = time.time()
-  with trainer.stop_for_preemption() as preempted:
-    while step < config.num_train_steps:
-      epoch = step // per_epoch
-      if epoch != perm_epoch:
-        perms = put_replicated(mesh, np.stack([data_lib.epoch_permutation(int(s), epoch,
-                                                                          num_train)
-                                               for s in seeds]))
-        perm_epoch = epoch
-      states, step_metrics = train_step(states, x_train, y_train, perms, seeds_on_device)
-      step += 1
-      pending.append((step, step_metrics))
-      stop = preempted(step)
-      is_last = step == config.num_train_steps
-      eval_now = step % config.eval_every_steps == 0 or is_last
-      save_now = step % config.checkpoint_every_steps == 0 or is_last or stop
-      if step % config.log_every_steps == 0 or eval_now or save_now:
-        train_summaries = _flush(pending, progress, config, managers) or train_summaries
-        for writer, summary in zip(writers, train_summaries):
-          writer.write_scalars(step, summary)
-      if eval_now:
-        found = evaluate(states)
-        for i, (writer, run) in enumerate(zip(writers, progress)):
-          eval_metrics[i] = {f'eval_{k}': float(v[i]) for k, v in found.items()}
-          writer.write_scalars(step, eval_metrics[i])
-          run.history.append({'step': step, **train_summaries[i], **eval_metrics[i]})
-          trainer.track_best(step, None, eval_metrics[i], run, config, None)
-      line.report(step, _mean(train_summaries), _mean(eval_metrics), force=eval_now)
-      if save_now:
-        _save(mesh, states, step, progress, managers, time.time() - segment_start)
-      if stop:
-        logging.warning('%s: saved the seeds\' checkpoints at step %d; the same command '
-                        'resumes', trainer.stopped_by(), step)
-        return PREEMPTED
+  with loop.stop_for_preemption() as preempted:
+    _, stats = loop.run(train_step, states,
+                        batches.device_feed(mesh, dataset.x_train, dataset.y_train, orders),
+                        first=step, last=config.num_train_steps, hooks=hooks,
+                        should_stop=preempted)
+  if stats.stopped:
+    logging.warning('%s: saved the seeds\' checkpoints at step %d; the same command resumes',
+                    loop.stopped_by(), stats.step)
+    return PREEMPTED
   return FINISHED
-
-
-def _flush(pending: list, progress: list, config, managers: list) -> list:
-  """Each seed's window summary (one device-to-host transfer), checked for divergence."""
-  if not pending:
-    return []
-  window = jax.device_get(trainer.stack_steps([m for _, m in pending]))  # leaves (steps, seeds)
-  steps = [s for s, _ in pending]
-  pending.clear()
-  return [trainer.window_summary(steps, {k: v[:, i] for k, v in window.items()}, run, config,
-                                 mngr.latest_step())
-          for i, (run, mngr) in enumerate(zip(progress, managers))]
 
 
 def _save(mesh, states, step: int, progress: list, managers: list, segment_s: float) -> None:

@@ -13,7 +13,8 @@ import os
 import sys
 
 from recipe_jax import files
-from recipe_jax.report import results as report
+from recipe_jax.config import check as config_check
+from recipe_jax.report import words
 
 STATUS_COLOURS = {'PASS': '#1a7f37', 'WARN': '#9a6700', 'FAIL': '#cf222e'}
 STYLE = """
@@ -53,12 +54,8 @@ def find_results(workdir: str) -> list:
     stage_dir = os.path.dirname(os.path.dirname(path))
     if os.path.basename(os.path.dirname(path)) == result['stage']:
       found.append((stage_dir, result))
-  order = {s: i for i, s in enumerate(STAGE_ORDER)}
+  order = {s: i for i, s in enumerate(config_check.STAGES)}
   return sorted(found, key=lambda item: (order.get(item[1]['stage'], len(order)), item[0]))
-
-
-STAGE_ORDER = ('inspect', 'sanity', 'lr_find', 'overfit', 'train', 'compare', 'data_scaling',
-               'tune', 'squeeze', 'evaluate', 'recipe')
 
 
 def render(workdir: str) -> str:
@@ -119,13 +116,13 @@ def _headline(config: dict, results: list) -> str:
   baselines and the human one."""
   model, dataset = config.get('model', {}).get('name'), config.get('dataset', {}).get('name')
   metrics = {r['stage']: r['metrics'] for _, r in results}
-  final = report.final_accuracy(metrics)
+  final = words.final_accuracy(metrics)
   rows = [(f'test accuracy of {final[0]}', final[1])] if final else []
   sanity = metrics.get('sanity', {})
   rows += [('model after the sanity run (validation accuracy)', sanity.get('model_val_accuracy')),
            ('zero-input baseline (validation accuracy)', sanity.get('zero_input_val_accuracy')),
            ('human baseline (accuracy)', config.get('human_baseline'))]
-  cells = ''.join(f'<tr><th>{html.escape(name)}</th><td>{report.number(value, "accuracy")}</td>'
+  cells = ''.join(f'<tr><th>{html.escape(name)}</th><td>{words.number(value, "accuracy")}</td>'
                   '</tr>' for name, value in rows if value is not None)
   return (f'<p class="headline">{html.escape(str(model))} on {html.escape(str(dataset))}, seed '
           f'{config.get("seed")}</p><table>{cells}</table>')
@@ -143,7 +140,7 @@ def _stage_table(results: list) -> str:
       continue
     counts = r.get('counts', {})
     state = 'finished' if r.get('finished', True) else 'stopped, resumable'
-    numbers = report.headline(r['metrics'])
+    numbers = words.headline(r['metrics'])
     rows.append(f'<tr><td><a href="#{r["stage"]}">{r["stage"]}</a></td><td>{state}</td>'
                 + ''.join(f'<td>{_count(s, counts.get(s, 0))}</td>' for s in STATUS_COLOURS)
                 + f'<td>{html.escape(numbers)}</td></tr>')

@@ -12,6 +12,7 @@ from absl import logging
 from recipe_jax import files
 from recipe_jax.engine import multihost
 from recipe_jax.errors import ChecksFailed
+from recipe_jax.report.words import headline
 
 STATUSES = ('PASS', 'WARN', 'FAIL')
 
@@ -50,10 +51,15 @@ class StageResult:
   images: dict = dataclasses.field(default_factory=dict)  # check -> pictures, workdir-relative
 
   def counts(self) -> dict:
-    return {s: sum(v.status == s for v in self.verdicts) for s in STATUSES}
+    return count(self.verdicts)
 
   def to_json(self) -> dict:
     return _jsonable({**dataclasses.asdict(self), 'counts': self.counts()})
+
+
+def count(verdicts: list) -> dict:
+  """{'PASS': n, 'WARN': n, 'FAIL': n}."""
+  return {s: sum(v.status == s for v in verdicts) for s in STATUSES}
 
 
 def read_result(path: str) -> StageResult:
@@ -90,8 +96,7 @@ def write(directory: str, title: str, verdicts: list, images: dict | None = None
     return
   files.write_json(files.join(directory, 'verdicts.json'),
                    [_jsonable(dataclasses.asdict(v)) for v in verdicts])
-  counts = {s: sum(v.status == s for v in verdicts) for s in STATUSES}
-  lines = [f'# {title}', '', ' · '.join(f'{n} {s}' for s, n in counts.items()), '']
+  lines = [f'# {title}', '', ' · '.join(f'{n} {s}' for s, n in count(verdicts).items()), '']
   for v in verdicts:
     lines += [f'## {v.status} {v.check}', '', v.summary, '']
     for image in (images or {}).get(v.check, []):
@@ -112,47 +117,6 @@ def closing_lines(result: StageResult, workdir: str) -> list:
   if others:
     lines.append('also: ' + ', '.join(os.path.join(workdir, f) for f in others))
   return lines
-
-
-WORDS = {'eval': 'validation', 'val': 'validation', 'us': 'µs', 'ece': 'ECE', 'lr': 'LR',
-         'swa': 'SWA', 'ema': 'EMA', 'tta': 'TTA',
-         'sha256': 'SHA-256'}
-
-
-def metric_name(key: str) -> str:
-  """'best_eval_accuracy' -> 'best validation accuracy'."""
-  return ' '.join(WORDS.get(part, part) for part in key.split('_'))
-
-
-def number(value, key: str = '') -> str:
-  """A number to the precision it has: accuracies as percentages with one decimal, other
-  floats with 3 significant digits, integers whole."""
-  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-    return str(value)
-  if isinstance(value, (int, np.integer)):
-    return str(int(value))
-  if key.endswith('accuracy') and 0 <= value <= 1:
-    return f'{100 * value:.1f}%'
-  return f'{value:.3g}'
-
-
-def headline(metrics: dict) -> str:
-  """A stage's headline numbers in words: 'ensemble test accuracy 98.8%, members 5'."""
-  return ', '.join(f'{metric_name(k)} {number(v, k)}' for k, v in metrics.items()
-                   if v is not None and not isinstance(v, (dict, list)))
-
-
-def final_accuracy(metrics_by_stage: dict):
-  """(words, value) of the last word on test accuracy in a workdir: the ensemble, else the
-  best tuned trial, else a train run; None when there is none."""
-  for stage, key, words in (('squeeze', 'ensemble_test_accuracy', 'the ensemble (squeeze)'),
-                            ('tune', 'best_test_accuracy', 'the best tuned trial'),
-                            ('train', 'test_accuracy', 'the trained model'),
-                            ('evaluate', 'test_accuracy', 'the evaluated model')):
-    value = metrics_by_stage.get(stage, {}).get(key)
-    if value is not None:
-      return words, value
-  return None
 
 
 def raise_if_failed(result: StageResult, workdir: str) -> None:

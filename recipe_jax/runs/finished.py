@@ -1,15 +1,14 @@
-"""A finished run directory read back: its config, its final state, its predictions.
+"""A finished run directory read back: its config, its final state.
 
 Stages that look at trained models without retraining (evaluate, squeeze) start here.
 """
 import os
 
 import jax
-import numpy as np
 
 from recipe_jax import files
 from recipe_jax.config import defaults
-from recipe_jax.engine import checkpoints, trainer
+from recipe_jax.engine import checkpoints
 from recipe_jax.errors import UserError
 
 
@@ -64,23 +63,6 @@ def restore_final_state(exp, run_dir: str, step: int | None = None):
       mngr.close()
   raise UserError(f'no checkpoint at step {wanted} in {run_dir} (checkpoints keep the last '
                   f'{exp.config.max_to_keep}); pass --config.evaluate.step=N of one that exists')
-
-
-def predict_probs(exp, state, x: np.ndarray, params=None) -> np.ndarray:
-  """Softmax probabilities in eval mode, in batches: of `params` when given, else of the
-  weights the run evaluates (EMA when it keeps them)."""
-  from recipe_jax.diagnose import analysis
-  if params is None:
-    params = state.ema_params if exp.config.ema_decay > 0 else state.params
-  variables = {'params': params, 'batch_stats': state.batch_stats}
-  logits_fn = trainer.jitted_logits(exp.model)
-  batch = min(exp.config.eval_batch_size, len(x))
-  out = []
-  for start in range(0, len(x), batch):
-    chunk = x[start:start + batch]
-    padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *x.shape[1:]), x.dtype)])
-    out.append(np.asarray(logits_fn(variables, padded))[:len(chunk)])
-  return analysis.softmax(np.concatenate(out))
 
 
 def split_arrays(dataset, split: str):

@@ -28,8 +28,7 @@ MAY_CHANGE = (
     'analysis.',  # the error analysis is redone from the final state
 )
 GROWS_ONLY = ('num_train_steps', 'tune.trials')
-STAGE_SECTIONS = ('inspect', 'sanity', 'lr_find', 'overfit', 'compare', 'tune', 'data_scaling',
-                  'squeeze', 'recipe', 'evaluate')
+STAGE_SECTIONS = tuple(s for s in config_check.STAGES if s != 'train')  # each has its section
 READS_TOO = {'squeeze': ('tune',), 'recipe': STAGE_SECTIONS}  # sections a stage reads besides its own
 
 
@@ -103,8 +102,8 @@ def check(directory: str, config, stage: str | None = None) -> dict:
   changes MAY_CHANGE allows are logged. `stage` None: a train run; else the results of that
   stage (which depend on its own config section too). Writes nothing; returns the identity of
   the config's data."""
-  from recipe_jax.data import datasets as data_lib
-  data = data_lib.identity(config.dataset)
+  from recipe_jax.data import sources
+  data = sources.identity(config.dataset)
   config_path, data_path = files.join(directory, 'config.json'), files.join(directory, 'data.json')
   new = config_check.flatten(config)
   what = f'the {stage} stage in {directory}' if stage else f'{directory}'

@@ -22,6 +22,7 @@ from recipe_jax.config import check as config_check, selection
 from recipe_jax.engine import side_by_side
 from recipe_jax.report import plots, results as report
 from recipe_jax.runs import store as run_store, finished as runs, studies
+from recipe_jax.report import words
 from recipe_jax.report.results import StageResult, Verdict
 from recipe_jax.stages import train
 
@@ -227,4 +228,4 @@ def _curves(path: str, summaries: dict, metric: str) -> None:
       steps = [e['step'] for e in histories[0][:length]]
       mean = np.mean([[e[metric] for e in h[:length]] for h in histories], axis=0)
       series[name] = (steps, mean)
-  plots.curves(path, series, 'step', f'{report.metric_name(metric)} (mean over seeds)')
+  plots.curves(path, series, 'step', f'{words.metric_name(metric)} (mean over seeds)')

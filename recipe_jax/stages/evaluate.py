@@ -12,6 +12,7 @@ from recipe_jax.report import results as report
 from recipe_jax.runs import finished as runs
 from recipe_jax.errors import UserError
 from recipe_jax.report.results import StageResult
+from recipe_jax.engine import evaluate
 
 FILES = ['analysis/confusion_matrix.png', 'analysis/per_class.csv', 'analysis/reliability.png',
          'analysis/most_confident_wrong.png']
@@ -21,7 +22,7 @@ def analyse(exp, state, workdir: str, history=None) -> tuple:
   """(verdicts, images, metrics) of `state` on the configured split, files in DIR/analysis/."""
   cfg = exp.config.analysis
   x, y = runs.split_arrays(exp.dataset, cfg.split)
-  probs = runs.predict_probs(exp, state, x)
+  probs = evaluate.probabilities(exp, state, x)
   found, images = analysis.write(os.path.join(workdir, 'analysis'), probs, y, x, cfg,
                                  exp.dataset, cfg.split, history)
   evidence = {v.check: v.evidence for v in found}

@@ -25,6 +25,7 @@ from recipe_jax.config import check as config_check
 from recipe_jax.report import html as html_report, results as report
 from recipe_jax.runs import store as run_store
 from recipe_jax.errors import ChecksFailed, UserError
+from recipe_jax.report import words
 from recipe_jax.report.results import StageResult, Verdict
 
 STAGES = config_check.RECIPE_STAGES
@@ -183,7 +184,7 @@ def _finish(workdir: str, config, finished: bool = True) -> StageResult:
     if result:
       found.append(_stage_verdict(result, hand_on(stage, result, config)[1]))
       metrics[stage] = result.metrics
-  final = report.final_accuracy(metrics)
+  final = words.final_accuracy(metrics)
   headline = {'final_test_accuracy': final[1], 'from': final[0]} if final else {}
   result = StageResult('recipe', found, {**headline, 'stages_finished': len(found)},
                        ['report.html'], finished=finished)

@@ -15,12 +15,15 @@ from absl import logging
 from recipe_jax import console, files
 from recipe_jax.data import datasets as data_lib
 from recipe_jax.diagnose import checks
-from recipe_jax.engine import experiment, rng, trainer
+from recipe_jax.engine import experiment, rng
 from recipe_jax.model import models, user_code
 from recipe_jax.report import plots, results as report
 from recipe_jax.errors import UserError
 from recipe_jax.engine.mesh import require_divisible
 from recipe_jax.report.results import StageResult, Verdict
+from recipe_jax.engine import steps
+from recipe_jax.engine import state as state_lib
+from recipe_jax.engine import batches
 
 CHECKS = ('fixed_seed', 'loss_at_init', 'init_well', 'inputs_before_net', 'batch_dependency',
           'eval_consistency', 'gradients', 'dumb_baselines', 'decreasing_loss',
@@ -73,7 +76,7 @@ def run(config, workdir: str) -> StageResult:
 
   def consistency():
     batch_stats = state().batch_stats
-    keyed = jax.jit(lambda p, x, train, key: trainer.make_apply_fn(exp.model, batch_stats, key)(
+    keyed = jax.jit(lambda p, x, train, key: state_lib.make_apply_fn(exp.model, batch_stats, key)(
         p, x, train), static_argnums=(2,))
     keys = [rng.stream_key(config.seed, 'dropout', step) for step in (0, 1)]
     return (checks.eval_consistency(keyed, state().params, first_x[:16], keys),)
@@ -161,10 +164,10 @@ def _first_batch(config, exp):
   """Training step 0's batch exactly as the train step gathers and augments it, and the
   positions of its examples in the training split."""
   dataset = exp.dataset
-  per_epoch = data_lib.steps_per_epoch(len(dataset.y_train), config.batch_size)
-  perm = data_lib.epoch_permutation(config.seed, 0, len(dataset.y_train))
-  x, y = jax.jit(trainer.batch_inputs, static_argnums=(4, 5, 7, 9))(
-      dataset.x_train, dataset.y_train, perm, 0, config.batch_size, per_epoch, 0,
+  order = batches.BatchOrder(config.seed, len(dataset.y_train), config.batch_size)
+  perm = order.epoch(0)
+  x, y = jax.jit(steps.batch_inputs, static_argnums=(4, 5, 7, 9))(
+      dataset.x_train, dataset.y_train, perm, 0, config.batch_size, order.steps_per_epoch, 0,
       config.batch_size, config.seed, exp.augmentation)
   return np.asarray(x), np.asarray(y), perm[:config.batch_size]
 
@@ -175,7 +178,7 @@ def _loss_at_init(out, cfg, config, exp, apply_fn, params, log_prior):
   dataset, loss_fn = exp.dataset, exp.loss_fn
   size = min(cfg.init_loss_batch_size, len(dataset.y_train) // 2)
   count = min(cfg.init_loss_batches, len(dataset.y_train) // size)
-  perm = data_lib.epoch_permutation(config.seed, 0, len(dataset.y_train))
+  perm = batches.BatchOrder(config.seed, len(dataset.y_train), size).epoch(0)
   batch_loss = jax.jit(lambda p, x, y: loss_fn(apply_fn(p, x, True), y).mean())
   batch_losses = [float(batch_loss(params, dataset.x_train[idx], dataset.y_train[idx]))
                   for idx in np.split(perm[:count * size], count)]

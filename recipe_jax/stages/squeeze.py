@@ -34,6 +34,7 @@ from recipe_jax.runs import store as run_store, finished as runs
 from recipe_jax.errors import UserError
 from recipe_jax.report.results import StageResult, Verdict
 from recipe_jax.stages import train
+from recipe_jax.engine import evaluate
 
 FILES = ['squeeze/results.md', 'squeeze/results.csv', 'squeeze/ensemble_gain.png',
          'squeeze/analysis/confusion_matrix.png', 'squeeze/report.md']
@@ -100,11 +101,11 @@ def train_members(config, members: list) -> bool:
 def microseconds_per_example(exp, state, x: np.ndarray, repeats: int = 5) -> float:
   """Inference time per example: the median of `repeats` passes over x (the typical pass,
   not the luckiest), after one that compiles."""
-  runs.predict_probs(exp, state, x)
+  evaluate.probabilities(exp, state, x)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    runs.predict_probs(exp, state, x)
+    evaluate.probabilities(exp, state, x)
     times.append(time.perf_counter() - start)
   return 1e6 * float(np.median(times)) / len(x)
 
@@ -188,8 +189,8 @@ def _load_member(config, name: str, run_dir: str) -> dict:
   state = runs.restore_final_state(exp, run_dir)
   dataset = exp.dataset
   return {'name': name, 'exp': exp, 'state': state, 'run_dir': run_dir,
-          'val': runs.predict_probs(exp, state, dataset.x_val),
-          'test': runs.predict_probs(exp, state, dataset.x_test),
+          'val': evaluate.probabilities(exp, state, dataset.x_val),
+          'test': evaluate.probabilities(exp, state, dataset.x_test),
           'params': count_params(state.params),
           'us': microseconds_per_example(exp, state, dataset.x_test)}
 
@@ -202,8 +203,8 @@ def _weight_averaging_rows(best: dict, squeeze, dataset, bins: int) -> list:
   swa, ema = weight_averaging.continue_and_average(
       exp, best['state'], steps=squeeze.swa_steps, every=squeeze.swa_every, learning_rate=lr,
       ema_decay=squeeze.ema_decay)
-  return [row(name, runs.predict_probs(exp, state, dataset.x_val, state.params),
-              runs.predict_probs(exp, state, dataset.x_test, state.params), dataset, bins,
+  return [row(name, evaluate.probabilities(exp, state, dataset.x_val, state.params),
+              evaluate.probabilities(exp, state, dataset.x_test, state.params), dataset, bins,
               key=key, params=best['params'], us_per_example=best['us'])
           for key, name, state in (
               ('swa', f'SWA of best member ({squeeze.swa_steps} steps)', swa),
@@ -214,7 +215,7 @@ def _distill(config, out: str, loaded: list, overrides: dict, bins: int):
   """[student on labels, distilled student] rows, or None when preempted."""
   student_config = config_check.variant(config, overrides)
   exp = experiment.build(student_config)
-  teacher = ensembles.average([runs.predict_probs(m['exp'], m['state'], exp.dataset.x_train)
+  teacher = ensembles.average([evaluate.probabilities(m['exp'], m['state'], exp.dataset.x_train)
                                for m in loaded])
   found = []
   for key, name, student in (
@@ -227,8 +228,8 @@ def _distill(config, out: str, loaded: list, overrides: dict, bins: int):
       if not train.run_training(student_config, run_dir, exp=student)['finished']:
         return None
     state = runs.restore_final_state(exp, run_dir)
-    found.append(row(name, runs.predict_probs(exp, state, exp.dataset.x_val),
-                     runs.predict_probs(exp, state, exp.dataset.x_test), exp.dataset, bins,
+    found.append(row(name, evaluate.probabilities(exp, state, exp.dataset.x_val),
+                     evaluate.probabilities(exp, state, exp.dataset.x_test), exp.dataset, bins,
                      params=count_params(state.params),
                      us_per_example=microseconds_per_example(exp, state, exp.dataset.x_test),
                      key=key))

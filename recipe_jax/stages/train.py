@@ -13,13 +13,14 @@ import os
 import numpy as np
 
 from recipe_jax import files
-from recipe_jax.engine import experiment, multihost, trainer
+from recipe_jax.engine import experiment, multihost
 from recipe_jax.model import optim
 from recipe_jax.report import plots, results as report
 from recipe_jax.runs import store as run_store, finished as runs
 from recipe_jax.errors import DivergenceError
 from recipe_jax.report.results import StageResult, Verdict
 from recipe_jax.stages import evaluate
+from recipe_jax.engine import training
 
 HEADLINE = ('test_accuracy', 'eval_accuracy', 'best_eval_accuracy', 'train_accuracy', 'step',
             'wall_s')
@@ -35,7 +36,7 @@ def run_training(config, workdir: str, on_eval=None, exp=None) -> dict:
   """Trains (or resumes) the run in workdir and returns its summary (summary.json). A workdir
   that holds a run of another config is refused before anything is written (`run_store`)."""
   run_store.claim(workdir, config)
-  summary = trainer.train_and_evaluate(exp or experiment.build(config), workdir, on_eval)
+  summary = training.train_and_evaluate(exp or experiment.build(config), workdir, on_eval)
   write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary
 

@@ -24,6 +24,7 @@ from recipe_jax.engine import multihost
 from recipe_jax.report import plots, results as report
 from recipe_jax.runs import studies
 from recipe_jax.errors import DivergenceError
+from recipe_jax.report import words
 from recipe_jax.report.results import StageResult, Verdict
 from recipe_jax.stages import compare, train
 
@@ -351,13 +352,13 @@ def _plots(out: str, complete, space: dict, metric: str) -> dict:
   plots.curves(history, {metric: ([t.number for t in ordered], values),
                          'best so far': ([t.number for t in ordered],
                                          selection.best_so_far(values, metric))}, 'trial',
-               report.metric_name(metric), integer_x=True)
+               words.metric_name(metric), integer_x=True)
   images = {'metric_spread': [history]}
   for key, spec in space.items():
     path = os.path.join(out, 'param_' + re.sub(r'[^\w]+', '_', key) + '.png')
     xs = [t.params[key] for t in ordered]
     bounds = {} if spec['type'] == 'categorical' else {'low': spec['low'], 'high': spec['high']}
-    plots.scatter(path, xs, values, key, report.metric_name(metric), logx=bool(spec.get('log')),
+    plots.scatter(path, xs, values, key, words.metric_name(metric), logx=bool(spec.get('log')),
                   vlines=bounds)
     check = 'parameter_importance' if spec['type'] == 'categorical' else f'boundary_{key}'
     images.setdefault(check, []).append(path)

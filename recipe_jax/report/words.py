@@ -1,0 +1,42 @@
+"""Numbers and metric names as a person reads them: in the console, the reports and the plots."""
+import numpy as np
+
+WORDS = {'eval': 'validation', 'val': 'validation', 'us': 'µs', 'ece': 'ECE', 'lr': 'LR',
+         'swa': 'SWA', 'ema': 'EMA', 'tta': 'TTA',
+         'sha256': 'SHA-256'}
+
+
+def metric_name(key: str) -> str:
+  """'best_eval_accuracy' -> 'best validation accuracy'."""
+  return ' '.join(WORDS.get(part, part) for part in key.split('_'))
+
+
+def number(value, key: str = '') -> str:
+  """A number to the precision it has: accuracies as percentages with one decimal, other
+  floats with 3 significant digits, integers whole."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    return str(value)
+  if isinstance(value, (int, np.integer)):
+    return str(int(value))
+  if key.endswith('accuracy') and 0 <= value <= 1:
+    return f'{100 * value:.1f}%'
+  return f'{value:.3g}'
+
+
+def headline(metrics: dict) -> str:
+  """A stage's headline numbers in words: 'ensemble test accuracy 98.8%, members 5'."""
+  return ', '.join(f'{metric_name(k)} {number(v, k)}' for k, v in metrics.items()
+                   if v is not None and not isinstance(v, (dict, list)))
+
+
+def final_accuracy(metrics_by_stage: dict):
+  """(words, value) of the last word on test accuracy in a workdir: the ensemble, else the
+  best tuned trial, else a train run; None when there is none."""
+  for stage, key, words in (('squeeze', 'ensemble_test_accuracy', 'the ensemble (squeeze)'),
+                            ('tune', 'best_test_accuracy', 'the best tuned trial'),
+                            ('train', 'test_accuracy', 'the trained model'),
+                            ('evaluate', 'test_accuracy', 'the evaluated model')):
+    value = metrics_by_stage.get(stage, {}).get(key)
+    if value is not None:
+      return words, value
+  return None

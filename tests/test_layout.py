@@ -1,0 +1,81 @@
+"""The package layout holds what BUILD.md says of it: no import cycles (lazy imports included),
+one training loop, one batch order, one list of stages."""
+import ast
+import os
+import re
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(REPO, 'recipe_jax')
+
+
+def modules() -> dict:
+  """dotted module name -> source text, for every module of the package."""
+  found = {}
+  for root, _, names in os.walk(PACKAGE):
+    for name in names:
+      if name.endswith('.py'):
+        path = os.path.join(root, name)
+        dotted = os.path.relpath(path, REPO)[:-3].replace(os.sep, '.')
+        with open(path) as f:
+          found[dotted.removesuffix('.__init__')] = f.read()
+  return found
+
+
+def imports(source: str, known: set) -> set:
+  """The package's modules a module imports anywhere in it (top level or inside functions)."""
+  found = set()
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('recipe_jax'):
+      for alias in node.names:
+        candidate = f'{node.module}.{alias.name}'
+        found.add(candidate if candidate in known else node.module)
+    elif isinstance(node, ast.Import):
+      found.update(a.name for a in node.names if a.name in known)
+  return found & known
+
+
+def test_no_module_imports_itself_through_others():
+  sources = modules()
+  graph = {name: imports(text, set(sources)) - {name} for name, text in sources.items()}
+  # Packages' __init__ modules hold no code; a module's package is not an import of it.
+  graph = {n: {d for d in deps if not n.startswith(d + '.')} for n, deps in graph.items()}
+  cycles, state = [], {}
+
+  def visit(node, path):
+    state[node] = 'open'
+    for dep in sorted(graph[node]):
+      if state.get(dep) == 'open':
+        cycles.append(path[path.index(dep):] + [dep])
+      elif dep not in state:
+        visit(dep, path + [dep])
+    state[node] = 'done'
+  for name in sorted(graph):
+    if name not in state:
+      visit(name, [name])
+  assert not cycles, '\n'.join(' -> '.join(c) for c in cycles)
+
+
+def test_the_cycle_check_finds_a_planted_cycle():
+  graph_sources = {'recipe_jax.a': 'from recipe_jax import b', 'recipe_jax.b': 'def f():\n'
+                   '  from recipe_jax import a'}
+  known = set(graph_sources)
+  assert imports(graph_sources['recipe_jax.b'], known) == {'recipe_jax.a'}
+  assert imports(graph_sources['recipe_jax.a'], known) == {'recipe_jax.b'}
+
+
+def where(pattern: str) -> list:
+  return sorted(name for name, text in modules().items() if re.search(pattern, text))
+
+
+def test_one_training_loop_one_batch_order_one_list_of_stages():
+  assert where(r'=\s*train_step\(state') == ['recipe_jax.engine.loop']
+  assert where(r"stream_key\([^)]*'data_order'") == ['recipe_jax.engine.batches']
+  assert where(r'argsort\(np\.asarray\(bits') == ['recipe_jax.engine.batches']
+  assert where(r"\('inspect', 'sanity'") == ['recipe_jax.config.check']
+
+
+def test_every_module_sits_in_a_layer_package():
+  packages = {n for n in modules() if os.path.isdir(os.path.join(REPO, *n.split('.')))}
+  top = sorted(n for n in modules() if n.count('.') == 1 and n not in packages)
+  assert top == ['recipe_jax.console', 'recipe_jax.errors', 'recipe_jax.files',
+                 'recipe_jax.main'], top
