@@ -110,6 +110,27 @@ def stderr_into(path: str):
     os.close(saved)
 
 
+MULTI_RUN_STAGES = ('compare', 'tune', 'data_scaling', 'squeeze', 'recipe')
+_one_line_per_run = {'on': False}
+
+
+@contextlib.contextmanager
+def one_line_per_run(on: bool = True):
+  """Inside, a training run prints no step lines, only `run_ended`'s one line when it ends:
+  stages made of many runs show those and their own progress (`StageProgress`)."""
+  before, _one_line_per_run['on'] = _one_line_per_run['on'], on
+  try:
+    yield
+  finally:
+    _one_line_per_run['on'] = before
+
+
+def run_ended(workdir: str, headline: str) -> None:
+  if _one_line_per_run['on']:
+    name = '/'.join(os.path.normpath(workdir).split(os.sep)[-2:])
+    logging.info('run %s: %s', name, headline)
+
+
 class ProgressLine:
   """One compact console line per eval, and at most every `every_s` seconds in between:
   step, percent, metrics, steps/s and the time left."""
@@ -121,7 +142,7 @@ class ProgressLine:
 
   def report(self, step: int, train_summary: dict, eval_metrics: dict, force: bool) -> None:
     now = time.time()
-    if not force and now - self.last_line < self.every_s:
+    if _one_line_per_run['on'] or (not force and now - self.last_line < self.every_s):
       return
     self.last_line = now
     rate = (step - self.start[1]) / max(now - self.start[0], 1e-9)

@@ -82,7 +82,8 @@ def run_stage(config, workdir: str):
   becomes a one-line UserError naming the phase; anything else keeps its traceback (our bug)."""
   stage = importlib.import_module(f'recipe_jax.stages.{config.stage}')
   try:
-    return stage.run(config, workdir)
+    with console.one_line_per_run(config.stage in console.MULTI_RUN_STAGES):
+      return stage.run(config, workdir)
   except Exception as e:
     users = user_code.is_user_code(config.model.name) or user_code.is_user_code(config.loss)
     if not (users and hasattr(e, 'recipe_jax_phase')):

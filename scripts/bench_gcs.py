@@ -1,4 +1,4 @@
-"""A train run with its workdir on gs:// (a local GCS emulator, tests/gcs_emulator.py) against
+"""A train run with its workdir on gs:// (a local GCS emulator, tests/helpers/gcs_emulator.py) against
 the same run with a local workdir: the whole process's wall time, as a ratio, median of repeats.
 
   python scripts/bench_gcs.py [--config=configs/mnist1d/cnn.py] [--repeats=3]
@@ -18,7 +18,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'tests'))
-import gcs_emulator  # noqa: E402
+from helpers import gcs_emulator  # noqa: E402
 
 
 def timed_run(workdir: str, config: str, env: dict) -> float:

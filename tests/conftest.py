@@ -1,6 +1,8 @@
 import importlib.util
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,6 +13,25 @@ from recipe_jax.config import defaults
 from recipe_jax.engine import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STARTS_PROCESSES = re.compile(r'run_main\(|start_main\(|subprocess\.|Popen|running_server\(|'
+                              r'gcs_emulator\.running|multiprocessing')
+
+
+def starts_processes(function, module) -> bool:
+  """Whether a test starts processes (CLI runs, workers, servers), by its source and that of the
+  functions of its module it calls."""
+  source = inspect.getsource(function)
+  called = [getattr(module, name) for name in re.findall(r'(\w+)\(', source)
+            if inspect.isfunction(getattr(module, name, None))
+            and getattr(module, name).__module__ == module.__name__]
+  return any(STARTS_PROCESSES.search(inspect.getsource(f)) for f in [function, *called])
+
+
+def pytest_collection_modifyitems(items):
+  """Tests that start processes are marked `slow`: `pytest -m "not slow"` is the quick loop."""
+  for item in items:
+    if hasattr(item, 'function') and starts_processes(item.function, item.module):
+      item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope='session', autouse=True)

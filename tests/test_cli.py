@@ -167,13 +167,13 @@ USER_CODE = {'PYTHONPATH': os.path.join(os.path.dirname(os.path.abspath(__file__
 
 
 @pytest.mark.parametrize('stage, model, phase', [
-    ('train', 'user_models:BatchStatsInEval', 'in eval mode'),
-    ('train', 'user_models:RaisesInTrain', 'in train mode'),
-    ('lr_find', 'user_models:RaisesInTrain', 'in train mode'),
-    ('compare', 'user_models:RaisesInTrain', 'in train mode'),
+    ('train', 'helpers.user_models:BatchStatsInEval', 'in eval mode'),
+    ('train', 'helpers.user_models:RaisesInTrain', 'in train mode'),
+    ('lr_find', 'helpers.user_models:RaisesInTrain', 'in train mode'),
+    ('compare', 'helpers.user_models:RaisesInTrain', 'in train mode'),
 ])
 def test_a_failing_user_model_is_one_line_exit_2(small_config, tmp_path, stage, model, phase):
-  small_config.model.log_prior_output_bias = model != 'user_models:RaisesInTrain'
+  small_config.model.log_prior_output_bias = model != 'helpers.user_models:RaisesInTrain'
   result = run_main(tmp_path, *cli_flags(small_config), f'--config.stage={stage}',
                     f'--config.model.name={model}', '--config.lr_find.steps=20',
                     '--config.compare.seeds=1', env=USER_CODE)
@@ -209,8 +209,8 @@ def test_console_shows_the_pipeline_lines_and_a_closing_summary(small_config, tm
 
 def test_a_failing_user_loss_is_one_line_exit_2(small_config, tmp_path):
   result = run_main(tmp_path, *cli_flags(small_config),
-                    '--config.loss=planted_bugs:loss_with_wrong_shapes', env=USER_CODE)
+                    '--config.loss=helpers.planted_bugs:loss_with_wrong_shapes', env=USER_CODE)
   assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("recipe_jax: error: model 'mlp' (with loss "
-                         "'planted_bugs:loss_with_wrong_shapes') failed "), last
+                         "'helpers.planted_bugs:loss_with_wrong_shapes') failed "), last

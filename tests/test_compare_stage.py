@@ -1,6 +1,7 @@
 """stage='compare': one change at a time, over seeds, resumable."""
 import csv
 import json
+import re
 import os
 
 import pytest
@@ -98,6 +99,11 @@ def test_two_workers_split_one_comparison_through_a_study(compare_config, tmp_pa
   trained = [line for out in outputs for line in out.splitlines() if 'compare: training' in line]
   assert len(trained) == 4  # each of the 4 runs trained once, by one worker or the other
   assert all(any('compare: training' in line for line in out.splitlines()) for out in outputs)
+  # One line per run when it ends, no step lines (12 a run before).
+  lines = [line for out in outputs for line in out.splitlines()]
+  assert not [line for line in lines if re.search(r'step \d+/\d+ \(', line)]
+  ended = [line for line in lines if re.search(r'run (baseline|narrow)/seed_\d: validation', line)]
+  assert len(ended) >= 4, '\n'.join(lines[-40:])
   with open(tmp_path / 'compare' / 'results.csv') as f:
     assert [r['variant'] for r in csv.DictReader(f)] == ['baseline', 'narrow']
 

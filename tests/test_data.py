@@ -147,7 +147,7 @@ def test_a_malformed_npz_on_the_command_line_is_exit_2(tmp_path):
 
 
 def test_tfds_datasets_load_through_the_tfds_layer(small_config, tmp_path, monkeypatch):
-  monkeypatch.setattr(data, '_online', lambda: True)  # mock_data stands in for the download
+  monkeypatch.setattr(sources, '_online', lambda: True)  # mock_data stands in for the download
   small_config.dataset.name = 'mnist'
   small_config.dataset.data_dir = str(tmp_path)
   with tfds.testing.mock_data(num_examples=50):
@@ -157,7 +157,7 @@ def test_tfds_datasets_load_through_the_tfds_layer(small_config, tmp_path, monke
 
 
 def test_missing_tfds_data_offline_says_where_to_put_it(small_config, tmp_path, monkeypatch):
-  monkeypatch.setattr(data, '_online', lambda: False)
+  monkeypatch.setattr(sources, '_online', lambda: False)
   small_config.dataset.name = 'mnist'
   small_config.dataset.data_dir = str(tmp_path)
   with pytest.raises(UserError, match=f'not prepared under {tmp_path}/mnist .*offline'):
@@ -176,8 +176,8 @@ def test_an_error_while_reading_a_prepared_dataset_is_not_taken_for_missing_data
 
   def broken_read(builder, cfg):
     raise AssertionError('a bug inside the reader')
-  monkeypatch.setattr(data, '_read_tfds_splits', broken_read)
-  monkeypatch.setattr(data, '_download', lambda *a: pytest.fail('tried to download'))
+  monkeypatch.setattr(sources, '_read_tfds_splits', broken_read)
+  monkeypatch.setattr(sources, '_download', lambda *a: pytest.fail('tried to download'))
   with pytest.raises(AssertionError, match='a bug inside the reader'):
     data.load(small_config.dataset)
 
@@ -187,7 +187,8 @@ def test_two_processes_preparing_an_embedded_dataset_at_once_both_load_it(tmp_pa
   (FileExistsError), and the loser read an empty dataset."""
   import subprocess
   import sys
-  code = ('from recipe_jax.config import defaults; from recipe_jax.data import datasets as data; c = defaults.get_config(); '
+  code = ('from recipe_jax.config import defaults; from recipe_jax.data import datasets as data; '
+          'c = defaults.get_config(); '
           f'c.dataset.name = "digits"; c.dataset.data_dir = "{tmp_path}"; '
           'print(len(data.load(c.dataset).y_train))')
   workers = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,

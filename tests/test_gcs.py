@@ -1,4 +1,4 @@
-"""Run directories on gs://, against a GCS API on this machine (tests/gcs_emulator.py): a run
+"""Run directories on gs://, against a GCS API on this machine (tests/helpers/gcs_emulator.py): a run
 that survives its VM, a sweep whose trials live in the bucket, a recipe's report read back from
 it, and a bucket that cannot be reached, refused in one line."""
 import json
@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-import browser
-import gcs_emulator
+from helpers import browser
+from helpers import gcs_emulator
 from conftest import cli_flags, run_main, start_main, train_and_evaluate
 
 
@@ -99,7 +99,7 @@ def test_a_changed_config_on_a_gs_run_is_refused_and_leaves_it_as_it_was(bucket,
 def test_a_tune_study_keeps_its_trials_on_gs_and_its_study_in_postgresql(bucket, small_config,
                                                                          tmp_path):
   import optuna
-  import postgres_server
+  from helpers import postgres_server
   assert postgres_server.binary('initdb'), 'PostgreSQL is missing: apt-get install postgresql'
   small_config.stage = 'tune'
   small_config.num_train_steps, small_config.eval_every_steps = 40, 20

@@ -71,7 +71,7 @@ def test_one_training_loop_one_batch_order_one_list_of_stages():
   assert where(r'=\s*train_step\(state') == ['recipe_jax.engine.loop']
   assert where(r"stream_key\([^)]*'data_order'") == ['recipe_jax.engine.batches']
   assert where(r'argsort\(np\.asarray\(bits') == ['recipe_jax.engine.batches']
-  assert where(r"\('inspect', 'sanity'") == ['recipe_jax.config.check']
+  assert where(r"\('inspect', 'sanity', 'lr_find'") == ['recipe_jax.config.check']
 
 
 def test_every_module_sits_in_a_layer_package():

@@ -64,7 +64,7 @@ def test_batchnorm_uses_batch_statistics_in_train_and_running_ones_in_eval():
 
 
 def test_user_model_from_import_path():
-  model = models.create(model_config('user_models:TinyNet'), num_classes=4)
+  model = models.create(model_config('helpers.user_models:TinyNet'), num_classes=4)
   state = state_lib.init_state(model, optax.adam(1e-3), (5,), seed=0)
   assert state.params['Dense_0']['kernel'].shape == (5, 4)
 
@@ -72,7 +72,7 @@ def test_user_model_from_import_path():
 @pytest.mark.parametrize('name, message', [
     ('transformer', "unknown model 'transformer'; use one of linear, mlp"),
     ('no_such_pkg.mod:Net', "cannot import module 'no_such_pkg.mod'"),
-    ('user_models:Missing', "module 'user_models' has no callable 'Missing'"),
+    ('helpers.user_models:Missing', "module 'helpers.user_models' has no callable 'Missing'"),
 ])
 def test_bad_model_names_are_user_errors(name, message):
   with pytest.raises(UserError, match=message):

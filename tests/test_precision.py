@@ -41,7 +41,7 @@ def test_bfloat16_computes_in_bfloat16_on_float32_weights(name, example_shape):
 
 
 def test_a_user_model_without_a_dtype_argument_is_refused_in_bfloat16():
-  config = ml_collections.ConfigDict({'name': 'user_models:TinyNet', 'width': None})
+  config = ml_collections.ConfigDict({'name': 'helpers.user_models:TinyNet', 'width': None})
   with pytest.raises(UserError, match='takes no dtype argument'):
     models.create(config, num_classes=3, compute_dtype='bfloat16')
 

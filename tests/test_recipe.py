@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-import browser
+from helpers import browser
 from conftest import REPO, cli_flags, load_config, read_summary, run_main, start_main
 from recipe_jax.report import results as report
 from recipe_jax.errors import ChecksFailed, UserError
@@ -133,7 +133,7 @@ def test_the_recipe_stops_at_a_planted_data_leak_with_the_report_written(data_di
 
 def test_the_recipe_stops_at_a_batch_mixing_model(data_dir, tmp_path):
   c = short_digits_recipe(data_dir)
-  c.model.name = 'planted_bugs:MixesBatch'
+  c.model.name = 'helpers.planted_bugs:MixesBatch'
   c.recipe.stages = 'sanity,lr_find'
   result = run_main(tmp_path / 'run', *cli_flags(c, 'configs/digits/recipe.py'),
                     env={'PYTHONPATH': os.path.join(REPO, 'tests')})

@@ -120,7 +120,7 @@ def test_label_smoothing_composes_with_soft_targets():
 def test_mixing_needs_a_loss_that_takes_soft_targets(small_config):
   from recipe_jax.engine import experiment
   small_config.augment.mixup = 0.2
-  small_config.loss = 'planted_bugs:doubled_cross_entropy'
+  small_config.loss = 'helpers.planted_bugs:doubled_cross_entropy'
   with pytest.raises(UserError, match='soft targets'):
     experiment.build(small_config)
 

@@ -18,18 +18,18 @@ CHECKS = ('fixed_seed', 'loss_at_init', 'init_well', 'inputs_before_net', 'batch
 
 # planted bug -> (config overrides, the check that must FAIL)
 PLANTED = {
-    'mixes examples across the batch': ({'model.name': 'planted_bugs:MixesBatch'},
+    'mixes examples across the batch': ({'model.name': 'helpers.planted_bugs:MixesBatch'},
                                         'batch_dependency'),
-    'softmax before a logits loss': ({'model.name': 'planted_bugs:SoftmaxOutput'},
+    'softmax before a logits loss': ({'model.name': 'helpers.planted_bugs:SoftmaxOutput'},
                                      'overfit_one_batch'),
-    'labels permuted against inputs': ({'loss': 'planted_bugs:labels_rolled_loss'},
+    'labels permuted against inputs': ({'loss': 'helpers.planted_bugs:labels_rolled_loss'},
                                        'dumb_baselines'),
-    'layer output multiplied by zero': ({'model.name': 'planted_bugs:DeadLayer'}, 'gradients'),
-    'final layer initialised 100x': ({'model.name': 'planted_bugs:FinalLayer100x'},
+    'layer output multiplied by zero': ({'model.name': 'helpers.planted_bugs:DeadLayer'}, 'gradients'),
+    'final layer initialised 100x': ({'model.name': 'helpers.planted_bugs:FinalLayer100x'},
                                      'loss_at_init'),
-    'dropout with a fixed mask in eval': ({'model.name': 'planted_bugs:FixedMaskInEval'},
+    'dropout with a fixed mask in eval': ({'model.name': 'helpers.planted_bugs:FixedMaskInEval'},
                                           'eval_consistency'),
-    'train-mode noise from numpy': ({'model.name': 'planted_bugs:HostNoiseInTrain'},
+    'train-mode noise from numpy': ({'model.name': 'helpers.planted_bugs:HostNoiseInTrain'},
                                     'eval_consistency'),
     'input pipeline does not normalise': ({'dataset.name': 'digits', 'dataset.normalize': False,
                                            'model.name': 'mlp', 'batch_size': 64},
@@ -78,13 +78,13 @@ def test_planted_bug_fails_its_check(bug, data_dir, tmp_path):
 
 def test_correct_user_model_passes_every_check(data_dir, tmp_path):
   """The planted models' bug-free twin, so a FAIL above is the bug, not the MLP itself."""
-  verdicts = sanity.run(sanity_config(data_dir, **{'model.name': 'planted_bugs:Correct'}),
+  verdicts = sanity.run(sanity_config(data_dir, **{'model.name': 'helpers.planted_bugs:Correct'}),
                         str(tmp_path)).verdicts
   assert [v.check for v in verdicts if v.status != 'PASS'] == []
 
 
 def test_cli_exits_1_on_a_failed_check(data_dir, tmp_path):
-  config = sanity_config(data_dir, **{'model.name': 'planted_bugs:DeadLayer'})
+  config = sanity_config(data_dir, **{'model.name': 'helpers.planted_bugs:DeadLayer'})
   result = run_main(tmp_path, '--config=configs/mnist1d/sanity.py', *as_flags(config),
                     env={'PYTHONPATH': os.path.join(REPO, 'tests')})
   assert result.returncode == 1, result.stderr[-2000:]
@@ -106,7 +106,7 @@ USER_CODE = {'PYTHONPATH': os.path.join(REPO, 'tests')}
 
 def test_model_that_breaks_in_eval_mode_fails_the_checks_and_names_the_cause(data_dir, tmp_path):
   """Regression: this model crashed the stage with a Flax traceback and wrote no verdicts."""
-  config = sanity_config(data_dir, **{'model.name': 'user_models:BatchStatsInEval'})
+  config = sanity_config(data_dir, **{'model.name': 'helpers.user_models:BatchStatsInEval'})
   result = run_main(tmp_path, '--config=configs/mnist1d/sanity.py', *as_flags(config),
                     env=USER_CODE)
   assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
@@ -122,7 +122,7 @@ def test_model_that_breaks_in_eval_mode_fails_the_checks_and_names_the_cause(dat
 
 
 def test_model_that_breaks_only_in_train_mode_fails_the_training_checks(data_dir, tmp_path):
-  config = sanity_config(data_dir, **{'model.name': 'user_models:RaisesInTrain',
+  config = sanity_config(data_dir, **{'model.name': 'helpers.user_models:RaisesInTrain',
                                       'model.log_prior_output_bias': False})
   verdicts = {v.check: v for v in sanity.run(config, str(tmp_path)).verdicts}
   for check in ('fixed_seed', 'loss_at_init', 'gradients', 'overfit_one_batch'):
@@ -134,7 +134,7 @@ def test_model_that_breaks_only_in_train_mode_fails_the_training_checks(data_dir
 
 def test_sanity_evaluates_with_the_configured_loss(data_dir, tmp_path):
   """Regression: validation losses were cross-entropy whatever config.loss said."""
-  config = sanity_config(data_dir, **{'loss': 'planted_bugs:doubled_cross_entropy'})
+  config = sanity_config(data_dir, **{'loss': 'helpers.planted_bugs:doubled_cross_entropy'})
   verdicts = {v.check: v for v in sanity.run(config, str(tmp_path)).verdicts}
   table = verdicts['dumb_baselines'].evidence['validation']
   exp = experiment.build(config)

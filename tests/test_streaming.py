@@ -174,14 +174,14 @@ def test_tfds_images_stream_without_tensorflow(small_config, tmp_path):
   import subprocess
   import sys
   import tensorflow_datasets as tfds
-  import tiny_images_builder  # noqa: F401  registers tiny_images
+  from helpers import tiny_images_builder  # noqa: F401  registers tiny_images
   from conftest import REPO
   data_dir = str(tmp_path / 'tfds')
   tfds.builder('tiny_images', data_dir=data_dir).download_and_prepare(file_format='array_record')
   read = f"""
 import sys
 sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
-import numpy as np, tiny_images_builder
+import numpy as np; from helpers import tiny_images_builder
 from recipe_jax.config import defaults
 from recipe_jax.data import datasets as data
 from recipe_jax.data import sources

@@ -144,7 +144,7 @@ def test_a_stopped_trial_runs_again_from_its_checkpoint(tune_config, tmp_path, h
 
 
 def test_two_workers_share_a_study_in_a_real_postgresql_server(tune_config, tmp_path):
-  import postgres_server
+  from helpers import postgres_server
   assert postgres_server.binary('initdb'), ("PostgreSQL's binaries are missing: apt-get install "
                                             'postgresql (.ci/run installs it)')
   tune_config.tune.trials = 4

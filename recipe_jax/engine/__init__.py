@@ -1,2 +1,2 @@
-"""The one training engine: train state, the pure jitted steps, the batch order, the loop and its hooks,
-the sharded evaluation, checkpoints and the device mesh."""
+"""The one training engine: the train state, the plain train step, the batch order and feeds,
+the loop and its hooks, the sharded evaluation, checkpoints and the device mesh."""

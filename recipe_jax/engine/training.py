@@ -116,7 +116,8 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
     feed = batches.grain_feed(exp.mesh, exp.dataset, config, step, order)
   else:
     feed = batches.device_feed(exp.mesh, exp.dataset.x_train, exp.dataset.y_train, order)
-  window, line, rate = loop.MetricsWindow(), console.ProgressLine(config.num_train_steps, step), _Rate(step)
+  window, rate = loop.MetricsWindow(), _Rate(step)
+  line = console.ProgressLine(config.num_train_steps, step)
   seen = {'train': {}, 'eval': {}, 'eval_step': None}
 
   def train_metrics(step, state=None, step_metrics=None):
@@ -155,9 +156,9 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
   segment_start = time.time()
   try:
     with loop.stop_for_preemption() as preempted:
-      state, stats = loop.run(train_step, state, feed, first=step,
-                              last=config.num_train_steps, hooks=hooks, should_stop=preempted,
-                              batch_size=config.batch_size)
+      last = step if progress.stopped_early else config.num_train_steps  # a finished run
+      state, stats = loop.run(train_step, state, feed, first=step, last=last, hooks=hooks,
+                              should_stop=preempted, batch_size=config.batch_size)
       if stats.stopped and not progress.stopped_early:
         logging.warning('%s: saved a checkpoint at step %d; the same command resumes',
                         loop.stopped_by(), stats.step)

@@ -1,1 +1,2 @@
-"""What is trained: models (built-in and users' own), losses, optimizers, augmentation, warm starts."""
+"""What is trained: models (built-in and users' own), losses, optimizers, augmentation, warm
+starts from another run."""

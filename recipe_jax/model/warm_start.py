@@ -32,8 +32,8 @@ def source_step_dir(path: str) -> str:
   state (its best checkpoint with early stopping), else its latest checkpoint."""
   if files.isdir(os.path.join(path, 'state')):
     return path
-  from recipe_jax.runs import finished as runs  # here: runs imports trainer, which imports this module
-  done = runs.summary(path) or {}
+  summary = os.path.join(path, 'summary.json')
+  done = files.read_json(summary) if files.exists(summary) else {}
   for name in ('checkpoints_best', 'checkpoints'):
     directory = os.path.join(path, name)
     steps = sorted(int(s) for s in files.listdir(directory) if s.isdigit())

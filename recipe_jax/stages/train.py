@@ -12,15 +12,14 @@ import os
 
 import numpy as np
 
-from recipe_jax import files
-from recipe_jax.engine import experiment, multihost
-from recipe_jax.model import optim
-from recipe_jax.report import plots, results as report
-from recipe_jax.runs import store as run_store, finished as runs
+from recipe_jax import console, files
+from recipe_jax.engine import experiment, multihost, training
 from recipe_jax.errors import DivergenceError
+from recipe_jax.model import optim
+from recipe_jax.report import plots, results as report, words
 from recipe_jax.report.results import StageResult, Verdict
+from recipe_jax.runs import finished as runs, store as run_store
 from recipe_jax.stages import evaluate
-from recipe_jax.engine import training
 
 HEADLINE = ('test_accuracy', 'eval_accuracy', 'best_eval_accuracy', 'train_accuracy', 'step',
             'wall_s')
@@ -38,6 +37,9 @@ def run_training(config, workdir: str, on_eval=None, exp=None) -> dict:
   run_store.claim(workdir, config)
   summary = training.train_and_evaluate(exp or experiment.build(config), workdir, on_eval)
   write_json(os.path.join(workdir, 'summary.json'), summary)
+  console.run_ended(workdir, words.headline(
+      {k: summary[k] for k in ('eval_accuracy', 'test_accuracy', 'step', 'wall_s')
+       if summary.get(k) is not None}))
   return summary
 
 

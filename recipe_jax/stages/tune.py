@@ -325,8 +325,9 @@ def _write_best_config(out: str, trial_config, best) -> None:
   resolved = trial_config.to_dict()
   lines = [f'"""Best trial {best.number} of the tune stage in {out} ({best.value:.4f}).',
            '', f'python -m recipe_jax.main --config={os.path.join(out, "best_config.py")} '
-           '--workdir=DIR reproduces it bit for bit."""', 'from recipe_jax.config import defaults', '',
-           '', 'def get_config():', '  c = defaults.get_config()']
+           '--workdir=DIR reproduces it bit for bit."""',
+           'from recipe_jax.config import defaults', '', '', 'def get_config():',
+           '  c = defaults.get_config()']
   for key, value in _flatten(resolved):
     if isinstance(value, list):
       value = tuple(value)

@@ -1,5 +1,5 @@
 """Classic silent training bugs, planted through the config's model or loss import path
-('planted_bugs:Name'). The sanity stage must FAIL the check named in each docstring."""
+('helpers.planted_bugs:Name'). The sanity stage must FAIL the check named in each docstring."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

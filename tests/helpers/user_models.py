@@ -1,4 +1,4 @@
-"""A user's own Flax module, loaded by tests as 'user_models:TinyNet'."""
+"""A user's own Flax module, loaded by tests as 'helpers.user_models:TinyNet'."""
 import flax.linen as nn
 
 

@@ -1,0 +1,1 @@
+"""What the tests share besides conftest: planted bugs, users' models, servers, a browser."""
