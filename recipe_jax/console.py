@@ -83,16 +83,18 @@ def _local_log() -> str | None:
   return None
 
 
-def import_tensorflow_quietly() -> None:
-  """Imports TensorFlow (for TFDS) with its C++ banner, written straight to fd 2, sent to
-  log.txt. Only the TFDS path needs it: the train path has no TensorFlow (~4 s of start-up)."""
+def import_tensorflow_quietly() -> bool:
+  """Imports TensorFlow, when installed (the `tfrecord` extra), with its C++ banner, written
+  straight to fd 2, sent to log.txt; whether it is there. Only TFDS data prepared as tfrecord
+  needs it: the train path has no TensorFlow (~4 s of start-up)."""
   if 'tensorflow' in sys.modules:
-    return
+    return True
   with stderr_into(_quiet_log_path) if _quiet_log_path else contextlib.nullcontext():
     try:
       import tensorflow  # noqa: F401
+      return True
     except ImportError:
-      pass
+      return False
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from recipe_jax import console, files  # noqa: E402
 from recipe_jax.config import check as config_check
 from recipe_jax.model import user_code
 from recipe_jax.report import results as report
-from recipe_jax.runs import store as run_store
+from recipe_jax.runs import store as run_store, tracking
 from recipe_jax.errors import ChecksFailed, DivergenceError, UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -128,7 +128,9 @@ def main(argv):
     devices = jax.devices()
     logging.info('%s: %s on %s, %d x %s -> %s', config.stage, config.model.name,
                  config.dataset.name, len(devices), devices[0].platform, workdir)
-    result = run_stage(config, workdir)
+    with tracking.tracked(config, workdir, kind='stage') as tracked_run:  # tracking=none: None
+      result = run_stage(config, workdir)
+      tracking.log_result(tracked_run, workdir, result)
     for line in report.closing_lines(result, workdir):
       logging.info('%s', line)
     report.raise_if_failed(result, workdir)

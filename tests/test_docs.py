@@ -23,10 +23,13 @@ def test_quickstart_is_exactly_two_commands_install_and_run_then_install_and_tes
   assert test_cmd == 'pip install -e ".[test]" && python -m pytest -q'
 
 
-def test_ci_runs_readmes_test_command():
-  pattern = re.search(r"grep -m1 '(.*?)' README.md", read('.ci/run')).group(1)
-  matches = [l for l in read('README.md').splitlines() if re.match(pattern, l)]
-  assert matches and matches[0] == quickstart_commands()[1]
+def test_ci_runs_readmes_install_then_its_test_command():
+  """.ci/run greps README for the quickstart's install (first command, without TensorFlow)
+  and then for its test command: both patterns find exactly those lines."""
+  install, tests = re.findall(r"grep -m1 '(.*?)' README.md", read('.ci/run'))
+  first = lambda pattern: [l for l in read('README.md').splitlines() if re.match(pattern, l)][0]
+  assert first(install) == quickstart_commands()[0]
+  assert first(tests) == quickstart_commands()[1]
 
 
 def test_every_config_named_in_readme_and_reference_script_exists():

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import read_summary, train_and_evaluate
 from recipe_jax.config import check as config_check
+from recipe_jax import console
 from recipe_jax.data import datasets as data, sources
 from recipe_jax.engine import batches
 from recipe_jax.engine import experiment
@@ -137,7 +138,8 @@ def test_a_batch_read_out_of_order_changes_the_result(image_config, tmp_path, mo
   assert shifted['params_sha256'] != device['params_sha256']
 
 
-def test_tfds_array_record_streams_and_tfrecord_gets_a_one_line_error(small_config, tmp_path):
+def test_tfds_array_record_streams_and_tfrecord_gets_a_one_line_error(small_config, tmp_path,
+                                                                     monkeypatch):
   import tensorflow_datasets as tfds
   from recipe_jax.data import tfds_builders  # noqa: F401
   array_record_dir = str(tmp_path / 'array_record')
@@ -167,6 +169,12 @@ def test_tfds_array_record_streams_and_tfrecord_gets_a_one_line_error(small_conf
   cfg.pipeline = 'grain'
   with pytest.raises(UserError, match=r'prepared without array_record.*`tfds build digits '
                      r'--file_format=array_record`.*or use dataset.pipeline=device'):
+    data.load(cfg)
+  os.remove(sources.embedded_arrays_path(cfg))  # else the arrays cache answers
+  cfg.pipeline = 'device'
+  monkeypatch.setattr(console, 'import_tensorflow_quietly', lambda: False)  # no tfrecord extra
+  with pytest.raises(UserError, match=r'prepared as tfrecord, which needs TensorFlow: pip '
+                     r'install -e "\.\[tfrecord\]"'):
     data.load(cfg)
 
 

@@ -139,6 +139,11 @@ def test_a_stopped_trial_runs_again_from_its_checkpoint(tune_config, tmp_path, h
                                      if t.state == optuna.trial.TrialState.RUNNING]
   [retried] = [t for t in complete if t.user_attrs['run_dir'].endswith('trial_0')]
   assert retried.number != 0 and retried.params == trials[0].params
+  if how == 'SIGKILL':  # its worker died: Optuna's heartbeat check failed it
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+  else:  # ended on purpose: not a failure, in optuna-dashboard either
+    assert trials[0].state == optuna.trial.TrialState.PRUNED
+    assert trials[0].user_attrs['ended'] == 'preempted' and 'ended' not in retried.user_attrs
   assert retried.user_attrs['resumed_from_step'] > 0  # from the checkpoint, not from scratch
   assert read_summary(tmp_path / 'tune' / 'trial_0')['resumed_from_step'] > 0
 

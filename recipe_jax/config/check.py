@@ -312,6 +312,9 @@ RULES = {
     'profile_steps': number(0, integer=True),
     'seeds_side_by_side': one_of('on', 'off', 'auto'),
     'compute_dtype': one_of('float32', 'bfloat16'),
+    'tracking': one_of('none', 'mlflow', 'wandb'),
+    'tracking_uri': any_text(),
+    'tracking_project': text(),
     'overfit.target_accuracy': number(0, 1, low_open=True),
     'human_baseline': number(0, 1, optional=True),
     'sanity.seed_steps': positive_int(),
@@ -501,6 +504,14 @@ def check(config) -> None:
   sources.check_dataset_name(config.dataset.name)
   models.check_name(config.model.name)
   losses.create(config.loss)
+  check_tracking_installed(config.tracking)
+
+
+def check_tracking_installed(backend: str) -> None:
+  """`tracking=mlflow|wandb`: a one-line UserError naming the extra when the package is missing."""
+  if backend != 'none' and importlib.util.find_spec(backend) is None:
+    raise UserError(f'tracking={backend} needs the {backend} package: pip install -e '
+                    f'".[{backend}]"')
 
 
 def decoded(config, key: str):

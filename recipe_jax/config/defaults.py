@@ -99,6 +99,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.seeds_side_by_side = 'auto'
   c.compute_dtype = 'float32'  # float32 | bfloat16: activations and matmuls (built-in models);
   # parameters, optimizer state, loss and softmax stay float32
+  # Experiment tracking (runs/tracking.py): none | mlflow | wandb (pip install -e ".[mlflow]")
+  c.tracking = 'none'
+  c.tracking_uri = ''  # MLflow's tracking URI ('': MLFLOW_TRACKING_URI or MLflow's default)
+  c.tracking_project = 'recipe_jax'  # the MLflow experiment, or the W&B project
 
   c.overfit = ml_collections.ConfigDict()  # stage='overfit'
   c.overfit.target_accuracy = 0.99  # on the whole training split, eval mode

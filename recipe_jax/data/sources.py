@@ -202,8 +202,10 @@ def _download(builder, cfg) -> None:
   if not _online():
     raise UserError(f"TFDS dataset '{cfg.name}' is not prepared under {where} and this "
                     f'machine is offline. {how}')
+  # Without TensorFlow, TFDS writes array_record (its tfrecord writer needs TensorFlow).
+  formats = {} if console.import_tensorflow_quietly() else {'file_format': 'array_record'}
   try:
-    builder.download_and_prepare()
+    builder.download_and_prepare(**formats)
   except Exception as e:
     raise UserError(f"TFDS dataset '{cfg.name}' could not be downloaded "
                     f'({type(e).__name__}: {e}). {how}') from None
@@ -237,7 +239,7 @@ def _read_arrays_cache(path: str):
 def _prepare_embedded(builder) -> None:
   """Generates an embedded dataset locally (no network) the first time, quietly, as
   array_record: the device pipeline and grain both read that format."""
-  console.import_tensorflow_quietly()  # TFDS's writer may use it
+  console.import_tensorflow_quietly()  # TFDS's writer uses it where it is installed
   import tensorflow_datasets as tfds
   os.makedirs(builder.data_dir_root, exist_ok=True)
   # Several workers (a sweep) may start on a fresh machine together: one prepares, the others
@@ -258,7 +260,10 @@ def _read_tfds_splits(builder, cfg):
   if str(builder.info.file_format) == str(tfds.core.FileFormat.ARRAY_RECORD):
     x_train, *rest = tfds_sources(builder, cfg)  # tf.data cannot read array_record
     return (x_train[:], *rest)
-  console.import_tensorflow_quietly()  # tf.data reads tfrecord
+  if not console.import_tensorflow_quietly():  # tf.data reads tfrecord
+    raise UserError(f"TFDS dataset '{cfg.name}' is prepared as tfrecord, which needs "
+                    'TensorFlow: pip install -e ".[tfrecord]", or prepare it as array_record '
+                    f'(tfds build {cfg.name} --file_format=array_record) into a new data_dir')
   arrays, ids = [], {}
   for role, split in tfds_splits(builder, cfg).items():
     # Batched reads: `batch_size=-1` crashes under tfds.testing.mock_data. In file order (no

@@ -98,8 +98,12 @@ def _batched_logits(model, variables, x, local_batch: int):
 @functools.lru_cache(maxsize=None)
 def _logits_fn(model, mesh: Mesh, batch_size: int):
   local_batch = batch_size // mesh.size
-  sharded = jax.shard_map(lambda v, x: _batched_logits(model, v, x, local_batch), mesh=mesh,
-                          in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
+
+  def gathered_logits(variables, x):  # every device gets all rows: on many hosts each reads
+    logits = _batched_logits(model, variables, x, local_batch)  # its own copy
+    return jax.lax.all_gather(logits, AXIS, tiled=True)
+  sharded = jax.shard_map(gathered_logits, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+                          check_vma=False)
   return jax.jit(sharded)
 
 

@@ -35,7 +35,8 @@ class RunProgress:
 def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
   """Trains `exp` (an `experiment.Experiment`), resuming from the latest checkpoint in workdir,
   and returns the run summary: setup, restore, the loop, the final evaluation.
-  `on_eval(step, eval_metrics)` runs after every validation eval (a sweep reports to its pruner
+  `on_eval(step, row)` runs after every validation eval with its history row (train and
+  validation metrics; a sweep reports to its pruner
   there; an exception it raises ends the run after the checkpoints are written)."""
   config, mesh = exp.config, exp.mesh
   if len(exp.dataset.y_val) == 0:
@@ -133,7 +134,7 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
     progress.history.append({'step': step, **seen['train'], **seen['eval']})
     track_best(step, state, seen['eval'], progress, config, best_mngr)
     if on_eval:
-      on_eval(step, seen['eval'])
+      on_eval(step, progress.history[-1])
     return loop.STOP if progress.stopped_early else None
 
   def report(step, state, step_metrics):

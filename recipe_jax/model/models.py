@@ -1,6 +1,7 @@
 """Flax models by name, or a user's own via `package.module:Factory`.
 
-Every model maps a batch of examples to logits and is called as `model(x, train=bool)`.
+Every model maps a batch of examples to logits and is called as `model(x, train=bool)`; a
+user's Flax NNX model is wrapped into one (`nnx_models`).
 The MNIST-1D models (linear, mlp, cnn1d, gru) follow the MNIST-1D paper's reference
 implementations, initialisation included.
 """
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recipe_jax.model import user_code
+from recipe_jax.model import nnx_models, user_code
 from recipe_jax.engine.trees import get_leaf, replace_leaf
 from recipe_jax.errors import UserError
 
@@ -221,8 +222,9 @@ COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 def create(model_config, num_classes: int, bn_axis_name: str | None = None,
            compute_dtype: str = 'float32') -> nn.Module:
-  """The configured model. A user factory is called as Factory(num_classes=...), and with
-  `dtype=` too when the compute dtype is not float32."""
+  """The configured model. A user's Linen factory is called as Factory(num_classes=...), an
+  NNX one (it takes `rngs`) as Factory(num_classes, rngs=...) inside `nnx_models.NNXModel`;
+  both with `dtype=` too when the compute dtype is not float32."""
   check_name(model_config.name)
   dtype = COMPUTE_DTYPES[compute_dtype]
   if model_config.name not in MODELS:
@@ -232,11 +234,13 @@ def create(model_config, num_classes: int, bn_axis_name: str | None = None,
     factory = user_code.load(model_config.name, 'model')
     extra = {}
     if compute_dtype != 'float32':
-      if 'dtype' not in inspect.signature(factory).parameters:
+      if not nnx_models.takes(factory, 'dtype'):
         raise UserError(f"compute_dtype={compute_dtype}: your model '{model_config.name}' takes "
                         'no dtype argument; add a dtype field (the computation dtype) to it, '
                         'or use compute_dtype=float32')
       extra['dtype'] = dtype
+    if nnx_models.is_nnx_factory(factory):  # built inside init / apply, through the bridge
+      return nnx_models.NNXModel(factory, num_classes, dtype)
     with user_code.phase('when built'):
       return factory(num_classes=num_classes, **extra)
   kwargs = {'num_classes': num_classes, 'dtype': dtype}

@@ -19,6 +19,7 @@ MAY_CHANGE = (
     'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'max_to_keep',
     'profile_steps', 'eval_batch_size', 'eval_train_split', 'compilation_cache_dir',
     'max_train_val_gap', 'human_baseline', 'seeds_side_by_side',
+    'tracking', 'tracking_uri', 'tracking_project',  # where the run is reported, not what it is
     'distributed', 'coordinator_address', 'num_processes', 'process_id',  # a new VM or slice
     'dataset.data_dir', 'dataset.pipeline', 'dataset.grain_threads', 'dataset.prefetch_batches',
     'dataset.device_memory_fraction',  # where and how the same data is read

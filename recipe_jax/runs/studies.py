@@ -1,5 +1,11 @@
 """An Optuna study as the shared to-do list of workers on one or many machines (the tune and
-compare stages): creating or joining it, and the two ways a trial ends without a result."""
+compare stages): creating or joining it, and the two ways the project ends a trial on purpose.
+
+A trial stopped by a preemption (SIGTERM, Ctrl-C; queued again, to resume from its checkpoint)
+or one started after the study had its trials (surplus) ends PRUNED with the user attribute
+`ended` saying why, so optuna-dashboard does not show it as a failure and it does not count as
+a finished trial. A trial whose worker died (SIGKILL, a lost VM) is failed by Optuna's heartbeat
+check and queued again."""
 import random
 import re
 import time
@@ -16,12 +22,7 @@ optuna.logging.disable_default_handler()  # Optuna's lines go to DIR/log.txt lik
 optuna.logging.enable_propagation()
 
 
-class Preempted(Exception):
-  """SIGTERM stopped a trial after its checkpoint; `queue_again` puts it back in the study."""
-
-
-class Surplus(Exception):
-  """The study already has its trials (finished or started earlier); this one does not run."""
+ENDED = 'ended'  # user attribute of a trial the project ended on purpose: 'preempted', 'surplus'
 
 
 def name_from(directory: str) -> str:
@@ -57,7 +58,25 @@ def open_study(url: str, name: str, heartbeat_s: int, sampler=None, pruner=None,
     return study
 
 
-def queue_again(study, trial) -> None:
-  """A preempted trial, back in the study to be run again (resuming from its checkpoint)."""
-  optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
-  logging.warning('trial %d saved its checkpoint and is queued to run again', trial.number)
+def end_trial(study, trial, why: str, detail: str = ''):
+  """Ends `trial` on purpose (`why`: 'preempted' or 'surplus') and this worker's optimize."""
+  trial.set_user_attr(ENDED, why)
+  study.stop()
+  raise optuna.TrialPruned(f'{why}{": " if detail else ""}{detail}')
+
+
+def ended_on_purpose(trial) -> bool:
+  return ENDED in trial.user_attrs
+
+
+def queue_again(study, number: int) -> None:
+  """A preempted trial, back in the study (WAITING, its parameters and run directory) to be
+  run again, resuming from its checkpoint."""
+  trial = study.get_trials(deepcopy=False)[number]
+  history = [*trial.system_attrs.get('retry_history', []), number]
+  study.add_trial(optuna.create_trial(
+      state=optuna.trial.TrialState.WAITING, params=trial.params,
+      distributions=trial.distributions,
+      user_attrs={k: v for k, v in trial.user_attrs.items() if k != ENDED},
+      system_attrs={**trial.system_attrs, 'failed_trial': history[0], 'retry_history': history}))
+  logging.warning('trial %d saved its checkpoint and is queued to run again', number)

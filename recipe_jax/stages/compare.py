@@ -102,10 +102,11 @@ def run_through_study(config, out: str, variants: dict, seeds) -> bool:
     _enqueue_once(study, config.compare.storage, name, unfinished, out)
   optuna.storages.fail_stale_trials(study)  # a dead worker's run, queued again
 
+  preempted = []
+
   def objective(trial):
     if 'run_dir' not in trial.user_attrs:  # not one of the enqueued runs: nothing left to do
-      study.stop()
-      raise studies.Surplus('every run of the comparison is taken')
+      studies.end_trial(study, trial, 'surplus', 'every run of the comparison is taken')
     variant, seed = trial.user_attrs['variant'], trial.user_attrs['seed']
     trial.suggest_categorical('variant', list(variants))
     trial.suggest_int('seed', min(seeds), max(seeds))
@@ -113,15 +114,14 @@ def run_through_study(config, out: str, variants: dict, seeds) -> bool:
     summary = train.run_training(config_check.variant(config, variants[variant], seed),
                                  trial.user_attrs['run_dir'])
     if not summary['finished']:
-      raise studies.Preempted(trial.number)
+      preempted.append(trial.number)
+      studies.end_trial(study, trial, 'preempted', 'queued again to resume from its checkpoint')
     return summary[config.compare.metric]
 
-  try:
-    if _waiting(study):
-      study.optimize(objective, catch=(studies.Surplus,), callbacks=[_stop_when_queue_empty],
-                     gc_after_trial=False)
-  except studies.Preempted as e:
-    studies.queue_again(study, study.get_trials(deepcopy=False)[e.args[0]])
+  if _waiting(study):
+    study.optimize(objective, callbacks=[_stop_when_queue_empty], gc_after_trial=False)
+  if preempted:
+    studies.queue_again(study, preempted[0])
     return False
   left = [(n, s) for n in variants for s in seeds
           if runs.finished_summary(os.path.join(out, n, f'seed_{s}')) is None]

@@ -18,7 +18,7 @@ from recipe_jax.errors import DivergenceError
 from recipe_jax.model import optim
 from recipe_jax.report import plots, results as report, words
 from recipe_jax.report.results import StageResult, Verdict
-from recipe_jax.runs import finished as runs, store as run_store
+from recipe_jax.runs import finished as runs, store as run_store, tracking
 from recipe_jax.stages import evaluate
 
 HEADLINE = ('test_accuracy', 'eval_accuracy', 'best_eval_accuracy', 'train_accuracy', 'step',
@@ -35,7 +35,16 @@ def run_training(config, workdir: str, on_eval=None, exp=None) -> dict:
   """Trains (or resumes) the run in workdir and returns its summary (summary.json). A workdir
   that holds a run of another config is refused before anything is written (`run_store`)."""
   run_store.claim(workdir, config)
-  summary = training.train_and_evaluate(exp or experiment.build(config), workdir, on_eval)
+  with tracking.tracked(config, workdir) as tracked_run:
+    def after_eval(step, row):
+      if tracked_run:
+        tracked_run.log_evals([row])
+      if on_eval:
+        on_eval(step, row)
+    summary = training.train_and_evaluate(exp or experiment.build(config), workdir, after_eval)
+    if tracked_run:  # evals of a run trained side by side, or none left to log
+      tracked_run.log_evals(summary['history'])
+      tracked_run.finished = summary['finished']
   write_json(os.path.join(workdir, 'summary.json'), summary)
   console.run_ended(workdir, words.headline(
       {k: summary[k] for k in ('eval_accuracy', 'test_accuracy', 'step', 'wall_s')

@@ -72,11 +72,12 @@ def open_study(config, out: str) -> optuna.Study:
 
 
 def counts_as_finished(t) -> bool:
-  """Complete, pruned, or failed for a reason of its own (diverged); not a stale or preempted
-  trial that was queued again, and not a surplus one."""
+  """Complete, pruned by the pruner, or failed for a reason of its own (diverged); not a
+  preempted, stale or surplus trial (`studies`)."""
   state = optuna.trial.TrialState
-  return (t.state in (state.COMPLETE, state.PRUNED) or
-          (t.state == state.FAIL and 'fail_reason' in t.user_attrs))
+  return (t.state == state.COMPLETE
+          or (t.state == state.PRUNED and not studies.ended_on_purpose(t))
+          or (t.state == state.FAIL and 'fail_reason' in t.user_attrs))
 
 
 def finished_trials(study) -> list:
@@ -89,25 +90,24 @@ def run(config, workdir: str) -> StageResult:
   space = config_check.decoded(config, 'tune.space')
   if not multihost.is_leader():  # a multi-host slice: only process 0 talks to the storage
     return _follow(config)
-  study = open_study(config, out)
-  objective = make_objective(config, space, out, study)
+  study, preempted = open_study(config, out), []
+  objective = make_objective(config, space, out, study, preempted)
   try:
-    _work_until_done(config, study, objective)
-  except studies.Preempted as e:
-    [stopped] = [t for t in study.get_trials(deepcopy=False) if t.number == e.args[0]]
-    studies.queue_again(study, stopped)
-    return StageResult('tune', [], {}, [], finished=False)
+    _work_until_done(config, study, objective, preempted)
   finally:
     _tell_followers({'stop': True})
+  if preempted:
+    studies.queue_again(study, preempted[0])
+    return StageResult('tune', [], {}, [], finished=False)
   return finish(config, workdir, study, space)
 
 
-def _work_until_done(config, study, objective) -> None:
+def _work_until_done(config, study, objective, preempted: list) -> None:
   """Runs trials until the study has `tune.trials` finished ones. While the trials still
   missing run on other workers, this one waits; a trial whose worker stopped (its heartbeat
   stale after 2 x tune.heartbeat_s) is queued again, and this worker runs it."""
   target, waited = config.tune.trials, False
-  while len(finished_trials(study)) < target:
+  while len(finished_trials(study)) < target and not preempted:
     optuna.storages.fail_stale_trials(study)  # a dead worker's trial: queued again (WAITING)
     running = _trials(study, optuna.trial.TrialState.RUNNING)
     if (not _trials(study, optuna.trial.TrialState.WAITING)
@@ -118,8 +118,7 @@ def _work_until_done(config, study, objective) -> None:
         waited = True
       time.sleep(min(config.tune.heartbeat_s, 5))
       continue
-    study.optimize(objective, catch=(studies.Surplus,), callbacks=[_stop_when_done(target)],
-                   gc_after_trial=False)
+    study.optimize(objective, callbacks=[_stop_when_done(target)], gc_after_trial=False)
 
 
 def _trials(study, state) -> list:
@@ -162,16 +161,16 @@ def _stop_when_done(target: int):
   return callback
 
 
-def make_objective(config, space: dict, out: str, study):
+def make_objective(config, space: dict, out: str, study, preempted: list):
+  """The trial's run; a trial stopped by a preemption goes into `preempted` (to be queued
+  again) and ends PRUNED, as does a surplus one (`studies.end_trial`)."""
   target = config.tune.trials
 
   def objective(trial):
     earlier_running = [t for t in _trials(study, optuna.trial.TrialState.RUNNING)
                        if t.number < trial.number]
     if len(finished_trials(study)) + len(earlier_running) >= target:
-      trial.set_user_attr('surplus', True)
-      study.stop()
-      raise studies.Surplus(f'the study already has its {target} trials')
+      studies.end_trial(study, trial, 'surplus', f'the study already has its {target} trials')
     overrides = {key: suggest(trial, key, spec) for key, spec in space.items()}
     run_dir = trial.user_attrs.get('run_dir') or os.path.join(out, f'trial_{trial.number}')
     trial.set_user_attr('run_dir', run_dir)
@@ -193,7 +192,8 @@ def make_objective(config, space: dict, out: str, study):
       logging.warning('tune: trial %d diverged: %s', trial.number, e)
       return float('nan')  # recorded as FAIL; the study goes on
     if not summary['finished']:
-      raise studies.Preempted(trial.number)
+      preempted.append(trial.number)
+      studies.end_trial(study, trial, 'preempted', 'queued again to resume from its checkpoint')
     for key in ('resumed_from_step', 'test_accuracy', 'params_sha256', 'wall_s'):
       trial.set_user_attr(key, summary[key])
     return summary[config.tune.metric]

@@ -55,8 +55,10 @@ class _Pipe:
     return json.loads(message)
 
 
-def open_page(path: str, screenshot: str, expression: str, width: int = 1200) -> dict:
-  """Loads file `path`, evaluates `expression` after the load event, saves a full-page PNG.
+def open_page(path: str, screenshot: str, expression: str, width: int = 1200,
+              ready: str | None = None, timeout_s: float = 30.0) -> dict:
+  """Loads file `path` (or an http:// URL), evaluates `expression` after the load event (and,
+  for a page that renders later, once the expression `ready` is true), saves a full-page PNG.
   Returns {'value', 'requests' (URLs other than file: and data:), 'console_errors'}."""
   # The protocol's fixed descriptors are 3 (commands in) and 4 (replies out). bash puts our pipe
   # ends there, so no Python runs in the forked child of this multithreaded process (dash takes
@@ -86,8 +88,14 @@ def open_page(path: str, screenshot: str, expression: str, width: int = 1200) ->
     pipe.send('Emulation.setDeviceMetricsOverride', {'width': width, 'height': 900,
                                                      'deviceScaleFactor': 1, 'mobile': False},
               session=session)
-    pipe.send('Page.navigate', {'url': 'file://' + os.path.abspath(path)}, session=session)
+    url = path if path.startswith('http') else 'file://' + os.path.abspath(path)
+    pipe.send('Page.navigate', {'url': url}, session=session)
     pipe.wait_for('Page.loadEventFired')
+    deadline = time.time() + timeout_s
+    while ready and time.time() < deadline and not pipe.send(
+        'Runtime.evaluate', {'expression': ready, 'returnByValue': True},
+        session=session)['result'].get('value'):
+      time.sleep(0.2)
     value = pipe.send('Runtime.evaluate', {'expression': expression, 'returnByValue': True},
                       session=session)['result'].get('value')
     height = pipe.send('Runtime.evaluate', {'expression': 'document.body.scrollHeight',
