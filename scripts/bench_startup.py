@@ -27,8 +27,8 @@ import json, os, sys, time
 T0 = time.time()
 from recipe_jax import main
 from recipe_jax.data import datasets as data
+from recipe_jax.engine import evaluate as evaluation, state, training
 from recipe_jax.stages import evaluate, train  # imported by main's dispatch in a real run
-from recipe_jax.data import sources
 T_IMPORT = time.time()
 phases = {'import_s': T_IMPORT - T0, 'started_at': T0}
 def timed(module, name, key):
@@ -41,9 +41,9 @@ def timed(module, name, key):
       phases[key] = phases.get(key, 0.0) + time.time() - start
   setattr(module, name, wrapper)
 timed(data, 'load', 'data_s')
-timed(trainer, 'init_state', 'init_compile_s')
-timed(trainer, 'compile_splits', 'init_compile_s')
-timed(trainer, '_train_loop', 'train_loop_s')
+timed(state, 'init_state', 'init_compile_s')
+timed(evaluation, 'compile_splits', 'init_compile_s')
+timed(training, '_train_loop', 'train_loop_s')
 timed(evaluate, 'analyse', 'analysis_s')
 real_exit = os._exit
 def exit_and_report(code):
