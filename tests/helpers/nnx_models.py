@@ -23,6 +23,23 @@ class CNN(nnx.Module):
     return jnp.concatenate([h.mean(axis=1), h.max(axis=1)], axis=-1)
 
 
+class DigitsCNN(nnx.Module):
+  """For 8x8 single-channel images (digits): two 3x3 convolutions with BatchNorm, Dropout, and
+  a dense head over the flattened 8x8x32 features."""
+
+  def __init__(self, num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), dtype=dtype, rngs=rngs)
+    self.norm = nnx.BatchNorm(32, dtype=dtype, rngs=rngs)
+    self.conv2 = nnx.Conv(32, 32, kernel_size=(3, 3), dtype=dtype, rngs=rngs)
+    self.dropout = nnx.Dropout(0.1, rngs=rngs)
+    self.head = nnx.Linear(8 * 8 * 32, num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.relu(self.norm(self.conv1(x)))
+    h = nnx.relu(self.conv2(h))
+    return self.head(self.dropout(h.reshape(h.shape[0], -1)))
+
+
 class BatchStatsInEval(CNN):
   """The planted bug: BatchNorm told to use the batch's statistics whatever the mode, so eval
   predictions depend on the other examples of the batch."""
