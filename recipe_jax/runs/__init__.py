@@ -1,0 +1,1 @@
+"""Run directories: the identity a run records, finished runs read back, tune studies."""
