@@ -64,6 +64,20 @@ def small_config(data_dir):
   return c
 
 
+@pytest.fixture
+def tune_config(small_config):
+  """A 3-trial study of 40-step runs over the learning rate and the width."""
+  small_config.stage = 'tune'
+  small_config.num_train_steps = 40
+  small_config.eval_every_steps = 20
+  small_config.checkpoint_every_steps = 20
+  small_config.tune.trials = 3
+  small_config.tune.space = json.dumps({
+      'optimizer.learning_rate': {'type': 'float', 'low': 1e-3, 'high': 3e-2, 'log': True},
+      'model.width': {'type': 'int', 'low': 16, 'high': 64}})
+  return small_config
+
+
 def load_config(relative_path):
   """A config file's get_config(), as --config=PATH would load it."""
   spec = importlib.util.spec_from_file_location('config_file', os.path.join(REPO, relative_path))

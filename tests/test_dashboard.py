@@ -14,7 +14,6 @@ from helpers import browser
 from helpers.gcs_emulator import free_port
 from recipe_jax.config import check as config_check
 from recipe_jax.stages import tune
-from test_tune_stage import tune_config  # noqa: F401,F811  the fixture
 
 
 def get_json(url: str, timeout_s: float = 60.0):
@@ -30,7 +29,7 @@ def get_json(url: str, timeout_s: float = 60.0):
 
 
 @pytest.fixture
-def dashboard(tune_config, tmp_path):  # noqa: F811
+def dashboard(tune_config, tmp_path):
   """A finished 2-trial study plus a surplus trial, and optuna-dashboard serving it."""
   tune_config.tune.trials = 2
   tune.run(tune_config, str(tmp_path))

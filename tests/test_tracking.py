@@ -14,6 +14,12 @@ TRAIN = ['--config=configs/mnist1d/mlp.py', '--config.eval_every_steps=100',
 
 
 def mlflow_flags(tmp_path):
+  """A local MLflow store; the experiment keeps its artifacts under tmp_path (MLflow's default
+  is ./mlruns in the working directory)."""
+  from mlflow.tracking import MlflowClient
+  client = MlflowClient(f'sqlite:///{tmp_path}/mlflow.db')
+  if client.get_experiment_by_name('tests') is None:
+    client.create_experiment('tests', artifact_location=str(tmp_path / 'artifacts'))
   return ['--config.tracking=mlflow', f'--config.tracking_uri=sqlite:///{tmp_path}/mlflow.db',
           '--config.tracking_project=tests']
 
@@ -93,3 +99,26 @@ def test_tracking_without_its_package_is_one_line(tmp_path, monkeypatch):
   with pytest.raises(UserError, match=r'tracking=wandb needs the wandb package: pip install -e '
                      r'"\.\[wandb\]"'):
     config_check.check_tracking_installed('wandb')
+
+
+def test_tracking_never_stops_training(small_config, tmp_path, monkeypatch, caplog):
+  """An unreachable server: the run goes on untracked. A call failing mid-run: one warning,
+  then the run goes on untracked."""
+  from recipe_jax.runs import tracking
+  monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
+  monkeypatch.setenv('MLFLOW_HTTP_REQUEST_TIMEOUT', '2')
+  small_config.tracking, small_config.tracking_uri = 'mlflow', 'http://127.0.0.1:9'
+  with tracking.tracked(small_config, str(tmp_path / 'unreachable')) as run:
+    assert run is None
+  assert 'training goes on untracked' in caplog.text
+  mlflow_flags(tmp_path)
+  small_config.tracking_uri = f'sqlite:///{tmp_path}/mlflow.db'
+  small_config.tracking_project = 'tests'
+  with tracking.tracked(small_config, str(tmp_path / 'run')) as run:
+    def gone(*args, **kwargs):
+      raise ConnectionError('the tracking server went away')
+    monkeypatch.setattr(run.client, 'log_batch', gone)
+    run.log_evals([{'step': 1, 'eval_accuracy': 0.5}])
+    run.log_evals([{'step': 2, 'eval_accuracy': 0.6}])
+    assert run.broken
+  assert caplog.text.count('this run goes on untracked') == 1

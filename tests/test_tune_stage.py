@@ -16,17 +16,6 @@ SPACE = {'optimizer.learning_rate': {'type': 'float', 'low': 1e-3, 'high': 3e-2,
          'model.width': {'type': 'int', 'low': 16, 'high': 64}}
 
 
-@pytest.fixture
-def tune_config(small_config):
-  small_config.stage = 'tune'
-  small_config.num_train_steps = 40
-  small_config.eval_every_steps = 20
-  small_config.checkpoint_every_steps = 20
-  small_config.tune.trials = 3
-  small_config.tune.space = json.dumps(SPACE)
-  return small_config
-
-
 def trials_of(workdir):
   storage = f'sqlite:///{os.path.abspath(os.path.join(workdir, "tune", "study.db"))}'
   [summary] = optuna.get_all_study_summaries(storage)

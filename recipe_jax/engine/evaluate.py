@@ -1,6 +1,5 @@
-"""The one evaluation path: a split padded to whole batches, sharded over the devices, the
-model in eval mode. Metrics (`make_eval_fn`, `compile_evaluator`) and predictions
-(`probabilities`) share the per-batch logits."""
+"""The one evaluation path: a split in whole batches sharded over the devices, the model in
+eval mode: metrics (`make_eval_fn`, `compile_evaluator`) and predictions (`probabilities`)."""
 import functools
 
 import jax
@@ -114,10 +113,14 @@ def probabilities(exp, state, x: np.ndarray, params=None) -> np.ndarray:
     params = state.ema_params if exp.config.ema_decay > 0 else state.params
   variables = put_replicated(exp.mesh, {'params': params, 'batch_stats': state.batch_stats})
   batch = eval_batch_size(len(x), exp.config.eval_batch_size, exp.mesh.size)
-  padded, _, _ = pad_for_eval(x, np.zeros(len(x), np.int32), batch)
-  with user_code.phase('in eval mode'):
-    logits = _logits_fn(exp.model, exp.mesh, batch)(variables, put_sharded(exp.mesh, padded))
-  return softmax(np.asarray(logits)[:len(x)])
+  logits_fn, found = _logits_fn(exp.model, exp.mesh, batch), []
+  for start in range(0, len(x), batch):  # a batch at a time: x may be a split in storage (Rows)
+    chunk = np.asarray(x[start:start + batch])
+    padded, _, _ = pad_for_eval(chunk, np.zeros(len(chunk), np.int32), batch)
+    with user_code.phase('in eval mode'):
+      logits = logits_fn(variables, put_sharded(exp.mesh, padded))
+    found.append(np.asarray(logits)[:len(chunk)])
+  return softmax(np.concatenate(found))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -36,8 +36,8 @@ def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
   """Trains `exp` (an `experiment.Experiment`), resuming from the latest checkpoint in workdir,
   and returns the run summary: setup, restore, the loop, the final evaluation.
   `on_eval(step, row)` runs after every validation eval with its history row (train and
-  validation metrics; a sweep reports to its pruner
-  there; an exception it raises ends the run after the checkpoints are written)."""
+  validation metrics): a sweep reports to its pruner there, tracking logs it; an exception it
+  raises ends the run after the checkpoints are written."""
   config, mesh = exp.config, exp.mesh
   if len(exp.dataset.y_val) == 0:
     raise UserError(f'dataset.val_fraction={config.dataset.val_fraction} leaves no validation '
@@ -279,10 +279,9 @@ def run_steps(exp, state, x_train, y_train, *, num_steps: int, seed: int, batch_
   train_step = steps.compile_train_step(settings, exp.mesh)
   history = []
   hooks = [loop.Hook(lambda step, state, step_metrics: history.append(step_metrics))]
+  if callback and (every or not num_steps):
+    callback(0, state)
   if callback:
-    if every:
-      callback(0, state)
-
     def watch(step, state, step_metrics):
       done = step - first
       if (every and done % every == 0) or done == num_steps:

@@ -78,5 +78,5 @@ def queue_again(study, number: int) -> None:
       state=optuna.trial.TrialState.WAITING, params=trial.params,
       distributions=trial.distributions,
       user_attrs={k: v for k, v in trial.user_attrs.items() if k != ENDED},
-      system_attrs={**trial.system_attrs, 'failed_trial': history[0], 'retry_history': history}))
+      system_attrs={'failed_trial': history[0], 'retry_history': history}))
   logging.warning('trial %d saved its checkpoint and is queued to run again', number)

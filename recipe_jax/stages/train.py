@@ -42,10 +42,11 @@ def run_training(config, workdir: str, on_eval=None, exp=None) -> dict:
       if on_eval:
         on_eval(step, row)
     summary = training.train_and_evaluate(exp or experiment.build(config), workdir, after_eval)
+    write_json(os.path.join(workdir, 'summary.json'), summary)
     if tracked_run:  # evals of a run trained side by side, or none left to log
       tracked_run.log_evals(summary['history'])
-      tracked_run.finished = summary['finished']
-  write_json(os.path.join(workdir, 'summary.json'), summary)
+      if not summary['finished']:
+        tracked_run.status = 'KILLED'
   console.run_ended(workdir, words.headline(
       {k: summary[k] for k in ('eval_accuracy', 'test_accuracy', 'step', 'wall_s')
        if summary.get(k) is not None}))
