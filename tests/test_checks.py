@@ -220,3 +220,57 @@ def test_prediction_dynamics_warns_when_stuck_or_collapsed():
 def test_human_baseline_is_reported_or_asked_for():
   assert checks.human_baseline(0.96, 0.9, 500).status == 'PASS'
   assert checks.human_baseline(None, 0.9, 500).status == 'WARN'
+
+
+class ZeroInitScale(nn.Module):
+  """Correct: a residual branch behind a scale that starts at 0 (a ResNet block's last
+  BatchNorm), so the branch's layer gets no gradient until the scale moves."""
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = x.reshape(x.shape[0], -1)
+    scale = self.param('scale', nn.initializers.zeros, (16,))
+    return nn.Dense(5)(nn.Dense(16)(h) + scale * nn.relu(nn.Dense(16, name='branch')(h)))
+
+
+def gradients_before_and_after(model, moved_leaf):
+  apply_fn, variables, x, y = setup(model)
+  grad_fn = jax.grad(lambda v, xb, yb: loss_fn(apply_fn(v, xb, False), yb).mean())
+  trained = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: leaf + 0.5 if moved_leaf in jax.tree_util.keystr(path) else leaf,
+      variables)
+  return checks.gradients(grad_fn, variables, x, y, lambda: trained)
+
+
+def test_a_gradient_zero_only_at_init_behind_a_zero_scale_passes_and_is_named():
+  v = gradients_before_and_after(ZeroInitScale(), 'scale')
+  assert v.status == 'PASS' and 'at init only' in v.summary and 'branch' in v.summary
+  assert sorted(v.evidence['zero_at_init_only']) == ['params/branch/bias', 'params/branch/kernel']
+
+
+def test_a_layer_that_stays_without_gradient_after_training_still_fails():
+  v = gradients_before_and_after(DeadFirstLayer(), 'Dense_1')
+  assert v.status == 'FAIL' and 'Dense_0' in v.summary and not v.evidence['zero_at_init_only']
+
+
+class CrossDeviceBatchNorm(nn.Module):  # BatchNorm as the built-in ResNets build it
+  axis_name: str | None = 'data'
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = nn.Dense(16)(x.reshape(x.shape[0], -1))
+    h = nn.BatchNorm(use_running_average=not train,
+                     axis_name=self.axis_name if train else None)(h)
+    return nn.Dense(5)(nn.relu(h))
+
+
+def test_checks_bind_the_device_axis_of_cross_device_batchnorm_outside_the_sharded_step():
+  model = CrossDeviceBatchNorm()
+  x = jax.random.normal(jax.random.key(0), (6, 12))
+  variables = model.init(jax.random.key(1), x[:1])
+  apply_fn = state_lib.make_apply_fn(model, variables['batch_stats'], jax.random.key(2))
+  v = checks.batch_dependency(apply_fn, variables['params'], x, jnp.arange(6) % 5, loss_fn, True)
+  assert v.status == 'PASS' and 'batch statistics, as BatchNorm does' in v.summary
+  # One member on the bound axis: the statistics of this batch, as one device computes them.
+  local = CrossDeviceBatchNorm(axis_name=None).apply(variables, x, train=True,
+                                                      mutable=['batch_stats'])[0]
+  np.testing.assert_allclose(apply_fn(variables['params'], x, True), local, rtol=1e-6)

@@ -1,3 +1,4 @@
+import re
 import sys
 import os
 
@@ -22,6 +23,7 @@ def model_config(name, width=None):
 @pytest.mark.parametrize('name, example_shape', [
     ('linear', (40,)), ('mlp', (40,)), ('cnn1d', (40,)), ('gru', (40,)),
     ('cnn2d', (8, 8, 1)), ('resnet18', (16, 16, 3)), ('resnet50', (16, 16, 3)),
+    ('vit', (8, 8, 3)), ('vit', (40,)),
 ])
 def test_every_builtin_model_maps_a_batch_to_logits(name, example_shape):
   width = 8 if name.startswith('resnet') else None  # narrow: the test checks wiring, not capacity
@@ -94,3 +96,59 @@ def test_mnist1d_mlp_starts_from_the_reference_pytorch_init():
   bound = 40 ** -0.5  # U(+-1/sqrt(fan_in)) for weights and biases
   for leaf in (first['kernel'], first['bias']):
     assert bound / 2 < float(jnp.abs(leaf).max()) <= bound
+
+
+def vit(**settings):
+  return models.create(ml_collections.ConfigDict({'name': 'vit', 'width': 16, 'depth': 2,
+                                                  'heads': 2, **settings}), num_classes=5)
+
+
+def test_vit_cuts_images_and_sequences_into_patches_with_a_class_token_or_mean_pooling():
+  params = lambda model, shape: state_lib.init_state(model, optax.adam(1e-3), shape, 0).params
+  image = params(vit(patch_size=2), (8, 8, 3))
+  assert image['patch_embedding']['kernel'].shape == (2, 2, 3, 16)
+  assert image['position_embedding'].shape == (1, 16 + 1, 16)  # 4x4 patches and the class token
+  sequence = params(vit(patch_size=4, pool='mean'), (40,))
+  assert sequence['patch_embedding']['kernel'].shape == (4, 1, 16)
+  assert sequence['position_embedding'].shape == (1, 10, 16) and 'cls_token' not in sequence
+  assert sorted(k for k in image if k.startswith('block_')) == ['block_0', 'block_1']
+
+
+def test_vit_dropout_acts_in_training_only():
+  model = vit(patch_size=4, dropout=0.5)
+  variables = {'params': state_lib.init_state(model, optax.adam(1e-3), (40,), 0).params}
+  x = jax.random.normal(jax.random.key(0), (4, 40))
+  train = lambda key: model.apply(variables, x, train=True, rngs={'dropout': key})
+  assert not np.allclose(train(jax.random.key(1)), train(jax.random.key(2)))
+  np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+
+
+@pytest.mark.parametrize('settings, words', [
+    ({'name': 'mlp', 'heads': 2}, "model.heads is for vit; 'mlp' does not take it"),
+    ({'name': 'gru', 'dropout': 0.1}, 'model.dropout is for mlp, cnn1d, cnn2d, vit'),
+    ({'name': 'linear', 'width': 8}, "'linear' does not take it"),
+    ({'name': 'vit', 'width': 10, 'heads': 4}, 'must be a multiple of model.heads=4'),
+    ({'name': 'helpers.user_models:TinyNet', 'patch_size': 2},
+     'applies to the built-in models (vit)'),
+])
+def test_a_key_the_model_does_not_take_is_one_line_naming_the_models_that_do(settings, words):
+  from recipe_jax.config import check as config_check
+  from recipe_jax.config import defaults
+  config = defaults.get_config()
+  config.model.update(settings)
+  with pytest.raises(UserError, match=re.escape(words)):
+    config_check.check_values(config)
+
+
+def test_a_patch_size_that_does_not_divide_the_input_is_one_line():
+  config = ml_collections.ConfigDict({'name': 'vit', 'patch_size': 3})
+  with pytest.raises(UserError, match=r'model.patch_size=3 does not divide the input \(8 x 8\)'):
+    models.check_input(config, (8, 8, 1))
+  models.check_input(config, (9, 9, 1))  # divides: no error
+  models.check_input(ml_collections.ConfigDict({'name': 'mlp'}), (7,))
+
+
+def test_a_user_model_gets_model_width_only_when_it_takes_one():
+  config = ml_collections.ConfigDict({'name': 'helpers.user_models:TinyNet', 'width': 8})
+  with pytest.raises(UserError, match='takes no width argument'):
+    models.create(config, num_classes=3)

@@ -144,7 +144,7 @@ def test_dropout_is_on_in_training_and_off_in_eval():
   in_training = [model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(k)})
                  for k in (2, 3)]
   assert not np.allclose(in_training[0], in_training[1])
-  with pytest.raises(UserError, match='no dropout layer'):
+  with pytest.raises(UserError, match="model.dropout is for .*'gru' does not take it"):
     models.create(ml_collections.ConfigDict({'name': 'gru', 'width': None, 'dropout': 0.1}), 10)
 
 

@@ -13,12 +13,14 @@ import numbers
 from typing import Any, Callable
 
 from recipe_jax.config import selection
+from recipe_jax.model import keys as model_keys
 from recipe_jax.errors import UserError
 
 # The one list of stages, in the recipe's order (report.html shows them in it too).
 STAGES = ('inspect', 'sanity', 'lr_find', 'overfit', 'train', 'compare', 'data_scaling', 'tune',
           'squeeze', 'evaluate', 'recipe')
 RECIPE_STAGES = tuple(s for s in STAGES if s not in ('train', 'evaluate', 'recipe'))
+DATA_ONLY_STAGES = ('inspect',)  # the others train or apply the configured model
 TUNE_TYPES = ('float', 'int', 'categorical')
 
 
@@ -276,6 +278,11 @@ RULES = {
     'model.width': positive_int(optional=True),
     'model.depth': positive_int(optional=True),
     'model.dropout': number(0, 1, high_open=True),
+    'model.heads': positive_int(optional=True),
+    'model.mlp_ratio': number(0, low_open=True, optional=True),
+    'model.patch_size': positive_int(optional=True),
+    'model.pool': Rule('cls or mean (or None: cls)', lambda v: v in ('cls', 'mean', None),
+                       ('max', 3)),
     'model.log_prior_output_bias': boolean(),
     'loss': text(),
     'label_smoothing': number(0, 1, high_open=True),
@@ -430,7 +437,8 @@ def _problem(key: str, value) -> str | None:
 
 def _relations(flat: dict) -> list:
   """Problems of keys that must agree with each other."""
-  found = []
+  found = model_keys.problems({k[len('model.'):]: v for k, v in flat.items()
+                               if k.startswith('model.')})
   if flat['lr_find.min_lr'] >= flat['lr_find.max_lr']:
     found.append(f"lr_find.min_lr={flat['lr_find.min_lr']:g} must be below lr_find.max_lr="
                  f"{flat['lr_find.max_lr']:g}")

@@ -48,8 +48,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'  # see recipe_jax.model.models.MODELS, or package.module:Factory
   c.model.width = config_dict.placeholder(int)  # None: the model's reference width
-  c.model.depth = config_dict.placeholder(int)  # mlp, cnn1d; None: the reference depth
-  c.model.dropout = 0.0  # mlp, cnn1d, cnn2d: dropout rate before the classifier
+  c.model.depth = config_dict.placeholder(int)  # mlp, cnn1d, vit; None: the reference depth
+  c.model.dropout = 0.0  # mlp, cnn1d, cnn2d: before the classifier; vit: in every block
+  # vit only (None: the model's default): attention heads (divide width), the MLP's width as a
+  # multiple of width, the side of a patch (images) or its length (1-D), cls | mean pooling
+  c.model.heads = config_dict.placeholder(int)
+  c.model.mlp_ratio = config_dict.placeholder(float)
+  c.model.patch_size = config_dict.placeholder(int)
+  c.model.pool = config_dict.placeholder(str)
   c.model.log_prior_output_bias = True  # "init well": final bias = log class priors
 
   c.loss = 'cross_entropy'  # or package.module:function, (logits, labels) -> per-example losses

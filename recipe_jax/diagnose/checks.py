@@ -13,9 +13,12 @@ from recipe_jax.report.results import Verdict
 
 def input_dependency(apply_fn, params, x, y, loss_fn, train: bool):
   """(B, B) matrix: the norm of d loss_i / d x_j, from one jacrev over the whole batch."""
-  per_example = lambda inputs: loss_fn(apply_fn(params, inputs, train), y)
-  jacobian = jax.jacrev(per_example)(jnp.asarray(x))  # (B, B, *example_shape)
-  return np.asarray(jnp.sqrt(jnp.sum(jacobian.reshape(len(y), len(y), -1) ** 2, axis=-1)))
+  def dependency(params, inputs, labels):
+    per_example = lambda inputs: loss_fn(apply_fn(params, inputs, train), labels)
+    jacobian = jax.jacrev(per_example)(inputs)  # (B, B, *example_shape)
+    return jnp.sqrt(jnp.sum(jacobian.reshape(len(labels), len(labels), -1) ** 2, axis=-1))
+  # Compiled: op by op, a ResNet's jacobian took 10x longer than compiling it.
+  return np.asarray(jax.jit(dependency)(params, jnp.asarray(x), jnp.asarray(y)))
 
 
 def batch_dependency(apply_fn, params, x, y, loss_fn, uses_batch_statistics: bool = False,
@@ -54,9 +57,13 @@ def batch_dependency(apply_fn, params, x, y, loss_fn, uses_batch_statistics: boo
                  evidence)
 
 
-def gradients(grad_fn, params, x, y) -> Verdict:
+def gradients(grad_fn, params, x, y, trained_params=None) -> Verdict:
   """`grad_fn(params, x, y) -> grads`: no NaN/Inf anywhere, and every parameter array gets a
-  non-zero gradient (an all-zero one is dead or detached, and is named)."""
+  non-zero gradient (an all-zero one is dead or detached, and is named).
+
+  `trained_params()` (the parameters after a short run) tells a gradient that is zero only at
+  init from a dead one: behind a zero-initialised scale (a ResNet block's last BatchNorm) the
+  layers before it get no gradient until the scale has moved, by design."""
   grads = jax.device_get(grad_fn(params, x, y))
   paths = ['/'.join(str(getattr(k, 'key', k)) for k in path)
            for path, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
@@ -67,11 +74,20 @@ def gradients(grad_fn, params, x, y) -> Verdict:
               'norms': {p: float(np.linalg.norm(np.ravel(g))) for p, g in zip(paths, leaves)}}
   if non_finite:
     return Verdict('gradients', 'FAIL', f'NaN/Inf gradients in {", ".join(non_finite)}', evidence)
+  note = ''
+  if zero and trained_params is not None:
+    later = dict(zip(paths, jax.tree.leaves(jax.device_get(grad_fn(trained_params(), x, y)))))
+    gated = [p for p in zero if np.any(later[p])]
+    zero = [p for p in zero if p not in gated]
+    evidence.update(zero_gradient=zero, zero_at_init_only=gated)
+    if gated:
+      note = (f'; {len(gated)} get none at init only (behind a zero-initialised scale, e.g. '
+              f'{gated[0]}), and do after the short run')
   if zero:
     return Verdict('gradients', 'FAIL', f'parameters receive no gradient (dead or detached): '
                    f'{", ".join(zero)}', evidence)
   return Verdict('gradients', 'PASS', f'all {len(leaves)} parameter arrays get finite, non-zero '
-                 'gradients', evidence)
+                 f'gradients{note}', evidence)
 
 
 def fixed_seed(run_fn, seed: int) -> Verdict:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recipe_jax.engine import rng
-from recipe_jax.model import models, optim
+from recipe_jax.model import optim
 from recipe_jax.engine import training
 from recipe_jax.engine import state as state_lib
 
@@ -24,7 +24,7 @@ def recompute_batch_stats(model, params, batch_stats, x: np.ndarray, batch_size:
   """BatchNorm statistics of `params` over the examples x: the mean over batches of each
   batch's mean and variance, as BatchNorm computes them in train mode.
 
-  `model` must be built without a cross-device axis (it runs outside the sharded step). A
+  It runs outside the sharded step, with the data axis bound (`state.on_one_device`). A
   BatchNorm update is new = m * old + (1 - m) * batch_value for an unknown momentum m, so the
   batch values are read from two updates that start from 0 and from 1: from 0 it is
   (1 - m) * batch_value, and the difference of the two is m.
@@ -35,8 +35,9 @@ def recompute_batch_stats(model, params, batch_stats, x: np.ndarray, batch_size:
 
   @jax.jit
   def updated(stats, xb):
-    _, new = state_lib.apply_model(model, {'params': params, 'batch_stats': stats}, xb, True,
-                                 rngs={'dropout': dropout_key}, mutable=['batch_stats'])
+    _, new = state_lib.on_one_device(state_lib.apply_model)(
+        model, {'params': params, 'batch_stats': stats}, xb, True, rngs={'dropout': dropout_key},
+        mutable=['batch_stats'])
     return new['batch_stats']
 
   zeros = jax.tree.map(jnp.zeros_like, batch_stats)
@@ -72,11 +73,9 @@ def continue_and_average(exp, state, *, steps: int, every: int, learning_rate: f
                                 num_steps=steps, seed=config.seed, batch_size=config.batch_size,
                                 tx=tx, augmentation=exp.augmentation, every=every,
                                 callback=collect, ema_decay=ema_decay)
-  local_model = models.create(config.model, exp.dataset.num_classes,  # no cross-device axis
-                              compute_dtype=config.compute_dtype)
 
   def with_fresh_statistics(params):
-    stats = recompute_batch_stats(local_model, params, final.batch_stats, exp.dataset.x_train,
+    stats = recompute_batch_stats(exp.model, params, final.batch_stats, exp.dataset.x_train,
                                   config.batch_size, config.seed)
     return final.replace(params=params, ema_params=params, batch_stats=stats)
 

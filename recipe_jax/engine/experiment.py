@@ -119,6 +119,7 @@ def build(config, *, num_train_steps: int | None = None, schedule=None,
     raise UserError(f'optimizer.accumulate_steps={micro} must be >= 1 and divide each '
                     f"device's batch ({config.batch_size} / {mesh.size} devices = "
                     f'{config.batch_size // mesh.size})')
+  models.check_input(config.model, dataset.x_train.shape[1:])
   model = models.create(config.model, dataset.num_classes, bn_axis_name=AXIS,
                         compute_dtype=config.compute_dtype)
   tx = warm_start.freeze(optim.create(config.optimizer, num_train_steps or config.num_train_steps,

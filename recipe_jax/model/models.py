@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recipe_jax.model import nnx_models, user_code
+from recipe_jax.model import keys, nnx_models, user_code
 from recipe_jax.engine.trees import get_leaf, replace_leaf
 from recipe_jax.errors import UserError
 
@@ -193,6 +193,68 @@ class ResNet(nn.Module):
         jnp.mean(h.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)))
 
 
+class EncoderBlock(nn.Module):
+  """Pre-LN transformer block: x + attention(LN(x)), then x + MLP(LN(x)) (ViT, Dosovitskiy
+  et al. 2020), with dropout after attention and in the MLP."""
+  heads: int
+  mlp_ratio: float
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    width = x.shape[-1]
+    h = nn.LayerNorm(dtype=self.dtype)(x)
+    h = nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype, dropout_rate=self.dropout,
+                                        deterministic=not train)(h, h)
+    x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = nn.LayerNorm(dtype=self.dtype)(x)
+    h = nn.gelu(nn.Dense(int(self.mlp_ratio * width), dtype=self.dtype)(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = nn.Dense(width, dtype=self.dtype)(h)
+    return x + nn.Dropout(self.dropout, deterministic=not train)(h)
+
+
+class ViT(nn.Module):
+  """Vision Transformer: non-overlapping patches embedded linearly, learned position
+  embeddings, `depth` pre-LN encoder blocks, a final LayerNorm, and a linear head on the class
+  token (`pool='cls'`) or on the mean of the tokens (`pool='mean'`).
+
+  Images (B, H, W, C) are cut into patch_size x patch_size squares; 1-D inputs (B, L) into
+  runs of patch_size positions. `check_input` says when a patch size does not divide the input.
+  """
+  num_classes: int
+  width: int = 64
+  depth: int = 4
+  heads: int = 4
+  mlp_ratio: float = 4.0
+  patch_size: int = 4
+  pool: str = 'cls'
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = (x[..., None] if x.ndim in (2, 3) else x).astype(self.dtype)  # a channel axis
+    patch = (self.patch_size,) * (x.ndim - 2)
+    tokens = nn.Conv(self.width, patch, strides=patch, padding='VALID', dtype=self.dtype,
+                     name='patch_embedding')(x)
+    tokens = tokens.reshape(tokens.shape[0], -1, self.width)
+    if self.pool == 'cls':
+      cls = self.param('cls_token', nn.initializers.zeros, (1, 1, self.width))
+      tokens = jnp.concatenate(
+          [jnp.broadcast_to(cls, (tokens.shape[0], 1, self.width)).astype(self.dtype), tokens], 1)
+    position = self.param('position_embedding', nn.initializers.normal(0.02),
+                          (1, tokens.shape[1], self.width))
+    h = nn.Dropout(self.dropout, deterministic=not train)(tokens + position.astype(self.dtype))
+    for i in range(self.depth):
+      h = EncoderBlock(self.heads, self.mlp_ratio, self.dropout, self.dtype,
+                       name=f'block_{i}')(h, train)
+    h = nn.LayerNorm(dtype=self.dtype, name='final_norm')(h)
+    pooled = h[:, 0] if self.pool == 'cls' else jnp.mean(h, axis=1)
+    return float32_logits(nn.Dense(self.num_classes, dtype=self.dtype, name='head')(pooled))
+
+
 MODELS = {
     'linear': Linear,
     'mlp': MLP,
@@ -201,11 +263,9 @@ MODELS = {
     'cnn2d': CNN2D,
     'resnet18': functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), bottleneck=False),
     'resnet50': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), bottleneck=True),
+    'vit': ViT,
 }
-
-
-DROPOUT_MODELS = ('mlp', 'cnn1d', 'cnn2d')
-DEPTH_MODELS = ('mlp', 'cnn1d')
+assert tuple(MODELS) == keys.BUILT_IN
 
 
 def check_name(name: str) -> None:
@@ -226,13 +286,18 @@ def create(model_config, num_classes: int, bn_axis_name: str | None = None,
   NNX one (it takes `rngs`) as Factory(num_classes, rngs=...) inside `nnx_models.NNXModel`;
   both with `dtype=` too when the compute dtype is not float32."""
   check_name(model_config.name)
+  found = keys.problems(model_config)
+  if found:
+    raise UserError('; '.join(found))
   dtype = COMPUTE_DTYPES[compute_dtype]
   if model_config.name not in MODELS:
-    if model_config.get('dropout') or model_config.get('depth') is not None:
-      raise UserError('model.dropout and model.depth apply to the built-in models; build them '
-                      f"into your own module '{model_config.name}' instead")
     factory = user_code.load(model_config.name, 'model')
     extra = {}
+    if model_config.width is not None:
+      if not nnx_models.takes(factory, 'width'):
+        raise UserError(f"model.width={model_config.width}: your model '{model_config.name}' "
+                        'takes no width argument; add one, or leave model.width unset')
+      extra['width'] = model_config.width
     if compute_dtype != 'float32':
       if not nnx_models.takes(factory, 'dtype'):
         raise UserError(f"compute_dtype={compute_dtype}: your model '{model_config.name}' takes "
@@ -240,24 +305,29 @@ def create(model_config, num_classes: int, bn_axis_name: str | None = None,
                         'or use compute_dtype=float32')
       extra['dtype'] = dtype
     if nnx_models.is_nnx_factory(factory):  # built inside init / apply, through the bridge
-      return nnx_models.NNXModel(factory, num_classes, dtype)
+      return nnx_models.NNXModel(factory, num_classes, dtype, extra.get('width'))
     with user_code.phase('when built'):
       return factory(num_classes=num_classes, **extra)
   kwargs = {'num_classes': num_classes, 'dtype': dtype}
-  if model_config.width is not None:
-    kwargs['width'] = model_config.width
-  if model_config.get('depth') is not None:
-    if model_config.name not in DEPTH_MODELS:
-      raise UserError(f"model.depth is for {', '.join(DEPTH_MODELS)}, not '{model_config.name}'")
-    kwargs['depth'] = model_config.depth
-  if model_config.get('dropout'):
-    if model_config.name not in DROPOUT_MODELS:
-      raise UserError(f"model.dropout is for {', '.join(DROPOUT_MODELS)}; '{model_config.name}' "
-                      'has no dropout layer')
-    kwargs['dropout'] = model_config.dropout
+  for key in keys.TAKEN_BY:
+    value = model_config.get(key)
+    if keys.is_set(key, value):  # keys.problems made sure the model takes it
+      kwargs[key] = value
   if model_config.name.startswith('resnet'):
     kwargs['bn_axis_name'] = bn_axis_name
   return MODELS[model_config.name](**kwargs)
+
+
+def check_input(model_config, example_shape) -> None:
+  """A one-line UserError when the model cannot take examples of this shape (a ViT patch size
+  that does not divide the input)."""
+  if model_config.name != 'vit':
+    return
+  patch = model_config.get('patch_size') or ViT.patch_size
+  spatial = example_shape[:2] if len(example_shape) >= 3 else example_shape[:1]
+  if any(n % patch for n in spatial):
+    raise UserError(f"model.patch_size={patch} does not divide the input ({' x '.join(map(str, spatial))}); "
+                    f"use a divisor of {' and '.join(map(str, sorted(set(spatial))))}")
 
 
 def reference_width(name: str) -> int | None:

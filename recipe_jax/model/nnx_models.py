@@ -49,11 +49,14 @@ class NNXModel(nn.Module):
   factory: Callable
   num_classes: int
   dtype: Any = jnp.float32  # passed to the factory when it is not float32
+  width: int | None = None  # model.width, passed when set
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     from flax import nnx
     extra = {} if self.dtype == jnp.float32 else {'dtype': self.dtype}
+    if self.width is not None:
+      extra['width'] = self.width
 
     def forward(module, x):
       module.train() if train else module.eval()

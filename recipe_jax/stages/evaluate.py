@@ -14,8 +14,12 @@ from recipe_jax.errors import UserError
 from recipe_jax.report.results import StageResult
 from recipe_jax.engine import evaluate
 
-FILES = ['analysis/confusion_matrix.png', 'analysis/per_class.csv', 'analysis/reliability.png',
-         'analysis/most_confident_wrong.png']
+
+
+def written(workdir: str, images: dict) -> list:
+  """The analysis files written (no mistakes: no most_confident_wrong.png), workdir-relative."""
+  return ['analysis/per_class.csv', *(os.path.relpath(p, workdir)
+                                      for paths in images.values() for p in paths)]
 
 
 def analyse(exp, state, workdir: str, history=None) -> tuple:
@@ -51,5 +55,5 @@ def run(config, workdir: str) -> StageResult:
   done = runs.summary(run_dir) or {}
   found, images, metrics = analyse(exp, state, workdir, done.get('history'))
   metrics['step'] = int(state.step)
-  return report.finish(workdir, StageResult('evaluate', found, metrics, FILES),
+  return report.finish(workdir, StageResult('evaluate', found, metrics, written(workdir, images)),
                        f'Evaluate: {run_dir} at step {int(state.step)}', images)

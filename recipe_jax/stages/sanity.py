@@ -83,7 +83,8 @@ def run(config, workdir: str) -> StageResult:
 
   def gradients():
     grad_fn = jax.jit(jax.grad(lambda p, x, y: exp.loss_fn(apply_fn()(p, x, True), y).mean()))
-    return (checks.gradients(grad_fn, state().params, first_x, first_y),)
+    return (checks.gradients(grad_fn, state().params, first_x, first_y,
+                             lambda: short_runs()[0]['state'].params),)
 
   def baselines():
     real, zero_input, _ = short_runs()
@@ -210,7 +211,8 @@ def _short_runs(cfg, exp, apply_fn):
                                 np.zeros_like(dataset.x_val))):
     watch = dict(every=cfg.dynamics_every, callback=record) if name == 'real' else {}
     state, history = exp.run_steps(x_train, dataset.y_train, cfg.steps, **watch)
-    results[name] = {'history': history, 'val': exp.evaluate(state, x_val, dataset.y_val)}
+    results[name] = {'history': history, 'val': exp.evaluate(state, x_val, dataset.y_val),
+                     'state': state}
   dynamics = {'probabilities': np.stack(frames), 'steps': frame_steps,
               'labels': dataset.y_val[:cfg.dynamics_examples]}
   return results['real'], results['zero_input'], dynamics

@@ -153,7 +153,7 @@ def run(config, workdir: str) -> StageResult:
     state = runs.restore_final_state(exp, workdir)
     analysed, images, _ = evaluate.analyse(exp, state, workdir, summary['history'])
     found += analysed
-    looked_at += evaluate.FILES
+    looked_at += evaluate.written(workdir, images)
   if curves:
     images['finished'] = [curves]
   result = StageResult('train', found, metrics, looked_at, finished=summary['finished'])

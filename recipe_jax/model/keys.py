@@ -1,0 +1,41 @@
+"""Which built-in model takes which `model.*` key: read by the config check (before anything
+runs, with no JAX import) and by `models.create`. None in a key means the model's default."""
+
+BUILT_IN = ('linear', 'mlp', 'cnn1d', 'gru', 'cnn2d', 'resnet18', 'resnet50', 'vit')
+# What each is made for: 1-D sequences (B, L) or images (B, H, W, C); each takes either.
+MADE_FOR = {'linear': 'sequence', 'mlp': 'sequence', 'cnn1d': 'sequence', 'gru': 'sequence',
+            'cnn2d': 'image', 'resnet18': 'image', 'resnet50': 'image', 'vit': 'image'}
+
+TAKEN_BY = {
+    'width': ('mlp', 'cnn1d', 'gru', 'cnn2d', 'resnet18', 'resnet50', 'vit'),
+    'depth': ('mlp', 'cnn1d', 'vit'),
+    'dropout': ('mlp', 'cnn1d', 'cnn2d', 'vit'),
+    'heads': ('vit',),
+    'mlp_ratio': ('vit',),
+    'patch_size': ('vit',),
+    'pool': ('vit',),
+}
+
+
+def is_set(key: str, value) -> bool:
+  """dropout's "off" is 0.0; every other key's is None."""
+  return bool(value) if key == 'dropout' else value is not None
+
+
+def problems(model_config: dict) -> list:
+  """One line per key set for a model that does not take it, naming the models that do."""
+  name = model_config['name']
+  found = []
+  for key, takers in TAKEN_BY.items():
+    if not is_set(key, model_config.get(key)) or name in takers:
+      continue
+    if name in BUILT_IN:
+      found.append(f"model.{key} is for {', '.join(takers)}; '{name}' does not take it")
+    elif key != 'width':  # a user model gets model.width only where it takes a width argument
+      found.append(f"model.{key} applies to the built-in models ({', '.join(takers)}); build it "
+                   f"into your own module '{name}' instead")
+  heads, width = model_config.get('heads'), model_config.get('width')
+  if name == 'vit' and heads and width and width % heads:
+    found.append(f'model.width={width} must be a multiple of model.heads={heads} (each head '
+                 'gets width / heads features)')
+  return found

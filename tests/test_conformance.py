@@ -1,0 +1,140 @@
+"""The conformance matrix: every built-in model (and a user NNX and Linen model) through every
+stage that trains or applies a model, on tiny synthetic data of the model's input kind.
+
+Rows come from `models.MODELS` (plus USER_ROWS), columns from `config_check.STAGES` less the
+data-only ones: a new model or stage gets its cells here without an edit. Each row runs one
+recipe over every recipe stage (each stage's own `run`, in-process, sharing compiled programs
+through the session's compilation cache), then `train` and `evaluate` on their own.
+README's models x stages table is checked against the same lists.
+"""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from recipe_jax.config import check as config_check, defaults
+from recipe_jax.errors import ChecksFailed, DivergenceError, UserError
+from recipe_jax.model import keys, models
+from recipe_jax.report import results as report
+from recipe_jax.stages import recipe
+
+USER_ROWS = {'helpers.nnx_models:CNN': 'sequence',  # NNX, BatchNorm and Dropout
+             'helpers.nnx_models:LinenCNN': 'sequence'}  # a user's Linen, BatchNorm and Dropout
+ROWS = {**{name: keys.MADE_FOR[name] for name in models.MODELS}, **USER_ROWS}
+COLUMNS = tuple(s for s in config_check.STAGES if s not in config_check.DATA_ONLY_STAGES)
+TINY = {'mlp': {'width': 16}, 'cnn1d': {'width': 8}, 'gru': {'width': 4}, 'cnn2d': {'width': 8},
+        'resnet18': {'width': 8}, 'resnet50': {'width': 4},
+        'vit': {'width': 16, 'depth': 2, 'heads': 2, 'patch_size': 4}}
+EXIT_CODES = {UserError: 2, ChecksFailed: 1, DivergenceError: 3}
+
+
+def synthetic_npz(path, kind):
+  """4 classes, each a fixed random template plus noise: learnable within a few steps."""
+  rng = np.random.default_rng(0)
+  shape = (16,) if kind == 'sequence' else (8, 8, 3)
+  templates = rng.normal(size=(4, *shape))
+
+  def split(n):
+    y = np.arange(n) % 4
+    return (templates[y] + 0.3 * rng.normal(size=(n, *shape))).astype(np.float32), y
+  (x_train, y_train), (x_test, y_test) = split(192), split(64)
+  np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
+def matrix_config(model: str, npz_path: str):
+  c = defaults.get_config()
+  c.dataset.name = f'npz:{npz_path}'
+  c.dataset.val_fraction = 0.25
+  c.model.name = model
+  for key, value in TINY.get(model, {}).items():
+    c.model[key] = value
+  c.batch_size, c.eval_batch_size = 16, 48
+  c.optimizer.learning_rate = 1e-2
+  c.num_train_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 20, 10, 10, 10
+  c.augment.noise = 0.05  # so squeeze's TTA row runs
+  c.sanity.steps, c.sanity.seed_steps, c.sanity.dynamics_every = 20, 2, 10
+  c.sanity.overfit_steps = 60
+  c.sanity.init_loss_batches, c.sanity.init_loss_batch_size = 4, 16
+  c.inspect.cv_steps, c.inspect.cv_folds = 20, 2
+  c.lr_find.seeds, c.lr_find.steps = 1, 20
+  c.overfit.target_accuracy = 0.5
+  c.compare.seeds = 1
+  # Variants, trials and SWA that keep the train step's program (a constant learning rate does
+  # not depend on the run's length): each row compiles its step a few times, not twenty.
+  c.compare.variants = json.dumps({'shorter': {'num_train_steps': 10},
+                                   'longer': {'num_train_steps': 30}})
+  c.tune.trials = 2
+  c.tune.space = json.dumps({'num_train_steps': {'type': 'int', 'low': 10, 'high': 30}})
+  c.data_scaling.fractions, c.data_scaling.seeds = (0.25, 0.5, 1.0), 1
+  c.squeeze.members, c.squeeze.swa_steps, c.squeeze.swa_every = 'seeds:2', 10, 5
+  c.squeeze.tta_copies, c.squeeze.swa_learning_rate = 2, c.optimizer.learning_rate
+  c.squeeze.student = '{}'  # the same model as student: distillation runs, no new program
+  c.recipe.stages = ','.join(config_check.RECIPE_STAGES)
+  c.recipe.continue_on_fail = True  # every stage runs, whatever an earlier one found
+  c.recipe.pin_learning_rate = True  # lr_find's suggestion would make new programs downstream
+  return c
+
+
+def exit_code(stage_module, config, workdir):
+  """What `python -m recipe_jax.main` would exit with: a stage's result, then its FAILs."""
+  try:
+    report.raise_if_failed(stage_module.run(config, workdir), workdir)
+    return 0
+  except tuple(EXIT_CODES) as e:
+    return EXIT_CODES[type(e)]
+
+
+_rows = {}
+
+
+def run_row(model, tmp_path_factory):
+  """{stage: (exit code, result, workdir of the stage)} for one row, computed once."""
+  if model in _rows:
+    return _rows[model]
+  from recipe_jax.stages import evaluate, train
+  base = tmp_path_factory.mktemp(re.sub(r'\W', '_', model))
+  npz = str(tmp_path_factory.getbasetemp() / f'{ROWS[model]}.npz')
+  if not os.path.exists(npz):
+    synthetic_npz(npz, ROWS[model])
+  config = matrix_config(model, npz)
+  cells = {}
+  for stage, module, extra in (('recipe', recipe, {}), ('train', train, {}),
+                               ('evaluate', evaluate, {'evaluate.run_dir': str(base / 'train')})):
+    stage_config = config.copy_and_resolve_references()
+    stage_config.stage = stage
+    stage_config.update_from_flattened_dict(extra)
+    workdir = str(base / stage)
+    cells[stage] = (exit_code(module, stage_config, workdir), workdir)
+  for stage in config_check.RECIPE_STAGES:  # run by the recipe in its own folder
+    found = report.read_result(os.path.join(base, 'recipe', stage, 'result.json'))
+    cells[stage] = (1 if any(v.status == 'FAIL' for v in found.verdicts) else 0,
+                    str(base / 'recipe'))
+  _rows[model] = cells
+  return cells
+
+
+@pytest.mark.parametrize('stage', COLUMNS)
+@pytest.mark.parametrize('model', ROWS)
+def test_every_model_runs_every_stage(model, stage, tmp_path_factory, caplog):
+  with caplog.at_level('INFO'):
+    code, workdir = run_row(model, tmp_path_factory)[stage]
+  result = report.read_result(os.path.join(workdir, stage, 'result.json'))
+  verdicts = {v.check: f'{v.status} {v.summary}' for v in result.verdicts}
+  assert not [v for v in verdicts.values() if 'could not run' in v], verdicts
+  assert 'Traceback' not in caplog.text
+  assert code == 0, {k: v for k, v in verdicts.items() if v.startswith('FAIL')}
+  for name in result.files:
+    assert os.path.exists(os.path.join(workdir, name)), name
+
+
+def test_readme_table_lists_every_model_and_stage():
+  text = open(os.path.join(REPO, 'README.md')).read()
+  table = text[text.index('<!-- conformance matrix -->'):text.index('<!-- /conformance matrix -->')]
+  header = [c.strip() for c in table.splitlines()[1].strip('|').split('|')]
+  assert header[1:] == list(COLUMNS)
+  rows = {line.strip('|').split('|')[0].strip().strip('`') for line in table.splitlines()[3:]
+          if line.startswith('|')}
+  assert rows == set(ROWS)
