@@ -43,6 +43,16 @@ def compilation_cache(tmp_path_factory):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 
+@pytest.fixture(scope='module', autouse=True)
+def forget_compiled_programs():
+  """Each test module's compiled programs are dropped after it: one process runs the whole
+  suite, and the executables it keeps would exhaust the process's memory mappings
+  (`engine/compiled.py`)."""
+  yield
+  from recipe_jax.engine import compiled
+  compiled.forget()
+
+
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory):
   """One TFDS data_dir for the session: mnist1d and digits are prepared into it on first use."""

@@ -92,6 +92,35 @@ def test_batchnorm_mixing_in_train_mode_is_explained_not_failed():
       'mixed_pairs_loss_input']
 
 
+class DeadInEvalModeAtInit(nn.Module):
+  """Correct: BatchNorm whose running averages (mean 0, variance 1 at init) send some examples
+  to all-zero features in eval mode, while batch statistics in train mode do not."""
+  eval_path_ignores_input: bool = False
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    signs = lambda key, shape, dtype=jnp.float32: jnp.array([[1.0, -1.0]], dtype)
+    shift = lambda key, shape, dtype=jnp.float32: jnp.full(shape, -20.0, dtype)
+    h = nn.Dense(2, kernel_init=signs, bias_init=shift)(x)  # (x - 20, -x - 20)
+    h = nn.BatchNorm(use_running_average=not train)(h)
+    if self.eval_path_ignores_input and not train:
+      h = h * 0.0  # a planted bug: the eval path detaches the input
+    return nn.Dense(5)(nn.relu(h))
+
+
+def test_eval_mode_dead_examples_at_init_pass_with_batchnorm_unless_all_are_dead():
+  apply_fn, variables, x, y = setup(DeadInEvalModeAtInit(), example_shape=(1,), batch=8)
+  x = jnp.linspace(10.0, 30.0, 8)[:, None]  # x < 20: all-zero features in eval mode at init
+  v = checks.batch_dependency(apply_fn, variables, x, y, loss_fn, True)
+  dead = v.evidence['eval']['examples_not_depending_on_own_input']
+  assert 0 < len(dead) < len(y) and not v.evidence['train']['examples_not_depending_on_own_input']
+  assert v.status == 'PASS' and 'running averages' in v.summary
+  apply_fn, variables, _, _ = setup(DeadInEvalModeAtInit(eval_path_ignores_input=True),
+                                    example_shape=(1,), batch=8)
+  v = checks.batch_dependency(apply_fn, variables, x, y, loss_fn, True)
+  assert v.status == 'FAIL' and 'eval mode: losses' in v.summary
+
+
 def test_dead_layer_is_named_by_the_gradient_check():
   v = grad_check(DeadFirstLayer())
   assert v.status == 'FAIL' and 'Dense_0' in v.summary

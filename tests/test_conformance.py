@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO
 from recipe_jax.config import check as config_check, defaults
+from recipe_jax.engine import compiled
 from recipe_jax.errors import ChecksFailed, DivergenceError, UserError
 from recipe_jax.model import keys, models
 from recipe_jax.report import results as report
@@ -53,7 +54,7 @@ def matrix_config(model: str, npz_path: str):
     c.model[key] = value
   c.batch_size, c.eval_batch_size = 16, 48
   c.optimizer.learning_rate = 1e-2
-  c.num_train_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 20, 10, 10, 10
+  c.num_train_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 20, 10, 10, 20
   c.augment.noise = 0.05  # so squeeze's TTA row runs
   c.sanity.steps, c.sanity.seed_steps, c.sanity.dynamics_every = 20, 2, 10
   c.sanity.overfit_steps = 60
@@ -113,6 +114,7 @@ def run_row(model, tmp_path_factory):
     cells[stage] = (1 if any(v.status == 'FAIL' for v in found.verdicts) else 0,
                     str(base / 'recipe'))
   _rows[model] = cells
+  compiled.forget()  # a row's programs serve no other row
   return cells
 
 

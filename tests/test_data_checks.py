@@ -146,4 +146,58 @@ def test_label_noise_says_when_the_model_is_too_weak_to_judge():
   y = rng.integers(0, 5, 400)
   guesses = rng.dirichlet(np.ones(5), size=400)  # a model that knows nothing
   v = data_checks.label_noise(y, guesses)
-  assert 'too weak to judge labels' in v.summary and v.evidence['model_accuracy'] < 0.5
+  assert v.status == 'PASS' and 'too weak to judge single labels' in v.summary
+  assert 'the errors of a hard task' in v.summary and v.evidence['model_accuracy'] < 0.5
+
+
+def structured_labels(remapped_classes: int = 0, pair: tuple | None = None, seed: int = 0):
+  """1400 rows of 10 classes and a model right on 96% of them; in the second half of the rows
+  the first `remapped_classes` classes carry another encoder's ids (two sources merged), or
+  45% of class pair[0] is labelled pair[1] (one systematic confusion)."""
+  rng = np.random.default_rng(seed)
+  n, classes = 1400, 10
+  truth = rng.integers(0, classes, n)
+  predicted = truth.copy()
+  wrong = rng.random(n) < 0.04
+  predicted[wrong] = rng.integers(0, classes, wrong.sum())
+  given = truth.copy()
+  other_encoder = np.array([9, 2, 7, 8, 4, 5, 6, 0, 1, 3])
+  moved = np.isin(truth, np.arange(remapped_classes)) & (np.arange(n) >= n // 2)
+  given[moved] = other_encoder[truth[moved]]
+  if pair:
+    confused = (truth == pair[0]) & (rng.random(n) < 0.45)
+    given[confused] = pair[1]
+  probabilities = np.full((n, classes), 0.1 / (classes - 1))
+  probabilities[np.arange(n), predicted] = 0.9
+  return given, probabilities
+
+
+@pytest.mark.parametrize('remapped, status', [(10, 'FAIL'), (3, 'FAIL'), (2, 'FAIL'), (1, 'WARN')])
+def test_a_block_of_rows_with_another_label_encoding_is_named_with_its_rows(remapped, status):
+  """Two classes remapped in half the file is already a block (Cramér's V 0.32, threshold
+  0.3); one class remapped reads as one class pair instead."""
+  given, probabilities = structured_labels(remapped)
+  v = data_checks.label_noise(given, probabilities)
+  assert v.status == status, v.summary
+  if status == 'FAIL':
+    assert 'rows 700 to 1399' in v.summary or 'rows 0 to 699' in v.summary
+    assert 'different label encodings merged' in v.summary
+    assert v.evidence['cause'] == 'label encodings differ by rows'
+  else:
+    assert 'labelled 9 look like 0' in v.summary and 'systematic confusion' in v.summary
+
+
+def test_one_systematic_confusion_names_the_class_pair():
+  given, probabilities = structured_labels(pair=(7, 1))
+  v = data_checks.label_noise(given, probabilities)
+  assert v.status == 'WARN' and 'labelled 1 look like 7' in v.summary
+  assert v.evidence['cause'] == 'systematic confusion'
+  assert v.evidence['structure']['dominant_pairs'][0]['given'] == 1
+
+
+def test_random_noise_and_clean_labels_have_no_structure():
+  given, probabilities = structured_labels()
+  v = data_checks.label_noise(given, probabilities)  # the model's 4% random errors
+  assert v.status == 'WARN' and 'random label noise' in v.summary
+  assert v.evidence['structure']['block'] is None
+  assert v.evidence['structure']['dominant_pairs'] == []

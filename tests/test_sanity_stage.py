@@ -12,9 +12,7 @@ from recipe_jax.report import results as report
 from recipe_jax.errors import ChecksFailed
 from recipe_jax.stages import sanity
 
-CHECKS = ('fixed_seed', 'loss_at_init', 'init_well', 'inputs_before_net', 'batch_dependency',
-          'eval_consistency', 'gradients', 'dumb_baselines', 'decreasing_loss',
-          'prediction_dynamics', 'overfit_one_batch', 'human_baseline')
+CHECKS = (*sanity.CHECKS, 'diagnosis')
 
 # planted bug -> (config overrides, the check that must FAIL)
 PLANTED = {

@@ -1,6 +1,8 @@
 import glob
 import os
+import re
 
+import jax
 import numpy as np
 import pytest
 
@@ -125,3 +127,86 @@ def test_train_verdicts_warn_on_an_overfitting_gap_and_a_preempted_run():
   assert train.verdicts({**summary, 'eval_accuracy': 0.95}, max_gap=0.1)[1].status == 'PASS'
   [stopped] = train.verdicts({**summary, 'finished': False}, max_gap=0.1)
   assert stopped.status == 'WARN' and 'resumes' in stopped.summary
+
+
+def test_compiled_program_caches_are_bounded_and_forget_empties_them():
+  """XLA:CPU executables each hold memory mappings: caches without bound crashed a long
+  process past vm.max_map_count (SIGSEGV in CI)."""
+  from recipe_jax.engine import compiled, state, steps
+  registered = set(map(id, compiled._caches))
+  for engine_cache in (state.jitted_logits, steps.compile_train_step, evaluate.make_eval_fn):
+    assert id(engine_cache) in registered
+  assert all(c.cache_info().maxsize == compiled.PROGRAMS_PER_CACHE for c in compiled._caches)
+  add = compiled.cached(lambda n: jax.jit(lambda x: x + n))
+  assert sum(float(add(n)(1.0)) for n in range(3 * compiled.PROGRAMS_PER_CACHE)) > 0
+  assert add.cache_info().currsize == compiled.PROGRAMS_PER_CACHE
+  compiled.forget()
+  assert all(c.cache_info().currsize == 0 for c in compiled._caches)
+  compiled._caches.remove(add)
+
+
+def test_a_gap_that_a_block_of_relabelled_rows_explains_is_not_called_overfitting():
+  from test_data_checks import structured_labels
+  from recipe_jax.diagnose import data_checks
+  from recipe_jax.report.results import Verdict
+  from recipe_jax.stages import train
+  gap = train._gap_verdict({'train_accuracy': 1.0, 'eval_accuracy': 0.8}, 0.05)
+  assert 'regularise' in gap.summary
+  given, probabilities = structured_labels(remapped_classes=10)
+  structure = data_checks.label_structure(given, probabilities.argmax(1), np.arange(len(given)), 10)
+  confusions = Verdict('confusions', 'WARN', '...', {'label_structure': structure})
+  explained = train.gap_from_labels(gap, [confusions])
+  assert explained.status == 'WARN' and explained.evidence['cause'] == 'labels'
+  assert 'the gap comes from the labels' in explained.summary and 'regularis' not in \
+      explained.summary.replace('regularising would only fit them worse', '')
+  assert 'rows 0 to 699' in explained.summary
+  given, probabilities = structured_labels(pair=(7, 1))  # no block: overfitting advice stays
+  structure = data_checks.label_structure(given, probabilities.argmax(1), np.arange(len(given)), 10)
+  confusions = Verdict('confusions', 'WARN', '...', {'label_structure': structure})
+  assert train.gap_from_labels(gap, [confusions]) is gap
+
+
+def monitored_run(small_config, tmp_path, model):
+  small_config.model.name = model
+  small_config.num_train_steps, small_config.eval_every_steps = 120, 20
+  small_config.optimizer.learning_rate = 1e-3
+  from recipe_jax.stages import train
+  return {v.check: v for v in train.run(small_config, str(tmp_path)).verdicts}
+
+
+def test_training_monitor_warns_when_a_layer_dies_mid_run_and_logs_every_layer(
+    small_config, tmp_path):
+  verdicts = monitored_run(small_config, tmp_path, 'helpers.planted_bugs:DriftingBias')
+  health = verdicts['layer_health']
+  assert health.status == 'WARN', health.summary
+  # the shifted ReLUs feed Dense_1; with them gone, Dense_2's inputs die too and the first
+  # layer's gradient vanishes: whichever it names first, it names a layer and the step
+  assert re.search(r'Dense_[12]: \d+% of the ReLU units entering it are dead at step \d+ '
+                   r'\(\d+% at step 20\)', health.summary), health.summary
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(tmp_path))
+  events.Reload()
+  tags = set(events.Tags()['tensors'])
+  for tag in ('layers/grad_norm/Dense_0', 'layers/update_ratio/Dense_2',
+              'layers/dead_fraction/Dense_1', 'layers/grad_first_over_last'):
+    assert tag in tags, sorted(tags)
+
+
+def test_training_monitor_stays_quiet_on_a_clean_model(small_config, tmp_path):
+  health = monitored_run(small_config, tmp_path, 'helpers.planted_bugs:Correct')['layer_health']
+  assert health.status == 'PASS' and 'first / last layer gradient' in health.summary
+
+
+def test_monitor_names_what_got_worse_and_only_that():
+  from recipe_jax.diagnose import monitor
+  first = {'layers/dead_fraction/Dense_1': 0.3, 'layers/grad_first_over_last': 0.5}
+  same = monitor.worse(first, 20, first, 40, 1e3, 'Dense_0')
+  assert same == []
+  now = {'layers/dead_fraction/Dense_1': 0.95, 'layers/grad_first_over_last': 2e-4}
+  found = dict(monitor.worse(first, 20, now, 40, 1e3, 'Dense_0'))
+  assert 'Dense_1: 95% of the ReLU units' in found[('dead', 'Dense_1')]
+  assert 'fell to 0.0002x' in found[('vanishing',)] and 'Dense_0' in found[('vanishing',)]
+  near = {'layers/dead_fraction/Dense_1': 0.89, 'layers/grad_first_over_last': 1.1e-3}
+  assert monitor.worse(first, 20, near, 40, 1e3, 'Dense_0') == []  # just under each threshold
+  dead_from_start = {'layers/dead_fraction/Dense_1': 0.95}  # sanity's business, not a change
+  assert monitor.worse(dead_from_start, 20, dead_from_start, 40, 1e3, 'Dense_0') == []

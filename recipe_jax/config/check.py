@@ -113,6 +113,14 @@ def fractions_rule(minimum: int, *, ordered: bool) -> Rule:
               ((0.5, 1.0), (0.5, 1.0, 2.0), 'abc'))
 
 
+def factors_rule() -> Rule:
+  """A tuple of positive numbers other than 1 (multipliers of a configured value), or empty."""
+  def accepts(v):
+    return isinstance(v, (tuple, list)) and all(_is_real(f) and f > 0 and f != 1 for f in v)
+  return Rule('a tuple of positive factors other than 1, e.g. (0.1, 10, 100), or ()', accepts,
+              ((0, 10), (1, 10), 'abc', (float('nan'),)))
+
+
 def storage_rule() -> Rule:
   """None or a SQLAlchemy database URL whose driver is installed."""
   return Rule('a database URL such as postgresql+psycopg://USER@HOST/DB or sqlite:///PATH '
@@ -316,6 +324,7 @@ RULES = {
     'divergence_factor': number(1, low_open=True),
     'eval_train_split': boolean(),
     'max_train_val_gap': number(0, 1),
+    'monitor_layers': boolean(),
     'profile_steps': number(0, integer=True),
     'seeds_side_by_side': one_of('on', 'off', 'auto'),
     'compute_dtype': one_of('float32', 'bfloat16'),
@@ -337,6 +346,12 @@ RULES = {
     'sanity.overfit_examples': positive_int(),
     'sanity.overfit_steps': positive_int(),
     'sanity.overfit_max_loss': number(0, low_open=True),
+    'sanity.max_gradient_ratio': number(1, low_open=True),
+    'sanity.max_relative_gradient': number(0, low_open=True),
+    'sanity.max_dead_fraction': number(0, 1, low_open=True),
+    'sanity.max_saturated_fraction': number(0, 1, low_open=True),
+    'sanity.max_copied_units': number(0, 1, low_open=True),
+    'sanity.lr_sweep': factors_rule(),
     'lr_find.min_lr': number(0, low_open=True),
     'lr_find.max_lr': number(0, low_open=True),
     'lr_find.steps': number(20, integer=True),

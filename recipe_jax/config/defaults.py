@@ -97,6 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.divergence_factor = 100.0  # stop when loss > factor * initial loss
   c.eval_train_split = False  # also evaluate the whole training split at the end
   c.max_train_val_gap = 0.1  # train stage: WARN when train - validation accuracy exceeds this
+  c.monitor_layers = True  # per-layer norms, update ratios, dead units at every eval (TensorBoard)
   c.profile_steps = 0  # > 0: a jax.profiler trace of this many steps after compilation ...
   # ... in DIR/profile (TensorBoard's profile tab, or https://ui.perfetto.dev)
   # compare, squeeze, lr_find: train a config's seeds as one vmapped program (side_by_side.py)
@@ -129,6 +130,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.sanity.overfit_examples = 8  # overfit one batch of this many training examples ...
   c.sanity.overfit_steps = 500  # ... within this many steps ...
   c.sanity.overfit_max_loss = 0.05  # ... to at most this loss and 100% accuracy
+  # Inside the net (diagnose/inside.py), at init and after the short run:
+  c.sanity.max_gradient_ratio = 1e3  # FAIL: first / last layer gradient beyond this either way
+  c.sanity.max_relative_gradient = 10.0  # FAIL (exploding): a layer's gradient / its weights
+  c.sanity.max_dead_fraction = 0.5  # FAIL: this share of a layer's ReLUs zero for a whole batch
+  c.sanity.max_saturated_fraction = 0.5  # FAIL: this share of sigmoid/tanh outputs saturated
+  c.sanity.max_copied_units = 0.5  # FAIL: this share of a hidden layer's units start as copies
+  # When the loss does not fall or one batch is not memorised: one-batch runs at these multiples
+  # of the learning rate tell a rate far off from other causes (the diagnosis)
+  c.sanity.lr_sweep = (0.1, 10.0, 100.0)
 
   c.lr_find = ml_collections.ConfigDict()  # stage='lr_find': exponential LR range test
   c.lr_find.min_lr = 1e-6

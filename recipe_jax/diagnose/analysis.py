@@ -21,6 +21,7 @@ import numpy as np
 from recipe_jax import files
 from recipe_jax.data import datasets as data
 from recipe_jax.engine import multihost
+from recipe_jax.diagnose import data_checks
 from recipe_jax.report import plots
 from recipe_jax.report.results import Verdict
 
@@ -153,6 +154,16 @@ def write(directory: str, probs, labels, x, cfg, dataset=None, split: str = 'val
              [[c, *(f'{stats[k][c]:.4f}' for k in ('precision', 'recall', 'f1')),
                int(stats['support'][c])] for c in range(num_classes)])
   found = verdicts(counts, stats, ece, confusions, cfg, history, split)
+  if dataset is not None and len(labels) == len(getattr(dataset, f'{split}_rows')):
+    structure = data_checks.label_structure(labels, probs.argmax(-1),
+                                            getattr(dataset, f'{split}_rows'), num_classes)
+    confused = next(v for v in found if v.check == 'confusions')
+    confused.evidence['label_structure'] = structure
+    if structure['block']:  # a row block names the labels; class pairs may be the task's own
+      confused.summary += '; ' + data_checks.describe_structure({**structure,
+                                                                'dominant_pairs': []})
+      if confused.status == 'PASS':
+        confused.status = 'WARN'
   images = {'confusions': [os.path.join(directory, 'confusion_matrix.png')],
             'calibration': [os.path.join(directory, 'reliability.png')]}
   plots.confusion(images['confusions'][0], counts, f'confusion on {split} ({len(labels)})')

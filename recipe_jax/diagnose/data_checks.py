@@ -275,12 +275,140 @@ def _fit_mlp(inputs, labels, weights, key, num_classes: int, hidden: int, steps:
   return params
 
 
-def label_noise(y, probabilities: np.ndarray, min_model_accuracy: float = 0.8) -> Verdict:
+def label_pairs(given, predicted, num_classes: int, top: int = 5) -> list:
+  """The most frequent (given, predicted) disagreements: [{'given', 'predicted', 'count',
+  'share_of_class' (of the examples given that label), 'share_of_errors'}]."""
+  wrong = given != predicted
+  if not np.any(wrong):
+    return []
+  counts = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(counts, (given[wrong], predicted[wrong]), 1)
+  per_class = np.maximum(np.bincount(given, minlength=num_classes), 1)
+  order = np.argsort(-counts, axis=None)[:top]
+  return [{'given': int(g), 'predicted': int(p), 'count': int(counts[g, p]),
+           'share_of_class': float(counts[g, p] / per_class[g]),
+           'share_of_errors': float(counts[g, p] / wrong.sum())}
+          for g, p in zip(*np.unravel_index(order, counts.shape)) if counts[g, p]]
+
+
+def label_block(given, predicted, rows, num_classes: int, chunks: int = 20,
+                min_share: float = 0.05, max_p: float = 1e-6, min_v: float = 0.3) -> dict | None:
+  """A contiguous run of the file's rows where the labels mean something else: for the same
+  given label, a model predicts other classes there than elsewhere (two sources merged, one
+  with another label encoding; a corrupted shard). Every block between `chunks` equal cuts
+  of the rows (in file order) is tested: per given label, the predicted classes inside
+  against outside (chi-squared, pooled over the labels found on both sides about as often as
+  the block's share of the rows); the block with the largest effect (Cramér's V) is returned
+  when V >= `min_v`, p < `max_p` and it holds `min_share` of the rows.
+  """
+  from scipy import stats
+  order = np.argsort(rows, kind='stable')
+  given, predicted, rows = given[order], predicted[order], np.asarray(rows)[order]
+  n = len(given)
+  cuts = np.unique(np.linspace(0, n, min(chunks, max(n // 20, 2)) + 1).round().astype(int))
+  best = None
+  for i, start in enumerate(cuts[:-1]):
+    for end in cuts[i + 1:]:
+      if (start, end) == (0, n) or end - start < min_share * n:
+        continue
+      inside = np.zeros(n, bool)
+      inside[start:end] = True
+      chi2, dof, used = 0.0, 0, 0
+      share = (end - start) / n
+      for label in range(num_classes):
+        mine = given == label
+        a = np.bincount(predicted[mine & inside], minlength=num_classes)
+        b = np.bincount(predicted[mine & ~inside], minlength=num_classes)
+        # A label far rarer on one side than its share of the rows (a file sorted by class)
+        # would compare its few mislabelled strays there with its own examples elsewhere.
+        total = a.sum() + b.sum()
+        if min(a.sum(), b.sum()) < 3 or a.sum() < 0.5 * share * total or \
+            b.sum() < 0.5 * (1 - share) * total:
+          continue
+        table = np.stack([a, b])[:, (a + b) > 0]
+        if table.shape[1] < 2:
+          continue
+        expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+        chi2 += float(((table - expected) ** 2 / expected).sum())
+        dof += table.shape[1] - 1
+        used += int(table.sum())
+      if not dof:
+        continue
+      v = float(np.sqrt(chi2 / used))
+      if best is None or v > best['cramers_v']:
+        best = {'start': int(start), 'end': int(end), 'cramers_v': v,
+                'p': float(stats.chi2.sf(chi2, dof)), 'dof': dof}
+  if best is None or best['cramers_v'] < min_v or best['p'] >= max_p:
+    return None
+  inside = np.zeros(n, bool)
+  inside[best['start']:best['end']] = True
+  remap = []
+  for label in range(num_classes):
+    mine = given == label
+    if (mine & inside).sum() >= max(3, 0.5 * inside.mean() * mine.sum()) and \
+        (mine & ~inside).sum() >= max(3, 0.5 * (1 - inside.mean()) * mine.sum()):
+      there = int(np.bincount(predicted[mine & inside], minlength=num_classes).argmax())
+      elsewhere = int(np.bincount(predicted[mine & ~inside], minlength=num_classes).argmax())
+      if there != elsewhere:
+        remap.append({'label': label, 'predicted_inside': there, 'predicted_outside': elsewhere})
+  agree = given == predicted
+  return {**best, 'first_row': int(rows[best['start']]), 'last_row': int(rows[best['end'] - 1]),
+          'rows': int(best['end'] - best['start']), 'share': float(inside.mean()),
+          'accuracy_inside': float(agree[inside].mean()),
+          'accuracy_outside': float(agree[~inside].mean()), 'remapped': remap}
+
+
+def label_structure(given, predicted, rows, num_classes: int) -> dict:
+  """How a model's disagreements with the labels are arranged: a block of rows where labels
+  mean something else, and pairs of classes that take most of the errors (a systematic
+  confusion) or errors spread over many pairs (random noise, or a hard task)."""
+  given, predicted = np.asarray(given), np.asarray(predicted)
+  pairs = label_pairs(given, predicted, num_classes)
+  dominant = [p for p in pairs if p['count'] >= 5 and p['share_of_errors'] >= 0.25
+              and p['share_of_class'] >= 0.1]
+  return {'block': label_block(given, predicted, rows, num_classes), 'pairs': pairs,
+          'dominant_pairs': dominant, 'errors': int((given != predicted).sum())}
+
+
+def describe_structure(structure: dict) -> str | None:
+  """Words for `label_structure`'s finding, or None when there is none."""
+  block, dominant = structure['block'], structure['dominant_pairs']
+  if block:
+    moved = block['remapped'][:4]
+    inside = ', '.join(f"{m['label']} as {m['predicted_inside']}" for m in moved)
+    outside = ', '.join(f"{m['label']} as {m['predicted_outside']}" for m in moved)
+    where = (f"rows {block['first_row']} to {block['last_row']} ({block['share']:.0%} of the "
+             'file) and the other rows')
+    return (f'{where} use their labels differently: a model agrees with the labels on '
+            f"{block['accuracy_inside']:.0%} of the first and {block['accuracy_outside']:.0%} "
+            'of the second' + (f'; in the first, label {inside} (label: what a model predicts '
+                               f'for its examples); in the second, {outside}' if moved else '') +
+            f" (Cramér's V {block['cramers_v']:.2f}): two sources with different label "
+            'encodings merged, or a corrupted block')
+  if dominant:
+    named = '; '.join(f"{p['count']} labelled {p['given']} look like {p['predicted']} "
+                      f"({p['share_of_class']:.0%} of the {p['given']}s)" for p in dominant[:3])
+    share = sum(p['share_of_errors'] for p in dominant)
+    return (f'{share:.0%} of the disagreements are {len(dominant)} class pair(s): {named}: a '
+            'systematic confusion between these classes (an annotator or a mapping), not '
+            'random noise')
+  return None
+
+
+def label_noise(y, probabilities: np.ndarray, min_model_accuracy: float = 0.8,
+                rows=None) -> Verdict:
   """Confident learning: the given label's probability is under its class's threshold (the
   mean self-confidence of that class) while another class is over its own threshold.
-  Ranked by how much more the model believes the suggested class. A model below
-  `min_model_accuracy` cannot judge labels: the summary says so and the list is hard examples."""
+  Ranked by how much more the model believes the suggested class.
+
+  Then the structure of the disagreements (`label_structure`, with `rows` the examples' rows
+  in the user's file): a block of rows with another label encoding, or a class pair taking most
+  errors, is named whatever the model's accuracy (such labels are what drag it down). Without
+  structure, a model below `min_model_accuracy` cannot judge single labels: its errors are
+  those of a hard task, not evidence of noise."""
   num_classes = probabilities.shape[1]
+  y = np.asarray(y)
+  rows = np.arange(len(y)) if rows is None else np.asarray(rows)
   thresholds = np.array([probabilities[y == c, c].mean() if np.any(y == c) else 1.0
                          for c in range(num_classes)])
   given = probabilities[np.arange(len(y)), y]
@@ -290,17 +418,36 @@ def label_noise(y, probabilities: np.ndarray, min_model_accuracy: float = 0.8) -
   suspect = (given < thresholds[y]) & np.isfinite(confident_other.max(axis=1))
   margin = confident_other.max(axis=1) - given
   order = np.flatnonzero(suspect)[np.argsort(-margin[suspect])]
-  accuracy = float(np.mean(np.argmax(probabilities, 1) == y))
-  judged = (f'{len(order)} train examples look mislabelled to a cross-validated model '
-            f'(accuracy {accuracy:.1%}; confident learning)')
+  predicted = np.argmax(probabilities, 1)
+  accuracy = float(np.mean(predicted == y))
+  structure = label_structure(y, predicted, rows, num_classes)
+  evidence = {'indices': order[:MAX_LISTED].tolist(),
+              'given_labels': y[order[:MAX_LISTED]].tolist(),
+              'suggested_labels': suggested[order[:MAX_LISTED]].tolist(),
+              'margins': margin[order[:MAX_LISTED]].round(3).tolist(),
+              'count': int(len(order)), 'class_thresholds': thresholds.round(3).tolist(),
+              'model_accuracy': accuracy, 'min_model_accuracy': min_model_accuracy,
+              'structure': structure}
+  found = describe_structure(structure)
+  checked = f'a cross-validated model reaches {accuracy:.1%}'
+  if structure['block']:
+    evidence['cause'] = 'label encodings differ by rows'
+    return Verdict('label_noise', 'FAIL', f'{checked}, and {found}', evidence)
+  if found:
+    evidence['cause'] = 'systematic confusion'
+    return Verdict('label_noise', 'WARN', f'{checked}; {found}', evidence)
+  spread = (f'its disagreements are spread over class pairs (the largest, {structure["pairs"][0]["given"]}'
+            f' as {structure["pairs"][0]["predicted"]}, takes {structure["pairs"][0]["share_of_errors"]:.0%})'
+            ' and evenly along the rows' if structure['pairs'] else 'it agrees with every label')
   if accuracy < min_model_accuracy:
-    judged = (f'the cross-validated model reaches only {accuracy:.1%} (< {min_model_accuracy:.0%}),'
-              f' too weak to judge labels: its {len(order)} flags are hard examples, not '
-              'evidence of label noise')
-  return Verdict('label_noise', 'WARN' if len(order) else 'PASS', judged,
-                 {'indices': order[:MAX_LISTED].tolist(),
-                  'given_labels': y[order[:MAX_LISTED]].tolist(),
-                  'suggested_labels': suggested[order[:MAX_LISTED]].tolist(),
-                  'margins': margin[order[:MAX_LISTED]].round(3).tolist(),
-                  'count': int(len(order)), 'class_thresholds': thresholds.round(3).tolist(),
-                  'model_accuracy': accuracy, 'min_model_accuracy': min_model_accuracy})
+    evidence['cause'] = 'hard task'
+    return Verdict('label_noise', 'PASS', f'{checked} (< {min_model_accuracy:.0%}): too weak to '
+                   f'judge single labels, and {spread}: the errors of a hard task, no sign of '
+                   'systematic label errors', evidence)
+  if len(order):
+    evidence['cause'] = 'random label noise'
+    return Verdict('label_noise', 'WARN', f'{len(order)} train examples look mislabelled to a '
+                   f'cross-validated model ({checked}; confident learning); {spread}: random '
+                   'label noise, listed by how sure the model is', evidence)
+  return Verdict('label_noise', 'PASS', f'no train example looks mislabelled ({checked}; '
+                 'confident learning)', evidence)

@@ -1,12 +1,12 @@
 """The one evaluation path: a split in whole batches sharded over the devices, the model in
 eval mode: metrics (`make_eval_fn`, `compile_evaluator`) and predictions (`probabilities`)."""
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from recipe_jax.engine import compiled
 from recipe_jax.engine.mesh import AXIS, put_replicated, put_sharded
 from recipe_jax.engine.state import apply_model
 from recipe_jax.model import losses, user_code
@@ -21,7 +21,7 @@ def pad_for_eval(x: np.ndarray, y: np.ndarray, eval_batch_size: int):
   return x, y, mask
 
 
-@functools.lru_cache(maxsize=None)
+@compiled.cached
 def make_eval_fn(model, mesh: Mesh, batch_size: int, loss_fn=losses.cross_entropy,
                  use_ema: bool = False, side_by_side: bool = False):
   """(state, x, y, mask) -> {'loss', 'accuracy'} over a padded split sharded over devices:
@@ -63,10 +63,10 @@ def compile_evaluator(model, mesh: Mesh, state, x, y, configured_batch: int, los
   batch = eval_batch_size(len(y), configured_batch, mesh.size)
   arrays = [put_sharded(mesh, a) for a in pad_for_eval(x, y, batch)]
   with user_code.phase('in eval mode'):
-    compiled = make_eval_fn(model, mesh, batch, loss_fn, use_ema,
-                            side_by_side).lower(state, *arrays).compile()
+    program = make_eval_fn(model, mesh, batch, loss_fn, use_ema,
+                           side_by_side).lower(state, *arrays).compile()
   to_host = np.asarray if side_by_side else float
-  return lambda state: {k: to_host(v) for k, v in compiled(state, *arrays).items()}
+  return lambda state: {k: to_host(v) for k, v in program(state, *arrays).items()}
 
 
 def compile_splits(exp, state) -> dict:
@@ -94,7 +94,7 @@ def _batched_logits(model, variables, x, local_batch: int):
   return logits.reshape(-1, logits.shape[-1])
 
 
-@functools.lru_cache(maxsize=None)
+@compiled.cached
 def _logits_fn(model, mesh: Mesh, batch_size: int):
   local_batch = batch_size // mesh.size
 

@@ -65,7 +65,7 @@ class Experiment:
 
   def run_steps(self, x, y, num_steps: int, *, seed: int | None = None,
                 batch_size: int | None = None, augmentation=KEEP, every: int = 0,
-                callback=None):
+                callback=None, extra_hooks=()):
     """A short run from a fresh init of `seed` on (x, y) (see `training.run_steps`)."""
     seed = self.config.seed if seed is None else seed
     batch_size = batch_size or self.config.batch_size
@@ -74,7 +74,7 @@ class Experiment:
         self, self.initial_state(seed), x, y, num_steps=num_steps, seed=seed,
         batch_size=batch_size,
         augmentation=self.augmentation if augmentation is KEEP else augmentation,
-        every=every, callback=callback)
+        every=every, callback=callback, extra_hooks=extra_hooks)
 
   def evaluate(self, state, x, y) -> dict:
     """{'loss', 'accuracy'} of a host state on (x, y) in eval mode, with the configured loss:

@@ -140,7 +140,7 @@ def trace_train_step(train_step, *args) -> None:
   """Traces the step without running it, so a model or loss that fails in train mode says so
   before any work (the trace is cached; the first real call does not repeat it)."""
   with user_code.phase('in train mode'):
-    jax.eval_shape(getattr(train_step, '__wrapped__', train_step), *args)
+    jax.eval_shape(train_step, *args)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@
 Works the same on one CPU, N virtual CPU devices, one GPU and a multi-host TPU pod: arrays are
 built with `jax.make_array_from_callback`, so each host fills only its own devices.
 """
+import functools
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -12,8 +14,10 @@ from recipe_jax.errors import UserError
 AXIS = 'data'
 
 
+@functools.lru_cache(maxsize=1)
 def make_mesh() -> Mesh:
-  """Every device on one data axis, in the order jax.make_mesh picks for the interconnect."""
+  """Every device on one data axis, in the order jax.make_mesh picks for the interconnect; one
+  object per process, so caches keyed on the mesh (compiled steps) find it again."""
   return jax.make_mesh((jax.device_count(),), (AXIS,), (jax.sharding.AxisType.Auto,))
 
 

@@ -4,7 +4,7 @@ Adding a new random feature therefore never shifts the draws of an existing one.
 """
 import jax
 
-STREAMS = {'init': 0, 'data_order': 1, 'dropout': 2, 'augment': 3, 'mix': 4}
+STREAMS = {'init': 0, 'data_order': 1, 'dropout': 2, 'augment': 3, 'mix': 4, 'monitor': 5}
 
 
 def stream_key(seed, stream: str, *folds):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from recipe_jax.engine import rng
+from recipe_jax.engine import compiled, rng
 from recipe_jax.engine.mesh import AXIS
 from recipe_jax.engine.trees import replace_leaf
 from recipe_jax.model import models, user_code
@@ -36,7 +36,7 @@ def apply_model(model, variables, x, train, **kwargs):
 UNOPTIMISED = {'xla_backend_optimization_level': 0}
 
 
-@functools.lru_cache(maxsize=None)
+@compiled.cached
 def _jitted_init(model):
   """Compiled once per model, unoptimised (`UNOPTIMISED`): each random initializer is a
   threefry kernel, and stages such as sanity initialise the same model several times."""
@@ -44,7 +44,7 @@ def _jitted_init(model):
   return jax.jit(functools.partial(model.init, **kwargs), compiler_options=UNOPTIMISED)
 
 
-@functools.lru_cache(maxsize=None)
+@compiled.cached
 def jitted_logits(model):
   """(variables, x) -> eval-mode logits, compiled once per model."""
   return jax.jit(lambda variables, x: apply_model(model, variables, x, False))

@@ -7,7 +7,6 @@ seeds side by side and `shard_map` for the devices, and jits. Data parallelism u
 CPU devices.
 """
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import jax
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from recipe_jax.engine import rng
+from recipe_jax.engine import compiled, rng
 from recipe_jax.engine.batches import slice_start
 from recipe_jax.engine.mesh import AXIS, needs_one_at_a_time, one_at_a_time
 from recipe_jax.engine.state import apply_model
@@ -92,7 +91,7 @@ def batch_inputs(x_all, y_all, perm, step, batch_size: int, steps_per_epoch: int
   return x, y_all[idx]
 
 
-@functools.lru_cache(maxsize=None)
+@compiled.cached
 def compile_train_step(settings: StepSettings, mesh: Mesh, side_by_side: bool = False,
                        streamed: bool = False):
   """The jitted step over the mesh, donating the state.

@@ -32,12 +32,14 @@ class RunProgress:
   init_from: dict | None = None  # config.init_from: what was loaded and what was fresh
 
 
-def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
+def train_and_evaluate(exp, workdir: str, on_eval=None, watch=None) -> dict:
   """Trains `exp` (an `experiment.Experiment`), resuming from the latest checkpoint in workdir,
   and returns the run summary: setup, restore, the loop, the final evaluation.
   `on_eval(step, row)` runs after every validation eval with its history row (train and
   validation metrics): a sweep reports to its pruner there, tracking logs it; an exception it
-  raises ends the run after the checkpoints are written."""
+  raises ends the run after the checkpoints are written. `watch(writer)`, when given, makes a
+  hook run after every step that writes to the run's TensorBoard (the layer monitor); its
+  `summary()` becomes the summary's `layer_monitor`."""
   config, mesh = exp.config, exp.mesh
   if len(exp.dataset.y_val) == 0:
     raise UserError(f'dataset.val_fraction={config.dataset.val_fraction} leaves no validation '
@@ -61,7 +63,8 @@ def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
                                                  config.init_from, config.init_from_skip, exp.tx)
       state = put_replicated(mesh, warm)
     splits = evaluate.compile_splits(exp, state)
-    state, loop = _train_loop(exp, workdir, state, progress, splits, mngr, best_mngr, on_eval)
+    state, loop = _train_loop(exp, workdir, state, progress, splits, mngr, best_mngr, on_eval,
+                              watch)
     loop_finished = True
   finally:
     for m in filter(None, (mngr, best_mngr)):
@@ -87,6 +90,7 @@ def train_and_evaluate(exp, workdir: str, on_eval=None) -> dict:
       'wall_s': progress.wall_s + time.time() - loop['segment_start'],
       'examples_per_s': loop['examples_per_s'],
       'data_wait_fraction': loop['data_wait_fraction'],
+      'layer_monitor': loop['layer_monitor'],
       'num_devices': mesh.size,
       'train_examples': len(exp.dataset.y_train),  # what this run trained on
       'val_examples': len(exp.dataset.y_val),
@@ -104,7 +108,7 @@ def _last_train_metrics(train_summary: dict, history: list) -> dict:
 
 
 def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, best_mngr,
-                on_eval=None):
+                on_eval=None, watch=None):
   """Steps until the end, early stopping, a preemption or Ctrl-C, with the hooks of a run:
   train metrics, evals, progress, checkpoints, a profile. Returns (state, facts about the loop
   for the summary)."""
@@ -148,7 +152,9 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
     console.sync_log()
 
   profile = _Profile(config, workdir, step) if config.profile_steps > 0 else None
+  watch = watch(writer) if watch else None
   hooks = [loop.Hook(window.add),
+           *([loop.Hook(watch)] if watch else []),
            loop.Hook(train_metrics, config.log_every_steps, at_stop=True),
            loop.Hook(evaluate_val, config.eval_every_steps),
            loop.Hook(report),
@@ -172,7 +178,8 @@ def _train_loop(exp, workdir, state, progress: RunProgress, splits: dict, mngr, 
       'finished': stats.step >= config.num_train_steps or progress.stopped_early,
       'train_summary': seen['train'], 'eval_metrics': seen['eval'], 'writer': writer,
       'segment_start': segment_start, 'examples_per_s': stats.examples_per_s,
-      'data_wait_fraction': stats.data_wait_fraction}
+      'data_wait_fraction': stats.data_wait_fraction,
+      'layer_monitor': watch.summary() if watch else None}
 
 
 class _Profile:
@@ -257,7 +264,8 @@ def _final_evaluation(exp, workdir, state, progress, splits: dict, best_mngr, lo
 
 
 def run_steps(exp, state, x_train, y_train, *, num_steps: int, seed: int, batch_size: int,
-              tx=None, augmentation=None, every: int = 0, callback=None, ema_decay: float = 0.0):
+              tx=None, augmentation=None, every: int = 0, callback=None, ema_decay: float = 0.0,
+              extra_hooks=()):
   """A short run for stages that train briefly (sanity checks, lr_find, SWA): the same loop,
   batch order and compiled step as `train_and_evaluate`, without checkpoints or metric files.
 
@@ -268,6 +276,7 @@ def run_steps(exp, state, x_train, y_train, *, num_steps: int, seed: int, batch_
     x_train, y_train: the examples to train on (host arrays).
     every, callback: `callback(steps done, host state)` before the first step, every `every`
       steps, and after the last one (without `every`: after the last one only).
+    extra_hooks: more `loop.Hook`s, given the device state (the probes' update ratios).
     ema_decay: > 0 updates `state.ema_params` (which must be initialised) at every step.
   Returns:
     (final state, {'loss', 'accuracy'} per step as numpy arrays), the state on the host.
@@ -287,6 +296,7 @@ def run_steps(exp, state, x_train, y_train, *, num_steps: int, seed: int, batch_
       if (every and done % every == 0) or done == num_steps:
         callback(done, jax.device_get(state))
     hooks.append(loop.Hook(watch))
+  hooks += list(extra_hooks)
   state, _ = loop.run(train_step, put_replicated(exp.mesh, state),
                       batches.device_feed(exp.mesh, x_train, y_train, order),
                       first=first, last=first + num_steps, hooks=hooks)

@@ -15,6 +15,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from recipe_jax.model import layers
+
 
 def takes(factory, argument: str) -> bool:
   """Whether a factory (a function, or a class through its __init__: NNX's metaclass hides the
@@ -58,9 +60,18 @@ class NNXModel(nn.Module):
     if self.width is not None:
       extra['width'] = self.width
 
+    records = {}
+
     def forward(module, x):
       module.train() if train else module.eval()
-      return module(x)
+      if not layers.is_recording():
+        return module(x)
+      found, out = layers.record_nnx_layers(module, lambda: module(x),
+                                            '/'.join((*map(str, self.scope.path), 'nnx')))
+      records.update(found)
+      return out
     build = functools.partial(_build, self.factory, self.num_classes, extra)
     logits = nnx.bridge.ToLinen(build, name='nnx')(x, nnx_method=forward)
+    if records:  # the layers' inputs and outputs, for the probes (`model.layers`)
+      self.sow(layers.RECORDED, 'nnx_layers', records)
     return logits.astype(jnp.float32)

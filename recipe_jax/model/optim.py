@@ -1,5 +1,8 @@
 """Optax optimizer and learning-rate schedule from `config.optimizer` (checked by
 `config_check`: names, ranges and the combinations that make sense)."""
+import functools
+import types
+
 import optax
 
 
@@ -23,7 +26,25 @@ def learning_rate(cfg, num_train_steps: int):
 
 
 def create(cfg, num_train_steps: int, schedule=None) -> optax.GradientTransformation:
-  """`schedule` replaces the configured learning rate (the LR range test sweeps it)."""
+  """`schedule` replaces the configured learning rate (the LR range test sweeps it).
+
+  The same settings give the same optimizer object, so runs of one process that differ only
+  in what the step does not see (a constant rate's run length, the seed) share one compiled
+  train step (`steps.compile_train_step` is cached on it) instead of tracing it anew."""
+  if schedule is not None:
+    return _create(cfg, num_train_steps, schedule)
+  settings = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
+                          for k, v in cfg.items()))
+  sized = cfg.schedule != 'constant' or cfg.warmup_steps
+  return _create_once(settings, num_train_steps if sized else 0)
+
+
+@functools.lru_cache(maxsize=32)
+def _create_once(settings: tuple, num_train_steps: int) -> optax.GradientTransformation:
+  return _create(types.SimpleNamespace(**dict(settings)), num_train_steps, None)
+
+
+def _create(cfg, num_train_steps: int, schedule) -> optax.GradientTransformation:
   lr = learning_rate(cfg, num_train_steps) if schedule is None else schedule
   if cfg.name == 'adam':  # the config check refused a weight_decay it would ignore
     opt = optax.adam(lr)

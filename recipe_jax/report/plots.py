@@ -76,9 +76,12 @@ def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
            hlines: dict | None = None, logx: bool = False, vlines: dict | None = None,
            ylim: tuple | None = None, integer_x: bool = False, points: dict | None = None):
   """Line plot of {label: (x, y)}, with optional labelled reference lines and marked points."""
-  fig, ax = plt.subplots(figsize=(6, 3.2))
-  for label, (x, y) in series.items():
-    ax.plot(x, y, label=label, linewidth=1.2, marker='o' if integer_x else None, markersize=4)
+  many = len(series) > 6  # e.g. one line per layer: colours in order, the legend beside
+  fig, ax = plt.subplots(figsize=(7.5 if many else 6, 3.2))
+  shades = plt.cm.viridis(np.linspace(0, 0.9, len(series))) if many else [None] * len(series)
+  for (label, (x, y)), color in zip(series.items(), shades):
+    ax.plot(x, y, label=label, linewidth=1.2, marker='o' if integer_x else None, markersize=4,
+            color=color)
   for i, (label, (x, y)) in enumerate((points or {}).items()):
     ax.plot(x, y, 'x', color=f'C{i}', markersize=9, markeredgewidth=2, label=label)
   if integer_x:
@@ -94,11 +97,17 @@ def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
   if ylim:
     ax.set_ylim(*ylim)
   if logy and ax.get_ylim()[1] / ax.get_ylim()[0] < 100:  # under two decades: plain numbers
+    def one_two_five(value, _):  # at 1, 2 and 5 times a power of ten, so labels do not collide
+      mantissa = value / 10 ** np.floor(np.log10(value)) if value > 0 else 0
+      return f'{value:g}' if round(mantissa, 3) in (1, 2, 5) else ''
     for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-      set_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+      set_formatter(matplotlib.ticker.FuncFormatter(one_two_five))
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
-  ax.legend(fontsize=8)
+  if many:
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  else:
+    ax.legend(fontsize=8)
   fig.tight_layout()
   save(fig, path)
 
@@ -311,5 +320,45 @@ def learning_curve(path, series: dict, points: dict, largest: float):
     ax.set_xlabel('training examples (shaded: extrapolated)')
     ax.set_ylabel(ylabel)
   ax_err.legend(fontsize=7)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def layer_histograms(path, panels: list, columns: int = 4):
+  """One panel per layer: histograms of the values entering it, at init and after a short run.
+  `panels`: [(title, {label: (counts, low, high)})]."""
+  rows = max(1, -(-len(panels) // columns))
+  fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 1.9 * rows), squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  for ax, (title, series) in zip(axes.flat, panels):
+    ax.axis('on')
+    for i, (label, (counts, low, high)) in enumerate(series.items()):
+      edges = np.linspace(low, max(high, low + 1e-6), len(counts) + 1)
+      ax.stairs(np.asarray(counts) / max(np.sum(counts), 1), edges, label=label, color=f'C{i}')
+    ax.set_title(title, fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.set_yticks([])
+  axes.flat[0].legend(fontsize=6)
+  fig.supxlabel('value entering the layer (share of values per bin)', fontsize=8)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def per_layer(path, series: dict, layer_names: list, ylabel: str, logy: bool = True):
+  """{label: one value per layer} against the layers in call order, named on the x axis."""
+  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layer_names)), 3.4))
+  positions = np.arange(len(layer_names))
+  for label, values in series.items():
+    values = np.asarray(values, np.float64)
+    if logy:  # a zero (no gradient at all) drawn at the bottom of the axis, not dropped
+      values = np.where(values > 0, values, np.nan)
+    ax.plot(positions, values, marker='o', markersize=4, linewidth=1.2, label=label)
+  if logy and any(np.any(np.asarray(v) > 0) for v in series.values()):
+    ax.set_yscale('log')
+  ax.set_xticks(positions, layer_names, rotation=60, ha='right', fontsize=6)
+  ax.set_xlabel('layer, first to last')
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=8)
   fig.tight_layout()
   save(fig, path)

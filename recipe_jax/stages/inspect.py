@@ -29,7 +29,7 @@ def run(config, workdir: str) -> StageResult:
   leakage = data_checks.near_duplicate_leakage(splits, cfg.leakage_rms_threshold)
   x, y = splits['train']
   outliers = data_checks.outliers(x, y, dataset.num_classes, cfg.outlier_z)
-  noise = _label_noise(x, y, dataset.num_classes, cfg)
+  noise = _label_noise(x, y, dataset.num_classes, cfg, dataset.train_rows)
   shifted, shift_images = _shift_checks(out, splits, dataset, cfg)
   verdicts = [*data_checks.basic_statistics(splits), balance,
               *data_checks.exact_duplicates(splits), *leakage, outliers, noise, *shifted]
@@ -44,7 +44,7 @@ def run(config, workdir: str) -> StageResult:
                                         [f'row {dataset.train_rows[i]} y={y[i]} z={z:.1f}'
                                          for i, z in zip(outliers.evidence['indices'],
                                                          outliers.evidence['z'])])]
-  if noise.status == 'WARN':
+  if noise.status != 'PASS' and noise.evidence['indices']:
     e = noise.evidence
     images['label_noise'] = [_indexed_grid(out, 'label_noise.png', x, e['indices'], [
         f'row {dataset.train_rows[i]} given {g} -> {s}?' for i, g, s in zip(
@@ -143,14 +143,16 @@ def name_source_rows(verdict, dataset) -> None:
                    for group in e['groups']]
 
 
-def _label_noise(x, y, num_classes, cfg):
-  """Confident learning on cross-validated probabilities, on a fixed random subset if large."""
+def _label_noise(x, y, num_classes, cfg, rows):
+  """Confident learning on cross-validated probabilities, on a fixed random subset if large;
+  `rows`: each training example's row in the source file, for blocks of rows."""
   subset = np.arange(len(y))
   if len(y) > cfg.cv_max_examples:
     subset = np.sort(np.random.default_rng(0).choice(len(y), cfg.cv_max_examples, replace=False))
   probabilities = data_checks.cross_validated_probabilities(
       x[subset], y[subset], num_classes, folds=cfg.cv_folds, steps=cfg.cv_steps)
-  verdict = data_checks.label_noise(y[subset], probabilities, cfg.cv_min_accuracy)
+  verdict = data_checks.label_noise(y[subset], probabilities, cfg.cv_min_accuracy,
+                                    np.asarray(rows)[subset])
   verdict.evidence['indices'] = subset[verdict.evidence['indices']].tolist()  # back to train ids
   verdict.evidence['examples_checked'] = int(len(subset))
   return verdict

@@ -14,20 +14,19 @@ from absl import logging
 
 from recipe_jax import console, files
 from recipe_jax.data import datasets as data_lib
-from recipe_jax.diagnose import checks
-from recipe_jax.engine import experiment, rng
-from recipe_jax.model import models, user_code
-from recipe_jax.report import plots, results as report
-from recipe_jax.errors import UserError
+from recipe_jax.diagnose import checks, diagnosis, inside, probes
+from recipe_jax.engine import batches, experiment, loop, rng, state as state_lib, steps, training
 from recipe_jax.engine.mesh import require_divisible
+from recipe_jax.errors import UserError
+from recipe_jax.model import models, optim, user_code
+from recipe_jax.report import plots, results as report
 from recipe_jax.report.results import StageResult, Verdict
-from recipe_jax.engine import steps
-from recipe_jax.engine import state as state_lib
-from recipe_jax.engine import batches
 
 CHECKS = ('fixed_seed', 'loss_at_init', 'init_well', 'inputs_before_net', 'batch_dependency',
-          'eval_consistency', 'gradients', 'dumb_baselines', 'decreasing_loss',
+          'eval_consistency', 'gradients', 'activations_seen', 'gradient_flow', 'dead_units',
+          'saturation', 'symmetric_init', 'dumb_baselines', 'decreasing_loss',
           'prediction_dynamics', 'overfit_one_batch', 'human_baseline')
+UPDATE_RATIO_POINTS = 50  # per-layer update ratios recorded over a short run
 
 
 def once(compute):
@@ -64,7 +63,24 @@ def run(config, workdir: str) -> StageResult:
   state = once(exp.initial_state)
   apply_fn = once(lambda: exp.apply_fn(state()))
   first_x, first_y, first_positions = _first_batch(config, exp)
-  short_runs = once(lambda: _short_runs(cfg, exp, apply_fn()))
+  dropout_key = rng.stream_key(config.seed, 'dropout', 0)
+  layer_order = once(lambda: probes.layer_order(
+      exp.model, {'params': state().params, 'batch_stats': state().batch_stats},
+      first_x, dropout_key))
+  # every kernel layer: those seen in call order, then those no record saw (inside a loop)
+  kernels = once(lambda: layer_order()[0] + layer_order()[1])
+  updates = once(lambda: probes.UpdateRatios(kernels(), max(1, cfg.steps // UPDATE_RATIO_POINTS)))
+  # the probes are diagnostics: their failure must not cost the symptoms' own short runs
+  short_runs = once(lambda: _short_runs(cfg, exp, apply_fn(), _or_none(updates)))
+
+  def probe(which):
+    params = state().params if which == 'init' else short_runs()[0]['state'].params
+    batch_stats = state().batch_stats if which == 'init' else short_runs()[0]['state'].batch_stats
+    return probes.measure(exp.model, exp.loss_fn, layer_order()[0], kernels(), params,
+                          batch_stats, first_x, first_y, dropout_key)
+  at_init, after = once(lambda: probe('init')), once(lambda: probe('after'))
+  kinds = once(lambda: probes.kinds(at_init(), layer_order()[0]))
+  after_or_none = lambda: _or_none(after)
   dependency_x, dependency_y = first_x[:cfg.dependency_examples], first_y[:cfg.dependency_examples]
 
   def dependency():
@@ -111,6 +127,20 @@ def run(config, workdir: str) -> StageResult:
     verdict.evidence.update(data_lib.source_rows(dataset, 'train', first_positions))
     return verdict, _input_grid(out, first_x, first_y, verdict.evidence['source_rows'])
 
+  def seen():
+    order, unseen = layer_order()
+    verdict = inside.activations_seen(order, unseen)
+    return verdict, _activation_histograms(out, at_init(), after_or_none(), order, kinds())
+
+  def flow():
+    # first and last in call order: only the layers seen, unless fewer than two were
+    order = layer_order()[0] if len(layer_order()[0]) >= 2 else kernels()
+    verdict = inside.gradient_flow(at_init(), after_or_none(), order, cfg.max_gradient_ratio,
+                                   cfg.max_relative_gradient)
+    steps_done, series = updates().series()
+    verdict.evidence['update_ratio_median'] = inside.update_ratios(series)
+    return (verdict, _gradient_norms(out, verdict), _update_ratio_plot(out, steps_done, series))
+
   runners = {
       'fixed_seed': lambda: (checks.fixed_seed(lambda s: exp.run_steps(
           dataset.x_train, dataset.y_train, cfg.seed_steps, seed=s)[0].params, config.seed),),
@@ -130,12 +160,23 @@ def run(config, workdir: str) -> StageResult:
       'overfit_one_batch': lambda: _overfit_one_batch(out, cfg, exp, apply_fn()),
       'human_baseline': lambda: (checks.human_baseline(
           config.human_baseline, short_runs()[0]['val']['accuracy'], cfg.steps),),
+      'activations_seen': seen,
+      'gradient_flow': flow,
+      'dead_units': lambda: (inside.dead_units(
+          at_init(), after_or_none(), layer_order()[0], kinds(), state().params,
+          config.optimizer.learning_rate, cfg.max_dead_fraction),),
+      'saturation': lambda: (inside.saturation(at_init(), after_or_none(), layer_order()[0],
+                                               kinds(), cfg.max_saturated_fraction),),
+      'symmetric_init': lambda: (inside.symmetric_init(state().params, layer_order()[0],
+                                                       cfg.max_copied_units),),
   }
   verdicts, images = [], {}
   for check in CHECKS:
     verdict, *pictures = run_check(check, runners[check], config)
     verdicts.append(verdict)
-    images[verdict.check] = pictures
+    images[verdict.check] = [p for p in pictures if p]  # None: nothing to draw
+  verdicts = diagnosis.explain(verdicts, _learning_rate_sweep(config, exp, verdicts),
+                               _median_update_ratio(updates), config.optimizer.learning_rate)
   try:
     real, zero_input, _ = short_runs()
     metrics = {'model_val_accuracy': real['val']['accuracy'],
@@ -193,7 +234,50 @@ def _loss_at_init(out, cfg, config, exp, apply_fn, params, log_prior):
   return verdict, path
 
 
-def _short_runs(cfg, exp, apply_fn):
+def _or_none(get):
+  """get(), or None when the piece failed (its own check says why)."""
+  try:
+    return get()
+  except Exception:
+    return None
+
+
+def _median_update_ratio(updates) -> float | None:
+  """The median over layers of each layer's median update-to-weight ratio in the real short
+  run, or None when it did not run."""
+  try:
+    ratios = list(inside.update_ratios(updates().series()[1]).values())
+  except Exception:
+    return None
+  return float(np.median(ratios)) if ratios else None
+
+
+def _learning_rate_sweep(config, exp, verdicts) -> dict | None:
+  """When the loss does not fall or one batch cannot be memorised: the same one-batch run at
+  other learning rates (`sanity.lr_sweep` factors), for the diagnosis. None otherwise."""
+  failed = {v.check for v in verdicts if v.status == 'FAIL'}
+  if not failed & {'decreasing_loss', 'overfit_one_batch'}:
+    return None
+  cfg, sweep = config.sanity, {}
+  x, y = exp.dataset.x_train[:cfg.overfit_examples], exp.dataset.y_train[:cfg.overfit_examples]
+  for factor in cfg.lr_sweep:
+    optimizer = config.optimizer.copy_and_resolve_references()
+    optimizer.learning_rate = config.optimizer.learning_rate * factor
+    try:
+      _, history = training.run_steps(exp, exp.initial_state(), x, y, num_steps=cfg.overfit_steps,
+                                      seed=config.seed, batch_size=len(y),
+                                      tx=optim.create(optimizer, cfg.overfit_steps))
+    except Exception:
+      logging.info('learning-rate sweep at %gx raised', factor, exc_info=True,
+                   extra=console.FILE_ONLY)
+      continue
+    loss, accuracy = float(history['loss'][-1]), float(history['accuracy'][-1])
+    sweep[float(factor)] = {'final_loss': loss, 'final_accuracy': accuracy,
+                            'fitted': bool(loss <= cfg.overfit_max_loss and accuracy >= 1.0)}
+  return sweep
+
+
+def _short_runs(cfg, exp, apply_fn, update_ratios):
   """The real model and the same model on zeroed inputs, for the same steps and seed;
   predictions on a fixed validation batch recorded every `dynamics_every` steps."""
   dataset = exp.dataset
@@ -209,7 +293,9 @@ def _short_runs(cfg, exp, apply_fn):
   for name, x_train, x_val in (('real', dataset.x_train, dataset.x_val),
                                ('zero_input', np.zeros_like(dataset.x_train),
                                 np.zeros_like(dataset.x_val))):
-    watch = dict(every=cfg.dynamics_every, callback=record) if name == 'real' else {}
+    watch = dict(every=cfg.dynamics_every, callback=record,
+                 extra_hooks=[loop.Hook(update_ratios)] if update_ratios else []
+                 ) if name == 'real' else {}
     state, history = exp.run_steps(x_train, dataset.y_train, cfg.steps, **watch)
     results[name] = {'history': history, 'val': exp.evaluate(state, x_val, dataset.y_val),
                      'state': state}
@@ -283,4 +369,57 @@ def _dynamics_plot(out, dynamics):
   path = os.path.join(out, 'prediction_dynamics.png')
   plots.prediction_dynamics(path, dynamics['probabilities'], dynamics['steps'],
                             dynamics['labels'])
+  return path
+
+
+MAX_HISTOGRAM_PANELS = 16
+
+
+def _activation_histograms(out, at_init, after, order, kinds):
+  """Per layer (evenly chosen, at most MAX_HISTOGRAM_PANELS): what enters it, at init and
+  after the short run, with its dead or saturated share."""
+  if not order:
+    return None
+  shown = [order[i] for i in sorted(set(np.linspace(0, len(order) - 1, MAX_HISTOGRAM_PANELS)
+                                        .round().astype(int)))]
+  panels = []
+  for layer in shown:
+    series = {}
+    for label, measured in (('init', at_init), ('after the short run', after)):
+      if measured is not None and layer in measured['activations']:
+        a = measured['activations'][layer]['input']
+        series[label] = (a['histogram'], float(a['min']), float(a['max']))
+    a = at_init['activations'][layer]['input']
+    kind = kinds.get(layer, '?')
+    note = (f', dead {float(a["dead_fraction"]):.0%}' if kind in probes.RELU_LIKE else
+            f', saturated {float(a["sigmoid_saturated"]):.0%}' if kind in probes.SIGMOID_LIKE
+            else f', saturated {float(a["tanh_saturated"]):.0%}' if kind in probes.TANH_LIKE
+            else '')
+    panels.append((f'{layer} <- {kind}{note}', series))
+  path = os.path.join(out, 'layer_activations.png')
+  plots.layer_histograms(path, panels)
+  return path
+
+
+def _gradient_norms(out, verdict):
+  evidence = verdict.evidence
+  series = {label: evidence[key] for label, key in (('init', 'grad_norm_init'),
+                                                     ('after the short run', 'grad_norm_after'))
+            if key in evidence}
+  if not series:
+    return None
+  path = os.path.join(out, 'gradient_norms.png')
+  plots.per_layer(path, series, evidence['layers'], 'kernel gradient norm')
+  return path
+
+
+def _update_ratio_plot(out, steps_done, series):
+  if not steps_done:
+    return None
+  path = os.path.join(out, 'update_ratios.png')
+  shown = list(series)[:24]  # first to last layer, in colour order
+  plots.curves(path, {layer: (steps_done, np.maximum(series[layer], 1e-12)) for layer in shown},
+               'step', '|update| / |weights| per step', logy=True,
+               hlines={f'rule of thumb {diagnosis.HEALTHY_UPDATE_RATIO:g}':
+                       diagnosis.HEALTHY_UPDATE_RATIO})
   return path

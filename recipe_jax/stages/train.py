@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from recipe_jax import console, files
+from recipe_jax.diagnose import data_checks, monitor
 from recipe_jax.engine import experiment, multihost, training
 from recipe_jax.errors import DivergenceError
 from recipe_jax.model import optim
@@ -41,7 +42,12 @@ def run_training(config, workdir: str, on_eval=None, exp=None) -> dict:
         tracked_run.log_evals([row])
       if on_eval:
         on_eval(step, row)
-    summary = training.train_and_evaluate(exp or experiment.build(config), workdir, after_eval)
+    exp = exp or experiment.build(config)
+    watch = None
+    if config.monitor_layers and config.eval_every_steps > 0:
+      watch = lambda writer: monitor.LayerMonitor(exp, writer, config.eval_every_steps,
+                                                  config.sanity.max_gradient_ratio)
+    summary = training.train_and_evaluate(exp, workdir, after_eval, watch)
     write_json(os.path.join(workdir, 'summary.json'), summary)
     if tracked_run:  # evals of a run trained side by side, or none left to log
       tracked_run.log_evals(summary['history'])
@@ -84,7 +90,23 @@ def verdicts(summary: dict, max_gap: float) -> list:
   found = [done, _gap_verdict(summary, max_gap)]
   if summary.get('test_accuracy') is not None and summary.get('test_examples'):
     found.append(val_vs_test(summary))
+  if summary.get('layer_monitor'):
+    found.append(layer_health(summary['layer_monitor']))
   return found
+
+
+def layer_health(watched: dict) -> Verdict:
+  """The training monitor's findings (`diagnose/monitor.py`): layers that died or stopped
+  getting gradient during the run."""
+  if watched['warnings']:
+    return Verdict('layer_health', 'WARN', '; '.join(watched['warnings']) +
+                   ' (TensorBoard: layers/...)', watched)
+  last = watched.get('last') or {}
+  ratio = last.get('layers/grad_first_over_last')
+  return Verdict('layer_health', 'PASS', 'no layer died or lost its gradient during the run' +
+                 (f" (first / last layer gradient {ratio:.2g} at step {last['step']})"
+                  if ratio is not None else '') + '; per-layer norms and update ratios in '
+                 'TensorBoard under layers/', watched)
 
 
 def val_vs_test(summary: dict, z_max: float = 3.0) -> Verdict:
@@ -117,6 +139,22 @@ def _gap_verdict(summary: dict, max_gap: float) -> Verdict:
                    'augmentation, weight decay, dropout, more data)', evidence)
   return Verdict('train_val_gap', 'PASS', f'training - validation accuracy = {gap:.3f} (warn '
                  f'above {max_gap:g})', evidence)
+
+
+def gap_from_labels(gap: Verdict, analysed: list) -> Verdict:
+  """A train-validation gap that a block of the file's rows with other labels explains (found
+  by the error analysis on validation): the labels, not overfitting, so no regularisation
+  advice."""
+  confused = next((v for v in analysed if v.check == 'confusions'), None)
+  structure = confused.evidence.get('label_structure') if confused else None
+  if gap.status != 'WARN' or not structure or not structure['block']:
+    return gap
+  found = data_checks.describe_structure({**structure, 'dominant_pairs': []})
+  return Verdict('train_val_gap', 'WARN', f"training accuracy exceeds validation by "
+                 f"{gap.evidence['gap']:.3f} (> {gap.evidence['max_gap']:g}), and the gap comes "
+                 f'from the labels, not from overfitting: on validation, {found}. Fix the labels '
+                 'first (the inspect stage names the rows); regularising would only fit them '
+                 'worse', {**gap.evidence, 'cause': 'labels', 'label_structure': structure})
 
 
 def training_curves(workdir: str, history: list) -> str | None:
@@ -152,6 +190,7 @@ def run(config, workdir: str) -> StageResult:
   if summary['finished'] and config.analysis.enabled:
     state = runs.restore_final_state(exp, workdir)
     analysed, images, _ = evaluate.analyse(exp, state, workdir, summary['history'])
+    found = [gap_from_labels(v, analysed) if v.check == 'train_val_gap' else v for v in found]
     found += analysed
     looked_at += evaluate.written(workdir, images)
   if curves:

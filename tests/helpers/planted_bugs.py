@@ -86,3 +86,82 @@ def doubled_cross_entropy(logits, labels):
 def loss_with_wrong_shapes(logits, labels):
   """A user loss that breaks: labels one-hot encoded with the wrong number of classes."""
   return -(jax.nn.log_softmax(logits) * jax.nn.one_hot(labels, 3)).sum(-1)
+
+
+# Causes the diagnosis must name (AUTOTRAINER's classes and others): each docstring gives the
+# words the `diagnosis` verdict must contain.
+class _Deep(nn.Module):
+  num_classes: int
+  activation: str = 'relu'
+  depth: int = 3
+  width: int = 64
+  init_scale: float = 1.0  # x the variance-preserving std for the activation
+  bias: float = 0.0
+  constant: float | None = None  # every hidden kernel entry this value: symmetric units
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = x.reshape(x.shape[0], -1)
+    act = {'relu': nn.relu, 'sigmoid': nn.sigmoid, 'tanh': jnp.tanh}[self.activation]
+    gain = 2.0 if self.activation == 'relu' else 1.0
+    for _ in range(self.depth):
+      if self.constant is None:
+        init = nn.initializers.variance_scaling(gain * self.init_scale ** 2, 'fan_in', 'normal')
+      else:
+        init = nn.initializers.constant(self.constant)
+      h = act(nn.Dense(self.width, kernel_init=init,
+                       bias_init=nn.initializers.constant(self.bias))(h))
+    return nn.Dense(self.num_classes)(h)
+
+
+def DeepSigmoid(num_classes):  # noqa: N802
+  """vanishing gradients: ten sigmoid layers with a default (LeCun) init."""
+  return _Deep(num_classes, 'sigmoid', depth=10)
+
+
+def ExplodingInit(num_classes):  # noqa: N802
+  """exploding gradients: eight ReLU layers initialised 2.5x too large."""
+  return _Deep(num_classes, 'relu', depth=8, init_scale=2.5)
+
+
+def NegativeBias(num_classes):  # noqa: N802
+  """dying ReLU: biases initialised at -3, below every pre-activation."""
+  return _Deep(num_classes, 'relu', depth=2, bias=-3.0)
+
+
+def SaturatedTanh(num_classes):  # noqa: N802
+  """saturated units: tanh layers whose weights are 6x too large."""
+  return _Deep(num_classes, 'tanh', depth=3, init_scale=6.0)
+
+
+def ConstantInit(num_classes):  # noqa: N802
+  """symmetric init: every hidden weight 0.01."""
+  return _Deep(num_classes, 'relu', depth=2, constant=0.01)
+
+
+def shifted_targets_loss(logits, labels):
+  """targets differ from the labels: the loss assumes 1-based labels (one_hot(labels - 1)), so
+  it trains every example toward the class below its label."""
+  targets = jax.nn.one_hot(labels - 1, logits.shape[-1])
+  return -(jax.nn.log_softmax(logits) * targets).sum(-1)
+
+
+class _DriftingBias(nn.Module):
+  """A hand-written 'running shift' that grows by `drift` with every train-mode call and is
+  subtracted before the first ReLU: its units die one after another during training, a layer
+  that is alive at the first eval and dead by the last."""
+  num_classes: int
+  drift: float = 0.05
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    calls = self.variable('batch_stats', 'calls', lambda: jnp.zeros((), jnp.float32))
+    if train and not self.is_initializing():
+      calls.value = calls.value + 1.0
+    h = nn.relu(nn.Dense(64)(x.reshape(x.shape[0], -1)) - self.drift * calls.value)
+    return nn.Dense(self.num_classes)(nn.relu(nn.Dense(64)(h)))
+
+
+def DriftingBias(num_classes):  # noqa: N802
+  """layer_health (train): Dense_1's ReLU inputs die mid-run."""
+  return _DriftingBias(num_classes)

@@ -1,0 +1,262 @@
+"""Differential diagnosis: from the sanity checks' own measurements to the one cause the
+evidence points to, with what it rules out.
+
+The checks measure symptoms (the loss does not fall, one batch cannot be memorised, the model
+does no better than with zeroed inputs) and causes (gradients that vanish, dead or saturated
+units, copied units). `explain` reads them all, names the most likely cause (or says the
+evidence is ambiguous), appends it to every failed symptom, and adds a `diagnosis` verdict, so
+the report, the console and the recipe read one conclusion.
+"""
+import dataclasses
+
+import numpy as np
+
+from recipe_jax.report.results import Verdict
+
+SYMPTOMS = ('dumb_baselines', 'decreasing_loss', 'overfit_one_batch')
+HEALTHY_UPDATE_RATIO = 1e-3  # cs231n's rule of thumb for a step's update against the weights
+TINY_UPDATE_RATIO = 1e-5  # 100x below it: the weights barely move
+
+
+@dataclasses.dataclass
+class Finding:
+  cause: str  # a short name: 'vanishing gradients'
+  because: str  # the evidence, in words
+
+
+def _failed(verdicts, check):
+  v = verdicts.get(check)
+  return v is not None and v.status == 'FAIL'
+
+
+def _passed(verdicts, check):
+  v = verdicts.get(check)
+  return v is not None and v.status == 'PASS'
+
+
+def targets_differ(overfit: Verdict | None) -> Finding | None:
+  """The loss on one batch reaches the fitted level while accuracy stays low: the loss is
+  minimised toward targets other than the labels accuracy counts."""
+  if overfit is None or 'losses' not in overfit.evidence:
+    return None
+  losses = np.asarray(overfit.evidence['losses'], np.float64)
+  accuracies = np.asarray(overfit.evidence['accuracies'], np.float64)
+  low = losses <= max(overfit.evidence['max_loss'], 0.02 * losses[0])
+  if not np.any(low) or accuracies[low].max() >= 0.5:
+    return None
+  step = int(np.flatnonzero(low)[-1])
+  return Finding('targets differ from the labels',
+                 f'on one batch the loss falls to {losses[step] + 0.0:.2g} while accuracy stays at '
+                 f'{accuracies[step]:.0%}: the loss is minimised toward targets other than the '
+                 'labels accuracy counts (labels shifted or re-encoded inside the loss, e.g. '
+                 'one_hot(labels - 1), or targets taken from another column)')
+
+
+def squashed_logits(verdicts) -> Finding | None:
+  overfit = verdicts.get('overfit_one_batch')
+  init = verdicts.get('init_well')
+  if overfit is None or overfit.status != 'FAIL' or 'accuracies' not in overfit.evidence:
+    return None
+  accuracy = float(np.max(overfit.evidence['accuracies']))
+  no_output_bias = init is not None and init.status == 'FAIL' and 'no bias' in init.summary
+  if accuracy < 1.0 and not no_output_bias:
+    return None
+  return Finding('logits squashed before the loss',
+                 f"one batch reaches {accuracy:.0%} accuracy but its loss stalls at "
+                 f"{overfit.evidence['final_loss']:.3g}" +
+                 (' and no output bias adds to the logits' if no_output_bias else '') +
+                 ': something (a softmax or sigmoid) squashes the logits before a loss that '
+                 'applies its own softmax')
+
+
+def learning_rate(verdicts, sweep: dict | None, update_ratio: float | None,
+                  configured: float) -> Finding | None:
+  """Too small: the weights barely move (update ratio far under 1e-3) or a larger rate fits the
+  batch the configured one cannot; too large: only a smaller one does, or the loss rises."""
+  if not (_failed(verdicts, 'decreasing_loss') or _failed(verdicts, 'overfit_one_batch')):
+    return None
+  fitted = sorted(f for f, r in (sweep or {}).items() if r['fitted'])
+  larger, smaller = [f for f in fitted if f > 1], [f for f in fitted if f < 1]
+  flowing = _passed(verdicts, 'gradient_flow') and _passed(verdicts, 'gradients')
+  tiny = update_ratio is not None and update_ratio < TINY_UPDATE_RATIO and flowing
+  if tiny or larger and not smaller:
+    parts = []
+    if tiny:
+      parts.append(f'each step moves the weights by {update_ratio:.1g} of their size (healthy: '
+                   f'about {HEALTHY_UPDATE_RATIO:g}) though gradients reach every layer')
+    if larger:
+      parts.append(f'{larger[0]:g}x the rate memorises one batch that {configured:g} cannot')
+    return Finding('learning rate far too small', '; '.join(parts) +
+                   f': raise optimizer.learning_rate (run lr_find)')
+  rising = verdicts.get('decreasing_loss')
+  rose = rising is not None and rising.evidence.get('relative_drop', 0) < 0
+  if smaller or rose:
+    parts = ([f'the loss rose {-rising.evidence["relative_drop"]:.0%} over the short run']
+             if rose else [])
+    if smaller:
+      parts.append(f'{smaller[-1]:g}x the rate memorises one batch that {configured:g} cannot')
+    return Finding('learning rate too large', '; '.join(parts) +
+                   ': lower optimizer.learning_rate (run lr_find)')
+  return None
+
+
+def labels_not_with_inputs(verdicts) -> Finding | None:
+  """The net can memorise one batch but on validation does no better than the same net on
+  zeroed inputs: what it fits does not carry from inputs to labels. (A falling training loss
+  alone does not count: a net whose first layers learn nothing still learns the class prior.)"""
+  if not _failed(verdicts, 'dumb_baselines') or not _passed(verdicts, 'overfit_one_batch'):
+    return None
+  return Finding('labels do not go with the inputs',
+                 'it memorises one batch, yet on validation it does no better than the same net on zeroed '
+                 'inputs: the labels do not follow the inputs (shuffled or misaligned after a '
+                 'sort or filter, or read from another file)')
+
+
+def inputs_detached(verdicts) -> Finding | None:
+  dependency, gradients = verdicts.get('batch_dependency'), verdicts.get('gradients')
+  dead = []
+  if dependency is not None and 'train' in dependency.evidence:
+    dead = dependency.evidence['train'].get('examples_not_depending_on_own_input', [])
+  zero = gradients.evidence.get('zero_gradient', []) if gradients is not None else []
+  if dead:
+    cut = f'; {", ".join(zero[:3])} get no gradient' if zero else ''
+    return Finding('inputs do not reach the loss',
+                   f'the losses of examples {list(dead)[:5]} do not depend on their own input'
+                   f'{cut} (a layer detached, multiplied by zero, or the input replaced)')
+  if zero:
+    return Finding('layers cut off from the loss', f'parameters {", ".join(zero[:3])} get no '
+                   'gradient after the short run either: their output never reaches the loss')
+  return None
+
+
+def _from_check(verdicts, check, cause, statuses=('FAIL',)) -> Finding | None:
+  v = verdicts.get(check)
+  if v is None or v.status not in statuses or 'error' in v.evidence:  # crashed: no evidence
+    return None
+  return Finding(cause, v.evidence.get('finding', v.summary))
+
+
+def not_a_function_of_inputs(verdicts, sweep: dict | None) -> Finding | None:
+  """One fixed batch is not memorised at any rate tried, the loss staying near where it
+  started, while gradients reach every layer and every loss depends on its input: the targets
+  the loss sees change from one pass over the batch to the next."""
+  overfit = verdicts.get('overfit_one_batch')
+  if overfit is None or overfit.status != 'FAIL' or 'losses' not in overfit.evidence:
+    return None
+  if not sweep or any(r['fitted'] for r in sweep.values()):
+    return None
+  if not (_passed(verdicts, 'gradient_flow') and _passed(verdicts, 'gradients')):
+    return None
+  losses = np.asarray(overfit.evidence['losses'], np.float64)
+  if losses[-1] < 0.8 * losses[0]:
+    return None
+  return Finding('targets not a function of the inputs',
+                 f'on one fixed batch the loss stays at {losses[-1]:.3g} ({losses[0]:.3g} at '
+                 f'the start) at every learning rate tried, though gradients reach every layer: '
+                 'the targets the loss sees change each time the batch is drawn (labels '
+                 'shuffled or paired with other examples, a label-changing augmentation)')
+
+
+def findings(verdicts: dict, sweep: dict | None = None, update_ratio: float | None = None,
+             configured_lr: float = 0.0) -> list[Finding]:
+  """Every cause the evidence supports, the most specific first."""
+  flow = verdicts.get('gradient_flow')
+  flow_cause = None
+  if flow is not None and flow.status == 'FAIL' and 'error' not in flow.evidence:
+    flow_cause = 'vanishing gradients' if flow.summary.startswith('vanishing') else \
+        'exploding gradients'
+  gradients = verdicts.get('gradients')
+  failed = any(_failed(verdicts, check) for check in SYMPTOMS)
+  dead = verdicts.get('dead_units')
+  # units dead from the start because of their own negative bias are a cause; dead for want of
+  # varying input (an earlier layer cut off) they are a consequence, named after it
+  dead_by_bias = dead is not None and dead.evidence.get('negative_bias', False)
+  specific = [
+      Finding('non-finite gradients', gradients.summary)
+      if gradients is not None and gradients.evidence.get('non_finite') else None,
+      targets_differ(verdicts.get('overfit_one_batch')),
+      _from_check(verdicts, 'symmetric_init', 'symmetric init'),
+      _from_check(verdicts, 'gradient_flow', flow_cause) if flow_cause else None,
+      _from_check(verdicts, 'saturation', 'saturated units'),
+      _from_check(verdicts, 'dead_units', 'dying ReLU') if dead_by_bias else None,
+  ]
+  found = [c for c in specific if c is not None]
+  # Inputs cut off follow from the causes above (dead units pass nothing on); named alone they
+  # are the cause themselves (a layer multiplied by zero), before units that die later.
+  later = [None if found else inputs_detached(verdicts),
+           None if dead_by_bias else _from_check(verdicts, 'dead_units', 'dying ReLU',
+                                                 ('FAIL', 'WARN') if failed else ('FAIL',)),
+           squashed_logits(verdicts),
+           learning_rate(verdicts, sweep, update_ratio, configured_lr),
+           labels_not_with_inputs(verdicts),
+           not_a_function_of_inputs(verdicts, sweep)]
+  return found + [c for c in later if c is not None]
+
+
+def ruled_out(verdicts: dict, sweep: dict | None, found: list[Finding]) -> list[str]:
+  """What the checks' measurements exclude, in words."""
+  causes = {f.cause for f in found}
+  out = []
+  flow = verdicts.get('gradient_flow')
+  if flow is not None and flow.status == 'PASS' and flow.evidence.get('first_over_last'):
+    ratio = list(flow.evidence['first_over_last'].values())[-1]
+    out.append(f'vanishing or exploding gradients (first / last layer gradient {ratio:.2g})')
+  for check, what in (('dead_units', 'dead ReLUs'), ('saturation', 'saturated units'),
+                      ('symmetric_init', 'symmetric init')):
+    if _passed(verdicts, check):
+      out.append(what)
+  dependency = verdicts.get('batch_dependency')
+  if (dependency is not None and 'train' in dependency.evidence and not
+      dependency.evidence['train'].get('examples_not_depending_on_own_input')):
+    out.append('inputs cut off (every loss depends on its own input)')
+  if _passed(verdicts, 'overfit_one_batch'):
+    out.append('too little capacity (it memorises one batch)')
+  elif 'targets differ from the labels' not in causes and _loss_halved(
+      verdicts.get('overfit_one_batch')):  # the loss fell, and accuracy with it
+    out.append('targets other than the labels (loss and accuracy move together)')
+  if sweep and not any(r['fitted'] for r in sweep.values()):
+    factors = sorted(sweep)
+    out.append(f'the learning rate (x{factors[0]:g} to x{factors[-1]:g} fits one batch no '
+               'better)')
+  return out
+
+
+def _loss_halved(overfit: Verdict | None) -> bool:
+  if overfit is None or 'losses' not in overfit.evidence:
+    return False
+  losses = overfit.evidence['losses']
+  return losses[-1] < 0.5 * losses[0]
+
+
+def explain(verdicts: list, sweep: dict | None = None, update_ratio: float | None = None,
+            configured_lr: float = 0.0) -> list:
+  """The verdicts with each failed symptom given the most likely cause, and a `diagnosis`
+  verdict at the end."""
+  by_check = {v.check: v for v in verdicts}
+  failed = [v.check for v in verdicts if v.check in SYMPTOMS and v.status == 'FAIL']
+  found = findings(by_check, sweep, update_ratio, configured_lr)
+  excluded = ruled_out(by_check, sweep, found)
+  evidence = {'symptoms': failed, 'causes': [dataclasses.asdict(f) for f in found],
+              'ruled_out': excluded, 'learning_rate_sweep': sweep, 'update_ratio': update_ratio}
+  if not found and not failed:
+    return [*verdicts, Verdict('diagnosis', 'PASS', 'no symptom to explain: the net trains, '
+                               'fits one batch and beats the input-free baseline', evidence)]
+  if not found:
+    summary = ('ambiguous: ' + ', '.join(failed) + ' failed, and no measured cause explains it;'
+               ' ruled out: ' + '; '.join(excluded or ['nothing']) +
+               '. Left: a bug in the data pipeline or the loss; look at inputs_before_net and'
+               ' the loss code')
+    cause_words = 'ambiguous (see diagnosis)'
+  else:
+    first = found[0]
+    also = f' Also: {", ".join(f.cause for f in found[1:])}.' if len(found) > 1 else ''
+    summary = (f'most likely cause: {first.cause}. Evidence: {first.because}.{also}' +
+               (f' Ruled out: {"; ".join(excluded)}.' if excluded else ''))
+    cause_words = f'most likely cause: {first.cause} (see diagnosis)'
+  for v in verdicts:
+    if v.check in failed:
+      v.summary = f'{v.summary}; {cause_words}'
+  status = 'FAIL'
+  if not failed:  # the cause's own check carries its FAIL; the net still trains
+    status, summary = 'WARN', 'no symptom failed, but inside the net: ' + summary
+  return [*verdicts, Verdict('diagnosis', status, summary, evidence)]

@@ -1,0 +1,109 @@
+"""The diagnosis names the cause of planted defects from the sanity stage's own measurements,
+end to end on tiny synthetic data; and stays quiet on clean models."""
+import pytest
+from test_conformance import synthetic_npz
+
+from recipe_jax.config import defaults
+from recipe_jax.diagnose import diagnosis
+from recipe_jax.report.results import Verdict
+from recipe_jax.stages import sanity
+
+# planted defect -> (config overrides, words the diagnosis verdict must contain)
+PLANTED = {
+    'ten sigmoid layers': ({'model.name': 'helpers.planted_bugs:DeepSigmoid'},
+                           ['most likely cause: vanishing gradients']),
+    'ReLU layers initialised 2.5x': ({'model.name': 'helpers.planted_bugs:ExplodingInit'},
+                                     ['most likely cause: exploding gradients']),
+    'biases initialised at -3': ({'model.name': 'helpers.planted_bugs:NegativeBias'},
+                                 ['most likely cause: dying ReLU', 'large negative bias']),
+    'tanh weights 6x': ({'model.name': 'helpers.planted_bugs:SaturatedTanh'},
+                        ['most likely cause: saturated units']),
+    'every weight the same': ({'model.name': 'helpers.planted_bugs:ConstantInit'},
+                              ['most likely cause: symmetric init']),
+    'one_hot(labels - 1) in the loss': ({'loss': 'helpers.planted_bugs:shifted_targets_loss'},
+                                        ['most likely cause: targets differ from the labels']),
+    'learning rate 1e-7': ({'optimizer.learning_rate': 1e-7},
+                           ['most likely cause: learning rate far too small']),
+    'labels rolled inside the loss': ({'loss': 'helpers.planted_bugs:labels_rolled_loss'},
+                                      ['most likely cause: targets not a function of the inputs']),
+    'softmax before the loss': ({'model.name': 'helpers.planted_bugs:SoftmaxOutput'},
+                                ['most likely cause: logits squashed before the loss']),
+    'layer multiplied by zero': ({'model.name': 'helpers.planted_bugs:DeadLayer'},
+                                 ['most likely cause: inputs do not reach the loss']),
+}
+
+
+@pytest.fixture(scope='module')
+def npz(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('diagnosis') / 'sequences.npz')
+  synthetic_npz(path, 'sequence')
+  return path
+
+
+def config(npz_path, **overrides):
+  c = defaults.get_config()
+  c.stage = 'sanity'
+  c.dataset.name = f'npz:{npz_path}'
+  c.dataset.val_fraction = 0.25
+  c.batch_size, c.eval_batch_size = 16, 48
+  c.optimizer.learning_rate = 1e-2
+  c.sanity.steps, c.sanity.seed_steps, c.sanity.dynamics_every = 60, 2, 20
+  c.sanity.overfit_steps = 100
+  c.sanity.init_loss_batches, c.sanity.init_loss_batch_size = 4, 16
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+@pytest.mark.parametrize('defect', PLANTED)
+def test_planted_defect_is_diagnosed_by_name(defect, npz, tmp_path):
+  overrides, words = PLANTED[defect]
+  verdicts = {v.check: v for v in sanity.run(config(npz, **overrides), str(tmp_path)).verdicts}
+  found = verdicts['diagnosis']
+  assert found.status in ('FAIL', 'WARN')
+  for w in words:
+    assert w in found.summary, found.summary
+  for symptom in found.evidence['symptoms']:  # each failed symptom points at the same cause
+    assert words[0] in verdicts[symptom].summary
+
+
+@pytest.mark.parametrize('model', ['helpers.planted_bugs:Correct', 'mlp', 'cnn1d'])
+def test_clean_models_get_no_diagnosis(model, npz, tmp_path):
+  verdicts = {v.check: v for v in sanity.run(config(npz, **{'model.name': model}),
+                                             str(tmp_path)).verdicts}
+  assert verdicts['diagnosis'].status == 'PASS', verdicts['diagnosis'].summary
+  for check in ('gradient_flow', 'dead_units', 'saturation', 'symmetric_init'):
+    assert verdicts[check].status == 'PASS', verdicts[check].summary
+
+
+def symptom(check, status='FAIL', **evidence):
+  return Verdict(check, status, f'{check} {status.lower()}', evidence)
+
+
+def test_no_measured_cause_is_called_ambiguous_and_lists_what_was_ruled_out():
+  verdicts = diagnosis.explain([
+      symptom('dumb_baselines'), symptom('overfit_one_batch', 'PASS'),
+      symptom('gradient_flow', 'PASS', first_over_last={'init': 0.5}),
+      symptom('dead_units', 'PASS'), symptom('saturation', 'PASS')])
+  found = verdicts[-1]
+  # overfit PASS + dumb FAIL: the labels, not the net
+  assert found.status == 'FAIL' and 'labels do not go with the inputs' in found.summary
+  assert 'dead ReLUs' in found.summary and 'too little capacity' in found.summary
+  assert 'most likely cause: labels do not go with the inputs' in verdicts[0].summary
+
+  verdicts = diagnosis.explain([symptom('decreasing_loss'), symptom('dead_units', 'PASS')])
+  assert verdicts[-1].summary.startswith('ambiguous: decreasing_loss failed')
+  assert 'ambiguous' in verdicts[0].summary
+
+
+def test_a_cause_without_a_failed_symptom_warns_and_ranks_first_the_most_specific():
+  flow = Verdict('gradient_flow', 'FAIL', 'vanishing gradients: ...',
+                 {'finding': 'the gradient shrinks 1e4x from Dense_9 to Dense_0'})
+  dead = Verdict('dead_units', 'WARN', 'dying ReLU: ...',
+                 {'finding': '95% of Dense_1 units died', 'dead_at_init': False})
+  quiet = diagnosis.explain([flow, dead])[-1]
+  assert quiet.status == 'WARN' and quiet.summary.startswith('no symptom failed')
+  assert 'vanishing gradients' in quiet.summary
+  # units that die during the run are a cause only once a symptom fails
+  assert 'dying ReLU' not in quiet.summary
+  loud = diagnosis.explain([symptom('decreasing_loss'), dead])[-1]
+  assert loud.status == 'FAIL' and 'most likely cause: dying ReLU' in loud.summary
