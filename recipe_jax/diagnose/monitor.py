@@ -42,7 +42,7 @@ class LayerMonitor:
       return
     params = _local(state.params)
     if self.order is None:
-      self._discover(params, _local(state.batch_stats))
+      self.prepare(state)
     if not self.order:  # no layer recorded (all inside a loop, or no kernels): nothing to watch
       return
     if due:
@@ -50,9 +50,13 @@ class LayerMonitor:
     self.previous = (probes.copy_kernels(self.kernels, params)
                      if (step + 1) % self.every == 0 else None)
 
-  def _discover(self, params, batch_stats):
+  def prepare(self, state):
+    """Finds the layers (a trace of the model, once per run; the first measurement does it
+    when this was not called)."""
+    params = _local(state.params)
     self.order, unseen = probes.layer_order(
-        self.exp.model, {'params': params, 'batch_stats': batch_stats}, self.x, self.key)
+        self.exp.model, {'params': params, 'batch_stats': _local(state.batch_stats)}, self.x,
+        self.key)
     self.kernels = self.order + unseen
 
   def _measure(self, step, params, batch_stats):
