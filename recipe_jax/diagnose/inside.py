@@ -161,10 +161,10 @@ def saturation(at_init: dict, after: dict | None, order: list[str], kinds: dict,
   evidence = {'max_fraction': max_fraction, 'layers': {}}
   for layer in squashed:
     kind = kinds[layer]
-    key = 'sigmoid_saturated' if kind in probes.SIGMOID_LIKE else 'tanh_saturated'
-    row = {'kind': kind, 'init': float(at_init['activations'][layer]['input'][key])}
+    row = {'kind': kind, 'init': float(probes.saturated_fraction(
+        at_init['activations'][layer]['input'], kind))}
     if after is not None:
-      row['after'] = float(after['activations'][layer]['input'][key])
+      row['after'] = float(probes.saturated_fraction(after['activations'][layer]['input'], kind))
     evidence['layers'][layer] = row
   if not squashed:
     return Verdict('saturation', 'PASS', 'no sigmoid- or tanh-like activations seen', evidence)

@@ -75,9 +75,8 @@ class LayerMonitor:
       stats = found['activations'][layer]['input']
       if kind in probes.RELU_LIKE:
         scalars[f'layers/dead_fraction/{layer}'] = stats['dead_fraction']
-      elif kind in probes.SIGMOID_LIKE + probes.TANH_LIKE:
-        key = 'sigmoid_saturated' if kind in probes.SIGMOID_LIKE else 'tanh_saturated'
-        scalars[f'layers/saturated_fraction/{layer}'] = stats[key]
+      elif probes.saturated_fraction(stats, kind) is not None:
+        scalars[f'layers/saturated_fraction/{layer}'] = probes.saturated_fraction(stats, kind)
     ratio = self._first_over_last(found)
     if ratio is not None:
       scalars['layers/grad_first_over_last'] = ratio

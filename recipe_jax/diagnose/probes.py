@@ -126,11 +126,24 @@ def _measure_fn(model, loss_fn, order: tuple, kernels: tuple):
       previous = order[i - 1] if i else None
       if previous in records:
         activations[path]['from_previous'] = _match_errors(a, records[previous][1])
-    norm = lambda t: jnp.sqrt(jnp.sum(jnp.square(t.astype(jnp.float32))))
     return {'loss': loss, 'activations': activations,
-            'grad_norm': {k: norm(kernel_of(grads, k)) for k in kernels},
-            'weight_norm': {k: norm(kernel_of(params, k)) for k in kernels}}
+            'grad_norm': {k: _norm(kernel_of(grads, k)) for k in kernels},
+            'weight_norm': {k: _norm(kernel_of(params, k)) for k in kernels}}
   return jax.jit(measured)
+
+
+def _norm(t):
+  return jnp.sqrt(jnp.sum(jnp.square(t.astype(jnp.float32))))
+
+
+def saturated_fraction(input_stats: dict, kind: str):
+  """The saturated fraction of a layer's input as its kind would saturate (sigmoid-like or
+  tanh-like; `_input_stats` measures both), or None for other kinds."""
+  if kind in SIGMOID_LIKE:
+    return input_stats['sigmoid_saturated']
+  if kind in TANH_LIKE:
+    return input_stats['tanh_saturated']
+  return None
 
 
 def kinds(measured: dict, order: list[str]) -> dict:
@@ -230,7 +243,6 @@ def _copy_fn(kernels: tuple):
 @compiled.cached
 def _ratio_fn(kernels: tuple):
   def ratios(previous, params):
-    norm = lambda t: jnp.sqrt(jnp.sum(jnp.square(t.astype(jnp.float32))))
-    return {k: norm(kernel_of(params, k) - previous[k]) / jnp.maximum(norm(previous[k]), 1e-30)
+    return {k: _norm(kernel_of(params, k) - previous[k]) / jnp.maximum(_norm(previous[k]), 1e-30)
             for k in kernels}
   return jax.jit(ratios)

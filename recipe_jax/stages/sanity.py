@@ -391,10 +391,9 @@ def _activation_histograms(out, at_init, after, order, kinds):
         series[label] = (a['histogram'], float(a['min']), float(a['max']))
     a = at_init['activations'][layer]['input']
     kind = kinds.get(layer, '?')
+    saturated = probes.saturated_fraction(a, kind)
     note = (f', dead {float(a["dead_fraction"]):.0%}' if kind in probes.RELU_LIKE else
-            f', saturated {float(a["sigmoid_saturated"]):.0%}' if kind in probes.SIGMOID_LIKE
-            else f', saturated {float(a["tanh_saturated"]):.0%}' if kind in probes.TANH_LIKE
-            else '')
+            f', saturated {float(saturated):.0%}' if saturated is not None else '')
     panels.append((f'{layer} <- {kind}{note}', series))
   path = os.path.join(out, 'layer_activations.png')
   plots.layer_histograms(path, panels)
