@@ -25,6 +25,40 @@ def is_pipeline_line(record) -> bool:
           os.path.abspath(record.pathname).startswith(PACKAGE_DIR + os.sep))
 
 
+class ConsoleFormatter(pylogging.Formatter):
+  """'HH:MM:SS message'. A library's own error (fsspec, orbax, asyncio: often one it handles
+  itself, the run going on) is one line naming the library; its traceback stays in log.txt."""
+
+  def __init__(self):
+    super().__init__('%(asctime)s %(message)s', '%H:%M:%S')
+
+  def format(self, record) -> str:
+    if os.path.abspath(record.pathname).startswith(PACKAGE_DIR + os.sep):
+      return super().format(record)
+    first = (record.getMessage().strip().splitlines() or [''])[0][:300]
+    more = ' (details in log.txt)' if record.exc_info or '\n' in record.getMessage() else ''
+    return f'{self.formatTime(record, self.datefmt)} {record.name}: {first}{more}'
+
+
+def _closed_loop(kind, value) -> bool:
+  return kind is RuntimeError and str(value) == 'Event loop is closed'
+
+
+def _quiet_closed_loop(default):
+  """sys.unraisablehook, except for RuntimeError('Event loop is closed'): tensorstore's
+  callbacks raise it when a failed orbax restore has closed its event loop and reads still in
+  flight complete. The run goes on (it falls back), so it goes to log.txt only."""
+  def hook(unraisable):
+    if _closed_loop(unraisable.exc_type, unraisable.exc_value):
+      logging.info('a late callback found its event loop closed (after a failed checkpoint '
+                   'read)', exc_info=(unraisable.exc_type, unraisable.exc_value,
+                                      unraisable.exc_traceback), extra=FILE_ONLY)
+      return
+    default(unraisable)
+  hook.quiet_closed_loop = True
+  return hook
+
+
 def setup(workdir: str, verbose: bool = False) -> None:
   """Console handler (compact, the pipeline's lines only; with `verbose` every line in absl's
   full format) and DIR/log.txt (everything, absl's full format). Call once, at the start.
@@ -50,10 +84,12 @@ def setup(workdir: str, verbose: bool = False) -> None:
   if verbose:
     to_console.setFormatter(logging.PythonFormatter())
   else:
-    to_console.setFormatter(pylogging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+    to_console.setFormatter(ConsoleFormatter())
     to_console.addFilter(is_pipeline_line)
   root.addHandler(to_file)
   root.addHandler(to_console)
+  if not getattr(sys.unraisablehook, 'quiet_closed_loop', False):
+    sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
   root.setLevel(pylogging.INFO)
   logging.set_verbosity(logging.INFO)
   pylogging.captureWarnings(True)

@@ -107,7 +107,13 @@ def read_text(path) -> str:
 
 
 def read_json(path):
-  return json.loads(read_text(path))
+  """A JSON file the pipeline wrote; a damaged one (hand-edited, truncated) is a one-line
+  UserError naming it, and is left as it is."""
+  try:
+    return json.loads(read_text(path))
+  except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+    raise UserError(f'{path} is damaged ({type(e).__name__}: {e}); nothing was changed: restore '
+                    'the file, or delete the run directory, or use a new --workdir') from None
 
 
 def write_bytes(path, data: bytes) -> None:
@@ -147,6 +153,7 @@ def remove_tree(path) -> None:
   fs, p = _fs(path)
   if fs.exists(p):
     fs.rm(p, recursive=True)
+    _forget_listings(fs)
 
 
 def move(source, destination) -> None:
@@ -157,6 +164,15 @@ def move(source, destination) -> None:
     return
   fs, p = _fs(source)
   fs.mv(p, _fs(destination)[1], recursive=True)
+  _forget_listings(fs)
+
+
+def _forget_listings(fs) -> None:
+  """fsspec caches directory listings in each filesystem object, and other libraries hold
+  objects of their own (orbax, through etils): after a move or a delete, all of that kind
+  forget theirs, so none lists what is gone (orbax saw a quarantined step as still there)."""
+  for instance in list(getattr(type(fs), '_cache', {}).values()):
+    instance.invalidate_cache()
 
 
 def copy_local_to(local_path: str, path) -> None:
@@ -166,10 +182,29 @@ def copy_local_to(local_path: str, path) -> None:
       write_bytes(path, f.read())
 
 
+def _check_local_workdir(path: str) -> None:
+  existing = os.path.abspath(os.path.expanduser(path))
+  while not os.path.exists(existing):  # the nearest part of the path that exists
+    existing = os.path.dirname(existing)
+  if os.path.isfile(existing):
+    what = 'is a file' if existing == os.path.abspath(os.path.expanduser(path)) else (
+        f'lies under {existing}, which is a file')
+    raise UserError(f'--workdir={path} {what}, not a directory; give a directory (a new one is '
+                    'made)')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(f'--workdir={path}: {existing} is not writable by this user; choose a '
+                    'directory you can write')
+
+
 def check_workdir(path) -> None:
   """A remote run directory must be reachable and writable before anything runs: a one-line
-  UserError within seconds naming the cause (no endpoint, no bucket, no permission)."""
+  UserError within seconds naming the cause (no endpoint, no bucket, no permission); a local
+  one must be a directory, or a path where one can be made."""
+  if not str(path).strip():
+    raise UserError('--workdir is empty; give the run directory, e.g. --workdir=/tmp/run1 or '
+                    'gs://BUCKET/run1')
   if not is_remote(path):
+    _check_local_workdir(str(path))
     return
   scheme = str(path).split('://', 1)[0]
   if scheme in ('gs', 'gcs'):

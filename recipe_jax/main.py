@@ -115,8 +115,7 @@ def main(argv):
     if config.distributed:
       # CPU processes reach each other through gloo (TPU and GPU have their own collectives).
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-      jax.distributed.initialize(config.coordinator_address, config.num_processes,
-                                 config.process_id)
+      join_cluster(jax, config)
     enable_compilation_cache(config.compilation_cache_dir)
     from recipe_jax.engine import multihost
     if config.stage != 'train':  # a train run claims its workdir itself (run_training)
@@ -133,19 +132,32 @@ def main(argv):
       tracking.log_result(tracked_run, workdir, result)
     for line in report.closing_lines(result, workdir):
       logging.info('%s', line)
+    from recipe_jax.engine import loop
+    if not result.finished and loop.stopped_by() == 'SIGINT':  # before any earlier FAIL's exit 1
+      console.sync_log()
+      fail('interrupted (Ctrl-C) after saving what was done; the same command resumes',
+           INTERRUPTED)
     report.raise_if_failed(result, workdir)
   except (UserError, DivergenceError, ChecksFailed) as e:
     console.sync_log()
     fail(str(e), e.exit_code)
-  except KeyboardInterrupt:  # Ctrl-C outside a training loop, or a second one inside
+  except KeyboardInterrupt:  # Ctrl-C where nothing more could be saved, or a second one
     console.sync_log()
-    fail('interrupted (Ctrl-C); the checkpoints saved so far stay, and the same command '
-         'resumes from the last one', INTERRUPTED)
+    fail('interrupted (Ctrl-C); what was saved so far stays (checkpoints, finished stages), and '
+         'the same command resumes from it', INTERRUPTED)
   console.sync_log()
-  from recipe_jax.engine import loop
-  if not result.finished and loop.stopped_by() == 'SIGINT':
-    fail('interrupted (Ctrl-C) after saving a checkpoint; the same command resumes',
-         INTERRUPTED)
+
+
+def join_cluster(jax, config) -> None:
+  """jax.distributed.initialize; a cluster that is not there is one line (exit 2)."""
+  try:
+    jax.distributed.initialize(config.coordinator_address, config.num_processes,
+                               config.process_id)
+  except Exception as e:  # noqa: BLE001  jax raises ValueError, RuntimeError or XlaRuntimeError
+    raise UserError(f'distributed=True: cannot join the cluster ({type(e).__name__}: '
+                    f'{(str(e).strip().splitlines() or [""])[0][:300]}); give coordinator_address, '
+                    'num_processes and process_id, or run where JAX finds the cluster itself '
+                    '(Cloud TPU, SLURM)') from None
 
 
 def stage_directory(config, workdir: str) -> tuple:

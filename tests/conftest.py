@@ -136,6 +136,19 @@ def train_and_evaluate(config, workdir):
   return training.train_and_evaluate(experiment.build(config), str(workdir))
 
 
+def wait_until_a_trial_is_stale(storage: str, heartbeat_s: float, timeout=60):
+  """Polls an Optuna storage until a RUNNING trial's heartbeat is older than the grace period
+  (2 x heartbeat_s), the condition a restarted worker requeues it on: no fixed sleep."""
+  import optuna
+  db = optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat_s)
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if any(db._get_stale_trial_ids(s._study_id) for s in db.get_all_studies()):
+      return
+    time.sleep(0.1)
+  raise AssertionError(f'no trial in {storage} went stale within {timeout} s')
+
+
 def wait_for_checkpoint(proc, directory, timeout=240):
   deadline = time.time() + timeout
   while time.time() < deadline and proc.poll() is None:

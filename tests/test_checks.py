@@ -148,18 +148,42 @@ def test_fixed_seed_catches_unseeded_randomness_and_an_ignored_seed():
   assert v.status == 'FAIL' and 'identical' in v.summary
 
 
+def batches_around(mean, std, n=20):
+  """n batch losses whose mean and sample std are exactly `mean` and `std`."""
+  unit = np.resize([-1.0, 1.0], n)
+  return mean + std * unit / unit.std(ddof=1)
+
+
 def test_loss_at_init_is_two_sided_with_a_tolerance_from_the_batch_spread():
   rng = np.random.default_rng(0)
   expected = np.log(10)
   near = expected + 0.01 * rng.standard_normal(20)
   assert checks.loss_at_init(near, expected).status == 'PASS'
-  v = checks.loss_at_init(near + 0.2, expected)  # 20 batch std too high
-  assert v.status == 'FAIL' and 'too high' in v.summary
+  v = checks.loss_at_init(near + 0.2, expected)  # 20 batch std too high, but 1.09x expected
+  assert v.status == 'WARN' and 'initial logits are not small' in v.summary
+  assert 'zero-initialised last layer' in v.summary
   v = checks.loss_at_init(near - 0.2, expected)
-  assert v.status == 'FAIL' and 'too low' in v.summary
+  assert v.status == 'FAIL' and 'too low' in v.summary and 'leak' in v.summary
   # The same 0.2 offset is fine when batches spread that much: the tolerance is not a factor.
   assert checks.loss_at_init(expected + 0.2 + 0.1 * rng.standard_normal(20),
                              expected).status == 'PASS'
+  v = checks.loss_at_init(near * 30, expected)  # a final layer far too large
+  assert v.status == 'FAIL' and 'overconfident' in v.summary
+
+
+def test_loss_at_init_near_its_thresholds():
+  expected, std = np.log(4), 0.02
+  status = lambda mean, **kw: checks.loss_at_init(batches_around(mean, std), expected, **kw).status
+  assert status(expected + 4.9 * std) == 'PASS'  # inside 5 batch std
+  assert status(expected + 5.1 * std) == 'WARN'  # just beyond, too high: under 2x
+  assert status(expected - 4.9 * std) == 'PASS'
+  assert status(expected - 5.1 * std) == 'FAIL'  # just beyond, too low
+  assert status(1.98 * expected) == 'WARN'  # overconfident but under the FAIL ratio
+  assert status(2.02 * expected) == 'FAIL'
+  assert status(1.48 * expected, max_ratio=1.5) == 'WARN'
+  assert status(1.52 * expected, max_ratio=1.5) == 'FAIL'
+  assert status(expected + 4.9 * std, max_z=5.0) == 'PASS'
+  assert status(expected + 3.1 * std, max_z=3.0) == 'WARN'
 
 
 def test_expected_initial_loss_is_the_prior_entropy_or_log_c():

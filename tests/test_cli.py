@@ -86,7 +86,7 @@ def test_ctrl_c_saves_a_checkpoint_says_one_line_exits_130_and_resumes_bit_ident
   assert proc.returncode == 130, output[-3000:]
   assert 'Traceback' not in output and 'KeyboardInterrupt' not in output
   assert output.strip().splitlines()[-1] == (
-      'recipe_jax: error: interrupted (Ctrl-C) after saving a checkpoint; the same command '
+      'recipe_jax: error: interrupted (Ctrl-C) after saving what was done; the same command '
       'resumes')
   stopped = read_summary(tmp_path / 'run')
   assert not stopped['finished'] and str(stopped['step']) in os.listdir(

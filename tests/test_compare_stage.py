@@ -110,8 +110,8 @@ def test_two_workers_split_one_comparison_through_a_study(compare_config, tmp_pa
 
 def test_a_killed_workers_run_is_retried_from_its_checkpoint(compare_config, tmp_path):
   import signal
-  import time
-  from conftest import as_flags, read_summary, run_main, start_main, wait_for_checkpoint
+  from conftest import (as_flags, read_summary, run_main, start_main, wait_for_checkpoint,
+                        wait_until_a_trial_is_stale)
   compare_config.compare.variants = json.dumps({'narrow': {'model.width': 8}})
   compare_config.compare.seeds = 1
   compare_config.compare.storage = f'sqlite:///{tmp_path / "compare.db"}'
@@ -123,7 +123,7 @@ def test_a_killed_workers_run_is_retried_from_its_checkpoint(compare_config, tmp
   wait_for_checkpoint(worker, tmp_path / 'compare' / 'baseline' / 'seed_0' / 'checkpoints')
   worker.send_signal(signal.SIGKILL)
   worker.communicate(timeout=60)
-  time.sleep(2.5)  # its heartbeat goes stale (grace period: 2 x heartbeat_s)
+  wait_until_a_trial_is_stale(compare_config.compare.storage, 1)
   again = run_main(tmp_path, *flags, timeout=300)
   assert again.returncode == 0, again.stderr[-3000:]
   assert read_summary(tmp_path / 'compare' / 'baseline' / 'seed_0')['resumed_from_step'] > 0

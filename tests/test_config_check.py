@@ -48,10 +48,20 @@ def test_the_defaults_and_every_config_file_pass():
     ({'stage': 'evaluate'}, 'stage=evaluate needs --config.evaluate.run_dir'),
     ({'stage': 'tune'}, 'tune.space is empty'),
     ({'stage': 'recipe'}, 'tune.space is empty'),  # the default recipe runs tune
+    ({'dataset.test_split': 'validation'}, "test_split='validation': mnist1d has the splits"),
+    ({'dataset.name': 'npz:/x.npz', 'dataset.test_split': 'test2'}, 'an .npz has one test split'),
 ])
 def test_keys_that_must_agree_are_checked_together(changes, message):
   with pytest.raises(UserError, match=message):
     config_check.check_values({**DEFAULTS, **changes})
+
+
+def test_a_key_without_a_rule_is_one_line_naming_it():
+  with pytest.raises(UserError) as refused:
+    config_check.check_values({**DEFAULTS, 'sanity.new_threshold': 1.0})
+  message = str(refused.value)
+  assert message.startswith('config keys without a validation rule: sanity.new_threshold;')
+  assert 'RULES' in message and '\n' not in message
 
 
 def test_the_gp_sampler_without_pytorch_is_one_line_naming_what_to_do(monkeypatch):

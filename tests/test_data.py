@@ -118,6 +118,15 @@ NPZ_DEFECTS = {  # name: (how to write the file, what the one line must say)
                        r'x_train has 120 rows and y_train has shape \(119,\)'),
     'corrupt member': (lambda p: _zip_with(p, 'x_train', b'not an npy'),
                        'x_train is not a readable .npy array'),
+    'one-hot labels': (lambda p: _write_npz(p, y_train=np.eye(3, dtype=np.float32)[
+        np.arange(120) % 3]), r'y_train has shape \(120, 3\): one-hot .*argmax\(axis=1\)'),
+    'labels as a column': (lambda p: _write_npz(p, y_test=np.zeros((40, 1), np.int64)),
+                           r'y_test has shape \(40, 1\), a column.*y_test.ravel\(\)'),
+    'ids, not class indices': (lambda p: _write_npz(p, y_train=np.array([0, 3, 7, 10**9] * 30)),
+                               r'run up to 1000000000 but only 6 distinct values occur \(0, 1, '
+                               r'2, 3, ..., 1000000000\).*np.unique\(y, return_inverse=True\)'),
+    'one class': (lambda p: _write_npz(p, y_train=np.full(120, 2)),
+                  r'y_train holds one class \(label 2\) in every row'),
 }
 
 
@@ -133,6 +142,47 @@ def test_every_malformed_npz_is_one_line_naming_the_file_and_the_defect(
   with pytest.raises(UserError, match=message) as refused:
     data.load(small_config.dataset)
   assert str(refused.value).startswith(f"npz file '{path}': ") and '\n' not in str(refused.value)
+
+
+def _with_value_at(array, row, value):
+  array = array.copy()
+  array[row, 1] = value
+  return array
+
+
+@pytest.mark.parametrize('value', [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize('split, pipeline, message', [
+    ('test', 'device', r'x_test holds NaN or Inf in 1 of 40 examples \(rows \[3\] of the source '
+                       r'test split\)'),
+    ('train', 'device', r'x_train holds NaN or Inf in 1 of 120 examples \(rows \[3\]'),
+    ('train', 'grain', r'x_train holds NaN or Inf in 1 of 120 examples \(rows \[3\]'),
+])
+def test_non_finite_inputs_in_any_split_are_one_line_naming_the_rows(
+    small_config, tmp_path, value, split, pipeline, message):
+  clean = _write_npz(tmp_path / 'clean.npz')
+  np.savez(tmp_path / 'bad.npz', **{**clean, f'x_{split}': _with_value_at(
+      clean[f'x_{split}'], 3, value)})
+  small_config.dataset.name = f'npz:{tmp_path / "bad.npz"}'
+  small_config.dataset.val_fraction = 0.0
+  small_config.dataset.pipeline = pipeline
+  with pytest.raises(UserError, match=message) as refused:
+    data.load(small_config.dataset)
+  assert '\n' not in str(refused.value)
+  assert not np.isfinite(data.load(small_config.dataset, require_finite=False).x_test).all() or (
+      split == 'train')  # inspect reads them, to report them
+  small_config.dataset.name = f'npz:{tmp_path / "clean.npz"}'
+  data.load(small_config.dataset)  # the same file without the value passes
+
+
+def test_classes_training_never_shows_are_logged(small_config, tmp_path, caplog):
+  arrays = _write_npz(tmp_path / 'a.npz', y_test=np.array([0, 1, 2, 3] * 10))
+  small_config.dataset.name = f'npz:{tmp_path / "a.npz"}'
+  with caplog.at_level('WARNING'):
+    dataset = data.load(small_config.dataset)
+    data.warn_unseen_classes(dataset)
+  assert dataset.num_classes == 4 and 3 not in arrays['y_train']
+  assert ('10 test examples are of classes [3], which the training split never shows'
+          in caplog.text)
 
 
 def test_a_malformed_npz_on_the_command_line_is_exit_2(tmp_path):

@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 
 from helpers import browser
+from helpers import flaky_proxy
 from helpers import gcs_emulator
 from conftest import cli_flags, run_main, start_main, train_and_evaluate
 
@@ -155,3 +156,34 @@ def test_an_unusable_bucket_is_one_line_exit_2_within_seconds(bucket, tmp_path, 
   assert result.returncode == 2, result.stderr
   [line] = result.stderr.strip().splitlines()
   assert line.startswith(f'recipe_jax: error: --workdir={workdir}: {message}'), line
+
+
+def write_object(host, name, data: bytes):
+  query = urllib.parse.urlencode({'uploadType': 'media', 'name': name})
+  request = urllib.request.Request(f'{host}/upload/storage/v1/b/bucket/o?{query}', data=data,
+                                   method='POST')
+  urllib.request.urlopen(request, timeout=10).close()
+
+
+def test_a_failed_checkpoint_read_is_retried_and_only_what_stays_unreadable_is_quarantined(
+    bucket, small_config, tmp_path):
+  """Regression: any restore error moved the checkpoint to checkpoints_corrupt/, so a flaky
+  network cost the run its progress. Step 60's bytes are damaged: every try fails, and it is
+  quarantined. Step 30's first read is refused once (a flaky network): retried, it restores."""
+  with flaky_proxy.running(bucket) as (proxy, failures):
+    env = {'STORAGE_EMULATOR_HOST': proxy}  # this machine's caches: compiled steps, data
+    assert run_main('gs://bucket/flaky', *cli_flags(small_config), env=env).returncode == 0
+    for name in objects(bucket, 'flaky/checkpoints/60/state/'):
+      if not name.endswith(('_METADATA', '_CHECKPOINT_METADATA', 'commit_success.txt')):
+        write_object(bucket, name, b'damaged')
+    failures.set('flaky/checkpoints/30/state/', times=1)  # tensorstore's read of the arrays
+    small_config.num_train_steps = 90
+    resumed = run_main('gs://bucket/flaky', *cli_flags(small_config), env=env)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert failures.refused == 1 and 'Traceback' not in resumed.stderr, resumed.stderr
+  assert 'checkpoint at step 60 failed to restore 3 times' in resumed.stderr
+  assert re.search(r'checkpoint at step 30: read failed .*attempt 2 of 3', resumed.stderr)
+  assert json.loads(read_object(bucket, 'flaky/summary.json'))['resumed_from_step'] == 30
+  assert objects(bucket, 'flaky/checkpoints_corrupt/60/')
+  assert not objects(bucket, 'flaky/checkpoints_corrupt/30/')
+  # regression: orbax listed the quarantined step still, and the save at 60 failed: it exists

@@ -105,9 +105,12 @@ def test_a_process_other_than_0_writes_no_file_but_its_checkpoints(small_config,
                                                                      monkeypatch):
   """Every file of a train run except orbax's (which orbax coordinates itself) comes from one
   writer: run as process 1 would, the workdir holds nothing else."""
+  import types
   from recipe_jax.engine import multihost
   from recipe_jax.stages import train
-  monkeypatch.setattr(multihost, 'is_leader', lambda: False)
+  # The process index is what a second host has; is_leader itself decides from it.
+  monkeypatch.setattr(multihost, 'jax', types.SimpleNamespace(process_index=lambda: 1))
+  assert not multihost.is_leader()
   train.run(small_config, str(tmp_path))
   written = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path)
              for f in files]
@@ -138,3 +141,19 @@ def test_a_sigterm_to_one_host_stops_both_after_the_same_step_and_they_resume(sm
   assert read_summary(tmp_path / 'hosts')['resumed_from_step'] == int(stopped[0][0])
   assert read_summary(tmp_path / 'hosts')['params_sha256'] == read_summary(
       tmp_path / 'straight')['params_sha256']
+
+
+def test_a_ctrl_c_on_one_host_stops_both_after_the_same_step(small_config, tmp_path):
+  """Regression: one host died mid-step on Ctrl-C while its peer blocked in a collective. Now
+  the Ctrl-C becomes JAX's preemption notice: both save at the same step; the host that got it
+  exits 130, the other 0 (it was asked to stop, as by a preemption)."""
+  small_config.num_train_steps, small_config.checkpoint_every_steps = 1500, 100
+  procs = start_two_processes(tmp_path / 'hosts', cli_flags(small_config))
+  wait_for_checkpoint(procs[0], tmp_path / 'hosts' / 'checkpoints')
+  procs[1].send_signal(signal.SIGINT)
+  outputs = outputs_of(procs)
+  assert [p.returncode for p in procs] == [0, 130], outputs[1][-3000:]
+  stopped = [re.findall(r'(?:SIGTERM|SIGINT): saved a checkpoint at step (\d+)', out)
+             for out in outputs]
+  assert stopped[0] == stopped[1] and len(stopped[0]) == 1, outputs
+  assert 'Traceback' not in outputs[1]

@@ -60,12 +60,27 @@ def test_a_short_digits_recipe_runs_every_stage_and_hands_its_findings_on(finish
   assert os.path.getsize(os.path.join(workdir, 'report.html')) > 10000
 
 
-def test_a_restarted_recipe_reruns_no_finished_stage(finished_recipe, caplog):
+def file_contents(directory) -> dict:
+  """{relative path: bytes} of every file under `directory`."""
+  found = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        found[os.path.relpath(path, directory)] = f.read()
+  return found
+
+
+def test_a_restarted_recipe_reruns_no_finished_stage_and_writes_nothing(finished_recipe, caplog):
   c, workdir, _ = finished_recipe
+  before = file_contents(workdir)
   with caplog.at_level('INFO'):
     recipe.run(c, workdir)
   assert caplog.text.count('already finished') == len(recipe.STAGES)
-  assert ' starts' not in caplog.text
+  assert ' starts' not in caplog.text and 'continuing with' not in caplog.text
+  after = file_contents(workdir)
+  changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+  assert changed == [], changed  # regression: overfit/config.json flipped eval_train_split
 
 
 def test_one_stage_alone_gets_what_the_earlier_stages_found(finished_recipe, tmp_path):
@@ -173,11 +188,11 @@ def test_a_recipe_stopped_mid_stage_finishes_like_one_that_never_stopped(never_s
   if stop != signal.SIGKILL:  # checkpointed; exit 0 (preemption) or 130 (Ctrl-C); the report
     assert proc.returncode == (0 if stop == signal.SIGTERM else 130)  # says where it stopped
     assert 'stopped, resumable' in (tmp_path / 'killed' / 'report.html').read_text()
-  lr_find_result = tmp_path / 'killed' / 'lr_find' / 'result.json'
-  before = os.path.getmtime(lr_find_result)
+  before = file_contents(tmp_path / 'killed' / 'lr_find')
   resumed = run_main(tmp_path / 'killed', *flags)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert os.path.getmtime(lr_find_result) == before  # the finished stage was not rerun
+  assert 'recipe: lr_find already finished' in resumed.stderr  # not rerun, and not rewritten:
+  assert file_contents(tmp_path / 'killed' / 'lr_find') == before
   summary = read_summary(tmp_path / 'killed' / 'overfit')
   assert summary['resumed_from_step'] and summary['resumed_from_step'] > 0
   assert summary['params_sha256'] == read_summary(straight_dir / 'overfit')['params_sha256']
@@ -240,12 +255,14 @@ def test_the_reports_reproduce_command_reruns_its_stage_and_keeps_the_recipes_re
   page = html.unescape((workdir / 'report.html').read_text())
   [command] = [m for m in re.findall(r'<code>(python -m recipe_jax.main [^<]*)</code>', page)
                if m.endswith('--config.recipe.rerun=lr_find')]
-  before = (workdir / 'lr_find' / 'result.json').stat().st_mtime
+  before = file_contents(workdir / 'lr_find')
   rerun = subprocess.run([sys.executable, *shlex.split(command)[1:]],  # 'python' is this one
                          capture_output=True, text=True, cwd=REPO)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert 'lr_find is redone' in rerun.stderr
-  assert (workdir / 'lr_find' / 'result.json').stat().st_mtime > before
+  assert 'lr_find is redone' in rerun.stderr and 'recipe: lr_find starts' in rerun.stderr
+  [kept] = [p for p in workdir.iterdir() if p.name.startswith('lr_find.before-')]
+  assert file_contents(kept) == before  # the earlier results, moved aside whole
+  assert report.read_result(workdir / 'lr_find' / 'result.json').finished  # and made anew
   recipe_result = report.read_result(workdir / 'recipe' / 'result.json')
   assert [v.check for v in recipe_result.verdicts] == ['stage_inspect', 'stage_lr_find']
 

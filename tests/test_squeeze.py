@@ -60,6 +60,27 @@ def squeezed(separable_npz, tmp_path_factory):
   return c, workdir, squeeze.run(c, workdir)
 
 
+def test_ctrl_c_in_squeeze_keeps_the_rows_and_verdicts_done(squeezed, tmp_path, monkeypatch):
+  import shutil
+  from recipe_jax.engine import loop
+  c, workdir, _ = squeezed
+  shutil.copytree(workdir, tmp_path / 'copy')
+  real = ensembles.tta_probs
+
+  def ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt  # arrives during TTA, after SWA
+  monkeypatch.setattr(ensembles, 'tta_probs', ctrl_c)
+  try:
+    result = squeeze.run(c, str(tmp_path / 'copy'))
+    assert not result.finished and loop.stopped_by() == 'SIGINT'
+  finally:
+    loop._stopped_by['signal'] = None
+  assert [v.check for v in result.verdicts][-1] == 'weight_averaging'
+  table = open(tmp_path / 'copy' / 'squeeze' / 'results.md').read()
+  assert 'SWA' in table and 'TTA' not in table
+  assert real is not ensembles.tta_probs
+
+
 def test_squeeze_writes_every_row_and_verdict(squeezed):
   _, workdir, result = squeezed
   assert [v.check for v in result.verdicts] == ['ensemble', 'class_recall', 'calibration',
@@ -96,12 +117,16 @@ def test_an_ensemble_of_identical_members_equals_the_member(squeezed, tmp_path):
 def test_a_restarted_squeeze_reuses_finished_members(squeezed, caplog):
   c, workdir, _ = squeezed
   members = os.path.join(workdir, 'squeeze', 'members')
-  before = os.path.getmtime(os.path.join(members, 'seed_0', 'summary.json'))
+
+  def seed_0_files():
+    return {os.path.relpath(os.path.join(d, n), members): open(os.path.join(d, n), 'rb').read()
+            for d, _, names in os.walk(os.path.join(members, 'seed_0')) for n in names}
+  before = seed_0_files()
   import shutil
   shutil.rmtree(os.path.join(members, 'seed_1'))  # as if killed before this member finished
   with caplog.at_level('INFO'):
     squeeze.run(c, workdir)
-  assert os.path.getmtime(os.path.join(members, 'seed_0', 'summary.json')) == before
+  assert seed_0_files() == before  # reused: not retrained, not rewritten
   assert runs.summary(os.path.join(members, 'seed_1'))['finished']
   assert 'member seed_0 already finished, reused' in caplog.text
   assert 'training member seed_1' in caplog.text and 'training member seed_0' not in caplog.text

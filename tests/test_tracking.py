@@ -102,15 +102,33 @@ def test_tracking_without_its_package_is_one_line(tmp_path, monkeypatch):
 
 
 def test_tracking_never_stops_training(small_config, tmp_path, monkeypatch, caplog):
-  """An unreachable server: the run goes on untracked. A call failing mid-run: one warning,
-  then the run goes on untracked."""
+  """A server that refuses, or accepts connections and never answers: the run goes on
+  untracked within seconds (MLflow's own retries took minutes). A damaged tracking.json: the
+  same, the file left as it is. A call failing mid-run: one warning, then untracked."""
+  import socket
+  import time
   from recipe_jax.runs import tracking
-  monkeypatch.setenv('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '0')
-  monkeypatch.setenv('MLFLOW_HTTP_REQUEST_TIMEOUT', '2')
-  small_config.tracking, small_config.tracking_uri = 'mlflow', 'http://127.0.0.1:9'
-  with tracking.tracked(small_config, str(tmp_path / 'unreachable')) as run:
+  monkeypatch.setattr(tracking, 'PROBE_TIMEOUT_S', 1.0)
+  for name in tracking.MLFLOW_BOUNDS:
+    monkeypatch.delenv(name, raising=False)  # set by the first run: restored after the test
+  silent = socket.create_server(('127.0.0.1', 0))  # the kernel accepts; nobody reads or answers
+  small_config.tracking = 'mlflow'
+  for uri in ('http://127.0.0.1:9', f'http://127.0.0.1:{silent.getsockname()[1]}'):
+    small_config.tracking_uri = uri
+    start = time.time()
+    with tracking.tracked(small_config, str(tmp_path / 'unreachable')) as run:
+      assert run is None
+    assert time.time() - start < 20  # MLflow's defaults: over 3 minutes
+    assert f'{uri} does not answer within 1 s' in caplog.text
+  silent.close()
+  damaged = tmp_path / 'damaged'
+  damaged.mkdir()
+  (damaged / 'tracking.json').write_text('{"run_id": ')
+  small_config.tracking_uri = f'sqlite:///{tmp_path}/mlflow.db'
+  with tracking.tracked(small_config, str(damaged)) as run:
     assert run is None
-  assert 'training goes on untracked' in caplog.text
+  assert (damaged / 'tracking.json').read_text() == '{"run_id": '
+  assert 'tracking.json is damaged' in caplog.text
   mlflow_flags(tmp_path)
   small_config.tracking_uri = f'sqlite:///{tmp_path}/mlflow.db'
   small_config.tracking_project = 'tests'

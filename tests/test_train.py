@@ -78,6 +78,27 @@ def test_eval_padding_masks_the_extra_examples():
   assert x.shape == (8, 3) and mask.tolist() == [1] * 7 + [0]
 
 
+def test_a_split_of_several_padded_eval_batches_counts_only_its_real_examples():
+  """10 examples in eval batches of 4: 3 batches, 2 padded rows. A padded row (zeros, label 0)
+  would count as correct (zero logits: argmax 0) and add log 3 to the loss if the mask leaked."""
+  import flax.linen as nn
+  import optax
+  from recipe_jax.engine import state as state_lib
+  from recipe_jax.model import losses
+  model = nn.Dense(3, use_bias=False)
+  state = state_lib.init_state(model, optax.sgd(0.1), (5,), 0)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(10, 5)).astype(np.float32)
+  logits = np.asarray(model.apply({'params': state.params}, x))
+  y = (logits.argmax(1) + np.array([0] * 3 + [1] * 7)) % 3  # the model is right on 3 of 10
+  evaluate_split = evaluate.compile_evaluator(model, mesh.make_mesh(), state, x, y, 4,
+                                              losses.cross_entropy)
+  found = evaluate_split(state)
+  assert evaluate.eval_batch_size(10, 4, jax.device_count()) == 4
+  assert found['accuracy'] == pytest.approx(0.3)
+  assert found['loss'] == pytest.approx(float(np.mean(losses.cross_entropy(logits, y))), rel=1e-5)
+
+
 def test_no_validation_split_is_a_user_error(small_config, tmp_path):
   small_config.dataset.val_fraction = 0.0
   with pytest.raises(UserError, match='val_fraction=0.0 leaves no validation examples'):

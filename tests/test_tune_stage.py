@@ -3,12 +3,12 @@ import importlib.util
 import json
 import os
 import signal
-import time
 
 import optuna
 import pytest
 
-from conftest import cli_flags, read_summary, run_main, start_main, wait_for_checkpoint
+from conftest import (cli_flags, read_summary, run_main, start_main, wait_for_checkpoint,
+                      wait_until_a_trial_is_stale)
 from recipe_jax.errors import UserError
 from recipe_jax.stages import train, tune
 
@@ -119,7 +119,8 @@ def test_a_stopped_trial_runs_again_from_its_checkpoint(tune_config, tmp_path, h
     assert worker.returncode == (0 if how == 'SIGTERM' else 130), output[-3000:]
     assert 'queued to run again' in output and 'Traceback' not in output
   else:
-    time.sleep(2.5)  # let its heartbeat go stale (grace period: 2 x heartbeat_s)
+    wait_until_a_trial_is_stale(
+        f'sqlite:///{os.path.abspath(tmp_path / "tune" / "study.db")}', 1)
   again = run_main(tmp_path, *cli_flags(tune_config), timeout=300)
   assert again.returncode == 0, again.stderr[-3000:]
   trials = trials_of(tmp_path)

@@ -13,6 +13,7 @@ import numbers
 from typing import Any, Callable
 
 from recipe_jax.config import selection
+from recipe_jax.data.embedded import EMBEDDED
 from recipe_jax.model import keys as model_keys
 from recipe_jax.errors import UserError
 
@@ -337,6 +338,7 @@ RULES = {
     'sanity.init_loss_batches': number(2, integer=True),
     'sanity.init_loss_batch_size': positive_int(),
     'sanity.init_loss_max_z': number(0, low_open=True),
+    'sanity.init_loss_max_ratio': number(1, low_open=True),
     'sanity.dependency_examples': number(4, integer=True),
     'sanity.steps': number(10, integer=True),
     'sanity.baseline_margin': number(0, 1, high_open=True),
@@ -454,6 +456,12 @@ def _relations(flat: dict) -> list:
   """Problems of keys that must agree with each other."""
   found = model_keys.problems({k[len('model.'):]: v for k, v in flat.items()
                                if k.startswith('model.')})
+  name = flat['dataset.name']
+  if flat['dataset.test_split'] != 'test' and (name in EMBEDDED or name.startswith('npz:')):
+    found.append(f"dataset.test_split={flat['dataset.test_split']!r}: "
+                 + (f'{name} has the splits train and test' if name in EMBEDDED else
+                    'an .npz has one test split (x_test, y_test)')
+                 + "; test_split chooses among a TFDS dataset's splits")
   if flat['lr_find.min_lr'] >= flat['lr_find.max_lr']:
     found.append(f"lr_find.min_lr={flat['lr_find.min_lr']:g} must be below lr_find.max_lr="
                  f"{flat['lr_find.max_lr']:g}")
@@ -510,7 +518,8 @@ def check_values(config, nested: bool = False) -> None:
   flat = flatten(config)
   unknown = sorted(set(flat) - set(RULES))
   if unknown:  # a key in defaults.py without a rule is our bug, caught by the key-walking test
-    raise KeyError(f'config keys without a validation rule: {unknown}')
+    raise UserError(f"config keys without a validation rule: {', '.join(unknown)}; a developer "
+                    'adding a key gives it a rule in RULES (recipe_jax/config/check.py)')
   problems = [p for key, value in flat.items()
               if not (nested and key in JSON_KEYS) for p in [_problem(key, value)] if p]
   if not problems:

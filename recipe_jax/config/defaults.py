@@ -120,7 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.sanity.seed_steps = 10  # fixed seed: runs this long are compared bit for bit
   c.sanity.init_loss_batches = 20  # loss at init: batches measured ...
   c.sanity.init_loss_batch_size = 64  # ... of this size (fixed: the spread depends on it)
-  c.sanity.init_loss_max_z = 5.0  # FAIL beyond this many batch-to-batch std from expected
+  c.sanity.init_loss_max_z = 5.0  # flagged beyond this many batch-to-batch std from expected
+  c.sanity.init_loss_max_ratio = 2.0  # too high: WARN below this many x expected, FAIL from it
   c.sanity.dependency_examples = 8  # backprop dependency check batch
   c.sanity.steps = 500  # short runs: model vs zero-input baseline, decreasing loss, dynamics
   c.sanity.baseline_margin = 0.05  # model must beat the zero-input baseline by this accuracy

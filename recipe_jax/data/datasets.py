@@ -53,10 +53,12 @@ def source_rows(dataset: Dataset, split: str, indices) -> dict:
   return found
 
 
-def load(cfg) -> Dataset:
+def load(cfg, require_finite: bool = True) -> Dataset:
   """The configured dataset: validation split off the source's train split, the training subset,
   the training split's statistics and (optionally) normalisation, the same way for both
-  pipelines. With `dataset.pipeline=grain` the training inputs stay in storage as `Rows`."""
+  pipelines. With `dataset.pipeline=grain` the training inputs stay in storage as `Rows`.
+  `require_finite`: NaN or Inf inputs in any split are a one-line UserError naming the rows
+  (the inspect stage, which reports them itself, turns it off)."""
   streamed = resolve(cfg) == 'grain'
   read = sources.lazy_arrays if streamed else sources.arrays
   x_source, y_source, x_test_source, y_test, num_classes, tfds_ids = read(cfg)
@@ -72,15 +74,56 @@ def load(cfg) -> Dataset:
     if streamed:
       logging.info('statistics of %d streamed training examples in %.1f s', len(train_idx),
                    time.time() - start)
+  if require_finite and not (np.isfinite(mean).all() and np.isfinite(std).all()):
+    _require_finite(cfg.name, 'train', raw, train_idx)  # a NaN or Inf poisons the statistics
   scale = (mean, std) if cfg.normalize else (np.float32(0), np.float32(1))
   test_idx = np.arange(len(y_test))
   x_train = Rows(x_source, train_idx, cfg.downsample, *scale)
   x_val, x_test = (Rows(x, rows, cfg.downsample, *scale)[:]
                    for x, rows in ((x_source, val_idx), (x_test_source, test_idx)))
+  if require_finite:
+    for split, x, rows in (('val', x_val, val_idx), ('test', x_test, test_idx)):
+      _require_finite(cfg.name, split, x, rows)
   i32 = lambda y: np.asarray(y, np.int32)
   return Dataset(cfg.name, x_train if streamed else x_train[:], i32(y_source[train_idx]), x_val,
                  i32(y_source[val_idx]), x_test, i32(y_test), num_classes, mean, std, train_idx,
                  val_idx, test_idx, tfds_ids)
+
+
+_WARNED = set()
+
+
+def non_finite_rows(x, chunk_rows: int = 4096) -> np.ndarray:
+  """Indices of the rows of `x` (an array or `Rows`) that hold NaN or Inf, read in chunks."""
+  found = []
+  for start in range(0, len(x), chunk_rows):
+    chunk = np.asarray(x[start:start + chunk_rows])
+    flat = chunk.reshape(len(chunk), int(np.prod(chunk.shape[1:])))
+    found.append(start + np.flatnonzero(~np.isfinite(flat).all(axis=1)))
+  return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
+def _require_finite(name: str, split: str, x, rows: np.ndarray) -> None:
+  bad = non_finite_rows(x)
+  if len(bad):
+    raise UserError(f'dataset {name}: x_{split} holds NaN or Inf in {len(bad)} of {len(x)} '
+                    f'examples (rows {rows[bad[:5]].tolist()}{"..." if len(bad) > 5 else ""} of '
+                    f'the source {SOURCE_SPLIT[split]} split); drop or replace them (the inspect '
+                    'stage lists them all)')
+
+
+def warn_unseen_classes(dataset: Dataset) -> None:
+  """Logs, once per process, the classes that validation or test hold and training never
+  shows: the net cannot learn them."""
+  seen = set(np.unique(dataset.y_train).tolist())
+  for split in ('val', 'test'):
+    unseen = sorted(set(np.unique(getattr(dataset, f'y_{split}')).tolist()) - seen)
+    if unseen and (dataset.name, split) not in _WARNED:
+      _WARNED.add((dataset.name, split))
+      count = int(np.isin(getattr(dataset, f'y_{split}'), unseen).sum())
+      logging.warning('dataset %s: %d %s examples are of classes %s, which the training split '
+                      'never shows: the net cannot learn them, and %s accuracy counts them as '
+                      'errors', dataset.name, count, split, unseen[:10], split)
 
 
 def downsample(x: np.ndarray, factor: int) -> np.ndarray:

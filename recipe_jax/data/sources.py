@@ -18,6 +18,8 @@ from recipe_jax.errors import UserError
 
 NPZ_PREFIX = 'npz:'
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
+# More classes than this, most of them never seen, means the labels are ids, not indices.
+MAX_SPARSE_CLASSES = 1000
 
 
 def check_dataset_name(name: str) -> None:
@@ -133,6 +135,12 @@ def npz_problem(path: str) -> str | None:
               'feature, shape (examples, features...)')
     if not x[0]:
       return f'the {split} split is empty (x_{split} has shape {x}); it needs examples'
+    if len(y) == 2 and y[0] == x[0] and y[1] == 1:
+      return (f'y_{split} has shape {y}, a column; labels must be 1-D, one per row: save '
+              f'y_{split}.ravel()')
+    if len(y) == 2 and y[0] == x[0]:
+      return (f'y_{split} has shape {y}: one-hot or per-class scores? labels must be 1-D class '
+              f'ids, one per row: save y_{split}.argmax(axis=1)')
     if len(y) != 1 or y[0] != x[0]:
       return (f'x_{split} has {x[0]} rows and y_{split} has shape {y}; labels must be 1-D, one '
               'per row')
@@ -147,6 +155,18 @@ def npz_problem(path: str) -> str | None:
       if y.min() < 0:
         return (f'{key} holds negative labels (min {y.min()}, rows '
                 f'{np.flatnonzero(y < 0)[:5].tolist()}); labels must be integers 0..C-1')
+    train_labels = np.unique(npz['y_train'])
+    labels = np.unique(np.concatenate([train_labels, npz['y_test']]))
+  if len(train_labels) < 2:
+    return (f'y_train holds one class (label {train_labels[0]}) in every row: there is '
+            'nothing to classify; a classifier needs examples of at least 2 classes')
+  classes = int(labels[-1]) + 1
+  if classes > max(2 * len(labels), MAX_SPARSE_CLASSES):
+    shown = ', '.join(map(str, labels[:4])) + (', ...' if len(labels) > 5 else '') + (
+        f', {labels[-1]}' if len(labels) > 4 else '')
+    return (f'the labels run up to {labels[-1]} but only {len(labels)} distinct values occur '
+            f'({shown}): ids, not class indices 0..C-1 ({classes} output units would be '
+            'built); remap them with np.unique(y, return_inverse=True)')
   return None
 
 

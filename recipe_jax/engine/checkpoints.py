@@ -1,5 +1,6 @@
 """Orbax checkpoints of the train state plus a small JSON of run metadata, with restore fallback."""
 import os
+import time
 
 import jax
 import numpy as np
@@ -8,6 +9,11 @@ from absl import logging
 
 from recipe_jax import files
 from recipe_jax.errors import UserError
+
+# A read that fails is tried again (a flaky network, a store's transient 503) this many times in
+# all, waiting RETRY_WAIT_S, then twice that, ...; only a checkpoint that still fails is corrupt.
+RESTORE_ATTEMPTS = 3
+RETRY_WAIT_S = 1.0
 
 
 def manager(directory: str, max_to_keep: int, best_metric: str | None = None):
@@ -38,7 +44,7 @@ def restore_latest(mngr: ocp.CheckpointManager, like_state):
   """
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      return restore_step(mngr, step, like_state)
+      return _restore_with_retries(mngr, step, like_state)
     except Exception as e:  # truncated files, bad metadata, ... or another model's shapes
       mismatch = shape_mismatch(os.path.join(str(mngr.directory), str(step)), like_state)
       if mismatch:
@@ -47,14 +53,36 @@ def restore_latest(mngr: ocp.CheckpointManager, like_state):
                         'run\'s: use a new --workdir, or --config.init_from to start from its '
                         'weights') from None
       quarantine = os.path.join(str(mngr.directory) + '_corrupt', str(step))
-      logging.warning('checkpoint at step %d failed to restore (%s: %s); moved it to %s and '
-                      'falling back to the one before', step, type(e).__name__,
-                      str(e).splitlines()[0][:200], quarantine)
+      logging.warning('checkpoint at step %d failed to restore %d times (%s: %s); moved it to %s '
+                      'and falling back to the one before', step, RESTORE_ATTEMPTS,
+                      type(e).__name__, _first_line(e), quarantine)
       if jax.process_index() == 0:
         files.remove_tree(quarantine)
         files.move(os.path.join(str(mngr.directory), str(step)), quarantine)
       mngr.reload()
   return None, None
+
+
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [''])[0][:200]
+
+
+def _restore_with_retries(mngr: ocp.CheckpointManager, step: int, like_state):
+  """restore_step, tried RESTORE_ATTEMPTS times with a doubling wait; the last error is raised.
+  Another config's shapes fail the same way every time: no retry."""
+  for attempt in range(1, RESTORE_ATTEMPTS + 1):
+    try:
+      return restore_step(mngr, step, like_state)
+    except Exception as e:  # noqa: BLE001  which errors pass is unknowable: each store has its own
+      if attempt == RESTORE_ATTEMPTS or shape_mismatch(
+          os.path.join(str(mngr.directory), str(step)), like_state):
+        raise
+      wait = RETRY_WAIT_S * 2 ** (attempt - 1)
+      logging.warning('checkpoint at step %d: read failed (%s: %s); attempt %d of %d in %.0f s',
+                      step, type(e).__name__, _first_line(e), attempt + 1, RESTORE_ATTEMPTS,
+                      wait)
+      time.sleep(wait)
+      mngr.reload()
 
 
 def shape_mismatch(step_directory: str, like_state) -> str | None:

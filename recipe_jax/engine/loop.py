@@ -5,6 +5,7 @@ runs of sanity, lr_find and SWA, and seeds side by side. What happens besides th
 """
 import contextlib
 import dataclasses
+import os
 import signal
 import threading
 import time
@@ -150,18 +151,34 @@ def stop_for_preemption():
   Ctrl-C stops at once (KeyboardInterrupt). In a multi-host job, JAX's preemption sync point
   instead: a SIGTERM that reaches any host (jax.distributed catches it) stops every host after
   the same step, so their collective checkpoint save meets."""
+  main_thread = threading.current_thread() is threading.main_thread()
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
     def reached(step):
       if multihost_utils.reached_preemption_sync_point(step):
-        _stopped_by['signal'] = 'SIGTERM'
+        _stopped_by['signal'] = _stopped_by['signal'] or 'SIGTERM'
         return True
       return False
-    yield reached
+
+    def interrupt(signum, frame):
+      if _stopped_by['signal'] == 'SIGINT':
+        raise KeyboardInterrupt  # the second Ctrl-C: now, without saving
+      # Turned into JAX's preemption notice, which reaches every host: all stop after the same
+      # step and save together (a host dying alone leaves its peers blocked in a collective).
+      _stopped_by['signal'] = 'SIGINT'
+      logging.warning('Ctrl-C: every host saves a checkpoint after the same step (Ctrl-C again '
+                      'stops at once)')
+      os.kill(os.getpid(), signal.SIGTERM)
+    previous = signal.signal(signal.SIGINT, interrupt) if main_thread else None
+    try:
+      yield reached
+    finally:
+      if previous is not None:
+        signal.signal(signal.SIGINT, previous)
     return
   event = threading.Event()
-  if threading.current_thread() is not threading.main_thread():
+  if not main_thread:
     yield lambda step: event.is_set()  # signal handlers can only be installed from the main thread
     return
 
@@ -181,6 +198,13 @@ def stop_for_preemption():
 
 
 _stopped_by = {'signal': None}
+
+
+def interrupted() -> None:
+  """A stage caught Ctrl-C (KeyboardInterrupt) outside a training loop and saved what it had:
+  the run ends as one the loop stopped, with exit code 130."""
+  _stopped_by['signal'] = 'SIGINT'
+  logging.warning('Ctrl-C: saving what this stage has done so far (Ctrl-C again stops at once)')
 
 
 def stopped_by() -> str | None:

@@ -90,10 +90,12 @@ def _show(value) -> str:
 
 def claim(directory: str, config, stage: str | None = None) -> None:
   """Records `config` (and the identity of its data) as what `directory` holds, after checking
-  that what it held before, if anything, is the same run (`check`)."""
+  that what it held before, if anything, is the same run (`check`). A restart rewrites the
+  record only for a change MAY_CHANGE allows (a longer run); the same config writes nothing."""
   from recipe_jax.engine import multihost
-  data = check(directory, config, stage)
-  if multihost.is_leader():
+  data, allowed = _check(directory, config, stage)
+  fresh = not files.exists(files.join(directory, 'config.json'))
+  if multihost.is_leader() and (fresh or allowed):
     files.write_json(files.join(directory, 'config.json'), config.to_dict())
     files.write_json(files.join(directory, 'data.json'), data)
 
@@ -103,6 +105,11 @@ def check(directory: str, config, stage: str | None = None) -> dict:
   changes MAY_CHANGE allows are logged. `stage` None: a train run; else the results of that
   stage (which depend on its own config section too). Writes nothing; returns the identity of
   the config's data."""
+  return _check(directory, config, stage)[0]
+
+
+def _check(directory: str, config, stage: str | None) -> tuple:
+  """(the identity of the config's data, {key: (old, new)} of the changes allowed)."""
   from recipe_jax.data import sources
   data = sources.identity(config.dataset)
   config_path, data_path = files.join(directory, 'config.json'), files.join(directory, 'data.json')
@@ -123,7 +130,8 @@ def check(directory: str, config, stage: str | None = None) -> dict:
              and stage != 'recipe' else ''))
     if allowed:
       logging.info('%s: continuing with %s', what, _words(allowed))
-  return data
+    return data, allowed
+  return data, {}
 
 
 def _data_words(identity: dict) -> str:

@@ -16,11 +16,20 @@ import functools
 import os
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 from absl import logging
 
 from recipe_jax import files
 from recipe_jax.config import check as config_check
+from recipe_jax.errors import UserError
+
+PROBE_TIMEOUT_S = 5.0  # a tracking server that does not answer this fast is not used
+# Each MLflow call's bounds (a user's own settings win): a server that stops answering mid-run
+# costs seconds, not MLflow's default minutes of retries.
+MLFLOW_BOUNDS = {'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '2',
+                 'MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR': '1', 'MLFLOW_HTTP_REQUEST_TIMEOUT': '15'}
 
 _parent = {'run': None}  # the innermost tracked run open in this process: runs opened now nest
 _open = {}  # run directory -> its tracked run while open
@@ -72,7 +81,11 @@ def tracked(config, run_dir: str, kind: str = 'run'):
 def _start(config, run_dir: str, kind: str):
   config_check.check_tracking_installed(config.tracking)
   path = files.join(run_dir, 'tracking.json')
-  known = files.read_json(path) if files.exists(path) else {}
+  try:
+    known = files.read_json(path) if files.exists(path) else {}
+  except UserError as e:  # damaged: left as it is for a person to look at
+    logging.warning('tracking=%s: %s; training goes on untracked', config.tracking, e)
+    return None
   same_place = {k: known.get(k) for k in ('backend', 'uri', 'project')} == _where(config)
   backend = {'mlflow': _MLflow, 'wandb': _Wandb}[config.tracking]
   try:
@@ -129,11 +142,31 @@ def _warns(method):
   return call
 
 
+def _not_answering(uri: str) -> str | None:
+  """Why an http(s) tracking server does not answer within PROBE_TIMEOUT_S, or None when it
+  answers (any HTTP status) or the URI is not a server's (a file, a database)."""
+  if not uri.startswith(('http://', 'https://')):
+    return None
+  try:
+    urllib.request.urlopen(uri.rstrip('/') + '/health', timeout=PROBE_TIMEOUT_S).close()
+  except urllib.error.HTTPError:
+    return None  # it answered
+  except (OSError, ValueError) as e:  # refused, timed out, no such host
+    return f'{type(e).__name__}: {getattr(e, "reason", e)}'
+  return None
+
+
 class _MLflow:
   """An MLflow run through MlflowClient (explicit run ids: no process-global active run)."""
   broken = False
 
   def __init__(self, config, run_dir: str, run_id, kind: str, parent):
+    for name, value in MLFLOW_BOUNDS.items():
+      os.environ.setdefault(name, value)
+    silent = _not_answering(config.tracking_uri or '')
+    if silent:
+      raise ConnectionError(f'{config.tracking_uri} does not answer within '
+                            f'{PROBE_TIMEOUT_S:g} s ({silent})')
     from mlflow.tracking import MlflowClient
     self.client = MlflowClient(tracking_uri=config.tracking_uri or None)
     if run_id:

@@ -6,15 +6,18 @@ import numpy as np
 from recipe_jax import files
 from recipe_jax.data import datasets as data_lib
 from recipe_jax.diagnose import data_checks, shift_checks
+from recipe_jax.engine import loop
 from recipe_jax.report import plots, results as report
 from recipe_jax.report.results import StageResult
+
+LOOKED_AT = ['inspect/report.md', 'inspect/verdicts.json', 'inspect/input_stats.json']
 
 
 def raw_splits(config):
   """train / val / test exactly as training would split them, before normalisation."""
   raw_config = config.dataset.copy_and_resolve_references()
   raw_config.normalize = False
-  dataset = data_lib.load(raw_config)
+  dataset = data_lib.load(raw_config, require_finite=False)  # basic_statistics reports them
   splits = {'train': (dataset.x_train, dataset.y_train), 'val': (dataset.x_val, dataset.y_val),
             'test': (dataset.x_test, dataset.y_test)}
   return dataset, {name: xy for name, xy in splits.items() if len(xy[1])}
@@ -25,14 +28,28 @@ def run(config, workdir: str) -> StageResult:
   files.makedirs(out)
   dataset, splits = raw_splits(config)
   cfg = config.inspect
-  balance = data_checks.class_balance(splits, dataset.num_classes, cfg.max_imbalance)
-  leakage = data_checks.near_duplicate_leakage(splits, cfg.leakage_rms_threshold)
+  title = f'Inspect: {config.dataset.name}'
   x, y = splits['train']
-  outliers = data_checks.outliers(x, y, dataset.num_classes, cfg.outlier_z)
-  noise = _label_noise(x, y, dataset.num_classes, cfg, dataset.train_rows)
-  shifted, shift_images = _shift_checks(out, splits, dataset, cfg)
-  verdicts = [*data_checks.basic_statistics(splits), balance,
-              *data_checks.exact_duplicates(splits), *leakage, outliers, noise, *shifted]
+  verdicts = []  # grows check by check: a Ctrl-C saves those done
+  try:
+    verdicts += data_checks.basic_statistics(splits)
+    balance = data_checks.class_balance(splits, dataset.num_classes, cfg.max_imbalance)
+    verdicts.append(balance)
+    verdicts += data_checks.exact_duplicates(splits)
+    leakage = data_checks.near_duplicate_leakage(splits, cfg.leakage_rms_threshold)
+    verdicts += leakage
+    outliers = data_checks.outliers(x, y, dataset.num_classes, cfg.outlier_z)
+    verdicts.append(outliers)
+    noise = _label_noise(x, y, dataset.num_classes, cfg, dataset.train_rows)
+    verdicts.append(noise)
+    shifted, shift_images = _shift_checks(out, splits, dataset, cfg)
+    verdicts += shifted
+  except KeyboardInterrupt:
+    loop.interrupted()
+    for v in verdicts:
+      name_source_rows(v, dataset)
+    return report.finish(workdir, StageResult('inspect', verdicts, {}, LOOKED_AT[:2],
+                                              finished=False), title)
   images = {balance.check: [_class_plot(out, balance)],
             'sizes_and_ranges': _sample_grids(out, dataset, splits['train'], dataset.num_classes,
                                               cfg.examples_per_class)}
@@ -56,9 +73,8 @@ def run(config, workdir: str) -> StageResult:
                    {'mean': np.ravel(dataset.mean).tolist(), 'std': np.ravel(dataset.std).tolist(),
                     'computed_on': 'train split, before normalisation'})
   metrics = {f'{name}_examples': len(xy[1]) for name, xy in splits.items()}
-  looked_at = ['inspect/report.md', 'inspect/verdicts.json', 'inspect/input_stats.json']
-  return report.finish(workdir, StageResult('inspect', verdicts, metrics, looked_at),
-                       f'Inspect: {config.dataset.name}', images)
+  return report.finish(workdir, StageResult('inspect', verdicts, metrics, LOOKED_AT), title,
+                       images)
 
 
 def _shift_checks(out: str, splits: dict, dataset, cfg) -> tuple:

@@ -19,7 +19,7 @@ import optax
 from absl import logging
 
 from recipe_jax import files
-from recipe_jax.engine import experiment, side_by_side
+from recipe_jax.engine import experiment, loop, side_by_side
 from recipe_jax.report import plots, results as report
 from recipe_jax.report.results import StageResult, Verdict
 
@@ -57,12 +57,13 @@ def suggest(lrs, losses_, beta: float = 0.9, stop_factor: float = 4.0) -> dict:
           'smoothed_loss': smooth}
 
 
-def _loss_curves(exp, seeds: list, steps: int) -> list:
-  """Each seed's training loss at every step: side by side where that is on."""
+def _loss_curves(exp, seeds: list, steps: int):
+  """Each seed's training loss at every step: side by side where that is on, else one seed
+  after another (a generator: a Ctrl-C keeps the seeds done)."""
   x, y = exp.dataset.x_train, exp.dataset.y_train
   if len(seeds) > 1 and side_by_side.enabled(exp.config):
     return list(side_by_side.run_steps(exp, x, y, steps, seeds)['loss'])
-  return [exp.run_steps(x, y, steps, seed=seed)[1]['loss'] for seed in seeds]
+  return (exp.run_steps(x, y, steps, seed=seed)[1]['loss'] for seed in seeds)
 
 
 def run(config, workdir: str) -> StageResult:
@@ -73,11 +74,17 @@ def run(config, workdir: str) -> StageResult:
   exp = experiment.build(config, num_train_steps=cfg.steps, schedule=schedule)
   lrs = np.array([float(schedule(i)) for i in range(cfg.steps)])
   curves, seeds = [], list(range(config.seed, config.seed + cfg.seeds))
-  for seed, losses in zip(seeds, _loss_curves(exp, seeds, cfg.steps)):
-    found = suggest(lrs, losses, cfg.smoothing, cfg.stop_factor)
-    curves.append({'seed': seed, 'losses': losses, **found})
-    logging.info('lr_find seed %d: suggestion %.3g (min loss at %.3g)', seed,
-                 found['suggestion'], found['min_loss_lr'])
+  try:
+    for seed, losses in zip(seeds, _loss_curves(exp, seeds, cfg.steps)):
+      found = suggest(lrs, losses, cfg.smoothing, cfg.stop_factor)
+      curves.append({'seed': seed, 'losses': losses, **found})
+      logging.info('lr_find seed %d: suggestion %.3g (min loss at %.3g)', seed,
+                   found['suggestion'], found['min_loss_lr'])
+  except KeyboardInterrupt:
+    loop.interrupted()
+    if not curves:
+      return report.finish(workdir, StageResult('lr_find', [], {}, [], finished=False), '')
+  finished = len(curves) == len(seeds)  # else the seeds done so far are saved, and redone
   suggestions = np.array([c['suggestion'] for c in curves])
   curve_data = {
       'suggestion': float(np.exp(np.median(np.log(suggestions)))),
@@ -94,7 +101,7 @@ def run(config, workdir: str) -> StageResult:
   metrics = {k: curve_data[k] for k in ('suggestion', 'spread_factor', 'optimizer')}
   return report.finish(workdir, StageResult(
       'lr_find', [verdict(curve_data, cfg.max_spread_factor)], metrics,
-      ['lr_find/lr_find.png', 'lr_find/curves.json', 'lr_find/report.md']),
+      ['lr_find/lr_find.png', 'lr_find/curves.json', 'lr_find/report.md'], finished=finished),
       f'LR range test: {config.model.name} with {config.optimizer.name}',
       {'learning_rate': [os.path.join(out, 'lr_find.png')]})
 

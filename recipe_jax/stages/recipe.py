@@ -22,6 +22,7 @@ from absl import logging
 
 from recipe_jax import console, files
 from recipe_jax.config import check as config_check
+from recipe_jax.engine import loop
 from recipe_jax.report import html as html_report, results as report
 from recipe_jax.runs import store as run_store
 from recipe_jax.errors import ChecksFailed, UserError
@@ -62,9 +63,14 @@ def run(config, workdir: str) -> StageResult:
       _move_aside(workdir, stage, 'asked to rerun' if stage in rerun else
                   f'its config changed with what {", ".join(redone)} found anew')
       redone.append(stage)
-    result = _run_or_reuse(stage_cfg, stage, workdir)
+    try:
+      result = _run_or_reuse(stage_cfg, stage, workdir)
+    except KeyboardInterrupt:  # a stage that saves nothing more on Ctrl-C: the recipe's state
+      loop.interrupted()
+      html_report.write(workdir)
+      return _finish(workdir, config, finished=False)
     html_report.write(workdir)
-    if not result.finished:  # SIGTERM: checkpointed; the same command continues here
+    if not result.finished:  # SIGTERM or Ctrl-C: saved; the same command continues here
       return _finish(workdir, config, finished=False)
     handed, note = hand_on(stage, result, config)
     handed_on.update(handed)

@@ -22,6 +22,7 @@ from recipe_jax.model import models, optim, user_code
 from recipe_jax.report import plots, results as report
 from recipe_jax.report.results import StageResult, Verdict
 
+FILES = ['sanity/report.md', 'sanity/verdicts.json']
 CHECKS = ('fixed_seed', 'loss_at_init', 'init_well', 'inputs_before_net', 'batch_dependency',
           'eval_consistency', 'gradients', 'activations_seen', 'gradient_flow', 'dead_units',
           'saturation', 'symmetric_init', 'dumb_baselines', 'decreasing_loss',
@@ -171,21 +172,25 @@ def run(config, workdir: str) -> StageResult:
                                                        cfg.max_copied_units),),
   }
   verdicts, images = [], {}
-  for check in CHECKS:
-    verdict, *pictures = run_check(check, runners[check], config)
-    verdicts.append(verdict)
-    images[verdict.check] = [p for p in pictures if p]  # None: nothing to draw
-  verdicts = diagnosis.explain(verdicts, _learning_rate_sweep(config, exp, verdicts),
-                               _median_update_ratio(updates), config.optimizer.learning_rate)
+  title = f'Sanity: {config.model.name} on {config.dataset.name}'
+  try:
+    for check in CHECKS:
+      verdict, *pictures = run_check(check, runners[check], config)
+      verdicts.append(verdict)
+      images[verdict.check] = [p for p in pictures if p]  # None: nothing to draw
+    verdicts = diagnosis.explain(verdicts, _learning_rate_sweep(config, exp, verdicts),
+                                 _median_update_ratio(updates), config.optimizer.learning_rate)
+  except KeyboardInterrupt:  # the checks done so far are saved; a restart runs them all again
+    loop.interrupted()
+    return report.finish(workdir, StageResult('sanity', verdicts, {}, FILES, finished=False),
+                         title, images)
   try:
     real, zero_input, _ = short_runs()
     metrics = {'model_val_accuracy': real['val']['accuracy'],
                'zero_input_val_accuracy': zero_input['val']['accuracy']}
   except Exception:
     metrics = {}  # the short runs failed: their checks' verdicts say why
-  return report.finish(workdir, StageResult('sanity', verdicts, metrics,
-                                            ['sanity/report.md', 'sanity/verdicts.json']),
-                       f'Sanity: {config.model.name} on {config.dataset.name}', images)
+  return report.finish(workdir, StageResult('sanity', verdicts, metrics, FILES), title, images)
 
 
 def run_check(check: str, runner, config) -> tuple:
@@ -225,7 +230,8 @@ def _loss_at_init(out, cfg, config, exp, apply_fn, params, log_prior):
   batch_losses = [float(batch_loss(params, dataset.x_train[idx], dataset.y_train[idx]))
                   for idx in np.split(perm[:count * size], count)]
   expected = checks.expected_initial_loss(np.exp(log_prior), config.model.log_prior_output_bias)
-  verdict = checks.loss_at_init(batch_losses, expected, cfg.init_loss_max_z)
+  verdict = checks.loss_at_init(batch_losses, expected, cfg.init_loss_max_z,
+                               cfg.init_loss_max_ratio)
   path = os.path.join(out, 'loss_at_init.png')
   spread = verdict.evidence['tolerance']
   plots.curves(path, {'loss of each batch': (np.arange(count), batch_losses)}, 'batch', 'loss',

@@ -28,7 +28,7 @@ from absl import logging
 from recipe_jax import console, files
 from recipe_jax.config import check as config_check, selection
 from recipe_jax.diagnose import analysis, ensembles, weight_averaging
-from recipe_jax.engine import experiment, side_by_side
+from recipe_jax.engine import experiment, loop, side_by_side
 from recipe_jax.report import plots, results as report
 from recipe_jax.runs import store as run_store, finished as runs
 from recipe_jax.errors import UserError
@@ -155,33 +155,39 @@ def run(config, workdir: str) -> StageResult:
   found += [v for v in confused if v.check != 'still_improving']
   images.update(pictures)
   squeeze = config.squeeze
-  if squeeze.swa_steps > 0:
-    averaged = _weight_averaging_rows(best, squeeze, dataset, bins)
-    table += averaged
-    found.append(_relative_verdict('weight_averaging', averaged, best_row, squeeze.tolerance))
-  if squeeze.tta_copies > 0 and best['exp'].augmentation is not None:
-    exp, state = best['exp'], best['state']
-    tta = row(f"best member + TTA x{squeeze.tta_copies}",
-              ensembles.tta_probs(exp, state, dataset.x_val, squeeze.tta_copies),
-              ensembles.tta_probs(exp, state, dataset.x_test, squeeze.tta_copies), dataset, bins,
-              key='tta', params=best['params'],
-              us_per_example=best['us'] * (squeeze.tta_copies + 1))
-    table.append(tta)
-    found.append(_relative_verdict('tta', [tta], best_row, squeeze.tolerance))
-  if student_overrides is not None:
-    students = _distill(config, out, loaded, student_overrides, bins)
-    if students is None:
-      return StageResult('squeeze', [], {}, FILES, finished=False)
-    table += students
-    found.append(_distillation_verdict(*students, ensemble_row))
+  title = f'Squeeze: {config.model.name} on {config.dataset.name}'
+  try:  # each step below appends its rows and verdict: a Ctrl-C keeps those done
+    if squeeze.swa_steps > 0:
+      averaged = _weight_averaging_rows(best, squeeze, dataset, bins)
+      table += averaged
+      found.append(_relative_verdict('weight_averaging', averaged, best_row, squeeze.tolerance))
+    if squeeze.tta_copies > 0 and best['exp'].augmentation is not None:
+      exp, state = best['exp'], best['state']
+      tta = row(f"best member + TTA x{squeeze.tta_copies}",
+                ensembles.tta_probs(exp, state, dataset.x_val, squeeze.tta_copies),
+                ensembles.tta_probs(exp, state, dataset.x_test, squeeze.tta_copies), dataset,
+                bins, key='tta', params=best['params'],
+                us_per_example=best['us'] * (squeeze.tta_copies + 1))
+      table.append(tta)
+      found.append(_relative_verdict('tta', [tta], best_row, squeeze.tolerance))
+    if student_overrides is not None:
+      students = _distill(config, out, loaded, student_overrides, bins)
+      if students is None:
+        return StageResult('squeeze', [], {}, FILES, finished=False)
+      table += students
+      found.append(_distillation_verdict(*students, ensemble_row))
+  except KeyboardInterrupt:
+    loop.interrupted()
+    _write_tables(out, table)
+    return report.finish(workdir, StageResult('squeeze', found, {}, FILES, finished=False),
+                         title, images)
   _write_tables(out, table)
   metrics = {'ensemble_test_accuracy': ensemble_row['test_accuracy'],
              'mean_member_test_accuracy': mean_row['test_accuracy'],
              'best_member_test_accuracy': best_row['test_accuracy'],
              'members': len(loaded)}
   metrics.update({f"{r['key']}_test_accuracy": r['test_accuracy'] for r in table if 'key' in r})
-  return report.finish(workdir, StageResult('squeeze', found, metrics, FILES),
-                       f'Squeeze: {config.model.name} on {config.dataset.name}', images)
+  return report.finish(workdir, StageResult('squeeze', found, metrics, FILES), title, images)
 
 
 def _load_member(config, name: str, run_dir: str) -> dict:

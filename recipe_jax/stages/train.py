@@ -32,10 +32,12 @@ def write_json(path: str, obj) -> None:
     files.write_json(path, obj)  # whole or not at all
 
 
-def run_training(config, workdir: str, on_eval=None, exp=None) -> dict:
+def run_training(config, workdir: str, on_eval=None, exp=None, claim: bool = True) -> dict:
   """Trains (or resumes) the run in workdir and returns its summary (summary.json). A workdir
-  that holds a run of another config is refused before anything is written (`run_store`)."""
-  run_store.claim(workdir, config)
+  that holds a run of another config is refused before anything is written (`run_store`);
+  `claim=False`: a stage claimed it already, for this run."""
+  if claim:
+    run_store.claim(workdir, config)
   with tracking.tracked(config, workdir) as tracked_run:
     def after_eval(step, row):
       if tracked_run:

@@ -1,0 +1,113 @@
+"""Ctrl-C in every stage: what the stage has done so far is saved (verdicts, curves, tables),
+its result says it stopped, and the run ends with exit code 130 in one line. In-process, a
+KeyboardInterrupt is planted at a point inside each stage (where Python delivers a real Ctrl-C);
+one run on the command line gets a real SIGINT."""
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import REPO, start_main
+from recipe_jax.engine import loop
+from recipe_jax.report import results as report
+from recipe_jax.stages import inspect, lr_find, recipe, sanity
+from test_sanity_stage import sanity_config
+
+
+@pytest.fixture(autouse=True)
+def no_earlier_stop():
+  loop._stopped_by['signal'] = None
+  yield
+  loop._stopped_by['signal'] = None
+
+
+def ctrl_c_on_call(real, call: int):
+  """`real`, except that its `call`-th call raises KeyboardInterrupt (a Ctrl-C arriving there)."""
+  calls = []
+
+  def wrapped(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == call:
+      raise KeyboardInterrupt
+    return real(*args, **kwargs)
+  return wrapped
+
+
+def saved(workdir, stage):
+  with open(os.path.join(workdir, stage, 'verdicts.json')) as f:
+    checks = [v['check'] for v in json.load(f)]
+  return checks, report.read_result(os.path.join(workdir, stage, 'result.json'))
+
+
+def test_ctrl_c_in_sanity_saves_the_checks_done(data_dir, tmp_path, monkeypatch):
+  monkeypatch.setattr(sanity.checks, 'dumb_baselines',
+                      ctrl_c_on_call(sanity.checks.dumb_baselines, 1))
+  result = sanity.run(sanity_config(data_dir), str(tmp_path))
+  done = list(sanity.CHECKS[:sanity.CHECKS.index('dumb_baselines')])
+  assert not result.finished and loop.stopped_by() == 'SIGINT'
+  checks, written = saved(tmp_path, 'sanity')
+  assert checks == done and not written.finished
+  assert os.path.isfile(tmp_path / 'sanity' / 'loss_at_init.png')
+
+
+def test_ctrl_c_in_lr_find_saves_the_seeds_done(small_config, tmp_path, monkeypatch):
+  small_config.lr_find.seeds, small_config.lr_find.steps = 2, 40
+  small_config.seeds_side_by_side = 'off'
+  monkeypatch.setattr(lr_find, 'suggest', ctrl_c_on_call(lr_find.suggest, 2))
+  result = lr_find.run(small_config, str(tmp_path))
+  assert not result.finished and loop.stopped_by() == 'SIGINT'
+  with open(tmp_path / 'lr_find' / 'curves.json') as f:
+    assert [c['seed'] for c in json.load(f)['per_seed']] == [small_config.seed]
+  assert not saved(tmp_path, 'lr_find')[1].finished
+
+
+def test_ctrl_c_in_inspect_saves_the_checks_done(small_config, tmp_path, monkeypatch):
+  monkeypatch.setattr(inspect, '_label_noise', ctrl_c_on_call(inspect._label_noise, 1))
+  result = inspect.run(small_config, str(tmp_path))
+  assert not result.finished and loop.stopped_by() == 'SIGINT'
+  checks, written = saved(tmp_path, 'inspect')
+  assert checks[:2] == ['sizes_and_ranges', 'non_finite_values'] and 'outliers' in checks
+  assert 'label_noise' not in checks and not written.finished
+
+
+def test_ctrl_c_in_a_recipe_stage_that_saves_nothing_keeps_the_recipes_state(
+    small_config, tmp_path, monkeypatch):
+  small_config.stage = 'recipe'
+  small_config.recipe.stages = 'inspect,sanity'
+  small_config.inspect.cv_steps, small_config.inspect.cv_folds = 20, 2
+  monkeypatch.setattr(sanity, 'run', ctrl_c_on_call(sanity.run, 1))
+  result = recipe.run(small_config, str(tmp_path))
+  assert not result.finished and loop.stopped_by() == 'SIGINT'
+  assert report.read_result(os.path.join(tmp_path, 'inspect', 'result.json')).finished
+  assert os.path.isfile(tmp_path / 'report.html')
+
+
+def test_a_real_ctrl_c_in_a_recipe_with_an_earlier_fail_exits_130_not_1(data_dir, tmp_path):
+  """sanity FAILs (a softmax before the loss), the recipe goes on, Ctrl-C lands in lr_find:
+  the stop wins over the FAIL, in one line, and lr_find keeps the seeds it finished."""
+  flags = ['--config=configs/mnist1d/sanity.py', '--config.stage=recipe',
+           '--config.recipe.stages=sanity,lr_find', '--config.recipe.continue_on_fail=True',
+           '--config.model.name=helpers.planted_bugs:SoftmaxOutput',
+           f'--config.dataset.data_dir={data_dir}', '--config.sanity.steps=100',
+           '--config.sanity.overfit_steps=100', '--config.sanity.seed_steps=3',
+           '--config.lr_find.seeds=50', '--config.lr_find.steps=200',
+           '--config.seeds_side_by_side=off']
+  proc = start_main(tmp_path / 'run', *flags, env={'PYTHONPATH': os.path.join(REPO, 'tests')})
+  deadline = time.time() + 240
+  lines = []
+  for line in proc.stdout:  # the console's lines, as they come
+    lines.append(line)
+    if 'lr_find seed' in line:  # a seed done: the stage is well inside its work
+      break
+    assert time.time() < deadline, ''.join(lines)[-3000:]
+  proc.send_signal(signal.SIGINT)
+  output = ''.join(lines) + proc.communicate(timeout=120)[0]
+  assert proc.returncode == 130, output[-3000:]
+  assert 'Traceback' not in output and 'KeyboardInterrupt' not in output
+  assert output.strip().splitlines()[-1] == ('recipe_jax: error: interrupted (Ctrl-C) after '
+                                             'saving what was done; the same command resumes')
+  assert report.read_result(str(tmp_path / 'run' / 'sanity' / 'result.json')).counts()['FAIL']
+  with open(tmp_path / 'run' / 'lr_find' / 'curves.json') as f:
+    assert 1 <= len(json.load(f)['per_seed']) < 50
