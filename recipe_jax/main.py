@@ -1,8 +1,9 @@
 """python -m recipe_jax.main --config=configs/mnist1d/cnn.py --workdir=DIR [--config.key=value ...]
 
 Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed, 2 bad input
-(including a user model or loss that fails), 3 training diverged, 130 stopped by Ctrl-C (after
-saving a checkpoint; a second Ctrl-C stops at once).
+(including a user model or loss that fails, a damaged run directory, a service that stays
+down), 3 training diverged, 130 stopped by Ctrl-C (after saving what the stage had done; it wins
+over an earlier FAIL; a second Ctrl-C stops at once).
 """
 import importlib
 import os

@@ -179,10 +179,18 @@ def test_classes_training_never_shows_are_logged(small_config, tmp_path, caplog)
   small_config.dataset.name = f'npz:{tmp_path / "a.npz"}'
   with caplog.at_level('WARNING'):
     dataset = data.load(small_config.dataset)
-    data.warn_unseen_classes(dataset)
+    data.check_labels(dataset)
   assert dataset.num_classes == 4 and 3 not in arrays['y_train']
   assert ('10 test examples are of classes [3], which the training split never shows'
           in caplog.text)
+
+
+def test_a_training_split_of_one_class_is_one_line(small_config):
+  from recipe_jax.engine import experiment
+  small_config.dataset.train_fraction = 1e-4  # one example of MNIST-1D's training split
+  with pytest.raises(UserError, match=r'the training split holds one class \(\{\d\}\) in all its '
+                     'examples: there is nothing to classify'):
+    experiment.build(small_config)
 
 
 def test_a_malformed_npz_on_the_command_line_is_exit_2(tmp_path):

@@ -155,6 +155,59 @@ def test_two_workers_share_a_study_in_a_real_postgresql_server(tune_config, tmp_
   assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
+def test_a_study_storage_that_stops_answering_mid_trial_is_waited_for(tune_config, tmp_path):
+  """PostgreSQL goes down while trial 0 trains: the worker warns and tries again after a wait;
+  the server is back by then, and the study finishes: trial 0 resumes from its checkpoint."""
+  from helpers import postgres_server
+  tune_config.tune.trials, tune_config.tune.heartbeat_s = 2, 1
+  tune_config.num_train_steps, tune_config.checkpoint_every_steps = 1500, 100
+  tune_config.eval_every_steps = 100  # each eval reports to the storage
+  with postgres_server.running_server() as url:
+    tune_config.tune.storage, tune_config.tune.study_name = url, 'outage'
+    worker = start_main(tmp_path, *cli_flags(tune_config))
+    wait_for_checkpoint(worker, tmp_path / 'tune' / 'trial_0' / 'checkpoints')
+    postgres_server.stop(url)
+    lines = []
+    for line in worker.stdout:
+      lines.append(line)
+      if 'trying again in' in line:
+        break
+    assert 'attempt 2 of 3' in lines[-1], ''.join(lines)[-3000:]
+    postgres_server.start(url)
+    output = ''.join(lines) + worker.communicate(timeout=300)[0]
+    assert worker.returncode == 0 and 'Traceback' not in output, output[-3000:]
+    trials = optuna.load_study(study_name='outage', storage=url).get_trials()
+  complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+  assert len(complete) == 2
+  assert read_summary(tmp_path / 'tune' / 'trial_0')['resumed_from_step'] > 0
+
+
+@pytest.mark.parametrize('wrapped', [False, True])
+def test_a_storage_that_stays_down_is_one_line_after_a_bounded_number_of_tries(monkeypatch,
+                                                                               wrapped):
+  import sqlalchemy.exc
+  from recipe_jax.runs import studies
+  monkeypatch.setattr(studies, 'STORAGE_WAIT_S', 0.01)
+  calls = []
+
+  def work():
+    calls.append(1)
+    down = sqlalchemy.exc.OperationalError('SELECT 1', {}, ConnectionRefusedError('refused'))
+    if not wrapped:
+      raise down
+    try:  # optuna 5.1 raises an unrelated error while handling the storage's
+      raise optuna.exceptions.StorageInternalError('commit failed') from down
+    except optuna.exceptions.StorageInternalError:
+      raise UnboundLocalError('updated_state')
+  with pytest.raises(UserError, match=r'^study storage postgresql\+psycopg://h/db stopped '
+                     r'answering \((OperationalError|StorageInternalError): .*3 tries\); the '
+                     'runs keep their checkpoints: run the same command again once it answers$'):
+    studies.with_storage_retries('postgresql+psycopg://h/db', work)
+  assert len(calls) == studies.STORAGE_ATTEMPTS == 3
+  with pytest.raises(ValueError):  # anything else is not retried
+    studies.with_storage_retries('postgresql+psycopg://h/db', lambda: int('x'))
+
+
 def test_the_median_pruner_hears_every_eval_and_pruned_trials_count_as_finished(tune_config,
                                                                                 tmp_path):
   tune_config.tune.pruner = 'median'

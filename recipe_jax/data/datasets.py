@@ -112,10 +112,15 @@ def _require_finite(name: str, split: str, x, rows: np.ndarray) -> None:
                     'stage lists them all)')
 
 
-def warn_unseen_classes(dataset: Dataset) -> None:
-  """Logs, once per process, the classes that validation or test hold and training never
-  shows: the net cannot learn them."""
+def check_labels(dataset: Dataset) -> None:
+  """A training split of one class (a TFDS dataset, a small train_fraction) is a one-line
+  UserError: there is nothing to classify. Logs, once per process, the classes that validation
+  or test hold and training never shows: the net cannot learn them."""
   seen = set(np.unique(dataset.y_train).tolist())
+  if len(seen) < 2:
+    raise UserError(f'dataset {dataset.name}: the training split holds one class ({seen}) in '
+                    'all its examples: there is nothing to classify (a larger '
+                    'dataset.train_fraction, or data with at least 2 classes)')
   for split in ('val', 'test'):
     unseen = sorted(set(np.unique(getattr(dataset, f'y_{split}')).tolist()) - seen)
     if unseen and (dataset.name, split) not in _WARNED:

@@ -111,7 +111,7 @@ def build(config, *, num_train_steps: int | None = None, schedule=None,
   schedule, `schedule` replaces it (lr_find); `label_smoothing=False` trains on the plain loss
   (the sanity checks need a loss that can reach zero)."""
   dataset = data_lib.load(config.dataset)
-  data_lib.warn_unseen_classes(dataset)
+  data_lib.check_labels(dataset)
   mesh = make_mesh()
   require_divisible(mesh.size, {'batch_size': config.batch_size,
                                 'eval_batch_size': config.eval_batch_size})

@@ -68,7 +68,13 @@ def init_state(model, tx, example_shape, seed: int, output_bias=None,
     else:
       params = replace_leaf(params, path, jnp.asarray(output_bias))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), ema_params=params if ema else {})
+                    opt_state=_jitted_tx_init(tx)(params), ema_params=params if ema else {})
+
+
+@compiled.cached
+def _jitted_tx_init(tx):
+  """tx.init as one program: eagerly, each zeros_like of each parameter shape compiles alone."""
+  return jax.jit(tx.init)
 
 
 def on_one_device(fn):

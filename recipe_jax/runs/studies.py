@@ -22,6 +22,9 @@ optuna.logging.disable_default_handler()  # Optuna's lines go to DIR/log.txt lik
 optuna.logging.enable_propagation()
 
 
+STORAGE_ATTEMPTS = 3  # a storage that stops answering mid-study: tries in all, waiting
+STORAGE_WAIT_S = 5.0  # this long, then twice as long, between them
+CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that does not answer (not even a refusal)
 ENDED = 'ended'  # user attribute of a trial the project ended on purpose: 'preempted', 'surplus'
 
 
@@ -39,7 +42,9 @@ def open_study(url: str, name: str, heartbeat_s: int, sampler=None, pruner=None,
     try:
       storage = optuna.storages.RDBStorage(
           url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+          engine_kwargs={'connect_args': {'connect_timeout': CONNECT_TIMEOUT_S}}
+          if url.startswith('postgresql') else None)
       study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                   direction=direction, sampler=sampler, pruner=pruner)
     except ImportError as e:  # a database driver that is not installed
@@ -56,6 +61,41 @@ def open_study(url: str, name: str, heartbeat_s: int, sampler=None, pruner=None,
                       f'config {direction}s it: use the metric it was created with, or a new '
                       'study_name')
     return study
+
+
+def with_storage_retries(url: str, work):
+  """work(); when the study's storage stops answering (a database restarted, a network gap),
+  work() again after a wait, STORAGE_ATTEMPTS times in all; then a one-line UserError. A trial
+  cut off keeps its run's checkpoints: once its heartbeat is stale, it is queued again and
+  resumes from them (now, or when the same command runs again)."""
+  for attempt in range(1, STORAGE_ATTEMPTS + 1):
+    try:
+      return work()
+    except Exception as raised:  # noqa: BLE001  re-raised below unless the storage caused it
+      e = storage_failure(raised)
+      if e is None:
+        raise
+      if attempt == STORAGE_ATTEMPTS:
+        raise UserError(f'study storage {url} stopped answering ({user_code.one_line(e)}; '
+                        f'{STORAGE_ATTEMPTS} tries); the runs keep their checkpoints: run the '
+                        'same command again once it answers') from None
+      wait = STORAGE_WAIT_S * 2 ** (attempt - 1)
+      logging.warning('study storage %s: %s; trying again in %.0f s (attempt %d of %d)', url,
+                      user_code.one_line(e), wait, attempt + 1, STORAGE_ATTEMPTS)
+      time.sleep(wait)
+
+
+def storage_failure(e: BaseException) -> BaseException | None:
+  """The storage's error behind `e`, or None. Optuna wraps it (StorageInternalError) or, when
+  the storage fails inside a trial's bookkeeping, raises an unrelated error on top of it (an
+  UnboundLocalError in optuna 5.1), so the whole chain is searched."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def end_trial(study, trial, why: str, detail: str = ''):

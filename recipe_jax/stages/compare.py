@@ -119,7 +119,8 @@ def run_through_study(config, out: str, variants: dict, seeds) -> bool:
     return summary[config.compare.metric]
 
   if _waiting(study):
-    study.optimize(objective, callbacks=[_stop_when_queue_empty], gc_after_trial=False)
+    studies.with_storage_retries(config.compare.storage, lambda: study.optimize(
+        objective, callbacks=[_stop_when_queue_empty], gc_after_trial=False))
   if preempted:
     studies.queue_again(study, preempted[0])
     return False

@@ -106,7 +106,7 @@ def run(config, workdir: str) -> StageResult:
   def baselines():
     real, zero_input, _ = short_runs()
     prior_logits = np.tile(log_prior, (len(dataset.y_val), 1))
-    prior_loss = float(np.mean(exp.loss_fn(prior_logits, dataset.y_val)))
+    prior_loss = float(np.mean(jax.jit(exp.loss_fn)(prior_logits, dataset.y_val)))
     verdict = checks.dumb_baselines(dataset.y_val, np.exp(log_prior), zero_input['val'],
                                     real['val'], cfg.baseline_margin, config.human_baseline,
                                     prior_loss)
@@ -147,7 +147,7 @@ def run(config, workdir: str) -> StageResult:
           dataset.x_train, dataset.y_train, cfg.seed_steps, seed=s)[0].params, config.seed),),
       'loss_at_init': lambda: _loss_at_init(out, cfg, config, exp, apply_fn(), state().params,
                                             log_prior),
-      'init_well': lambda: (checks.init_well(lambda p: apply_fn()(p, first_x[:8], False),
+      'init_well': lambda: (checks.init_well(jax.jit(lambda p: apply_fn()(p, first_x[:8], False)),
                                              state().params, log_prior,
                                              config.model.log_prior_output_bias,
                                              models.logits_rtol(exp.model)),),
@@ -320,7 +320,8 @@ def _overfit_one_batch(out, cfg, exp, apply_fn):
   plots.loss_and_accuracy(curve, np.arange(1, len(history['loss']) + 1), history['loss'],
                           history['accuracy'], f'training step on one batch of {len(y)} examples',
                           target_loss=cfg.overfit_max_loss)
-  probabilities = np.asarray(jax.nn.softmax(apply_fn(state.params, x, False)))
+  probabilities = np.asarray(jax.jit(lambda p, x: jax.nn.softmax(apply_fn(p, x, False)))(
+      state.params, x))
   predicted = probabilities.argmax(-1)
   verdict.evidence['labels'], verdict.evidence['predictions'] = y, predicted
   verdict.evidence.update(data_lib.source_rows(dataset, 'train', np.arange(len(y))))

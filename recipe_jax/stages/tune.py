@@ -92,14 +92,16 @@ def run(config, workdir: str) -> StageResult:
     return _follow(config)
   study, preempted = open_study(config, out), []
   objective = make_objective(config, space, out, study, preempted)
+  url = storage_url(config, out)
   try:
-    _work_until_done(config, study, objective, preempted)
+    studies.with_storage_retries(url, lambda: _work_until_done(config, study, objective,
+                                                               preempted))
   finally:
     _tell_followers({'stop': True})
   if preempted:
     studies.queue_again(study, preempted[0])
     return StageResult('tune', [], {}, [], finished=False)
-  return finish(config, workdir, study, space)
+  return studies.with_storage_retries(url, lambda: finish(config, workdir, study, space))
 
 
 def _work_until_done(config, study, objective, preempted: list) -> None:

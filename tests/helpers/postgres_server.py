@@ -21,6 +21,19 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+_control = {}  # url -> {'stop': ..., 'start': ...} of the servers running now
+
+
+def stop(url: str) -> None:
+  """Stops the server at once (as a crash or a lost network would), keeping its data."""
+  _control[url]['stop']()
+
+
+def start(url: str) -> None:
+  """Starts a stopped server again, with the data it had."""
+  _control[url]['start']()
+
+
 @contextlib.contextmanager
 def running_server():
   """Yields a SQLAlchemy URL of a fresh database. As root, the server runs as the `postgres`
@@ -42,8 +55,16 @@ def running_server():
                            capture_output=True).returncode and time.time() < deadline:
         time.sleep(0.2)
       run(binary('createdb'), '-h', '127.0.0.1', '-p', str(port), '-U', 'postgres', 'tune')
-      yield f'postgresql+psycopg://postgres@127.0.0.1:{port}/tune'
+      url = f'postgresql+psycopg://postgres@127.0.0.1:{port}/tune'
+      _control[url] = {
+          'stop': lambda: run(pg_ctl, '-D', data, '-m', 'immediate', '-w', 'stop'),
+          'start': lambda: run(pg_ctl, '-D', data, '-l', os.path.join(directory, 'log'), '-w',
+                               '-o', f'-p {port} -k {directory} -c listen_addresses=127.0.0.1',
+                               'start')}
+      yield url
     finally:
-      run(pg_ctl, '-D', data, '-m', 'fast', '-w', 'stop')
+      _control.pop(f'postgresql+psycopg://postgres@127.0.0.1:{port}/tune', None)
+      subprocess.run([*as_user, pg_ctl, '-D', data, '-m', 'fast', '-w', 'stop'],
+                     capture_output=True)  # already stopped by a test: nothing to do
   finally:
     shutil.rmtree(directory, ignore_errors=True)
