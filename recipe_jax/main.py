@@ -155,10 +155,9 @@ def join_cluster(jax, config) -> None:
     jax.distributed.initialize(config.coordinator_address, config.num_processes,
                                config.process_id)
   except Exception as e:  # noqa: BLE001  jax raises ValueError, RuntimeError or XlaRuntimeError
-    raise UserError(f'distributed=True: cannot join the cluster ({type(e).__name__}: '
-                    f'{(str(e).strip().splitlines() or [""])[0][:300]}); give coordinator_address, '
-                    'num_processes and process_id, or run where JAX finds the cluster itself '
-                    '(Cloud TPU, SLURM)') from None
+    raise UserError(f'distributed=True: cannot join the cluster ({user_code.one_line(e)}); '
+                    'give coordinator_address, num_processes and process_id, or run where JAX '
+                    'finds the cluster itself (Cloud TPU, SLURM)') from None
 
 
 def stage_directory(config, workdir: str) -> tuple:

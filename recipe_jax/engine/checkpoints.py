@@ -9,6 +9,7 @@ from absl import logging
 
 from recipe_jax import files
 from recipe_jax.errors import UserError
+from recipe_jax.model import user_code
 
 # A read that fails is tried again (a flaky network, a store's transient 503) this many times in
 # all, waiting RETRY_WAIT_S, then twice that, ...; only a checkpoint that still fails is corrupt.
@@ -53,18 +54,14 @@ def restore_latest(mngr: ocp.CheckpointManager, like_state):
                         'run\'s: use a new --workdir, or --config.init_from to start from its '
                         'weights') from None
       quarantine = os.path.join(str(mngr.directory) + '_corrupt', str(step))
-      logging.warning('checkpoint at step %d failed to restore %d times (%s: %s); moved it to %s '
+      logging.warning('checkpoint at step %d failed to restore %d times (%s); moved it to %s '
                       'and falling back to the one before', step, RESTORE_ATTEMPTS,
-                      type(e).__name__, _first_line(e), quarantine)
+                      user_code.one_line(e), quarantine)
       if jax.process_index() == 0:
         files.remove_tree(quarantine)
         files.move(os.path.join(str(mngr.directory), str(step)), quarantine)
       mngr.reload()
   return None, None
-
-
-def _first_line(e: BaseException) -> str:
-  return (str(e).strip().splitlines() or [''])[0][:200]
 
 
 def _restore_with_retries(mngr: ocp.CheckpointManager, step: int, like_state):
@@ -78,9 +75,8 @@ def _restore_with_retries(mngr: ocp.CheckpointManager, step: int, like_state):
           os.path.join(str(mngr.directory), str(step)), like_state):
         raise
       wait = RETRY_WAIT_S * 2 ** (attempt - 1)
-      logging.warning('checkpoint at step %d: read failed (%s: %s); attempt %d of %d in %.0f s',
-                      step, type(e).__name__, _first_line(e), attempt + 1, RESTORE_ATTEMPTS,
-                      wait)
+      logging.warning('checkpoint at step %d: read failed (%s); attempt %d of %d in %.0f s',
+                      step, user_code.one_line(e), attempt + 1, RESTORE_ATTEMPTS, wait)
       time.sleep(wait)
       mngr.reload()
 
