@@ -3,8 +3,8 @@ stage that trains or applies a model, on tiny synthetic data of the model's inpu
 
 Rows come from `models.MODELS` (plus USER_ROWS), columns from `config_check.STAGES` less the
 data-only ones: a new model or stage gets its cells here without an edit. Each row runs one
-recipe over every recipe stage (each stage's own `run`, in-process, sharing compiled programs
-through the session's compilation cache), then `train` and `evaluate` on their own.
+recipe over the recipe stages that are columns (each stage's own `run`, in-process, sharing
+compiled programs through the session's compilation cache), then `train` and `evaluate`.
 README's models x stages table is checked against the same lists.
 """
 import json
@@ -26,6 +26,7 @@ USER_ROWS = {'helpers.nnx_models:CNN': 'sequence',  # NNX, BatchNorm and Dropout
              'helpers.nnx_models:LinenCNN': 'sequence'}  # a user's Linen, BatchNorm and Dropout
 ROWS = {**{name: keys.MADE_FOR[name] for name in models.MODELS}, **USER_ROWS}
 COLUMNS = tuple(s for s in config_check.STAGES if s not in config_check.DATA_ONLY_STAGES)
+RECIPE_COLUMNS = tuple(s for s in config_check.RECIPE_STAGES if s in COLUMNS)
 TINY = {'mlp': {'width': 16}, 'cnn1d': {'width': 8}, 'gru': {'width': 4}, 'cnn2d': {'width': 8},
         'resnet18': {'width': 8}, 'resnet50': {'width': 4},
         'vit': {'width': 16, 'depth': 2, 'heads': 2, 'patch_size': 4}}
@@ -73,7 +74,7 @@ def matrix_config(model: str, npz_path: str):
   c.squeeze.members, c.squeeze.swa_steps, c.squeeze.swa_every = 'seeds:2', 10, 5
   c.squeeze.tta_copies, c.squeeze.swa_learning_rate = 2, c.optimizer.learning_rate
   c.squeeze.student = '{}'  # the same model as student: distillation runs, no new program
-  c.recipe.stages = ','.join(config_check.RECIPE_STAGES)
+  c.recipe.stages = ','.join(RECIPE_COLUMNS)  # a data-only stage is the same in every row
   c.recipe.continue_on_fail = True  # every stage runs, whatever an earlier one found
   c.recipe.pin_learning_rate = True  # lr_find's suggestion would make new programs downstream
   return c
@@ -109,7 +110,7 @@ def run_row(model, tmp_path_factory):
     stage_config.update_from_flattened_dict(extra)
     workdir = str(base / stage)
     cells[stage] = (exit_code(module, stage_config, workdir), workdir)
-  for stage in config_check.RECIPE_STAGES:  # run by the recipe in its own folder
+  for stage in RECIPE_COLUMNS:  # run by the recipe in its own folder
     found = report.read_result(os.path.join(base, 'recipe', stage, 'result.json'))
     cells[stage] = (1 if any(v.status == 'FAIL' for v in found.verdicts) else 0,
                     str(base / 'recipe'))

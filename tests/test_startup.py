@@ -11,7 +11,7 @@ import pytest
 
 from recipe_jax.data import datasets as data, sources
 
-from conftest import REPO, read_summary, train_and_evaluate
+from conftest import REPO, process_env, read_summary, train_and_evaluate
 
 RUN_WITHOUT_TF = """
 import sys
@@ -36,7 +36,7 @@ def run_train(workdir, config, *extra, env=None):
            '--config.eval_every_steps=30', '--config.analysis.enabled=False', *extra]
   return subprocess.run([sys.executable, '-c', 'import json\n' + RUN_WITHOUT_TF, *flags],
                         capture_output=True, text=True, cwd=REPO, timeout=300,
-                        env={**os.environ, **(env or {})})
+                        env=process_env(env))
 
 
 def test_a_train_run_imports_no_tensorflow_and_tensorboard_reads_its_events(prepared, tmp_path):

@@ -4,16 +4,14 @@ its input, on one fixed training batch (`probes.measure`), written to TensorBoar
 `layers/...`. A layer whose ReLU units die, or whose gradient stops reaching the first layers,
 after the first eval becomes a warning with the step it happened at.
 
-Cost: one forward and backward pass of `EXAMPLES` examples per eval, and a copy of the kernels
-the step before (scripts/bench_monitor.py measures it against the step time).
+Cost: one forward and backward pass of `probes.EXAMPLES` examples per eval, and a copy of the
+kernels the step before (scripts/bench_monitor.py measures it against the step time).
 """
 import jax
 import numpy as np
 
 from recipe_jax.diagnose import inside, probes
 from recipe_jax.engine import rng
-
-EXAMPLES = 64  # the fixed training batch the monitor measures on
 
 
 def _local(tree):
@@ -30,7 +28,8 @@ class LayerMonitor:
   def __init__(self, exp, writer, every: int, max_gradient_ratio: float):
     self.exp, self.writer, self.every = exp, writer, max(1, every)
     self.max_gradient_ratio = max_gradient_ratio
-    self.x, self.y = (np.asarray(a[:EXAMPLES]) for a in (exp.dataset.x_train, exp.dataset.y_train))
+    self.x, self.y = (np.asarray(a[:probes.EXAMPLES])
+                      for a in (exp.dataset.x_train, exp.dataset.y_train))
     self.key = rng.stream_key(exp.config.seed, 'monitor', 0)
     self.order = self.kernels = self.kinds = None
     self.previous, self.first, self.first_step, self.last = None, None, None, {}

@@ -23,6 +23,7 @@ from recipe_jax.engine import state as state_lib
 from recipe_jax.model import layers
 
 HISTOGRAM_BINS = 30
+EXAMPLES = 64  # every probe batch is this many rows: sanity and each run's monitor share a program
 # Nonlinearities recognised between one layer's output and the next layer's input.
 NONLINEARITIES = {
     'identity': lambda z: z,
@@ -44,24 +45,40 @@ MATCH_TOLERANCE = 1e-3  # relative: float32 and bfloat16 both match well inside 
 
 def layer_order(model, variables, x, dropout_key) -> tuple[list[str], list[str]]:
   """(the kernel layers in the order the model calls them, the kernel layers it owns but no
-  record saw: inside a lifted loop or a custom op). Traced only, nothing runs."""
-  def apply(variables, x):
+  record saw: inside a lifted loop or a custom op). Traced only, nothing runs; a function of
+  the model and the shapes alone, so each run of a stage (and the next stage) asks once."""
+  spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype)
+  leaves, tree = jax.tree.flatten(jax.tree.map(spec, variables))
+  example = jax.ShapeDtypeStruct((EXAMPLES, *np.shape(x)[1:]), x.dtype)
+  order, unseen = _layer_order(model, tree, tuple(leaves), example, spec(dropout_key))
+  return list(order), list(unseen)
+
+
+@compiled.cached
+def _layer_order(model, tree, leaves: tuple, x, dropout_key) -> tuple[tuple, tuple]:
+  variables = jax.tree.unflatten(tree, leaves)
+
+  def apply(variables, x, dropout_key):
     return state_lib.on_one_device(state_lib.apply_model)(
         model, variables, x, True, rngs={'dropout': dropout_key},
         mutable=['batch_stats', layers.RECORDED])
   with layers.recording() as called:
-    _, collections = jax.eval_shape(apply, variables, x)
+    _, collections = jax.eval_shape(apply, variables, x, dropout_key)
   seen = layers.recorded(collections.get(layers.RECORDED, {}))
-  order = [path for path in called if path in seen]  # a loop's body is traced, not recorded
-  return order, [path for path in layers.kernel_layers(variables['params']) if path not in seen]
+  order = tuple(path for path in called if path in seen)  # a loop's body is traced, not recorded
+  return order, tuple(path for path in layers.kernel_layers(variables['params'])
+                      if path not in seen)
 
 
 def measure(model, loss_fn, order: list[str], kernels: list[str], params, batch_stats, x, y,
             dropout_key) -> dict:
-  """Per-layer measurements on one batch (host numpy). `order`: the recorded layers in call
-  order (`layer_order`); `kernels`: the layers whose gradient and weight norms are wanted."""
+  """Per-layer measurements on the first `EXAMPLES` rows of a batch (host numpy). `order`: the
+  recorded layers in call order (`layer_order`); `kernels`: the layers whose gradient and
+  weight norms are wanted."""
   fn = _measure_fn(model, loss_fn, tuple(order), tuple(kernels))
-  return jax.device_get(fn(params, batch_stats, x, y, dropout_key))
+  rows = np.arange(EXAMPLES) % len(x)  # fewer rows are cycled: a dead unit stays dead
+  return jax.device_get(fn(params, batch_stats, np.asarray(x)[rows], np.asarray(y)[rows],
+                           dropout_key))
 
 
 def leaf(tree, path: str):
