@@ -16,6 +16,15 @@ from recipe_jax import files
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 FILE_ONLY = {'file_only': True}  # logging.info(..., extra=FILE_ONLY): log.txt, never the console
+_said = set()  # notices this process has shown on the console (`info_once`)
+
+
+def info_once(message: str, *args) -> None:
+  """logging.info, on the console only the first time this process says it; log.txt gets
+  every one (a recipe's stages would otherwise repeat the same notice)."""
+  text = message % args
+  logging.info(message, *args, extra=FILE_ONLY if text in _said else None)
+  _said.add(text)
 
 
 def is_pipeline_line(record) -> bool:

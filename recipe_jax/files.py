@@ -18,6 +18,9 @@ import urllib.parse
 from recipe_jax.errors import UserError
 
 
+_UMASK = os.umask(0o022)  # the process's umask, read once at import (reading it means setting it)
+os.umask(_UMASK)
+
 def _configure_environment() -> None:
   """Settings the libraries below read once, before their first remote call: etils.epath
   (orbax's paths) uses gcsfs rather than TensorFlow's gfile, which would import TensorFlow
@@ -127,6 +130,7 @@ def write_bytes(path, data: bytes) -> None:
   os.makedirs(directory, exist_ok=True)
   with tempfile.NamedTemporaryFile(dir=directory, prefix='.tmp.', delete=False) as f:
     f.write(data)
+  os.chmod(f.name, 0o666 & ~_UMASK)  # a temporary file is 0600: the mode open() would give
   os.replace(f.name, path)
 
 

@@ -5,6 +5,8 @@ Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed, 2 b
 down), 3 training diverged, 130 stopped by Ctrl-C (after saving what the stage had done; it wins
 over an earlier FAIL; a second Ctrl-C stops at once).
 """
+import ast
+import glob
 import importlib
 import os
 import re
@@ -28,7 +30,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     'Config file, e.g. configs/mnist1d/cnn.py; override keys with --config.KEY=VALUE.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, reports.')
-flags.mark_flags_as_required(['config', 'workdir'])
+HELP_FLAGS = ('-h', '-help', '--help', '--helpshort', '--helpfull')
+PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 def fail(message: str, exit_code: int):
@@ -37,15 +40,40 @@ def fail(message: str, exit_code: int):
 
 
 def parse_flags(argv):
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    print(usage())
+    sys.exit(0)
   try:
     remaining = flags.FLAGS(argv)
   except Exception as e:  # bad flag, override key or type
     fail(flag_error(e, argv), UserError.exit_code)
+  if _CONFIG.value is None:
+    fail('missing --config=FILE, the experiment (e.g. --config=configs/mnist1d/mlp.py); see '
+         '--help', UserError.exit_code)
+  if _WORKDIR.value is None:
+    fail('missing --workdir=DIR, where the run keeps its checkpoints, metrics and reports; see '
+         '--help', UserError.exit_code)
   try:
     _CONFIG.value.to_dict()  # ml_collections defers a load failure until first use
   except Exception as e:  # missing file, or an error inside it: its last line says which
     fail(f'cannot load --config: {str(e).strip().splitlines()[-1].strip()}', UserError.exit_code)
   return remaining
+
+
+def usage() -> str:
+  """This module's docstring, the stages (each module's first paragraph) and the example
+  configs of a source checkout."""
+  lines = [__doc__.strip(), '', 'Stages (--config.stage=NAME):']
+  for stage in config_check.STAGES:
+    with open(os.path.join(PACKAGE, 'stages', f'{stage}.py')) as f:
+      first = ast.get_docstring(ast.parse(f.read())).split('\n\n')[0]
+    summary = re.split(r'(?<=[.?])\s', ' '.join(first.split()).split(': ', 1)[-1])[0]
+    lines.append(f'  {stage:<13} {summary}')
+  configs = sorted(glob.glob(os.path.join(os.path.dirname(PACKAGE), 'configs', '*', '*.py')))
+  if configs:
+    lines += ['', 'Example configs:', *(f'  {os.path.relpath(c)}' for c in configs)]
+  lines += ['', 'Every key, its default and its rule: recipe_jax/config/defaults.py.']
+  return '\n'.join(lines)
 
 
 def flag_error(e: Exception, argv) -> str:

@@ -8,7 +8,7 @@ import pytest
 from recipe_jax.config import defaults
 from recipe_jax.diagnose import analysis
 from recipe_jax.engine import experiment
-from recipe_jax.report import results as report
+from recipe_jax.report import results as report, words
 from recipe_jax.runs import finished as runs
 from recipe_jax.errors import UserError
 from recipe_jax.engine import evaluate
@@ -37,6 +37,24 @@ def test_expected_calibration_error_with_equal_mass_bins_matches_hand_computed_v
   np.testing.assert_allclose(ece, 0.5 * abs(1 / 3 - 0.6) + 0.5 * abs(1 - 2.5 / 3))
   perfectly_sure_and_right = np.eye(3)[LABELS]
   assert analysis.calibration(perfectly_sure_and_right, LABELS)[0] == 0.0
+
+
+@pytest.mark.parametrize('ece, status, shown', [
+    (0.0495, 'PASS', '0.0495'), (0.04999, 'PASS', '0.04999'), (0.05001, 'WARN', '0.05001'),
+    (0.0123, 'PASS', '0.0123')])
+def test_an_ece_beside_its_threshold_is_shown_on_its_own_side(ece, status, shown):
+  cfg = defaults.get_config().analysis
+  counts = np.array([[5, 1], [1, 5]])
+  found = {v.check: v
+           for v in analysis.verdicts(counts, analysis.per_class(counts), ece, [], cfg)}
+  assert found['calibration'].status == status
+  assert f'expected calibration error {shown} on val' in found['calibration'].summary
+
+
+def test_beside_reads_on_the_side_of_the_threshold_the_value_is():
+  assert words.beside(0.0495, 0.05) == '0.0495' and words.beside(0.049999, 0.05) == '0.049999'
+  assert words.beside(0.05, 0.05) == '0.05' and words.beside(1.9996, 2.0) == '1.9996'
+  assert words.beside(12.34, 5) == '12.3'
 
 
 def test_top_confusions_and_most_confident_wrong_are_sorted_and_really_wrong():

@@ -3,14 +3,19 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import optax
 import pytest
 
-from conftest import (cli_flags, read_summary, run_main, start_main, train_and_evaluate,
+from conftest import (REPO, cli_flags, read_summary, run_main, start_main, train_and_evaluate,
                       wait_for_checkpoint)
+from recipe_jax import console
+from recipe_jax.config import check as config_check
 from recipe_jax.engine import checkpoints
+from recipe_jax.report import results as report
 from recipe_jax.model import models
 from recipe_jax.engine import state as state_lib
 from recipe_jax.engine import loop
@@ -34,6 +39,26 @@ def test_bad_input_is_one_line_exit_2(tmp_path, flags, message):
   error_lines = [l for l in result.stderr.splitlines() if l.startswith('recipe_jax: error:')]
   assert len(error_lines) == 1 and message in error_lines[0], result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_help_exits_0_and_lists_the_stages_and_the_example_configs():
+  result = subprocess.run([sys.executable, '-m', 'recipe_jax.main', '--help'], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  listed = re.findall(r'^  (\w+) +\S', result.stdout.split('Stages')[1].split('Example')[0], re.M)
+  assert listed == list(config_check.STAGES)
+  assert 'configs/mnist1d/recipe.py' in result.stdout.split('Example configs:')[1]
+
+
+@pytest.mark.parametrize('given, missing', [('--workdir=/tmp/never_made', '--config=FILE'),
+                                            (CONFIG, '--workdir=DIR')])
+def test_a_missing_config_or_workdir_is_one_line_exit_2(given, missing):
+  result = subprocess.run([sys.executable, '-m', 'recipe_jax.main', given], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      next(l for l in result.stderr.splitlines() if l.startswith(f'recipe_jax: error: missing '
+                                                                 f'{missing}'))]
 
 
 def test_missing_config_file_is_one_line_exit_2(tmp_path):
@@ -196,10 +221,13 @@ def test_console_shows_the_pipeline_lines_and_a_closing_summary(small_config, tm
   lines = result.stderr.strip().splitlines()
   assert all(line[:2].isdigit() and line[2] == ':' for line in lines), lines[:5]  # HH:MM:SS
   assert any('step 60/60 (100%)' in line and 'ETA' in line for line in lines)
-  assert 'train finished: ' in lines[-4] and '0 FAIL' in lines[-4]
-  assert lines[-3].split(' ', 1)[1].startswith('test accuracy ')  # the result in words
-  assert lines[-2].endswith(f"open first: {tmp_path / 'quiet' / 'report.html'}")
-  assert 'also:' in lines[-1] and 'summary.json' in lines[-1]
+  end = next(i for i, line in enumerate(lines) if 'train finished: ' in line)
+  assert ' checks: ' in lines[end] and '0 FAIL' in lines[end]
+  assert lines[end + 1].split(' ', 1)[1].startswith('test accuracy ')  # the result in words
+  assert lines[end + 2].endswith(f"open first: {tmp_path / 'quiet' / 'report.html'}")
+  assert 'also:' in lines[end + 3] and 'summary.json' in lines[end + 3]
+  steps = [line.split(' ', 1)[1] for line in lines[end + 4:]]
+  assert steps and all(step.startswith('next: ') for step in steps), steps
   log = (tmp_path / 'quiet' / 'log.txt').read_text()
   assert 'tensorboard_writer.py' in log and 'step 60/60' in log  # everything is in the file
 
@@ -214,3 +242,18 @@ def test_a_failing_user_loss_is_one_line_exit_2(small_config, tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("recipe_jax: error: model 'mlp' (with loss "
                          "'helpers.planted_bugs:loss_with_wrong_shapes') failed "), last
+
+
+def test_a_repeated_notice_reaches_the_console_once_and_the_log_every_time(caplog):
+  with caplog.at_level('INFO'):
+    for _ in range(3):
+      console.info_once('seeds one at a time: %s', 'planted reason 17')
+  records = [r for r in caplog.records if 'planted reason 17' in r.getMessage()]
+  assert [getattr(r, 'file_only', False) for r in records] == [False, True, True]
+
+
+@pytest.mark.parametrize('stage, counted', [('recipe', 'stages'), ('sanity', 'checks')])
+def test_the_closing_line_says_whether_it_counts_stages_or_checks(stage, counted):
+  verdicts = [report.Verdict(f'c{i}', s, '') for i, s in enumerate(('PASS', 'WARN', 'PASS'))]
+  first = report.closing_lines(report.StageResult(stage, verdicts, {}, []), '/w')[0]
+  assert first == f'{stage} finished: 3 {counted}: 2 PASS, 1 WARN, 0 FAIL'

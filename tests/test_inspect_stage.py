@@ -1,6 +1,7 @@
 """The inspect stage end to end on a planted .npz: verdicts, pictures and report on disk."""
 import json
 import os
+import re
 
 import numpy as np
 
@@ -9,7 +10,7 @@ from recipe_jax.data import datasets as data
 from recipe_jax.stages import inspect as inspect_stage
 
 
-def test_inspect_stage_reports_planted_leakage_with_pictures(tmp_path):
+def test_inspect_stage_reports_planted_leakage_with_pictures(tmp_path, caplog):
   rng = np.random.default_rng(0)
   x_train = rng.normal(size=(200, 8, 8, 1)).astype(np.float32)
   y_train = np.repeat(np.arange(4), 50)
@@ -22,7 +23,11 @@ def test_inspect_stage_reports_planted_leakage_with_pictures(tmp_path):
   config.dataset.name = f'npz:{tmp_path / "planted.npz"}'
   config.dataset.val_fraction = 0.0
 
-  verdicts = {v.check: v for v in inspect_stage.run(config, str(tmp_path)).verdicts}
+  with caplog.at_level('INFO'):
+    verdicts = {v.check: v for v in inspect_stage.run(config, str(tmp_path)).verdicts}
+  progress = re.findall(r'inspect: (\d)/(\d) ([a-z ]+) checked', caplog.text)  # never silent
+  assert [(int(a), int(b)) for a, b, _ in progress] == [(i, 7) for i in range(1, 8)]
+  assert progress[-1][2] == 'shift between splits'
 
   out = tmp_path / 'inspect'
   leak = verdicts['near_duplicates_test_train']

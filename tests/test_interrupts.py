@@ -9,10 +9,12 @@ import time
 
 import pytest
 
-from conftest import REPO, start_main
+from conftest import REPO, cli_flags, run_main, start_main
 from recipe_jax.engine import loop
 from recipe_jax.report import results as report
-from recipe_jax.stages import inspect, lr_find, recipe, sanity
+from recipe_jax.runs import finished as runs
+from recipe_jax.stages import (compare, data_scaling, evaluate, inspect, lr_find, recipe, sanity,
+                               train)
 from test_sanity_stage import sanity_config
 
 
@@ -33,6 +35,22 @@ def ctrl_c_on_call(real, call: int):
       raise KeyboardInterrupt
     return real(*args, **kwargs)
   return wrapped
+
+
+def ctrl_c_in_training_run(monkeypatch, run: int, after_steps: int = 3):
+  """A real SIGINT to this process `after_steps` steps into the `run`-th training loop."""
+  real, calls = loop.run, []
+
+  def run_(train_step, state, feed, *, first, last, should_stop=None, **kwargs):
+    calls.append(1)
+    stop = should_stop
+    if len(calls) == run and stop is not None:
+      def stop(step):
+        if step == first + after_steps:
+          os.kill(os.getpid(), signal.SIGINT)  # handled by the loop's own handler
+        return should_stop(step)
+    return real(train_step, state, feed, first=first, last=last, should_stop=stop, **kwargs)
+  monkeypatch.setattr(loop, 'run', run_)
 
 
 def saved(workdir, stage):
@@ -111,3 +129,71 @@ def test_a_real_ctrl_c_in_a_recipe_with_an_earlier_fail_exits_130_not_1(data_dir
   assert report.read_result(str(tmp_path / 'run' / 'sanity' / 'result.json')).counts()['FAIL']
   with open(tmp_path / 'run' / 'lr_find' / 'curves.json') as f:
     assert 1 <= len(json.load(f)['per_seed']) < 50
+
+
+def several_runs_config(config, stage):
+  config.stage, config.seeds_side_by_side = stage, 'off'
+  config.num_train_steps, config.eval_every_steps, config.checkpoint_every_steps = 40, 20, 20
+  config.compare.seeds, config.data_scaling.seeds = 1, 1
+  config.compare.variants = json.dumps({'narrow': {'model.width': 8}})
+  config.data_scaling.fractions = (0.25, 0.5, 1.0)
+  return config
+
+
+@pytest.mark.parametrize('stage, module, second_run', [
+    ('compare', compare, ('narrow', 'seed_0')),
+    ('data_scaling', data_scaling, ('fraction_0.5', 'seed_0'))])
+def test_ctrl_c_in_a_stage_of_several_runs_keeps_the_finished_runs_and_resumes_the_stopped(
+    stage, module, second_run, small_config, tmp_path, monkeypatch, caplog):
+  config = several_runs_config(small_config, stage)
+  ctrl_c_in_training_run(monkeypatch, run=2)
+  result = module.run(config, str(tmp_path))
+  assert not result.finished and loop.stopped_by() == 'SIGINT'
+  stopped = os.path.join(tmp_path, stage, *second_run)
+  assert runs.summary(stopped)['finished'] is False
+  assert os.listdir(os.path.join(stopped, 'checkpoints'))  # saved after the step Ctrl-C hit
+  assert not os.path.exists(os.path.join(tmp_path, stage, 'result.json'))
+  monkeypatch.undo()
+  loop._stopped_by['signal'] = None
+  with caplog.at_level('INFO'):
+    result = module.run(config, str(tmp_path))
+  assert result.finished
+  assert caplog.text.count(f'{stage}: training') == 1 + (stage == 'data_scaling')
+  assert 'resumed from the checkpoint at step' in caplog.text
+
+
+def test_ctrl_c_in_evaluate_leaves_the_evaluated_run_as_it_was(small_config, tmp_path,
+                                                                  monkeypatch):
+  """evaluate writes only its own folder, at its end: stopped, it leaves nothing half-written,
+  and the train run it reads is untouched."""
+  small_config.num_train_steps = 20
+  train.run(small_config, str(tmp_path / 'train'))
+  before = {os.path.join(d, f): os.path.getsize(os.path.join(d, f))
+            for d, _, names in os.walk(tmp_path / 'train') for f in names}
+  small_config.stage, small_config.evaluate.run_dir = 'evaluate', str(tmp_path / 'train')
+  monkeypatch.setattr(evaluate, 'analyse', ctrl_c_on_call(evaluate.analyse, 1))
+  with pytest.raises(KeyboardInterrupt):
+    evaluate.run(small_config, str(tmp_path / 'evaluate'))
+  after = {os.path.join(d, f): os.path.getsize(os.path.join(d, f))
+           for d, _, names in os.walk(tmp_path / 'train') for f in names}
+  assert after == before
+  assert not os.path.exists(tmp_path / 'evaluate' / 'evaluate' / 'result.json')
+
+
+def test_ctrl_c_where_no_loop_catches_it_is_one_line_and_exit_130(small_config, tmp_path):
+  """A KeyboardInterrupt that reaches main (evaluate applying the model): one line, exit 130,
+  no traceback."""
+  small_config.num_train_steps = 20
+  small_config.model.name = 'helpers.planted_bugs:CtrlCWhenAsked'
+  small_config.analysis.enabled = False
+  tests = os.path.join(REPO, 'tests')
+  done = run_main(tmp_path / 'train', *cli_flags(small_config), env={'PYTHONPATH': tests})
+  assert done.returncode == 0, done.stderr[-2000:]
+  stopped = run_main(tmp_path / 'evaluate', *cli_flags(small_config), '--config.stage=evaluate',
+                     f'--config.evaluate.run_dir={tmp_path / "train"}',
+                     env={'PYTHONPATH': tests, 'PLANTED_CTRL_C': '1'})
+  output = stopped.stdout + stopped.stderr
+  assert stopped.returncode == 130, output[-3000:]
+  assert 'Traceback' not in output and 'KeyboardInterrupt' not in output
+  assert output.strip().splitlines()[-1].startswith('recipe_jax: error: interrupted (Ctrl-C); '
+                                                    'what was saved so far stays')

@@ -58,6 +58,10 @@ def test_a_short_digits_recipe_runs_every_stage_and_hands_its_findings_on(finish
     assert member[section][name] == pytest.approx(value)
   assert 'tune: best trial' in result.verdicts[recipe.STAGES.index('tune')].summary
   assert os.path.getsize(os.path.join(workdir, 'report.html')) > 10000
+  umask = os.umask(0o022)
+  os.umask(umask)
+  for name in ('report.html', 'overfit/config.json', 'squeeze/result.json'):  # a teammate reads
+    assert os.stat(os.path.join(workdir, name)).st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def file_contents(directory) -> dict:
@@ -108,7 +112,7 @@ def test_the_report_opens_offline_in_chromium_with_every_image_and_stage(finishe
       ' sections: Array.from(document.querySelectorAll("h2")).map(h => h.id)})')
   found = json.loads(page['value'])
   assert len(found['images']) >= 10 and min(found['images']) > 0
-  assert found['sections'] == list(recipe.STAGES)
+  assert found['sections'] == ['next-steps', *recipe.STAGES]
   assert page['requests'] == [] and page['console_errors'] == []
   assert os.path.getsize(tmp_path / 'report.png') > 50000
 
@@ -301,6 +305,12 @@ def test_the_reports_visible_text_reads_as_words_and_numbers_of_their_precision(
   text, headers = page_text(os.path.join(workdir, 'report.html'), tmp_path)
   assert visible_defects(text, headers) == [], text[:2000]
   assert 'test accuracy of the ensemble (squeeze)' in text
+  assert text.index('Next steps') < 2500, text[:2500]  # after the headline and the stage table
+  for stage in recipe.STAGES:  # every WARN and FAIL: one line saying act or ignore, and why
+    for v in report.read_result(os.path.join(workdir, stage, 'result.json')).verdicts:
+      if v.status != 'PASS':
+        assert re.search(rf'{v.status} {stage} {v.check}: (act|ignore) \u2014 \w', text), (
+            stage, v.check)
 
 
 def test_the_text_check_catches_long_floats_empty_headers_and_backticks(tmp_path):

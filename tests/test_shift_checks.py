@@ -93,6 +93,15 @@ def test_a_recoded_label_is_named_with_the_class_it_became(digits):
   assert moved == {label: (label + 3) % 10 for label in range(10)}  # np.roll by 3, undone
 
 
+def test_train_to_test_compares_the_same_models_on_both_and_says_which_is_higher(digits):
+  verdict = shift_checks.train_to_test(*digits, 10, ('train', 'test'), 5000)
+  held_out, test = verdict.evidence['train_held_out_accuracy'], verdict.evidence['test_accuracy']
+  assert verdict.status == 'PASS'
+  assert (f'reaches {test:.1%} on test and {held_out:.1%} on the other half of train: test '
+          f'{abs(verdict.evidence["z"]):.1f} standard errors '
+          f'{"lower" if test < held_out else "higher"}') in verdict.summary
+
+
 def test_drift_and_shortcuts_name_features_by_position(digits):
   x_train, y_train, x_test, y_test = plant('a feature encodes the label', *digits)
   shortcut = shift_checks.shortcut_features(x_train, y_train, 10, 5000)

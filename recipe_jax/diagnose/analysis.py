@@ -22,7 +22,7 @@ from recipe_jax import files
 from recipe_jax.data import datasets as data
 from recipe_jax.engine import multihost
 from recipe_jax.diagnose import data_checks
-from recipe_jax.report import plots
+from recipe_jax.report import plots, words
 from recipe_jax.report.results import Verdict
 
 
@@ -110,17 +110,18 @@ def verdicts(counts, stats, ece, confusions, cfg, history=None, split='val') -> 
                      evidence)]
   cal = {'ece': ece, 'max_ece': cfg.max_ece}
   found.append(Verdict('calibration', 'WARN' if ece > cfg.max_ece else 'PASS',
-                       f'expected calibration error {ece:.3f} on {split} ' + (
+                       f'expected calibration error {words.beside(ece, cfg.max_ece)} on '
+                       f'{split} ' + (
                            f'(> {cfg.max_ece:g}): probabilities are not confidences; an '
                            'ensemble or temperature scaling helps' if ece > cfg.max_ece
                            else f'(warn above {cfg.max_ece:g})'), cal))
   accuracy = float(np.trace(counts) / counts.sum())
   if confusions:
     worst = int(np.argmin(np.where(present, recall, np.inf)))
-    words = '; '.join(f"{c['true']} read as {c['predicted']} {c['count']}x "
-                      f"({c['fraction_of_class']:.0%} of class {c['true']})"
-                      for c in confusions[:3])
-    summary = (f'accuracy {accuracy:.3f} on {split}; most confused: {words}; weakest class '
+    confused = '; '.join(f"{c['true']} read as {c['predicted']} {c['count']}x "
+                         f"({c['fraction_of_class']:.0%} of class {c['true']})"
+                         for c in confusions[:3])
+    summary = (f'accuracy {accuracy:.3f} on {split}; most confused: {confused}; weakest class '
                f'{worst} (recall {recall[worst]:.2f})')
   else:
     summary = f'accuracy {accuracy:.3f} on {split}: no mistakes'

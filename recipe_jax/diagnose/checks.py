@@ -189,7 +189,8 @@ def init_well(logits_fn, params, log_prior, enabled: bool, rtol: float = 1e-4) -
                    f'(max difference {np.abs(bias - log_prior).max():.3g}): the init did not take '
                    'effect', evidence)
   return Verdict('init_well', 'PASS', f'{evidence["output_bias"]} = log class priors '
-                 f'({np.exp(log_prior).min():.3f}..{np.exp(log_prior).max():.3f}), and shifting '
+                 f'({log_prior.min():.3g}..{log_prior.max():.3g}, the logs of priors '
+                 f'{np.exp(log_prior).min():.3g}..{np.exp(log_prior).max():.3g}), and shifting '
                  'it shifts every logit by the same amount', evidence)
 
 

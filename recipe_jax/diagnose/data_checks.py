@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from recipe_jax.report import words
 from recipe_jax.report.results import Verdict
 
 MAX_LISTED = 100  # indices listed in evidence per finding
@@ -69,8 +70,8 @@ def class_balance(splits: dict, num_classes: int, max_imbalance: float) -> Verdi
     return Verdict('class_balance', 'FAIL',
                    f'classes {missing} occur in test but never in train', evidence)
   status = 'WARN' if ratio > max_imbalance else 'PASS'
-  return Verdict('class_balance', status, f'largest / smallest train class = {ratio:.2f} '
-                 f'(warn above {max_imbalance:g})', evidence)
+  return Verdict('class_balance', status, 'largest / smallest train class = '
+                 f'{words.beside(ratio, max_imbalance)} (warn above {max_imbalance:g})', evidence)
 
 
 def content_hashes(x) -> list:
@@ -225,15 +226,15 @@ def outliers(x, y, num_classes: int, z_threshold: float) -> Verdict:
 
 def cross_validated_probabilities(x, y, num_classes: int, folds: int = 5, steps: int = 300,
                                   hidden: int = 128, seed: int = 0, fold_of=None,
-                                  train_folds=None) -> np.ndarray:
+                                  trainable=None) -> np.ndarray:
   """Out-of-sample class probabilities: each fold predicted by a small MLP trained in JAX
-  (full batch, Adam) on the other folds (of `train_folds` only, when given: a split that is
-  predicted but never trained on). Every fold trains on all rows with a 0/1 weight, so the
+  (full batch, Adam) on the other folds (their `trainable` rows only, when given: a split that
+  is predicted but never trained on). Every fold trains on all rows with a 0/1 weight, so the
   fit compiles once for all folds."""
   [rows] = _standardise(x)
   if fold_of is None:
     fold_of = np.random.default_rng(seed).permutation(len(y)) % folds
-  trainable = np.isin(fold_of, train_folds if train_folds is not None else range(folds))
+  trainable = np.ones(len(y), bool) if trainable is None else np.asarray(trainable, bool)
   inputs, labels = jnp.asarray(rows), jnp.asarray(y, jnp.int32)
   probabilities = np.zeros((len(y), num_classes), np.float32)
   for k in range(folds):

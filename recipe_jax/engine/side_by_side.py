@@ -85,7 +85,7 @@ def train_unfinished(configs: list, run_dirs: list) -> bool:
   why = why_not([c for c, _ in todo]) if todo else 'none left'
   if why:
     if len(todo) > 1:
-      logging.info('seeds one at a time: %s', why)
+      console.info_once('seeds one at a time: %s', why)
     return True
   logging.info('training seeds %s side by side', ', '.join(str(c.seed) for c, _ in todo))
   return train(*map(list, zip(*todo))) != PREEMPTED

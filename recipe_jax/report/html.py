@@ -14,8 +14,11 @@ import sys
 
 from recipe_jax import files
 from recipe_jax.config import check as config_check
-from recipe_jax.report import words
+from recipe_jax.report import advice, words
 
+# Pictures of many examples each: folded under their verdict, one click away.
+EXAMPLE_GRIDS = ('samples_per_class.png', 'class_means.png', 'inputs_before_net.png',
+                 'overfit_predictions.png')
 STATUS_COLOURS = {'PASS': '#1a7f37', 'WARN': '#9a6700', 'FAIL': '#cf222e'}
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #1f2328;
@@ -62,7 +65,8 @@ def render(workdir: str) -> str:
   results = find_results(workdir)
   config = _run_config(workdir, results)
   parts = [f'<h1>recipe_jax report</h1><p>{html.escape(files.absolute(workdir))}</p>',
-           _headline(config, results), _stage_table(results), _commands(workdir, results)]
+           _headline(config, results), _stage_table(results), _advice([r for _, r in results]),
+           _commands(workdir, results)]
   for stage_dir, result in results:
     if result['stage'] != 'recipe':
       parts.append(_stage_section(stage_dir, result))
@@ -148,6 +152,20 @@ def _stage_table(results: list) -> str:
           f'<th>headline</th></tr>{"".join(rows)}</table>')
 
 
+def _advice(results: list) -> str:
+  """Next steps, then one act-or-ignore line for every WARN and FAIL (`advice`)."""
+  steps = ''.join(f'<li>{html.escape(step)}</li>' for step in advice.next_steps(results))
+  out = [f'<h2 id="next-steps">Next steps</h2><ol class="next">{steps}</ol>']
+  found = advice.lines(results)
+  if found:
+    items = ''.join(
+        f'<li>{_badge(status)} <a href="#{stage}">{html.escape(stage)}</a> '
+        f'<span class="check">{html.escape(check)}</span>: <b>{"act" if act else "ignore"}</b>'
+        f' &mdash; {html.escape(why)}</li>' for stage, check, status, act, why in found)
+    out.append(f'<h3>Every WARN and FAIL: act or ignore</h3><ul class="advice">{items}</ul>')
+  return ''.join(out)
+
+
 def _commands(workdir: str, results: list) -> str:
   command = os.path.join(workdir, 'command.txt')
   if not files.exists(command):
@@ -171,8 +189,9 @@ def _stage_section(stage_dir: str, result: dict) -> str:
     evidence = json.dumps(v.get('evidence', {}), indent=1, default=str)
     if len(evidence) > 20000:
       evidence = evidence[:20000] + '\n... (truncated; the whole of it is in verdicts.json)'
-    pictures = ''.join(_image(os.path.join(stage_dir, p)) for p in images.get(v['check'], []))
-    shown.update(images.get(v['check'], []))
+    own = images.get(v['check'], [])
+    pictures = _pictures(stage_dir, own)
+    shown.update(own)
     out.append(f'<div class="verdict">{_badge(v["status"])} <span class="check">'
                f'{html.escape(v["check"])}</span>: {html.escape(v["summary"])}'
                f'<details><summary>evidence</summary><pre>{html.escape(evidence)}</pre>'
@@ -184,6 +203,18 @@ def _stage_section(stage_dir: str, result: dict) -> str:
     elif name.endswith('.png') and name not in shown and files.exists(path):
       out.append(f'<h4>{html.escape(name)}</h4>{_image(path)}')
   return '\n'.join(out)
+
+
+def _pictures(stage_dir: str, paths: list) -> str:
+  """A verdict's pictures; those of many examples each (EXAMPLE_GRIDS) folded, so they do not
+  push the verdicts below them down the page."""
+  grids = [p for p in paths if os.path.basename(p) in EXAMPLE_GRIDS]
+  out = ''.join(_image(os.path.join(stage_dir, p)) for p in paths if p not in grids)
+  if grids:
+    names = html.escape(', '.join(map(os.path.basename, grids)))
+    out += (f'<details><summary>examples: {names}</summary>'
+            + ''.join(_image(os.path.join(stage_dir, p)) for p in grids) + '</details>')
+  return out
 
 
 def _image(path: str) -> str:

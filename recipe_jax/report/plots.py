@@ -112,6 +112,47 @@ def curves(path, series: dict, xlabel: str, ylabel: str, logy: bool = False,
   save(fig, path)
 
 
+def lr_range(path, lrs, curves: list, suggestion: float, stop_factor: float):
+  """The LR range test: each seed's smoothed loss against the learning rate (log-log), the rule
+  it is cut by drawn as a dotted line in its colour (stop_factor x its running minimum: above
+  it the seed diverged, marked x), the suggestion as a dashed line. The y ticks are labelled
+  and include the lowest loss. Drawn up to 10x the initial loss, so an explosion shows without
+  hiding the rest. `curves`: [{'seed', 'suggestion', 'smoothed_loss', 'diverged_at_lr'}]."""
+  lrs = np.asarray(lrs, float)
+  fig, ax = plt.subplots(figsize=(8.4, 3.6))
+  lowest, top = np.inf, 0.0
+  for i, c in enumerate(curves):
+    smooth = np.asarray(c['smoothed_loss'], float)
+    smooth = np.where(np.isfinite(smooth), smooth, np.nan)
+    lowest, top = min(lowest, np.nanmin(smooth)), max(top, min(np.nanmax(smooth),
+                                                               10 * smooth[0]))
+    ax.plot(lrs, smooth, color=f'C{i}', linewidth=1.2,
+            label=f"seed {c['seed']} (suggests {c['suggestion']:.2g})")
+    ax.plot(lrs, stop_factor * np.fmin.accumulate(smooth), ':', color=f'C{i}', linewidth=1,
+            label=f'{stop_factor:g}x its running minimum (above: diverged)' if i == 0 else None)
+    if c['diverged_at_lr'] is not None:
+      at = min(int(np.searchsorted(lrs, c['diverged_at_lr'])), len(lrs) - 1)
+      ax.plot([lrs[at]], [smooth[at]], 'x', color=f'C{i}', markersize=9, markeredgewidth=2,
+              label=f"seed {c['seed']} diverged")
+  ax.axvline(suggestion, linestyle='--', color='gray', linewidth=1,
+             label=f'suggestion {suggestion:.2g}')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  low, high = 0.8 * lowest, 1.2 * top
+  ax.set_ylim(low, high)
+  decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+  nice = [m * 10.0 ** e for e in decades for m in (1, 1.5, 2, 3, 5, 7)]
+  ticks = [lowest] + [t for t in nice if low <= t <= high and abs(np.log(t / lowest)) > 0.08]
+  ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+  ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:.3g}'))
+  ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  ax.set_xlabel('learning rate (log scale)')
+  ax.set_ylabel('smoothed training loss (log scale)')
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))  # beside: never on a curve
+  fig.tight_layout()
+  save(fig, path)
+
+
 def feature_map(path, values, example_shape, title: str, threshold=None, histograms=None,
                 features=()) -> str:
   """A value per input feature where the features sit: a heat map over an image's pixels
@@ -283,11 +324,14 @@ def reliability(path, confidence, correct, ece: float, ece_bins: int, bins: int 
     ax.text(x, y + 0.02, str(n), ha='center', fontsize=7)
   ax.plot([0, 1], [0, 1], '--', color='gray', linewidth=1, label='perfectly calibrated')
   ax.set_xlim(0, 1)
-  ax.set_ylim(0, 1.1)
+  ax.set_ylim(0, 1.4)  # the legend sits above the bars and their counts
+  ax.set_yticks(np.linspace(0, 1, 6))
   ax.set_xlabel('confidence (top-class probability)')
   ax.set_ylabel('accuracy in bin (n on each bar)')
-  ax.set_title(f'reliability: ECE {ece:.3f} ({ece_bins} equal-mass bins)', fontsize=9)
+  ax.set_title(f'accuracy in {bins} equal-width confidence bins', fontsize=9)
   ax.legend(fontsize=7, loc='upper left')
+  fig.suptitle(f'ECE {ece:.3g}, over {ece_bins} equal-mass bins (the check\'s bins; not drawn)',
+               fontsize=9)
   ax_hist.hist(confidence, bins=edges, color='C1', alpha=0.7)
   ax_hist.set_yscale('log')
   ax_hist.set_xlim(0, 1)

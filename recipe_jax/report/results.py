@@ -106,17 +106,22 @@ def write(directory: str, title: str, verdicts: list, images: dict | None = None
 
 def closing_lines(result: StageResult, workdir: str) -> list:
   """What a person reads at the end of a run: the stage, its result in words, the verdict
-  counts, the page to open first and the other files to look at."""
+  counts, the page to open first, the other files to look at, and what to do next."""
   state = 'finished' if result.finished else 'stopped (resume with the same command)'
   counts = result.counts()
   numbers = headline(result.metrics)
-  lines = [f'{result.stage} {state}: ' + ', '.join(f'{n} {s}' for s, n in counts.items()),
+  counted = 'stages' if result.stage == 'recipe' else 'checks'  # the recipe's verdicts are stages
+  lines = [f'{result.stage} {state}: {sum(counts.values())} {counted}: '
+           + ', '.join(f'{n} {s}' for s, n in counts.items()),
            *([numbers] if numbers else []),
            f"open first: {os.path.join(workdir, 'report.html')}"]
   others = [f for f in result.files if f != 'report.html']
   if others:
     lines.append('also: ' + ', '.join(os.path.join(workdir, f) for f in others))
-  return lines
+  from recipe_jax.report import advice, html  # here: html reads this module's results
+  found = ([r for _, r in html.find_results(workdir)] if result.stage == 'recipe'
+           else [result.to_json()])
+  return lines + [f'next: {step}' for step in advice.next_steps(found)]
 
 
 def raise_if_failed(result: StageResult, workdir: str) -> None:

@@ -23,6 +23,23 @@ def number(value, key: str = '') -> str:
   return f'{value:.3g}'
 
 
+def beside(value: float, threshold: float, digits: int = 3) -> str:
+  """`value` to `digits` significant digits, or more until the words read on the same side of
+  `threshold` as the value is: 0.0495 against 0.05 is '0.0495', never '0.050'."""
+  side = lambda v: (v > threshold) - (v < threshold)
+  for d in range(digits, 17):
+    text = f'{value:.{d}g}'
+    if side(float(text)) == side(value):
+      return text
+  return repr(value)
+
+
+def settings(overrides: dict) -> str:
+  """'model.width=51, optimizer.learning_rate=0.00206': values to 3 significant digits."""
+  return ', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}'
+                   for k, v in overrides.items())
+
+
 def headline(metrics: dict) -> str:
   """A stage's headline numbers in words: 'ensemble test accuracy 98.8%, members 5'."""
   return ', '.join(f'{metric_name(k)} {number(v, k)}' for k, v in metrics.items()

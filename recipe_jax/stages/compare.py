@@ -84,7 +84,8 @@ def verdicts(rows: list, metric: str) -> list:
     better = row['noise'] == 'beyond noise' and selection.sign(metric) * row['delta'] > 0
     found.append(Verdict(f"variant_{row['variant']}", 'PASS' if better else 'WARN', line,
                          {k: row[k] for k in ('overrides', 'seeds', 'mean', 'std', 'delta',
-                                              'noise', 'train_val_gap', 'test_accuracy')}))
+                                              'noise', 'noise_level', 'train_val_gap',
+                                              'test_accuracy')}))
   return found
 
 

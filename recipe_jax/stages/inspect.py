@@ -1,14 +1,18 @@
 """stage='inspect': recipe step 1, look at the data before any net (no training)."""
 import os
+import time
 
 import numpy as np
+from absl import logging
 
-from recipe_jax import files
+from recipe_jax import console, files
 from recipe_jax.data import datasets as data_lib
 from recipe_jax.diagnose import data_checks, shift_checks
 from recipe_jax.engine import loop
 from recipe_jax.report import plots, results as report
 from recipe_jax.report.results import StageResult
+
+CHECK_GROUPS = 7  # `checked` calls in run()
 
 LOOKED_AT = ['inspect/report.md', 'inspect/verdicts.json', 'inspect/input_stats.json']
 
@@ -31,18 +35,29 @@ def run(config, workdir: str) -> StageResult:
   title = f'Inspect: {config.dataset.name}'
   x, y = splits['train']
   verdicts = []  # grows check by check: a Ctrl-C saves those done
+  start, names = time.time(), []
+
+  def checked(name, found):  # a line per group: the later ones fit models for a while
+    names.append(name)
+    logging.info('inspect: %d/%d %s checked (%s)', len(names), CHECK_GROUPS, name,
+                 console.format_seconds(time.time() - start))
+    return found
   try:
-    verdicts += data_checks.basic_statistics(splits)
-    balance = data_checks.class_balance(splits, dataset.num_classes, cfg.max_imbalance)
+    verdicts += checked('sizes and ranges', data_checks.basic_statistics(splits))
+    balance = checked('class balance', data_checks.class_balance(splits, dataset.num_classes,
+                                                                 cfg.max_imbalance))
     verdicts.append(balance)
-    verdicts += data_checks.exact_duplicates(splits)
-    leakage = data_checks.near_duplicate_leakage(splits, cfg.leakage_rms_threshold)
+    verdicts += checked('exact duplicates', data_checks.exact_duplicates(splits))
+    leakage = checked('near duplicates', data_checks.near_duplicate_leakage(
+        splits, cfg.leakage_rms_threshold))
     verdicts += leakage
-    outliers = data_checks.outliers(x, y, dataset.num_classes, cfg.outlier_z)
+    outliers = checked('outliers', data_checks.outliers(x, y, dataset.num_classes, cfg.outlier_z))
     verdicts.append(outliers)
-    noise = _label_noise(x, y, dataset.num_classes, cfg, dataset.train_rows)
+    noise = checked('label noise', _label_noise(x, y, dataset.num_classes, cfg,
+                                                dataset.train_rows))
     verdicts.append(noise)
-    shifted, shift_images = _shift_checks(out, splits, dataset, cfg)
+    shifted, shift_images = checked('shift between splits', _shift_checks(out, splits, dataset,
+                                                                          cfg))
     verdicts += shifted
   except KeyboardInterrupt:
     loop.interrupted()

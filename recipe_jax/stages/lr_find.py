@@ -97,7 +97,8 @@ def run(config, workdir: str) -> StageResult:
                     for k, v in c.items()} for c in curves],
   }
   files.write_text(os.path.join(out, 'curves.json'), json.dumps(curve_data, indent=2))
-  _plot(os.path.join(out, 'lr_find.png'), lrs, curves, curve_data['suggestion'], cfg.stop_factor)
+  plots.lr_range(os.path.join(out, 'lr_find.png'), lrs, curves, curve_data['suggestion'],
+                 cfg.stop_factor)
   metrics = {k: curve_data[k] for k in ('suggestion', 'spread_factor', 'optimizer')}
   return report.finish(workdir, StageResult(
       'lr_find', [verdict(curve_data, cfg.max_spread_factor)], metrics,
@@ -121,25 +122,6 @@ def verdict(curve_data: dict, max_spread: float) -> Verdict:
                    f'{max_spread:g}x: use more lr_find.steps or a larger batch', evidence)
   if all(c['diverged_at_lr'] is None for c in curve_data['per_seed']):
     return Verdict('learning_rate', 'WARN', f'{line}; the smoothed loss never rose above '
-                   f'{curve_data["stop_factor"]:g}x its minimum, where this test says it diverged: '
-                   'raise lr_find.max_lr to see where it does', evidence)
+                   f'{curve_data["stop_factor"]:g}x its running minimum, where this test says '
+                   'it diverged: raise lr_find.max_lr to see where it does', evidence)
   return Verdict('learning_rate', 'PASS', line, evidence)
-
-
-def _plot(path, lrs, curves, suggestion, stop_factor):
-  """Each seed's smoothed loss on a log scale, where it diverged (above stop_factor x its
-  minimum) marked; drawn up to 10x the initial loss, so an explosion shows without hiding the
-  rest."""
-  series, points = {}, {}
-  for c in curves:
-    label = f"seed {c['seed']} (suggests {c['suggestion']:.2g})"
-    series[label] = (lrs, np.where(np.isfinite(c['smoothed_loss']), c['smoothed_loss'], np.nan))
-    if c['diverged_at_lr'] is not None:
-      at = int(np.searchsorted(lrs, c['diverged_at_lr']))
-      points[f"seed {c['seed']}: diverged (> {stop_factor:g}x its minimum)"] = (
-          [lrs[at]], [c['smoothed_loss'][at] if np.isfinite(c['smoothed_loss'][at]) else np.nan])
-  finite = np.concatenate([c['smoothed_loss'][np.isfinite(c['smoothed_loss'])] for c in curves])
-  top = min(finite.max(), 10 * max(c['smoothed_loss'][0] for c in curves))
-  plots.curves(path, series, 'learning rate (log scale)', 'smoothed training loss (log scale)',
-               logx=True, logy=True, vlines={f'suggestion {suggestion:.2g}': suggestion},
-               ylim=(0.8 * finite.min(), 1.2 * top), points=points)

@@ -151,19 +151,13 @@ def hand_on(stage: str, result: StageResult, config) -> tuple:
     beats = [v for v in result.verdicts if v.check == f'variant_{best}' and v.status == 'PASS']
     if beats:
       chosen = config_check.decoded(config, 'compare.variants')[best]
-      return chosen, f'compare: variant {best} beats the baseline beyond noise: {_words(chosen)}'
+      return chosen, f'compare: variant {best} beats the baseline beyond noise: {words.settings(chosen)}'
     return {}, (f'compare: no variant beats the baseline beyond noise (best: {best}); the '
                 'baseline goes on')
   if stage == 'tune' and result.metrics.get('best_params'):
     params = result.metrics['best_params']
-    return params, f"tune: best trial {result.metrics['best_trial']} goes on: {_words(params)}"
+    return params, f"tune: best trial {result.metrics['best_trial']} goes on: {words.settings(params)}"
   return {}, None
-
-
-def _words(overrides: dict) -> str:
-  """'model.width=51, optimizer.learning_rate=0.00206': values to 3 significant digits."""
-  return ', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}'
-                   for k, v in overrides.items())
 
 
 def _stage_verdict(result: StageResult, handed_on: str | None) -> Verdict:

@@ -137,10 +137,10 @@ def _gap_verdict(summary: dict, max_gap: float) -> Verdict:
               'eval_accuracy': summary['eval_accuracy'], 'gap': gap, 'max_gap': max_gap}
   if gap > max_gap:
     return Verdict('train_val_gap', 'WARN', f'training accuracy exceeds validation by '
-                   f'{gap:.3f} (> {max_gap:g}): the model overfits; regularise (recipe step 4: '
+                   f'{words.beside(gap, max_gap)} (> {max_gap:g}): the model overfits; regularise (recipe step 4: '
                    'augmentation, weight decay, dropout, more data)', evidence)
-  return Verdict('train_val_gap', 'PASS', f'training - validation accuracy = {gap:.3f} (warn '
-                 f'above {max_gap:g})', evidence)
+  return Verdict('train_val_gap', 'PASS', 'training - validation accuracy = '
+                 f'{words.beside(gap, max_gap)} (warn above {max_gap:g})', evidence)
 
 
 def gap_from_labels(gap: Verdict, analysed: list) -> Verdict:

@@ -176,7 +176,7 @@ def make_objective(config, space: dict, out: str, study, preempted: list):
     overrides = {key: suggest(trial, key, spec) for key, spec in space.items()}
     run_dir = trial.user_attrs.get('run_dir') or os.path.join(out, f'trial_{trial.number}')
     trial.set_user_attr('run_dir', run_dir)
-    logging.info('tune: trial %d %s in %s', trial.number, overrides, run_dir)
+    logging.info('tune: trial %d %s in %s', trial.number, words.settings(overrides), run_dir)
     _tell_followers({'overrides': overrides, 'run_dir': run_dir})
 
     def report_eval(step, metrics):

@@ -1,5 +1,7 @@
 """Classic silent training bugs, planted through the config's model or loss import path
 ('helpers.planted_bugs:Name'). The sanity stage must FAIL the check named in each docstring."""
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,8 @@ class _MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.bug == 'ctrl_c_when_asked' and os.environ.get('PLANTED_CTRL_C'):
+      raise KeyboardInterrupt
     x = x.reshape(x.shape[0], -1)
     if self.bug == 'mixes_batch':
       x = x - x.mean(axis=0, keepdims=True)  # "normalises" over the batch axis
@@ -165,3 +169,9 @@ class _DriftingBias(nn.Module):
 def DriftingBias(num_classes):  # noqa: N802
   """layer_health (train): Dense_1's ReLU inputs die mid-run."""
   return _DriftingBias(num_classes)
+
+
+def CtrlCWhenAsked(num_classes):  # noqa: N802
+  """The MLP; with PLANTED_CTRL_C in the environment, applying it raises KeyboardInterrupt, as
+  a Ctrl-C arriving there would (where no training loop catches it)."""
+  return _MLP(num_classes, bug='ctrl_c_when_asked')

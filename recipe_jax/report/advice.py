@@ -1,0 +1,196 @@
+"""What to do next, from the verdicts and their numbers: for every WARN and FAIL one line that
+says act or ignore, and why; and the next steps of the recipe, most urgent first.
+
+Both read only result dicts (`results.StageResult.to_json`, as saved in result.json), so the
+report, the console's closing lines and a later `python -m recipe_jax.report.results DIR`
+say the same.
+"""
+import math
+
+from recipe_jax.report import words
+
+
+def act_or_ignore(stage: str, verdict: dict) -> tuple[bool, str] | None:
+  """(act, why) for a WARN or FAIL verdict; None for a PASS."""
+  status, check, evidence = verdict['status'], verdict['check'], verdict.get('evidence') or {}
+  if status == 'PASS':
+    return None
+  for prefix, rule in RULES.items():
+    if check.startswith(prefix):
+      found = rule(status, evidence)
+      if found:
+        return found
+  if status == 'FAIL':
+    return True, ('a FAIL: what the later stages measure cannot be trusted until it is fixed '
+                  '(the verdict says what was found and where)')
+  return True, 'no rule says this WARN is expected here: read its evidence before going on'
+
+
+def _variant(status, e):
+  delta, seeds = e.get('delta'), e.get('seeds') or 0
+  if e.get('noise') == 'beyond noise':  # beyond noise, and a WARN: the change made it worse
+    return False, (f'the change makes the metric worse ({delta:+.4f}, beyond noise): keep the '
+                   'baseline')
+  needed = seeds_to_resolve(delta, e.get('noise_level'), seeds)
+  if needed is None:
+    return True, ('one seed per variant gives no noise estimate: rerun with compare.seeds >= 2 '
+                  'before deciding')
+  if needed == math.inf:
+    return False, ('the difference is inside what the validation split can measure; more seeds '
+                   'cannot resolve it (a larger validation split could): treat the change as '
+                   'making no difference')
+  return True, (f'inside the noise with {seeds} seed(s): about {needed} seeds per variant would '
+                f'resolve a difference of {abs(delta):.4f} (compare.seeds={needed}), if it '
+                'matters to you')
+
+
+def seeds_to_resolve(delta, noise_level, seeds: int):
+  """Seeds per arm at which `delta` would lie beyond twice its standard error, when the error
+  falls as 1/sqrt(seeds); None without an estimate, inf for no difference at all."""
+  if not seeds or seeds < 2 or noise_level is None or not math.isfinite(noise_level):
+    return None
+  if not delta:
+    return math.inf
+  return max(seeds + 1, math.ceil(seeds * (noise_level / abs(delta)) ** 2))
+
+
+def _learning_rate(status, e):
+  if all(s.get('diverged_at_lr') is None for s in e.get('per_seed', [])):
+    return False, ('the suggestion comes from where the loss fell fastest, which the curve '
+                   'shows; only the point where it diverges was not reached (raise '
+                   'lr_find.max_lr to see it)')
+  return True, 'the seeds disagree: more lr_find.steps or a larger batch give a steadier curve'
+
+
+def _calibration(status, e):
+  return True, ('act if you use the probabilities (thresholds, ranking, abstaining): '
+                'temperature scaling or the ensemble fixes them; ignore if only the top class '
+                'matters')
+
+
+def _activations_seen(status, e):
+  return False, ('layers inside a lifted loop (nn.scan: a GRU, a scanned stack) cannot be '
+                 'recorded; the gradient checks still see every kernel')
+
+
+def _loss_at_init(status, e):
+  if status == 'WARN':
+    return False, ('the initial logits are a little large, so the first steps only shrink them; '
+                   'it costs a few steps (a zero-initialised last layer starts at the expected '
+                   'loss)')
+  return None
+
+
+def _init_well(status, e):
+  if status == 'WARN':
+    return False, ('the model starts away from the class priors; it costs only the first steps '
+                   '(model.log_prior_output_bias=True sets them where the model has a bias)')
+  return None
+
+
+def _squeeze(status, e):
+  return False, ('this squeeze did not pay on this model: deploy without it (the others of '
+                 'the stage still stand)')
+
+
+def _ensemble(status, e):
+  return True, ('an ensemble below its average member means a broken member: look at each '
+                "member's row (a diverged or stopped run) before using it")
+
+
+def _more_data(status, e):
+  return True, ('the learning curve is too uncertain to plan on: more data_scaling.seeds or '
+                'fractions give a steadier fit')
+
+
+def _train_val_gap(status, e):
+  if e.get('cause') == 'labels':
+    return True, ('fix the labels first (the inspect stage names the rows); regularising would '
+                  'not help')
+  return True, ('the model overfits: regularise (recipe step 4: more data, augmentation, weight '
+                'decay, dropout) and compare the variants')
+
+
+def _label_noise(status, e):
+  if status == 'WARN' and e.get('cause') == 'random label noise':
+    return True, ('look at the listed examples (label_noise.png): relabel or drop those that are '
+                  'wrong; a few percent of random noise only caps the accuracy')
+  return None
+
+
+RULES = {'variant_': lambda s, e: _variant(s, e) if s == 'WARN' else None,
+         'learning_rate': _learning_rate, 'calibration': _calibration,
+         'activations_seen': _activations_seen, 'loss_at_init': _loss_at_init,
+         'init_well': _init_well, 'ensemble': _ensemble, 'distillation': _squeeze,
+         'weight_averaging': _squeeze, 'tta': _squeeze,
+         'more_data': _more_data, 'train_val_gap': _train_val_gap, 'label_noise': _label_noise}
+
+
+def lines(results: list) -> list:
+  """[(stage, check, status, act, why)] for every WARN and FAIL of `results` (result dicts)."""
+  found = []
+  for r in results:
+    if r['stage'] == 'recipe':  # its verdicts are the stages': their own checks are listed
+      continue
+    for v in r['verdicts']:
+      decided = act_or_ignore(r['stage'], v)
+      if decided:
+        found.append((r['stage'], v['check'], v['status'], *decided))
+  return found
+
+
+def next_steps(results: list) -> list:
+  """The recipe's next moves, most urgent first, each with the number it rests on."""
+  by_stage = {r['stage']: r for r in results}
+  verdicts = lambda stage: {v['check']: v for v in by_stage.get(stage, {}).get('verdicts', [])}
+  failed = [f"{r['stage']}/{v['check']}" for r in results if r['stage'] != 'recipe'
+            for v in r['verdicts'] if v['status'] == 'FAIL']
+  steps = []
+  if failed:
+    steps.append(f"fix what FAILed before anything else: {', '.join(failed[:6])}"
+                 + (f' and {len(failed) - 6} more' if len(failed) > 6 else ''))
+  fits = verdicts('overfit').get('fits_training_set')
+  if fits and fits['status'] == 'FAIL':
+    steps.append('capacity: the model does not fit its training set; a wider or deeper model, or '
+                  'more steps, before any regularisation')
+  gap = next((v for r in results for v in r['verdicts'] if v['check'] == 'train_val_gap'
+              and v['status'] == 'WARN'), None)
+  if gap:
+    steps.append('regularise: training accuracy exceeds validation by '
+                 f"{gap['evidence'].get('gap', float('nan')):.3f}; compare augmentation, "
+                 'weight decay and dropout as variants')
+  more = verdicts('data_scaling').get('more_data')
+  if more and more['status'] == 'PASS':
+    e = more['evidence']
+    if 'gain_2x' in e and not more['summary'].startswith('the fitted curve has flattened'):
+      steps.append(f"more data: doubling the training set would gain about {e['gain_2x']:.1%} "
+                   f"accuracy (68% range {e['gain_2x_range'][0]:.1%} to "
+                   f"{e['gain_2x_range'][1]:.1%})")
+    else:
+      steps.append('not more data of this kind: the learning curve has flattened; look at the '
+                   'model, the labels or the input representation')
+  for check, v in verdicts('compare').items():
+    if v['status'] == 'PASS':
+      steps.append(f"keep {check[len('variant_'):]}: it beats the baseline beyond noise "
+                   f"({v['evidence'].get('delta', 0):+.4f})")
+    elif v['status'] == 'WARN':
+      e = v['evidence']
+      needed = seeds_to_resolve(e.get('delta'), e.get('noise_level'), e.get('seeds') or 0)
+      if needed not in (None, math.inf) and e.get('noise') == 'inside noise':
+        steps.append(f"more seeds for {check[len('variant_'):]}: inside the noise with "
+                     f"{e.get('seeds')}; about {needed} per variant would resolve its "
+                     f"{e.get('delta', 0):+.4f}")
+  squeeze = by_stage.get('squeeze', {}).get('metrics', {})
+  if squeeze.get('ensemble_test_accuracy') is not None:
+    steps.append('deploy the best of the squeeze: '
+                 + words.headline({k: v for k, v in squeeze.items() if k.endswith('accuracy')}))
+  acting = [f'{stage}/{check}' for stage, check, status, act, _ in lines(results)
+            if act and status == 'WARN']
+  if acting:
+    steps.append(f"look at the WARNs marked act below: {', '.join(acting[:6])}"
+                 + (f' and {len(acting) - 6} more' if len(acting) > 6 else ''))
+  if not steps:
+    steps.append('nothing is in the way: every check passes or WARNs as expected here; scale up '
+                 '(a larger model or more data, measured with data_scaling) and see whether the '
+                 'trends hold')
+  return steps

@@ -1,0 +1,110 @@
+"""What to do next: act-or-ignore lines and next steps from planted result dicts, each rule with
+a case beside its boundary; clean results ask for nothing but scaling up."""
+import math
+
+import pytest
+
+from recipe_jax.report import advice
+
+
+def result(stage, *verdicts, metrics=None):
+  return {'stage': stage, 'metrics': metrics or {},
+          'verdicts': [{'check': c, 'status': s, 'summary': summary, 'evidence': e}
+                       for c, s, summary, e in verdicts]}
+
+
+def variant(name, delta, noise_level, seeds=2, noise=None, status='WARN'):
+  noise = noise or ('inside noise' if abs(delta) <= noise_level else 'beyond noise')
+  return (f'variant_{name}', status, '', {'delta': delta, 'noise_level': noise_level,
+                                          'seeds': seeds, 'noise': noise})
+
+
+@pytest.mark.parametrize('delta, noise_level, seeds, needed', [
+    (0.004, 0.01, 2, 13),  # 2 * (0.01 / 0.004)^2 = 12.5
+    (0.0099, 0.01, 2, 3),  # just inside: one more seed would do
+    (0.004, 0.01, 5, 32),
+    (0.0, 0.01, 2, math.inf),
+    (0.004, math.inf, 1, None)])
+def test_seeds_to_resolve_a_difference_inside_the_noise(delta, noise_level, seeds, needed):
+  assert advice.seeds_to_resolve(delta, noise_level, seeds) == needed
+
+
+def test_a_variant_inside_the_noise_asks_for_the_seeds_that_would_resolve_it():
+  found = [result('compare', variant('dropout', 0.004, 0.01))]
+  [(stage, check, status, act, why)] = advice.lines(found)
+  assert (stage, check, status, act) == ('compare', 'variant_dropout', 'WARN', True)
+  assert 'about 13 seeds per variant' in why and 'compare.seeds=13' in why
+  assert any('more seeds for dropout' in s and 'about 13 per variant' in s
+             for s in advice.next_steps(found))
+
+
+def test_a_variant_that_is_worse_beyond_noise_is_ignored_and_one_seed_asks_for_two():
+  worse = advice.act_or_ignore('compare', dict(zip(
+      ('check', 'status', 'summary', 'evidence'), variant('narrow', -0.03, 0.01))))
+  assert worse[0] is False and 'keep the baseline' in worse[1]
+  one_seed = advice.act_or_ignore('compare', dict(zip(
+      ('check', 'status', 'summary', 'evidence'), variant('narrow', 0.01, math.inf, seeds=1,
+                                                          noise='inside noise'))))
+  assert one_seed[0] is True and 'compare.seeds >= 2' in one_seed[1]
+
+
+def test_a_rising_learning_curve_asks_for_data_with_its_predicted_gain():
+  rising = result('data_scaling', ('more_data', 'PASS', 'doubling the data would gain ...',
+                                   {'gain_2x': 0.021, 'gain_2x_range': [0.015, 0.027]}))
+  assert any(s.startswith('more data: doubling the training set would gain about 2.1%')
+             for s in advice.next_steps([rising]))
+  flat = result('data_scaling', ('more_data', 'PASS', 'the fitted curve has flattened: ...',
+                                 {'gain_2x': 0.001, 'gain_2x_range': [0.0, 0.002]}))
+  assert any(s.startswith('not more data') for s in advice.next_steps([flat]))
+
+
+def test_a_model_that_cannot_fit_asks_for_capacity_after_fixing_the_fail():
+  steps = advice.next_steps([result('overfit', ('fits_training_set', 'FAIL', '', {}))])
+  assert steps[0].startswith('fix what FAILed') and 'overfit/fits_training_set' in steps[0]
+  assert steps[1].startswith('capacity')
+
+
+@pytest.mark.parametrize('stage, verdict, act, words', [
+    ('lr_find', ('learning_rate', 'WARN', '', {'per_seed': [{'diverged_at_lr': None}]}), False,
+     'only the point where it diverges was not reached'),
+    ('lr_find', ('learning_rate', 'WARN', '', {'per_seed': [{'diverged_at_lr': 0.3}]}), True,
+     'the seeds disagree'),
+    ('evaluate', ('calibration', 'WARN', '', {}), True, 'if you use the probabilities'),
+    ('sanity', ('activations_seen', 'WARN', '', {}), False, 'nn.scan'),
+    ('sanity', ('loss_at_init', 'WARN', '', {}), False, 'first steps only shrink them'),
+    ('sanity', ('loss_at_init', 'FAIL', '', {}), True, 'a FAIL'),
+    ('squeeze', ('tta', 'WARN', '', {}), False, 'did not pay'),
+    ('squeeze', ('ensemble', 'WARN', '', {}), True, 'broken member'),
+    ('train', ('train_val_gap', 'WARN', '', {'cause': 'labels'}), True, 'fix the labels first'),
+    ('train', ('train_val_gap', 'WARN', '', {'gap': 0.2}), True, 'regularise'),
+    ('inspect', ('planted_unknown_check', 'WARN', '', {}), True, 'no rule says'),
+])
+def test_every_warn_and_fail_gets_act_or_ignore_with_a_reason(stage, verdict, act, words):
+  decided = advice.act_or_ignore(stage, dict(zip(('check', 'status', 'summary', 'evidence'),
+                                                 verdict)))
+  assert decided[0] is act and words in decided[1]
+
+
+def test_one_line_per_warn_and_fail_none_for_a_pass_and_none_for_the_recipes_own():
+  found = [result('sanity', ('a', 'PASS', '', {}), ('b', 'WARN', '', {}), ('c', 'FAIL', '', {})),
+           result('recipe', ('stage_sanity', 'FAIL', '', {}))]
+  assert [(s, c) for s, c, *_ in advice.lines(found)] == [('sanity', 'b'), ('sanity', 'c')]
+
+
+def test_warns_to_act_on_are_a_next_step_and_warns_to_ignore_are_not():
+  found = [result('evaluate', ('calibration', 'WARN', '', {}), ('class_recall', 'WARN', '', {})),
+           result('sanity', ('activations_seen', 'WARN', '', {}))]
+  steps = advice.next_steps(found)
+  assert steps[0] == ('look at the WARNs marked act below: evaluate/calibration, '
+                      'evaluate/class_recall')
+  assert not any(s.startswith('nothing is in the way') for s in steps)
+  ignorable = advice.next_steps([result('sanity', ('activations_seen', 'WARN', '', {}))])
+  assert ignorable == advice.next_steps([]) and ignorable[0].startswith('nothing is in the way')
+
+
+def test_clean_results_ask_only_to_scale_up():
+  clean = [result('sanity', ('a', 'PASS', '', {})), result('overfit', ('fits_training_set',
+                                                                      'PASS', '', {}))]
+  assert advice.lines(clean) == []
+  assert advice.next_steps(clean) == [advice.next_steps([])[0]]
+  assert advice.next_steps(clean)[0].startswith('nothing is in the way')
