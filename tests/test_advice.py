@@ -78,11 +78,23 @@ def test_a_model_that_cannot_fit_asks_for_capacity_after_fixing_the_fail():
     ('train', ('train_val_gap', 'WARN', '', {'cause': 'labels'}), True, 'fix the labels first'),
     ('train', ('train_val_gap', 'WARN', '', {'gap': 0.2}), True, 'regularise'),
     ('inspect', ('planted_unknown_check', 'WARN', '', {}), True, 'no rule says'),
+    ('inspect', ('outliers', 'WARN', '', {'count': 1, 'examples': 3800}), False,
+     '1 of 3800 train examples (0.026%): a few unusual inputs are normal'),
+    ('inspect', ('outliers', 'WARN', '', {'count': 38, 'examples': 3800}), False, '(1%)'),
+    ('inspect', ('outliers', 'WARN', '', {'count': 39, 'examples': 3800}), True,
+     'corrupted block'),
 ])
 def test_every_warn_and_fail_gets_act_or_ignore_with_a_reason(stage, verdict, act, words):
   decided = advice.act_or_ignore(stage, dict(zip(('check', 'status', 'summary', 'evidence'),
                                                  verdict)))
   assert decided[0] is act and words in decided[1]
+
+
+def test_the_ensemble_is_named_with_its_gain_over_its_average_member():
+  squeeze = result('squeeze', metrics={'ensemble_test_accuracy': 0.986,
+                                       'mean_member_test_accuracy': 0.973})
+  assert advice.next_steps([squeeze])[0] == ('the ensemble is the model to use: test accuracy '
+                                             '98.6%, +1.3 points over its average member')
 
 
 def test_one_line_per_warn_and_fail_none_for_a_pass_and_none_for_the_recipes_own():

@@ -221,7 +221,7 @@ def outliers(x, y, num_classes: int, z_threshold: float) -> Verdict:
                  f'{len(flagged)} train examples lie more than {z_threshold:g} robust standard '
                  'deviations farther from their class mean than is typical',
                  {'indices': order[:MAX_LISTED].tolist(), 'z': z[order[:MAX_LISTED]].round(2).tolist(),
-                  'count': int(len(flagged)), 'z_threshold': z_threshold})
+                  'count': int(len(flagged)), 'examples': int(len(y)), 'z_threshold': z_threshold})
 
 
 def cross_validated_probabilities(x, y, num_classes: int, folds: int = 5, steps: int = 300,

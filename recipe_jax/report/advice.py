@@ -118,12 +118,28 @@ def _label_noise(status, e):
   return None
 
 
+OUTLIER_SHARE = 0.01  # more outliers than this share of the split: a pipeline bug, not the data
+
+
+def _outliers(status, e):
+  count, examples = e.get('count', 0), e.get('examples') or 0
+  if not examples:
+    return None
+  share = f'{count} of {examples} train examples ({100 * count / examples:.2g}%)'
+  if count / examples <= OUTLIER_SHARE:
+    return False, (f'{share}: a few unusual inputs are normal; look at outliers.png once (more '
+                   f'than {OUTLIER_SHARE:.0%} would point to a corrupted block or a wrong scale)')
+  return True, (f'{share}, more than {OUTLIER_SHARE:.0%}: look at outliers.png for a corrupted '
+                'block of the file or a wrong scale')
+
+
 RULES = {'variant_': lambda s, e: _variant(s, e) if s == 'WARN' else None,
          'learning_rate': _learning_rate, 'calibration': _calibration,
          'activations_seen': _activations_seen, 'loss_at_init': _loss_at_init,
          'init_well': _init_well, 'ensemble': _ensemble, 'distillation': _squeeze,
          'weight_averaging': _squeeze, 'tta': _squeeze,
-         'more_data': _more_data, 'train_val_gap': _train_val_gap, 'label_noise': _label_noise}
+         'more_data': _more_data, 'train_val_gap': _train_val_gap, 'label_noise': _label_noise,
+         'outliers': _outliers}
 
 
 def lines(results: list) -> list:
@@ -182,10 +198,12 @@ def next_steps(results: list) -> list:
                      f"{e.get('delta', 0):+.4f}")
   squeeze = by_stage.get('squeeze', {}).get('metrics', {})
   if squeeze.get('ensemble_test_accuracy') is not None:
-    steps.append('deploy the best of the squeeze: '
-                 + words.headline({k: v for k, v in squeeze.items() if k.endswith('accuracy')}))
+    gain = squeeze['ensemble_test_accuracy'] - squeeze.get('mean_member_test_accuracy', math.nan)
+    steps.append(f"the ensemble is the model to use: test accuracy "
+                 f"{words.number(squeeze['ensemble_test_accuracy'], 'accuracy')}"
+                 + (f', {100 * gain:+.1f} points over its average member' if gain == gain else ''))
   acting = [f'{stage}/{check}' for stage, check, status, act, _ in lines(results)
-            if act and status == 'WARN']
+            if act and status == 'WARN' and not check.startswith('variant_')]  # steps above
   if acting:
     steps.append(f"look at the WARNs marked act below: {', '.join(acting[:6])}"
                  + (f' and {len(acting) - 6} more' if len(acting) > 6 else ''))
