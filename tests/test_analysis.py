@@ -8,7 +8,7 @@ import pytest
 from recipe_jax.config import defaults
 from recipe_jax.diagnose import analysis
 from recipe_jax.engine import experiment
-from recipe_jax.report import results as report, words
+from recipe_jax.report import plots, results as report, words
 from recipe_jax.runs import finished as runs
 from recipe_jax.errors import UserError
 from recipe_jax.engine import evaluate
@@ -49,6 +49,20 @@ def test_an_ece_beside_its_threshold_is_shown_on_its_own_side(ece, status, shown
            for v in analysis.verdicts(counts, analysis.per_class(counts), ece, [], cfg)}
   assert found['calibration'].status == status
   assert f'expected calibration error {shown} on val' in found['calibration'].summary
+
+
+def test_the_reliability_plot_says_which_bins_it_draws_and_which_the_ece_uses(monkeypatch):
+  drawn = {}
+  monkeypatch.setattr(plots, 'save', lambda fig, path: drawn.update(fig=fig))
+  confidence = np.linspace(0.35, 1.0, 200)
+  plots.reliability('unused.png', confidence, confidence > 0.5, 0.0174, 15)
+  ax = drawn['fig'].axes[0]
+  assert ax.get_title() == 'accuracy in 10 equal-width confidence bins'
+  assert len(ax.patches) == 7  # the filled ones of the 10 drawn
+  assert drawn['fig']._suptitle.get_text().startswith('ECE 0.0174, over 15 equal-mass bins')
+  legend = ax.get_legend().get_window_extent()
+  tallest = max(t.get_window_extent().y1 for t in ax.texts)  # the counts above the bars
+  assert legend.y0 > tallest
 
 
 def test_beside_reads_on_the_side_of_the_threshold_the_value_is():

@@ -204,6 +204,7 @@ def test_init_well_sets_the_output_bias_and_verifies_it():
   v = init_well_verdict(models.MLP(num_classes=5, width=5), log_prior)  # hidden bias (5,) too
   assert v.status == 'PASS' and v.evidence['output_bias'] == 'Dense_2/bias'
   np.testing.assert_allclose(v.evidence['bias'], log_prior)
+  assert 'log class priors (-3..-0.357, the logs of priors 0.05..0.7)' in v.summary  # words match
   assert init_well_verdict(models.MLP(num_classes=5), log_prior, set_bias=False).status == 'WARN'
 
 

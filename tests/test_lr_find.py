@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from conftest import read_summary
+from recipe_jax.report import plots
 from recipe_jax.stages import lr_find
 from recipe_jax.stages import train
 
@@ -50,3 +51,29 @@ def test_range_test_is_reproducible_and_leaves_training_untouched(small_config, 
   assert read_summary(tmp_path / 'a')['resumed_from_step'] is None
   assert (read_summary(tmp_path / 'a')['params_sha256'] ==
           read_summary(tmp_path / 'fresh')['params_sha256'])
+
+
+def test_the_plot_draws_the_rule_it_applies_and_labels_the_lowest_loss(monkeypatch):
+  """The dotted line is stop_factor x each seed's running minimum, the cut of `suggest`; a spike
+  under it is not marked, one above it is; the lowest loss is a labelled tick."""
+  drawn = {}
+  monkeypatch.setattr(plots, 'save', lambda fig, path: drawn.update(fig=fig))
+  lrs = np.geomspace(1e-5, 1, 200)
+  loss = 2.3 - 1.0 / (1 + np.exp(-(np.log10(lrs) + 3) * 3))
+  spiked = loss.copy()
+  spiked[150:155] += 3.0  # 3.76x its minimum at most: under the 4x rule
+  curves = [{**lr_find.suggest(lrs, spiked, 0.9, 4.0), 'seed': 0},
+            {**lr_find.suggest(lrs, np.r_[loss[:180], np.geomspace(2, 80, 20)], 0.9, 4.0),
+             'seed': 1}]
+  assert curves[0]['diverged_at_lr'] is None and curves[1]['diverged_at_lr'] is not None
+  plots.lr_range('unused.png', lrs, curves, curves[0]['suggestion'], 4.0)
+  ax = drawn['fig'].axes[0]
+  rule = [line for line in ax.get_lines() if line.get_linestyle() == ':']
+  for line, c in zip(rule, curves):
+    np.testing.assert_allclose(line.get_ydata(), 4.0 * np.fmin.accumulate(c['smoothed_loss']))
+  assert [line.get_label() for line in ax.get_lines() if line.get_marker() == 'x'] == [
+      'seed 1 diverged']
+  lowest = min(np.nanmin(c['smoothed_loss']) for c in curves)
+  assert f'{lowest:.3g}' in [t.get_text() for t in ax.get_yticklabels()]
+  assert '4x its running minimum (above: diverged)' in [t.get_text() for t in
+                                                        ax.get_legend().get_texts()]

@@ -305,12 +305,37 @@ def test_the_reports_visible_text_reads_as_words_and_numbers_of_their_precision(
   text, headers = page_text(os.path.join(workdir, 'report.html'), tmp_path)
   assert visible_defects(text, headers) == [], text[:2000]
   assert 'test accuracy of the ensemble (squeeze)' in text
+  assert_next_steps_on_top_and_a_line_for_every_warn_and_fail(workdir, text)
+
+
+def assert_next_steps_on_top_and_a_line_for_every_warn_and_fail(workdir, text):
   assert text.index('Next steps') < 2500, text[:2500]  # after the headline and the stage table
   for stage in recipe.STAGES:  # every WARN and FAIL: one line saying act or ignore, and why
-    for v in report.read_result(os.path.join(workdir, stage, 'result.json')).verdicts:
+    path = os.path.join(workdir, stage, 'result.json')
+    for v in report.read_result(path).verdicts if os.path.exists(path) else []:
       if v.status != 'PASS':
         assert re.search(rf'{v.status} {stage} {v.check}: (act|ignore) \u2014 \w', text), (
             stage, v.check)
+
+
+def test_the_mnist1d_recipes_report_starts_with_what_to_do_next(data_dir, tmp_path):
+  """README's first command, cut to seconds per stage: the page a newcomer opens first."""
+  c = load_config('configs/mnist1d/recipe.py')
+  c.dataset.data_dir = data_dir
+  c.num_train_steps, c.eval_every_steps, c.checkpoint_every_steps = 150, 50, 50
+  c.inspect.cv_steps, c.inspect.cv_folds = 40, 2
+  c.sanity.steps, c.sanity.overfit_steps, c.sanity.seed_steps = 60, 200, 5
+  c.lr_find.seeds, c.lr_find.steps = 1, 60
+  c.tune.trials, c.squeeze.swa_steps = 2, 20
+  c.recipe.overrides = json.dumps({'overfit': {'num_train_steps': 300}})
+  c.recipe.continue_on_fail = True  # a FAIL of the short runs is one more line to find
+  workdir = str(tmp_path / 'mnist1d')
+  recipe.run(c, workdir)
+  text, headers = page_text(os.path.join(workdir, 'report.html'), tmp_path)
+  assert visible_defects(text, headers) == [], text[:2000]
+  assert_next_steps_on_top_and_a_line_for_every_warn_and_fail(workdir, text)
+  steps = text[text.index('Next steps'):text.index('Every WARN and FAIL')]
+  assert 'the ensemble is the model to use: test accuracy' in steps
 
 
 def test_the_text_check_catches_long_floats_empty_headers_and_backticks(tmp_path):

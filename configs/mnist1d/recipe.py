@@ -1,5 +1,6 @@
 """The whole recipe on MNIST-1D, from the plain CNN: inspect, sanity, lr_find, overfit, compare,
-tune, squeeze (about 5.5 minutes on 2 cores). DIR/report.html is the one page to read."""
+tune, squeeze (about 4 minutes on a 2-core Intel Xeon, README's quickstart). DIR/report.html is
+the one page to read."""
 import json
 
 from recipe_jax.config import presets
