@@ -130,7 +130,10 @@ def write_bytes(path, data: bytes) -> None:
   os.makedirs(directory, exist_ok=True)
   with tempfile.NamedTemporaryFile(dir=directory, prefix='.tmp.', delete=False) as f:
     f.write(data)
-  os.chmod(f.name, 0o666 & ~_UMASK)  # a temporary file is 0600: the mode open() would give
+  try:
+    os.chmod(f.name, 0o666 & ~_UMASK)  # a temporary file is 0600: the mode open() would give
+  except OSError:  # a file system without modes (vfat): the file is still written
+    pass
   os.replace(f.name, path)
 
 

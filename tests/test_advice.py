@@ -13,20 +13,32 @@ def result(stage, *verdicts, metrics=None):
                        for c, s, summary, e in verdicts]}
 
 
-def variant(name, delta, noise_level, seeds=2, noise=None, status='WARN'):
-  noise = noise or ('inside noise' if abs(delta) <= noise_level else 'beyond noise')
-  return (f'variant_{name}', status, '', {'delta': delta, 'noise_level': noise_level,
-                                          'seeds': seeds, 'noise': noise})
+def variant(name, delta, seed_noise, seeds=2, noise=None, status='WARN', split_noise=0.0):
+  level = max(seed_noise, split_noise)
+  noise = noise or ('inside noise' if abs(delta) <= level else 'beyond noise')
+  return (f'variant_{name}', status, '', {'delta': delta, 'noise_level': level, 'seeds': seeds,
+                                          'seed_noise_level': seed_noise,
+                                          'split_noise_level': split_noise, 'noise': noise})
 
 
-@pytest.mark.parametrize('delta, noise_level, seeds, needed', [
-    (0.004, 0.01, 2, 13),  # 2 * (0.01 / 0.004)^2 = 12.5
-    (0.0099, 0.01, 2, 3),  # just inside: one more seed would do
-    (0.004, 0.01, 5, 32),
-    (0.0, 0.01, 2, math.inf),
-    (0.004, math.inf, 1, None)])
-def test_seeds_to_resolve_a_difference_inside_the_noise(delta, noise_level, seeds, needed):
-  assert advice.seeds_to_resolve(delta, noise_level, seeds) == needed
+@pytest.mark.parametrize('delta, seed_noise, split_noise, seeds, needed', [
+    (0.004, 0.01, 0.0, 2, 13),  # 2 * (0.01 / 0.004)^2 = 12.5
+    (0.0099, 0.01, 0.0, 2, 3),  # just inside: one more seed would do
+    (0.004, 0.01, 0.0, 5, 32),
+    (0.004, 0.01, 0.0039, 2, 13),  # the split's part is below the difference: seeds can do it
+    (0.004, 0.01, 0.004, 2, math.inf),  # the split's part alone covers it: no number of seeds
+    (0.0, 0.01, 0.0, 2, math.inf),
+    (0.004, math.inf, math.inf, 1, None)])
+def test_seeds_to_resolve_a_difference_inside_the_noise(delta, seed_noise, split_noise, seeds,
+                                                        needed):
+  assert advice.seeds_to_resolve(delta, seed_noise, split_noise, seeds) == needed
+
+
+def test_a_difference_the_validation_split_cannot_measure_is_ignored_not_given_more_seeds():
+  found = [result('compare', variant('dropout', 0.004, 0.002, split_noise=0.006))]
+  [(_, _, _, act, why)] = advice.lines(found)
+  assert act is False and 'more seeds cannot resolve it' in why
+  assert not any('more seeds' in s for s in advice.next_steps(found))
 
 
 def test_a_variant_inside_the_noise_asks_for_the_seeds_that_would_resolve_it():
@@ -44,6 +56,7 @@ def test_a_variant_that_is_worse_beyond_noise_is_ignored_and_one_seed_asks_for_t
   assert worse[0] is False and 'keep the baseline' in worse[1]
   one_seed = advice.act_or_ignore('compare', dict(zip(
       ('check', 'status', 'summary', 'evidence'), variant('narrow', 0.01, math.inf, seeds=1,
+                                                          split_noise=math.inf,
                                                           noise='inside noise'))))
   assert one_seed[0] is True and 'compare.seeds >= 2' in one_seed[1]
 
@@ -67,8 +80,12 @@ def test_a_model_that_cannot_fit_asks_for_capacity_after_fixing_the_fail():
 @pytest.mark.parametrize('stage, verdict, act, words', [
     ('lr_find', ('learning_rate', 'WARN', '', {'per_seed': [{'diverged_at_lr': None}]}), False,
      'only the point where it diverges was not reached'),
-    ('lr_find', ('learning_rate', 'WARN', '', {'per_seed': [{'diverged_at_lr': 0.3}]}), True,
-     'the seeds disagree'),
+    ('lr_find', ('learning_rate', 'WARN', '', {'spread_factor': 3.1, 'max_spread': 3.0,
+                                               'per_seed': [{'diverged_at_lr': None}]}), True,
+     'the seeds disagree'),  # spread first: the seeds disagree whether or not they diverged
+    ('lr_find', ('learning_rate', 'WARN', '', {'spread_factor': 2.9, 'max_spread': 3.0,
+                                               'per_seed': [{'diverged_at_lr': None}]}), False,
+     'not reached'),
     ('evaluate', ('calibration', 'WARN', '', {}), True, 'if you use the probabilities'),
     ('sanity', ('activations_seen', 'WARN', '', {}), False, 'nn.scan'),
     ('sanity', ('loss_at_init', 'WARN', '', {}), False, 'first steps only shrink them'),
@@ -90,11 +107,22 @@ def test_every_warn_and_fail_gets_act_or_ignore_with_a_reason(stage, verdict, ac
   assert decided[0] is act and words in decided[1]
 
 
-def test_the_ensemble_is_named_with_its_gain_over_its_average_member():
-  squeeze = result('squeeze', metrics={'ensemble_test_accuracy': 0.986,
-                                       'mean_member_test_accuracy': 0.973})
+def test_the_ensemble_is_named_with_its_gain_over_its_average_member_unless_it_warns():
+  metrics = {'ensemble_test_accuracy': 0.986, 'mean_member_test_accuracy': 0.973}
+  squeeze = result('squeeze', ('ensemble', 'PASS', '', {}), metrics=metrics)
   assert advice.next_steps([squeeze])[0] == ('the ensemble is the model to use: test accuracy '
                                              '98.6%, +1.3 points over its average member')
+  broken = result('squeeze', ('ensemble', 'WARN', '', {}), metrics=metrics)
+  assert not any('the ensemble is the model to use' in s for s in advice.next_steps([broken]))
+
+
+def test_a_gap_from_the_labels_asks_to_fix_them_not_to_regularise():
+  labels = result('train', ('train_val_gap', 'WARN', '', {'gap': 0.2, 'cause': 'labels'}))
+  steps = advice.next_steps([labels])
+  assert steps[0].startswith('fix the labels') and not any('regularise' in s for s in steps)
+  overfits = result('train', ('train_val_gap', 'WARN', '', {'gap': 0.2}))
+  assert advice.next_steps([overfits])[0].startswith('regularise: training accuracy exceeds '
+                                                     'validation by 0.200')
 
 
 def test_one_line_per_warn_and_fail_none_for_a_pass_and_none_for_the_recipes_own():
@@ -107,7 +135,7 @@ def test_warns_to_act_on_are_a_next_step_and_warns_to_ignore_are_not():
   found = [result('evaluate', ('calibration', 'WARN', '', {}), ('class_recall', 'WARN', '', {})),
            result('sanity', ('activations_seen', 'WARN', '', {}))]
   steps = advice.next_steps(found)
-  assert steps[0] == ('look at the WARNs marked act below: evaluate/calibration, '
+  assert steps[0] == ('look at the WARNs marked act in report.html: evaluate/calibration, '
                       'evaluate/class_recall')
   assert not any(s.startswith('nothing is in the way') for s in steps)
   ignorable = advice.next_steps([result('sanity', ('activations_seen', 'WARN', '', {}))])

@@ -69,6 +69,7 @@ def test_beside_reads_on_the_side_of_the_threshold_the_value_is():
   assert words.beside(0.0495, 0.05) == '0.0495' and words.beside(0.049999, 0.05) == '0.049999'
   assert words.beside(0.05, 0.05) == '0.05' and words.beside(1.9996, 2.0) == '1.9996'
   assert words.beside(12.34, 5) == '12.3'
+  assert words.beside(0.9 - 0.8, 0.1) == 'just under 0.1'  # 0.09999999999999998: no long float
 
 
 def test_top_confusions_and_most_confident_wrong_are_sorted_and_really_wrong():

@@ -257,3 +257,11 @@ def test_the_closing_line_says_whether_it_counts_stages_or_checks(stage, counted
   verdicts = [report.Verdict(f'c{i}', s, '') for i, s in enumerate(('PASS', 'WARN', 'PASS'))]
   first = report.closing_lines(report.StageResult(stage, verdicts, {}, []), '/w')[0]
   assert first == f'{stage} finished: 3 {counted}: 2 PASS, 1 WARN, 0 FAIL'
+
+
+def test_a_stopped_stage_gives_no_next_steps_its_verdicts_are_not_all_in():
+  stopped = report.StageResult('compare', [], {}, [], finished=False)
+  lines = report.closing_lines(stopped, '/w')
+  assert lines[0] == ('compare stopped (resume with the same command): 0 checks: 0 PASS, 0 WARN, '
+                      '0 FAIL')
+  assert not any(line.startswith('next:') for line in lines)

@@ -270,6 +270,9 @@ def train_to_test(x_train, y_train, x_other, y_other, num_classes: int, names: t
   ref, other = names
   rows = subsample(len(y_train), max_examples)
   other_rows = subsample(len(y_other), max_examples, seed=1)
+  if len(rows) < 2 or not len(other_rows):  # each half of ref trains a model: two rows at least
+    return Verdict(f'train_to_{other}', 'WARN', f'too few examples to compare ({len(rows)} of '
+                   f'{ref}, {len(other_rows)} of {other})', {})
   x = np.concatenate(_model_inputs(np.asarray(x_train)[rows], np.asarray(x_other)[other_rows]))
   y = np.concatenate([np.asarray(y_train)[rows], np.asarray(y_other)[other_rows]])
   fold_of = np.concatenate([np.arange(len(rows)) % 2, np.arange(len(other_rows)) % 2])

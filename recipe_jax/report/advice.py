@@ -31,35 +31,41 @@ def _variant(status, e):
   if e.get('noise') == 'beyond noise':  # beyond noise, and a WARN: the change made it worse
     return False, (f'the change makes the metric worse ({delta:+.4f}, beyond noise): keep the '
                    'baseline')
-  needed = seeds_to_resolve(delta, e.get('noise_level'), seeds)
-  if needed is None:
+  if seeds < 2:
     return True, ('one seed per variant gives no noise estimate: rerun with compare.seeds >= 2 '
                   'before deciding')
+  needed = seeds_to_resolve(delta, e.get('seed_noise_level'), e.get('split_noise_level'), seeds)
+  if needed is None:
+    return True, f'inside the noise with {seeds} seeds: more compare.seeds would tell'
   if needed == math.inf:
     return False, ('the difference is inside what the validation split can measure; more seeds '
                    'cannot resolve it (a larger validation split could): treat the change as '
                    'making no difference')
-  return True, (f'inside the noise with {seeds} seed(s): about {needed} seeds per variant would '
+  return True, (f'inside the noise with {seeds} seeds: about {needed} seeds per variant would '
                 f'resolve a difference of {abs(delta):.4f} (compare.seeds={needed}), if it '
                 'matters to you')
 
 
-def seeds_to_resolve(delta, noise_level, seeds: int):
-  """Seeds per arm at which `delta` would lie beyond twice its standard error, when the error
-  falls as 1/sqrt(seeds); None without an estimate, inf for no difference at all."""
-  if not seeds or seeds < 2 or noise_level is None or not math.isfinite(noise_level):
+def seeds_to_resolve(delta, seed_noise, split_noise, seeds: int):
+  """Seeds per arm at which `delta` would lie beyond the noise: the seeds' part (twice their
+  standard error) falls as 1/sqrt(seeds), the validation split's part does not. None without an
+  estimate; inf when the split's part alone already covers the difference."""
+  finite = lambda v: v is not None and math.isfinite(v)
+  if seeds < 2 or not finite(seed_noise):
     return None
-  if not delta:
+  if not delta or (finite(split_noise) and split_noise >= abs(delta)):
     return math.inf
-  return max(seeds + 1, math.ceil(seeds * (noise_level / abs(delta)) ** 2))
+  return max(seeds + 1, math.ceil(seeds * (seed_noise / abs(delta)) ** 2))
 
 
 def _learning_rate(status, e):
+  if e.get('spread_factor', 0) > e.get('max_spread', math.inf):
+    return True, 'the seeds disagree: more lr_find.steps or a larger batch give a steadier curve'
   if all(s.get('diverged_at_lr') is None for s in e.get('per_seed', [])):
     return False, ('the suggestion comes from where the loss fell fastest, which the curve '
                    'shows; only the point where it diverges was not reached (raise '
                    'lr_find.max_lr to see it)')
-  return True, 'the seeds disagree: more lr_find.steps or a larger batch give a steadier curve'
+  return None
 
 
 def _calibration(status, e):
@@ -171,7 +177,10 @@ def next_steps(results: list) -> list:
                   'more steps, before any regularisation')
   gap = next((v for r in results for v in r['verdicts'] if v['check'] == 'train_val_gap'
               and v['status'] == 'WARN'), None)
-  if gap:
+  if gap and gap['evidence'].get('cause') == 'labels':
+    steps.append('fix the labels: the train-validation gap comes from rows labelled another way '
+                 '(the inspect stage names them), not from overfitting')
+  elif gap:
     steps.append('regularise: training accuracy exceeds validation by '
                  f"{gap['evidence'].get('gap', float('nan')):.3f}; compare augmentation, "
                  'weight decay and dropout as variants')
@@ -191,13 +200,15 @@ def next_steps(results: list) -> list:
                    f"({v['evidence'].get('delta', 0):+.4f})")
     elif v['status'] == 'WARN':
       e = v['evidence']
-      needed = seeds_to_resolve(e.get('delta'), e.get('noise_level'), e.get('seeds') or 0)
+      needed = seeds_to_resolve(e.get('delta'), e.get('seed_noise_level'),
+                                e.get('split_noise_level'), e.get('seeds') or 0)
       if needed not in (None, math.inf) and e.get('noise') == 'inside noise':
         steps.append(f"more seeds for {check[len('variant_'):]}: inside the noise with "
                      f"{e.get('seeds')}; about {needed} per variant would resolve its "
                      f"{e.get('delta', 0):+.4f}")
   squeeze = by_stage.get('squeeze', {}).get('metrics', {})
-  if squeeze.get('ensemble_test_accuracy') is not None:
+  ensemble = verdicts('squeeze').get('ensemble', {'status': 'PASS'})
+  if squeeze.get('ensemble_test_accuracy') is not None and ensemble['status'] == 'PASS':
     gain = squeeze['ensemble_test_accuracy'] - squeeze.get('mean_member_test_accuracy', math.nan)
     steps.append(f"the ensemble is the model to use: test accuracy "
                  f"{words.number(squeeze['ensemble_test_accuracy'], 'accuracy')}"
@@ -205,7 +216,7 @@ def next_steps(results: list) -> list:
   acting = [f'{stage}/{check}' for stage, check, status, act, _ in lines(results)
             if act and status == 'WARN' and not check.startswith('variant_')]  # steps above
   if acting:
-    steps.append(f"look at the WARNs marked act below: {', '.join(acting[:6])}"
+    steps.append(f"look at the WARNs marked act in report.html: {', '.join(acting[:6])}"
                  + (f' and {len(acting) - 6} more' if len(acting) > 6 else ''))
   if not steps:
     steps.append('nothing is in the way: every check passes or WARNs as expected here; scale up '

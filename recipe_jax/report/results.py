@@ -119,6 +119,8 @@ def closing_lines(result: StageResult, workdir: str) -> list:
   if others:
     lines.append('also: ' + ', '.join(os.path.join(workdir, f) for f in others))
   from recipe_jax.report import advice, html  # here: html reads this module's results
+  if not result.finished:  # its verdicts are not all in: resuming is the next step
+    return lines
   found = ([r for _, r in html.find_results(workdir)] if result.stage == 'recipe'
            else [result.to_json()])
   return lines + [f'next: {step}' for step in advice.next_steps(found)]

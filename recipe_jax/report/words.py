@@ -24,14 +24,15 @@ def number(value, key: str = '') -> str:
 
 
 def beside(value: float, threshold: float, digits: int = 3) -> str:
-  """`value` to `digits` significant digits, or more until the words read on the same side of
-  `threshold` as the value is: 0.0495 against 0.05 is '0.0495', never '0.050'."""
+  """`value` to `digits` significant digits, or more (up to 6) until the words read on the same
+  side of `threshold` as the value is: 0.0495 against 0.05 is '0.0495', never '0.050'; closer
+  than 6 digits tell, 'just under 0.1'."""
   side = lambda v: (v > threshold) - (v < threshold)
-  for d in range(digits, 17):
+  for d in range(digits, 7):
     text = f'{value:.{d}g}'
     if side(float(text)) == side(value):
       return text
-  return repr(value)
+  return f"just {'under' if value < threshold else 'over'} {threshold:g}"
 
 
 def settings(overrides: dict) -> str:

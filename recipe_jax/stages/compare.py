@@ -84,7 +84,8 @@ def verdicts(rows: list, metric: str) -> list:
     better = row['noise'] == 'beyond noise' and selection.sign(metric) * row['delta'] > 0
     found.append(Verdict(f"variant_{row['variant']}", 'PASS' if better else 'WARN', line,
                          {k: row[k] for k in ('overrides', 'seeds', 'mean', 'std', 'delta',
-                                              'noise', 'noise_level', 'train_val_gap',
+                                              'noise', 'noise_level', 'seed_noise_level',
+                                              'split_noise_level', 'train_val_gap',
                                               'test_accuracy')}))
   return found
 
@@ -182,17 +183,20 @@ def table(summaries: dict, variants: dict, metric: str) -> list:
   for name in summaries:
     v = values(name, metric)
     delta = v.mean() - base.mean()
-    noise = float('inf')
+    noise = seed_noise = split_noise = float('inf')
     if min(len(base), len(v)) > 1:
       seeds = base.var(ddof=1) / len(base) + v.var(ddof=1) / len(v)
       split = binomial_variance(BASELINE, base.mean()) + binomial_variance(name, v.mean())
-      noise = 2 * np.sqrt(max(seeds, split))
+      seed_noise, split_noise = 2 * np.sqrt(seeds), 2 * np.sqrt(split)
+      noise = max(seed_noise, split_noise)
     gap = values(name, 'train_accuracy') - values(name, 'eval_accuracy')
     rows.append({'variant': name, 'overrides': json.dumps(variants[name]), 'seeds': len(v),
                  'mean': v.mean(), 'std': v.std(ddof=1) if len(v) > 1 else 0.0,
                  'delta': delta, 'noise': ('' if name == BASELINE else
                                            'inside noise' if abs(delta) <= noise else
                                            'beyond noise'), 'noise_level': noise,
+                 # the seeds' part falls with more seeds, the validation split's does not
+                 'seed_noise_level': seed_noise, 'split_noise_level': split_noise,
                  'train_val_gap': gap.mean(),
                  'test_accuracy': values(name, 'test_accuracy').mean()})
   return rows

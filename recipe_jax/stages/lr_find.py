@@ -114,7 +114,8 @@ def verdict(curve_data: dict, max_spread: float) -> Verdict:
   suggestion, spread = curve_data['suggestion'], curve_data['spread_factor']
   line = (f'suggested learning rate {suggestion:.3g} ({curve_data["optimizer"]}; seeds span a '
           f'factor of {spread:.2f}); try --config.optimizer.learning_rate={suggestion:.2g}')
-  evidence = {k: curve_data[k] for k in ('suggestion', 'spread_factor', 'rule')}
+  evidence = {**{k: curve_data[k] for k in ('suggestion', 'spread_factor', 'rule')},
+              'max_spread': max_spread}
   evidence['per_seed'] = [{k: c[k] for k in ('seed', 'suggestion', 'min_loss_lr',
                                              'diverged_at_lr')} for c in curve_data['per_seed']]
   if spread > max_spread:
