@@ -138,7 +138,7 @@ def test_a_digits_recipe_on_gs_writes_a_report_that_opens_in_chromium(bucket, da
       'JSON.stringify({images: Array.from(document.images).map(i => i.naturalWidth),'
       ' sections: Array.from(document.querySelectorAll("h2")).map(h => h.id)})')
   found = json.loads(shown['value'])
-  assert found['sections'] == ['inspect', 'lr_find', 'overfit']
+  assert found['sections'] == ['next-steps', 'inspect', 'lr_find', 'overfit']
   assert len(found['images']) >= 5 and min(found['images']) > 0
   assert shown['requests'] == [] and shown['console_errors'] == []
 

@@ -37,10 +37,13 @@ def _variant(status, e):
   needed = seeds_to_resolve(delta, e.get('seed_noise_level'), e.get('split_noise_level'), seeds)
   if needed is None:
     return True, f'inside the noise with {seeds} seeds: more compare.seeds would tell'
+  if needed == math.inf and delta:
+    return True, (f'the difference ({delta:+.4f}) is inside the validation split\'s own error, '
+                  'which more seeds cannot lower: about '
+                  f"{split_factor(delta, e.get('split_noise_level'))}x the validation examples "
+                  '(dataset.val_fraction) would tell, if it matters to you')
   if needed == math.inf:
-    return False, ('the difference is inside what the validation split can measure; more seeds '
-                   'cannot resolve it (a larger validation split could): treat the change as '
-                   'making no difference')
+    return False, 'no difference at all from the baseline: the change does nothing here'
   return True, (f'inside the noise with {seeds} seeds: about {needed} seeds per variant would '
                 f'resolve a difference of {abs(delta):.4f} (compare.seeds={needed}), if it '
                 'matters to you')
@@ -56,6 +59,12 @@ def seeds_to_resolve(delta, seed_noise, split_noise, seeds: int):
   if not delta or (finite(split_noise) and split_noise >= abs(delta)):
     return math.inf
   return max(seeds + 1, math.ceil(seeds * (seed_noise / abs(delta)) ** 2))
+
+
+def split_factor(delta, split_noise) -> str:
+  """How many times the validation examples would put `delta` beyond the split's error (which
+  falls as 1/sqrt(examples)), rounded up to a tenth."""
+  return f'{math.ceil(round(10 * (split_noise / abs(delta)) ** 2, 6)) / 10:g}'
 
 
 def _learning_rate(status, e):
@@ -202,10 +211,17 @@ def next_steps(results: list) -> list:
       e = v['evidence']
       needed = seeds_to_resolve(e.get('delta'), e.get('seed_noise_level'),
                                 e.get('split_noise_level'), e.get('seeds') or 0)
-      if needed not in (None, math.inf) and e.get('noise') == 'inside noise':
-        steps.append(f"more seeds for {check[len('variant_'):]}: inside the noise with "
-                     f"{e.get('seeds')}; about {needed} per variant would resolve its "
-                     f"{e.get('delta', 0):+.4f}")
+      name = check[len('variant_'):]
+      if e.get('noise') != 'inside noise' or needed is None:
+        continue
+      if needed == math.inf and e.get('delta'):
+        steps.append(f"a larger validation split to judge {name}: its {e['delta']:+.4f} is "
+                     "inside the split's own error; about "
+                     f"{split_factor(e['delta'], e['split_noise_level'])}x the validation "
+                     'examples would tell')
+      elif needed != math.inf:
+        steps.append(f"more seeds for {name}: inside the noise with {e.get('seeds')}; about "
+                     f"{needed} per variant would resolve its {e.get('delta', 0):+.4f}")
   squeeze = by_stage.get('squeeze', {}).get('metrics', {})
   ensemble = verdicts('squeeze').get('ensemble', {'status': 'PASS'})
   if squeeze.get('ensemble_test_accuracy') is not None and ensemble['status'] == 'PASS':
