@@ -34,19 +34,32 @@ def _variant(status, e):
   if seeds < 2:
     return True, ('one seed per variant gives no noise estimate: rerun with compare.seeds >= 2 '
                   'before deciding')
-  needed = seeds_to_resolve(delta, e.get('seed_noise_level'), e.get('split_noise_level'), seeds)
-  if needed is None:
+  need = resolving(e)
+  if need is None:
     return True, f'inside the noise with {seeds} seeds: more compare.seeds would tell'
-  if needed == math.inf and delta:
+  if need[0] == 'split':
     return True, (f'the difference ({delta:+.4f}) is inside the validation split\'s own error, '
-                  'which more seeds cannot lower: about '
-                  f"{split_factor(delta, e.get('split_noise_level'))}x the validation examples "
+                  f'which more seeds cannot lower: about {need[1]}x the validation examples '
                   '(dataset.val_fraction) would tell, if it matters to you')
-  if needed == math.inf:
+  if need[0] == 'nothing':
     return False, 'no difference at all from the baseline: the change does nothing here'
-  return True, (f'inside the noise with {seeds} seeds: about {needed} seeds per variant would '
-                f'resolve a difference of {abs(delta):.4f} (compare.seeds={needed}), if it '
+  return True, (f'inside the noise with {seeds} seeds: about {need[1]} seeds per variant would '
+                f'resolve a difference of {abs(delta):.4f} (compare.seeds={need[1]}), if it '
                 'matters to you')
+
+
+def resolving(e: dict):
+  """What would tell a variant inside the noise from the baseline: ('seeds', per arm),
+  ('split', times the validation examples), ('nothing', None) for no difference at all, or
+  None without an estimate."""
+  delta = e.get('delta')
+  needed = seeds_to_resolve(delta, e.get('seed_noise_level'), e.get('split_noise_level'),
+                            e.get('seeds') or 0)
+  if needed is None:
+    return None
+  if needed != math.inf:
+    return 'seeds', needed
+  return ('split', split_factor(delta, e['split_noise_level'])) if delta else ('nothing', None)
 
 
 def seeds_to_resolve(delta, seed_noise, split_noise, seeds: int):
@@ -207,21 +220,16 @@ def next_steps(results: list) -> list:
     if v['status'] == 'PASS':
       steps.append(f"keep {check[len('variant_'):]}: it beats the baseline beyond noise "
                    f"({v['evidence'].get('delta', 0):+.4f})")
-    elif v['status'] == 'WARN':
-      e = v['evidence']
-      needed = seeds_to_resolve(e.get('delta'), e.get('seed_noise_level'),
-                                e.get('split_noise_level'), e.get('seeds') or 0)
-      name = check[len('variant_'):]
-      if e.get('noise') != 'inside noise' or needed is None:
-        continue
-      if needed == math.inf and e.get('delta'):
+    elif v['status'] == 'WARN' and v['evidence'].get('noise') == 'inside noise':
+      e, name = v['evidence'], check[len('variant_'):]
+      need = resolving(e)
+      if need and need[0] == 'split':
         steps.append(f"a larger validation split to judge {name}: its {e['delta']:+.4f} is "
-                     "inside the split's own error; about "
-                     f"{split_factor(e['delta'], e['split_noise_level'])}x the validation "
-                     'examples would tell')
-      elif needed != math.inf:
+                     f"inside the split's own error; about {need[1]}x the validation examples "
+                     'would tell')
+      elif need and need[0] == 'seeds':
         steps.append(f"more seeds for {name}: inside the noise with {e.get('seeds')}; about "
-                     f"{needed} per variant would resolve its {e.get('delta', 0):+.4f}")
+                     f"{need[1]} per variant would resolve its {e.get('delta', 0):+.4f}")
   squeeze = by_stage.get('squeeze', {}).get('metrics', {})
   ensemble = verdicts('squeeze').get('ensemble', {'status': 'PASS'})
   if squeeze.get('ensemble_test_accuracy') is not None and ensemble['status'] == 'PASS':
