@@ -6,11 +6,13 @@ or one started after the study had its trials (surplus) ends PRUNED with the use
 `ended` saying why, so optuna-dashboard does not show it as a failure and it does not count as
 a finished trial. A trial whose worker died (SIGKILL, a lost VM) is failed by Optuna's heartbeat
 check and queued again."""
+import datetime
 import random
 import re
 import time
 
 import optuna
+import optuna.storages._rdb.models as optuna_tables
 import sqlalchemy.exc
 from absl import logging
 
@@ -40,7 +42,7 @@ def open_study(url: str, name: str, heartbeat_s: int, sampler=None, pruner=None,
   database tables (a unique-constraint error for all but one); the losers wait and join."""
   for attempt in range(attempts):
     try:
-      storage = optuna.storages.RDBStorage(
+      storage = _ClaimOnceStorage(
           url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
           heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
           engine_kwargs={'connect_args': {'connect_timeout': CONNECT_TIMEOUT_S}}
@@ -61,6 +63,26 @@ def open_study(url: str, name: str, heartbeat_s: int, sampler=None, pruner=None,
                       f'config {direction}s it: use the metric it was created with, or a new '
                       'study_name')
     return study
+
+
+class _ClaimOnceStorage(optuna.storages.RDBStorage):
+  """Optuna claims a waiting trial by reading its state (SELECT ... FOR UPDATE) and writing
+  RUNNING. SQLite ignores FOR UPDATE and Python's sqlite3 begins the transaction only at the
+  write, so two workers could both claim one trial (and the second to finish failed on telling
+  a COMPLETE trial). Here the claim is one conditional UPDATE: exactly one worker changes the
+  row."""
+
+  def set_trial_state_values(self, trial_id, state, values=None) -> bool:
+    if state != optuna.trial.TrialState.RUNNING or values is not None:
+      return super().set_trial_state_values(trial_id, state, values)
+    table = optuna_tables.TrialModel
+    with self.scoped_session() as session, session.begin():
+      claimed = session.query(table).filter(
+          table.trial_id == trial_id, table.state == optuna.trial.TrialState.WAITING).update(
+              {table.state: optuna.trial.TrialState.RUNNING}, synchronize_session=False)
+      if claimed:
+        session.get(table, trial_id).datetime_start = datetime.datetime.now()
+    return bool(claimed)
 
 
 def with_storage_retries(url: str, work):
