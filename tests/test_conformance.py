@@ -64,8 +64,9 @@ def matrix_config(model: str, npz_path: str):
     c.model[key] = value
   c.batch_size, c.eval_batch_size = 16, 48
   c.optimizer.learning_rate = 1e-2
-  # one eval (and one layer-monitor measurement) per run: what a cell checks, at half the cost
-  c.num_train_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 20, 10, 20, 20
+  # one eval (and one layer-monitor measurement) per run: what a cell checks, at less cost
+  c.num_train_steps, c.log_every_steps = 20, 10
+  c.eval_every_steps, c.checkpoint_every_steps = 20, 20
   c.augment.noise = 0.05  # so squeeze's TTA row runs
   c.sanity.steps, c.sanity.seed_steps, c.sanity.dynamics_every = 20, 2, 10
   c.sanity.overfit_steps = 60

@@ -1,3 +1,5 @@
+import os
+import re
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -254,3 +256,69 @@ def test_two_processes_preparing_an_embedded_dataset_at_once_both_load_it(tmp_pa
   results = [w.communicate(timeout=240) for w in workers]
   assert [w.returncode for w in workers] == [0, 0], results[1][1][-2000:]
   assert [out.strip() for out, _ in results] == ['1293', '1293']  # 1437 less validation
+
+
+ENCODINGS = {  # name: (label feature, label of example i, what the one line must say)
+    'one_hot_labels': (tfds.features.Tensor(shape=(3,), dtype=np.int64),
+                       lambda i: np.eye(3, dtype=np.int64)[i % 3],
+                       r"feature 'label' has shape \(3,\) per example \(one-hot or per-class"),
+    'column_labels': (tfds.features.Tensor(shape=(1,), dtype=np.int64),
+                      lambda i: np.array([i % 3]), r'shape \(1,\) per example \(a column'),
+    'sparse_id_labels': (tfds.features.Tensor(shape=(), dtype=np.int64),
+                         lambda i: [0, 3, 7, 10 ** 9][i % 4],
+                         r"sparse_id_labels': the labels run up to 1000000000 but only 4 "
+                         r'distinct values occur \(0, 3, 7, 1000000000\): ids, not class'),
+    'float_labels': (tfds.features.Tensor(shape=(), dtype=np.float32), lambda i: i % 3 * 1.0,
+                     r"the train split's 'label' has dtype float32; labels must be integers"),
+    'one_class_labels': (tfds.features.Tensor(shape=(), dtype=np.int64),
+                         lambda i: 0 if i < 40 else 1,
+                         r"the train split's 'label' holds one class \(label 0\)"),
+    'negative_labels': (tfds.features.Tensor(shape=(), dtype=np.int32),
+                        lambda i: i % 3 - 1, r"'label' holds negative labels \(min -1"),
+    'plain_int_labels': (tfds.features.Tensor(shape=(), dtype=np.int64), lambda i: i % 5 % 3,
+                         None),  # valid: 3 classes from the values
+}
+
+
+@pytest.mark.parametrize('name', ENCODINGS)
+def test_every_tfds_label_encoding_is_one_line_or_loads(name, small_config, tmp_path):
+  """A TFDS dataset whose label is not a ClassLabel: one-hot, a column, ids far beyond the
+  classes (before, 10**9 output units were built), floats, one class, negatives; a plain
+  integer scalar loads with its classes counted from the values."""
+  from helpers import tiny_images_builder
+  feature, label, message = ENCODINGS[name]
+  tiny_images_builder.labelled(''.join(w.title() for w in name.split('_')), feature, label)
+  tfds.builder(name, data_dir=str(tmp_path)).download_and_prepare(file_format='array_record')
+  cfg = small_config.dataset
+  cfg.name, cfg.data_dir = name, str(tmp_path)
+  if message is None:
+    dataset = data.load(cfg)
+    assert dataset.num_classes == 3 and len(dataset.y_test) == 12
+    return
+  with pytest.raises(UserError, match=f"^TFDS dataset '{name}'") as raised:
+    data.load(cfg)
+  assert re.search(message, str(raised.value)) and '\n' not in str(raised.value), raised.value
+
+
+def test_tfds_ids_as_labels_prepared_as_tfrecord_are_one_line(small_config, tmp_path):
+  """The tf.data reader checks labels as the array_record one does. Prepared in a subprocess:
+  TFDS's tfrecord writer hung inside the test process."""
+  import subprocess
+  import sys
+  from conftest import REPO
+  prepare = f"""
+import sys; sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+import numpy as np, tensorflow_datasets as tfds
+from helpers import tiny_images_builder
+tiny_images_builder.labelled('SparseIdLabels', tfds.features.Tensor(shape=(), dtype=np.int64),
+                             lambda i: [0, 3, 7, 10 ** 9][i % 4])
+tfds.builder('sparse_id_labels', data_dir={str(tmp_path)!r}).download_and_prepare()
+"""
+  done = subprocess.run([sys.executable, '-c', prepare], capture_output=True, text=True, cwd=REPO)
+  assert done.returncode == 0, done.stderr[-2000:]
+  from helpers import tiny_images_builder  # tfds.list_builders() would ask the network
+  tiny_images_builder.labelled('SparseIdLabels', *ENCODINGS['sparse_id_labels'][:2])
+  cfg = small_config.dataset
+  cfg.name, cfg.data_dir = 'sparse_id_labels', str(tmp_path)
+  with pytest.raises(UserError, match=ENCODINGS['sparse_id_labels'][2]):
+    data.load(cfg)

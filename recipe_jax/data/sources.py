@@ -148,18 +148,25 @@ def npz_problem(path: str) -> str | None:
     return (f"x_train's examples have shape {headers['x_train'][1:]} and x_test's "
             f"{headers['x_test'][1:]}; both splits need the same example shape")
   with np.load(path) as npz:
-    for key in ('y_train', 'y_test'):
-      y = npz[key]
-      if not np.issubdtype(y.dtype, np.integer):
-        return f'{key} has dtype {y.dtype}; labels must be integers 0..C-1'
-      if y.min() < 0:
-        return (f'{key} holds negative labels (min {y.min()}, rows '
-                f'{np.flatnonzero(y < 0)[:5].tolist()}); labels must be integers 0..C-1')
-    train_labels = np.unique(npz['y_train'])
-    labels = np.unique(np.concatenate([train_labels, npz['y_test']]))
+    return labels_problem({key: npz[key] for key in ('y_train', 'y_test')})
+
+
+def labels_problem(labels: dict) -> str | None:
+  """What is wrong with 1-D label arrays as class ids, or None. `labels`: {name: array}, the
+  training split's first: integers, none negative, at least 2 classes in training, and ids
+  that are class indices 0..C-1 (not ids like {0, 3, 7, 10**9}, which would build a layer of
+  10**9 outputs)."""
+  for key, y in labels.items():
+    if not np.issubdtype(y.dtype, np.integer):
+      return f'{key} has dtype {y.dtype}; labels must be integers 0..C-1'
+    if len(y) and y.min() < 0:
+      return (f'{key} holds negative labels (min {y.min()}, rows '
+              f'{np.flatnonzero(y < 0)[:5].tolist()}); labels must be integers 0..C-1')
+  train_labels = np.unique(next(iter(labels.values())))
   if len(train_labels) < 2:
-    return (f'y_train holds one class (label {train_labels[0]}) in every row: there is '
-            'nothing to classify; a classifier needs examples of at least 2 classes')
+    return (f'{next(iter(labels))} holds one class (label {train_labels[0]}) in every row: there '
+            'is nothing to classify; a classifier needs examples of at least 2 classes')
+  labels = np.unique(np.concatenate([np.unique(y) for y in labels.values()]))
   classes = int(labels[-1]) + 1
   if classes > max(2 * len(labels), MAX_SPARSE_CLASSES):
     shown = ', '.join(map(str, labels[:4])) + (', ...' if len(labels) > 5 else '') + (
@@ -295,7 +302,7 @@ def _read_tfds_splits(builder, cfg):
                np.concatenate([p[cfg.label_key] for p in parts])]
     if parts and 'tfds_id' in parts[0]:
       ids[role] = [i.decode() for p in parts for i in p['tfds_id']]
-  return (*arrays, builder.info.features[cfg.label_key].num_classes, ids or None)
+  return (*arrays, tfds_num_classes(builder, cfg, arrays[1], arrays[3]), ids or None)
 
 
 def tfds_splits(builder, cfg) -> dict:
@@ -305,12 +312,34 @@ def tfds_splits(builder, cfg) -> dict:
     if key not in builder.info.features:
       raise UserError(f"TFDS dataset '{cfg.name}' has no feature '{key}'; it has "
                       f"{', '.join(builder.info.features)} (set dataset.image_key / label_key)")
+  label = builder.info.features[cfg.label_key]
+  shape = tuple(getattr(label, 'shape', ()))
+  if shape:
+    kind = ('a column: one label per example, in an array of 1' if shape == (1,) else
+            'one-hot or per-class scores?')
+    raise UserError(f"TFDS dataset '{cfg.name}': feature '{cfg.label_key}' has shape {shape} per "
+                    f'example ({kind}); labels must be one class id per example: a '
+                    'tfds.features.ClassLabel, or an integer scalar (set dataset.label_key)')
   splits = {'train': 'train', 'test': cfg.test_split}
   for split in splits.values():
     if builder.info.splits and split not in builder.info.splits:  # empty until prepared
       raise UserError(f"TFDS dataset '{cfg.name}' has no '{split}' split; it has "
                       f"{', '.join(builder.info.splits)} (set dataset.test_split)")
   return splits
+
+
+def tfds_num_classes(builder, cfg, y_train, y_test) -> int:
+  """A ClassLabel's number of classes; for a plain integer feature, one more than the largest
+  label, once the labels pass `labels_problem` (a one-line UserError otherwise)."""
+  label = builder.info.features[cfg.label_key]
+  if isinstance(getattr(label, 'num_classes', None), int):
+    return label.num_classes
+  labels = {f"the train split's '{cfg.label_key}'": np.asarray(y_train),
+            f"the {cfg.test_split} split's '{cfg.label_key}'": np.asarray(y_test)}
+  problem = labels_problem(labels)
+  if problem:
+    raise UserError(f"TFDS dataset '{cfg.name}': {problem}")
+  return int(max(y.max() for y in labels.values())) + 1
 
 
 def _online(host='storage.googleapis.com', timeout_s=3.0) -> bool:
@@ -404,7 +433,6 @@ def tfds_sources(builder, cfg):
   """The TFDS dataset's training inputs as random-access `TfdsRows`, the test inputs and all
   labels in memory; the image feature is not decoded to read the labels."""
   import tensorflow_datasets as tfds
-  features = builder.info.features
   arrays = []
   for split in tfds_splits(builder, cfg).values():
     try:
@@ -419,7 +447,10 @@ def tfds_sources(builder, cfg):
           f"dataset.pipeline=grain reads; prepare it with `tfds build {cfg.name} "
           f'--file_format=array_record` (into a new data_dir) or use dataset.pipeline=device'
       ) from None
-    y = np.array([e[cfg.label_key] for e in labels.__getitems__(list(range(len(labels))))])
+    # scalar labels come back as Python numbers: the feature's dtype, not float64 or int64
+    y = np.array([e[cfg.label_key] for e in labels.__getitems__(list(range(len(labels))))],
+                 getattr(builder.info.features[cfg.label_key], 'np_dtype', None))
     arrays += [TfdsRows(source, cfg.image_key, example_shape(builder, cfg)), y]
   x_train, y_train, x_test, y_test = arrays
-  return (x_train, y_train, x_test[:], y_test, features[cfg.label_key].num_classes, None)
+  return (x_train, y_train, x_test[:], y_test, tfds_num_classes(builder, cfg, y_train, y_test),
+          None)
