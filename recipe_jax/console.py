@@ -112,16 +112,17 @@ _remote_log = None  # a remote workdir's log.txt, written through a local copy
 
 def sync_log() -> None:
   """Sends the local copy of a remote workdir's log.txt up (only process 0)."""
-  if _remote_log is None or not _local_log():
+  if _remote_log is None or not local_log():
     return
   from recipe_jax.engine import multihost
   for handler in pylogging.getLogger().handlers:
     handler.flush()
   if multihost.is_leader():
-    files.copy_local_to(_local_log(), _remote_log)
+    files.copy_local_to(local_log(), _remote_log)
 
 
-def _local_log() -> str | None:
+def local_log() -> str | None:
+  """The log.txt this process writes (a remote workdir's local copy)."""
   for handler in pylogging.getLogger().handlers:
     if isinstance(handler, pylogging.FileHandler):
       return handler.baseFilename

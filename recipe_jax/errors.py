@@ -14,3 +14,10 @@ class DivergenceError(Exception):
 class ChecksFailed(Exception):
   """A stage's check gave FAIL; its report says which and why. Lets CI and sweeps gate on it."""
   exit_code = 1
+
+
+class StorageUnavailable(Exception):
+  """The run directory's storage (gs://) or a study's database stopped answering mid-run, and
+  still did after bounded retries. What was saved stays (checkpoints, finished stages): the
+  same command resumes from it once the storage answers."""
+  exit_code = 4

@@ -10,6 +10,7 @@ import glob as local_glob
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -50,6 +51,25 @@ def _fs(path):
   protocol = str(path).split('://', 1)[0]
   options = {'use_listings_cache': False} if protocol in ('gs', 'gcs') else {}
   return fsspec.core.url_to_fs(str(path), **options)
+
+
+# A store that does not answer: tensorstore words its errors in gRPC status codes.
+_UNANSWERED = re.compile(
+    r'\b(UNAVAILABLE|DEADLINE_EXCEEDED)\b|Connect call failed|Cannot connect to host')
+
+
+def unanswered(e: BaseException) -> BaseException | None:
+  """The error behind `e` (its whole chain) that says a remote store did not answer (refused
+  connections, timeouts, gcsfs out of its retries, tensorstore UNAVAILABLE), or None."""
+  import aiohttp
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if (isinstance(e, (ConnectionError, TimeoutError, aiohttp.ClientConnectionError))
+        or _UNANSWERED.search(str(e))):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def absolute(path) -> str:

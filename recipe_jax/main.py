@@ -1,9 +1,11 @@
 """python -m recipe_jax.main --config=configs/mnist1d/cnn.py --workdir=DIR [--config.key=value ...]
 
 Exit codes: 0 done (or preempted by SIGTERM after saving), 1 a check FAILed, 2 bad input
-(including a user model or loss that fails, a damaged run directory, a service that stays
-down), 3 training diverged, 130 stopped by Ctrl-C (after saving what the stage had done; it wins
-over an earlier FAIL; a second Ctrl-C stops at once).
+(including a user model or loss that fails, a damaged run directory, a service that is down
+from the start), 3 training diverged, 4 the run directory's storage (gs://) or the study's
+database stopped answering mid-run (after bounded retries; the same command resumes), 130
+stopped by Ctrl-C (after saving what the stage had done; it wins over an earlier FAIL; a second
+Ctrl-C stops at once).
 """
 import ast
 import glob
@@ -23,7 +25,8 @@ from recipe_jax.config import check as config_check
 from recipe_jax.model import user_code
 from recipe_jax.report import results as report
 from recipe_jax.runs import store as run_store, tracking
-from recipe_jax.errors import ChecksFailed, DivergenceError, UserError  # noqa: E402
+from recipe_jax.errors import (ChecksFailed, DivergenceError, StorageUnavailable,  # noqa: E402
+                               UserError)
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None,
@@ -167,13 +170,22 @@ def main(argv):
       fail('interrupted (Ctrl-C) after saving what was done; the same command resumes',
            INTERRUPTED)
     report.raise_if_failed(result, workdir)
-  except (UserError, DivergenceError, ChecksFailed) as e:
+  except (UserError, DivergenceError, ChecksFailed, StorageUnavailable) as e:
     console.sync_log()
     fail(str(e), e.exit_code)
   except KeyboardInterrupt:  # Ctrl-C where nothing more could be saved, or a second one
     console.sync_log()
     fail('interrupted (Ctrl-C); what was saved so far stays (checkpoints, finished stages), and '
          'the same command resumes from it', INTERRUPTED)
+  except Exception as e:
+    cause = files.unanswered(e) if files.is_remote(workdir) else None
+    if cause is None:
+      raise
+    logging.info('the run directory stopped answering', exc_info=True, extra=console.FILE_ONLY)
+    fail(f'--workdir={workdir}: the storage stopped answering mid-run '
+         f'({user_code.one_line(cause)}, after gcsfs and tensorstore tried again); what was saved '
+         f'stays (checkpoints, finished stages): the same command resumes once it answers. This '
+         f"run's log: {console.local_log()}", StorageUnavailable.exit_code)
   console.sync_log()
 
 

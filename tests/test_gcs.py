@@ -158,6 +158,40 @@ def test_an_unusable_bucket_is_one_line_exit_2_within_seconds(bucket, tmp_path, 
   assert line.startswith(f'recipe_jax: error: --workdir={workdir}: {message}'), line
 
 
+def test_a_bucket_that_stops_answering_mid_run_is_one_line_exit_4_and_the_run_resumes(
+    small_config, tmp_path):
+  """The GCS endpoint goes away while a run trains (its checkpoints, metrics and log go there):
+  gcsfs and tensorstore try again for a bounded time, then one line and exit 4, no traceback.
+  Once the bucket answers again, the same command resumes from the last checkpoint."""
+  small_config.num_train_steps = 10 ** 6  # still training when the bucket goes
+  small_config.checkpoint_every_steps = 200
+  flags, port, root = cli_flags(small_config), gcs_emulator.free_port(), tmp_path / 'bucket'
+  with gcs_emulator.running(root=root, port=port) as host:
+    run = start_main('gs://bucket/stops', *flags, env={'STORAGE_EMULATOR_HOST': host})
+    deadline = time.time() + 240
+    while not any(re.fullmatch(r'stops/checkpoints/\d+/commit_success\.txt', n)
+                  for n in objects(host, 'stops/checkpoints/')):
+      assert time.time() < deadline and run.poll() is None, run.stdout.read()[-3000:]
+      time.sleep(0.2)
+  stopped = time.time()
+  output = run.communicate(timeout=600)[0]
+  assert run.returncode == 4, output[-3000:]
+  assert time.time() - stopped < 300 and 'Traceback' not in output, output[-3000:]
+  [line] = [line for line in output.splitlines() if line.startswith('recipe_jax: error:')]
+  assert re.match(r'recipe_jax: error: --workdir=gs://bucket/stops: the storage stopped answering '
+                  r'mid-run \(\w+: .*\); what was saved stays .* the same command resumes once it '
+                  r"answers\. This run's log: /.*log\.txt$", line), line
+  with gcs_emulator.running(root=root, port=port) as host:
+    resumed = start_main('gs://bucket/stops', *flags, env={'STORAGE_EMULATOR_HOST': host})
+    seen = ''
+    while not (found := re.search(r'resumed from the checkpoint at step (\d+)', seen)):
+      seen += resumed.stdout.readline()
+      assert resumed.poll() is None, seen[-3000:]
+    resumed.kill()
+    resumed.communicate(timeout=60)
+  assert int(found.group(1)) >= 200
+
+
 def write_object(host, name, data: bytes):
   query = urllib.parse.urlencode({'uploadType': 'media', 'name': name})
   request = urllib.request.Request(f'{host}/upload/storage/v1/b/bucket/o?{query}', data=data,

