@@ -13,6 +13,7 @@ import os
 import sys
 
 from recipe_jax import files
+from recipe_jax.errors import UserError
 from recipe_jax.config import check as config_check
 from recipe_jax.report import advice, words
 
@@ -177,7 +178,30 @@ def _commands(workdir: str, results: list) -> str:
               f'--config.recipe.rerun={r["stage"]}</code> (redoes {r["stage"]}: the earlier '
               'results are kept beside it)</li>'
               for _, r in results if r['stage'] != 'recipe']
-  return f'<h3>Reproduce</h3><ul>{"".join(items)}</ul>'
+  return f'<h3>Reproduce</h3><ul>{"".join(items)}{_provenance(workdir, results)}</ul>'
+
+
+def _provenance(workdir: str, results: list) -> str:
+  """The code and versions the run came from (runs/provenance.py), as list items."""
+  from recipe_jax.runs import provenance
+  stages = [r['stage'] for _, r in results]
+  for folder in (workdir, *(os.path.join(workdir, s) for s in ('recipe', *stages))):
+    path = os.path.join(folder, provenance.FILE)
+    if files.exists(path):
+      break
+  else:
+    return ''
+  try:
+    record = files.read_json(path)
+    here = os.path.relpath(folder, workdir)  # links relative to report.html
+    items = [f'<li>code: {provenance.describe_code(repo, here)}</li>' for repo in record['code']]
+    versions = ', '.join(f'{k} {v}' for k, v in record['versions'].items() if v)
+    devices = record['devices']
+    items.append(f'<li>{html.escape(versions)}; {devices["count"]} x {html.escape(devices["kind"])}'
+                 f' on {html.escape(record["host"])}, {html.escape(record["time"])}</li>')
+  except (KeyError, TypeError, UserError):
+    return f'<li>{html.escape(path)} is damaged</li>'
+  return ''.join(items)
 
 
 def _stage_section(stage_dir: str, result: dict) -> str:

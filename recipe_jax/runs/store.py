@@ -11,6 +11,7 @@ from absl import logging
 from recipe_jax import files
 from recipe_jax.config import check as config_check, defaults
 from recipe_jax.errors import UserError
+from recipe_jax.runs import provenance
 
 # What a restart may change: how a run is watched, where it reads its data from, the machines it
 # runs on, and how long it goes on; never what a step it already took computed.
@@ -98,6 +99,8 @@ def claim(directory: str, config, stage: str | None = None) -> None:
   if multihost.is_leader() and (fresh or allowed):
     files.write_json(files.join(directory, 'config.json'), config.to_dict())
     files.write_json(files.join(directory, 'data.json'), data)
+  if multihost.is_leader():
+    provenance.record(directory, config)  # the code beside the config; a restart's is compared
 
 
 def check(directory: str, config, stage: str | None = None) -> dict:
