@@ -94,6 +94,13 @@ def test_a_model_that_cannot_fit_asks_for_capacity_after_fixing_the_fail():
                                                'per_seed': [{'diverged_at_lr': None}]}), False,
      'not reached'),
     ('evaluate', ('calibration', 'WARN', '', {}), True, 'if you use the probabilities'),
+    ('squeeze', ('test_saturation', 'WARN', '', {
+        'models': ['ensemble of 3', 'best member (seed_0)'], 'runner_up': 'best member (seed_0)',
+        'examples_to_resolve': 7846.5, 'p_value': 0.42, 'examples': 1000, 'errors_left': 30}),
+     True, 'cannot tell ensemble of 3 from best member (seed_0): about 7,846 test examples (now '
+     '1000)'),
+    ('evaluate', ('test_saturation', 'WARN', '', {'errors_left': 12, 'examples': 1000}), True,
+     'only 12 test errors are left'),
     ('sanity', ('activations_seen', 'WARN', '', {}), False, 'nn.scan'),
     ('sanity', ('loss_at_init', 'WARN', '', {}), False, 'first steps only shrink them'),
     ('sanity', ('loss_at_init', 'FAIL', '', {}), True, 'a FAIL'),

@@ -153,6 +153,12 @@ def test_evaluate_stage_analyses_a_run_without_retraining(trained_run, tmp_path)
   summary = runs.summary(workdir)
   assert result.metrics['test_accuracy'] == pytest.approx(summary['test_accuracy'], abs=1e-6)
   assert result.metrics['step'] == 600
+  [saturated] = [v for v in result.verdicts if v.check == 'test_saturation']
+  assert saturated.summary.startswith('the model at step 600: ') and 'test errors left of' in (
+      saturated.summary)
+  test_accuracy = saturated.evidence['accuracy']
+  assert test_accuracy == pytest.approx(summary['test_accuracy'], abs=1e-6)
+  assert saturated.evidence['interval_95'][0] < test_accuracy < saturated.evidence['interval_95'][1]
   assert report.read_result(str(tmp_path / 'evaluate' / 'result.json')).stage == 'evaluate'
   assert os.path.exists(tmp_path / 'analysis' / 'confusion_matrix.png')
   c.evaluate.step = 300  # an earlier checkpoint

@@ -83,9 +83,13 @@ def test_ctrl_c_in_squeeze_keeps_the_rows_and_verdicts_done(squeezed, tmp_path, 
 
 def test_squeeze_writes_every_row_and_verdict(squeezed):
   _, workdir, result = squeezed
-  assert [v.check for v in result.verdicts] == ['ensemble', 'class_recall', 'calibration',
-                                                'confusions', 'weight_averaging', 'tta',
-                                                'distillation']
+  assert [v.check for v in result.verdicts] == ['ensemble', 'test_saturation', 'class_recall',
+                                                'calibration', 'confusions', 'weight_averaging',
+                                                'tta', 'distillation']
+  saturated = result.verdicts[1].evidence  # the ensemble against the best member, paired
+  assert saturated['models'] == ['ensemble of 3', saturated['runner_up']]
+  assert saturated['runner_up'].startswith('best member (seed_')
+  assert saturated['a_only'] + saturated['b_only'] > 0 and 0 < saturated['p_value'] <= 1
   table = open(os.path.join(workdir, 'squeeze', 'results.md')).read()
   for name in ('seed_0', 'seed_2', 'mean member', 'best member', 'ensemble of 3', 'SWA', 'EMA',
                'TTA x2', 'student on labels', 'student distilled (T=4)'):

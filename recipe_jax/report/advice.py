@@ -161,13 +161,23 @@ def _outliers(status, e):
                 'block of the file or a wrong scale')
 
 
+def _test_saturation(status, e):
+  needed = e.get('examples_to_resolve')
+  if needed is not None and needed != float('inf') and e.get('p_value', 0) >= 0.05:
+    return True, (f"the test set cannot tell {e['models'][0]} from {e['runner_up']}: about "
+                  f"{needed:,.0f} test examples (now {e['examples']}) would, if the choice "
+                  'between them matters to you')
+  return True, (f"only {e.get('errors_left')} test errors are left: a larger or harder test set "
+                'would measure the next improvement')
+
+
 RULES = {'variant_': lambda s, e: _variant(s, e) if s == 'WARN' else None,
          'learning_rate': _learning_rate, 'calibration': _calibration,
          'activations_seen': _activations_seen, 'loss_at_init': _loss_at_init,
          'init_well': _init_well, 'ensemble': _ensemble, 'distillation': _squeeze,
          'weight_averaging': _squeeze, 'tta': _squeeze,
          'more_data': _more_data, 'train_val_gap': _train_val_gap, 'label_noise': _label_noise,
-         'outliers': _outliers}
+         'outliers': _outliers, 'test_saturation': _test_saturation}
 
 
 def lines(results: list) -> list:

@@ -2,11 +2,13 @@
 retraining: `--config.evaluate.run_dir=RUN`. Every finished train run does the same at its end.
 
 Writes DIR/analysis/ (see `recipe_jax.diagnose.analysis`) on the validation split; the test split only
-with `--config.analysis.split=test`, and never to select anything.
+with `--config.analysis.split=test`, and never to select anything. The test split is read for one
+statement: whether it still resolves this model (`diagnose.saturation`: errors left, the
+accuracy's interval).
 """
 import os
 
-from recipe_jax.diagnose import analysis
+from recipe_jax.diagnose import analysis, saturation
 from recipe_jax.engine import experiment
 from recipe_jax.report import results as report
 from recipe_jax.runs import finished as runs
@@ -55,5 +57,8 @@ def run(config, workdir: str) -> StageResult:
   done = runs.summary(run_dir) or {}
   found, images, metrics = analyse(exp, state, workdir, done.get('history'))
   metrics['step'] = int(state.step)
+  test_predictions = evaluate.probabilities(exp, state, exp.dataset.x_test).argmax(-1)
+  found.append(saturation.verdict(exp.dataset.y_test,
+                                  {f'the model at step {int(state.step)}': test_predictions}))
   return report.finish(workdir, StageResult('evaluate', found, metrics, written(workdir, images)),
                        f'Evaluate: {run_dir} at step {int(state.step)}', images)

@@ -27,7 +27,7 @@ from absl import logging
 
 from recipe_jax import console, files
 from recipe_jax.config import check as config_check, selection
-from recipe_jax.diagnose import analysis, ensembles, weight_averaging
+from recipe_jax.diagnose import analysis, ensembles, saturation, weight_averaging
 from recipe_jax.engine import experiment, loop, side_by_side
 from recipe_jax.report import plots, results as report
 from recipe_jax.runs import store as run_store, finished as runs
@@ -142,12 +142,14 @@ def run(config, workdir: str) -> StageResult:
                                         for k in COLUMNS}}
   best_row = {**rows[loaded.index(best)], 'name': f"best member ({best['name']})"}
   ensemble_val = ensembles.average([m['val'] for m in loaded])
-  ensemble_row = row(f'ensemble of {len(loaded)}', ensemble_val,
-                     ensembles.average([m['test'] for m in loaded]), dataset, bins,
+  ensemble_test = ensembles.average([m['test'] for m in loaded])
+  ensemble_row = row(f'ensemble of {len(loaded)}', ensemble_val, ensemble_test, dataset, bins,
                      params=sum(m['params'] for m in loaded),
                      us_per_example=sum(m['us'] for m in loaded))
   table = rows + [mean_row, best_row, ensemble_row]
-  found = [_ensemble_verdict(ensemble_row, mean_row, best_row)]
+  found = [_ensemble_verdict(ensemble_row, mean_row, best_row),
+           saturation.verdict(dataset.y_test, {ensemble_row['name']: ensemble_test.argmax(-1),
+                                               best_row['name']: best['test'].argmax(-1)})]
   images = {'ensemble': [_gain_plot(out, loaded, dataset)]}
   # Where is the final model (the ensemble) still confused? On validation, as for a train run.
   confused, pictures = analysis.write(os.path.join(out, 'analysis'), ensemble_val, dataset.y_val,
