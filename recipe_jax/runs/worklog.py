@@ -1,0 +1,188 @@
+"""The worklog: every run under a folder (local or gs://), oldest first, one row each ("create a
+worklog, form a mental map of the things done, and be sensitive to the file sizes, timestamps,
+git diff outputs").
+
+It reads only what run directories hold: one listing of the folder (names, sizes, times), then
+each run's config.json, summary.json or result.json, and provenance.json. A run is a folder
+holding config.json (a train run, a stage's folder, the runs inside compare or tune). Runs that
+are writing while it reads show what they hold so far; a file that vanishes or is half written
+makes its cell say so, never the worklog fail.
+"""
+import bisect
+import datetime
+import html
+import json
+import os
+
+from recipe_jax import files
+from recipe_jax.config import check as config_check, defaults
+from recipe_jax.errors import UserError
+from recipe_jax.report import words
+
+COLUMNS = ('time', 'run', 'stage', 'status', 'changed from the defaults',
+           'changed from the run before', 'headline', 'checks', 'size', 'wall', 'commit')
+SKIPPED_KEYS = ('stage', 'recipe.stages')  # the stage has its column
+
+
+def listing(root: str) -> dict:
+  """{path relative to root: (size in bytes, modification time in s)} for every file under it."""
+  if files.is_remote(root):
+    fs, base = files._fs(root)
+    found = {}
+    for path, info in fs.find(base, detail=True).items():
+      updated = info.get('updated') or info.get('mtime')
+      when = (datetime.datetime.fromisoformat(updated.replace('Z', '+00:00')).timestamp()
+              if isinstance(updated, str) else float(updated or 0))
+      found[os.path.relpath(path, base)] = (int(info.get('size') or 0), when)
+    return found
+  found = {}
+  for folder, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(folder, name)
+      try:
+        stat = os.stat(path)
+      except OSError:  # removed while we walk
+        continue
+      found[os.path.relpath(path, root)] = (stat.st_size, stat.st_mtime)
+  return found
+
+
+def _read(root: str, run: str, name: str):
+  try:
+    return files.read_json(files.join(root, run, name))
+  except (UserError, OSError, FileNotFoundError):  # not there (yet), or being written
+    return None
+
+
+def rows(root: str) -> list[dict]:
+  """One dict per run under `root`, oldest first; a one-line UserError when there are none."""
+  if not files.isdir(root):
+    raise UserError(f'worklog: {root} is not a folder')
+  listed = listing(root)
+  runs = sorted(os.path.dirname(p) for p in listed if os.path.basename(p) == 'config.json')
+  if not runs:
+    raise UserError(f'worklog: no runs under {root} (a run is a folder holding config.json)')
+  # as config.json holds them (tuples are lists there)
+  default = json.loads(json.dumps(config_check.flatten(defaults.get_config())))
+  paths = sorted(listed)
+  found = []
+  for run in runs:
+    config = _read(root, run, 'config.json')
+    if config is None:
+      found.append({'run': run or '.', 'status': 'unreadable config.json', 'time': 0.0})
+      continue
+    flat = config_check.flatten(config)
+    prefix = f'{run}/' if run else ''  # everything under the run, its own runs included
+    inside = {p: listed[p] for p in paths[bisect.bisect_left(paths, prefix):
+                                          bisect.bisect_left(paths, prefix + '\U0010ffff')]}
+    record = _read(root, run, 'provenance.json') or {}
+    summary = _read(root, run, 'summary.json')
+    stage = 'train' if summary is not None or flat.get('stage') == 'train' else flat.get('stage')
+    # a train run's result is in DIR/train/; a stage's folder holds its own
+    result = _read(root, run, 'train/result.json' if stage == 'train' else 'result.json')
+    times = [when for _, when in inside.values()]
+    found.append({
+        'run': run or '.', 'stage': stage, 'config': flat,
+        'time': _started(record) or min(times), 'wall': max(times) - min(times),
+        'status': status(summary, result, inside, run),
+        'changed from the defaults': _changes(default, flat),
+        'headline': _headline(summary, result), 'checks': _counts(result),
+        'size': sum(size for size, _ in inside.values()), 'commit': _commit(record)})
+  found.sort(key=lambda r: (r['time'], r['run']))
+  previous = None
+  for row in found:
+    if 'config' in row:
+      row['changed from the run before'] = (_changes(previous, row['config']) if previous
+                                            else '')
+      previous = row['config']
+  return found
+
+
+def status(summary, result, inside: dict, run: str) -> str:
+  """finished; preempted (stopped, resumable); failed (a check FAILed, the first one named: a
+  diverged run's `finished`); or running or killed (no summary or result yet)."""
+  if summary is not None and not summary.get('finished'):
+    return 'preempted'
+  if result is not None:
+    if not result.get('finished', True):
+      return 'preempted'
+    failed = [v for v in result.get('verdicts', []) if v.get('status') == 'FAIL']
+    if failed:
+      first = failed[0].get('summary', '')
+      return f"failed: {failed[0].get('check')}: {first[:60]}{'...' if len(first) > 60 else ''}"
+    return 'finished'
+  if summary is not None:
+    return 'finished'
+  prefix = f'{run}/checkpoints/' if run else 'checkpoints/'
+  if any(p.startswith(prefix) for p in inside):
+    return 'running or killed (checkpoints, no summary)'
+  return 'running or killed (no result)'
+
+
+def _started(record: dict):
+  try:
+    return datetime.datetime.strptime(record['time'], '%Y-%m-%dT%H:%M:%S%z').timestamp()
+  except (KeyError, TypeError, ValueError):
+    return None
+
+
+def _changes(before: dict, after: dict) -> str:
+  keys = sorted(k for k in set(before) | set(after) if k not in SKIPPED_KEYS and
+                before.get(k) != after.get(k))
+  return ', '.join(f'{k}={after.get(k)!r}' if isinstance(after.get(k), str) else
+                   f'{k}={after.get(k)}' for k in keys)
+
+
+def _headline(summary, result) -> str:
+  if result and result.get('metrics'):
+    return words.headline(result['metrics'])
+  if summary:
+    return words.headline({k: summary.get(k) for k in ('test_accuracy', 'eval_accuracy', 'step')})
+  return ''
+
+
+def _counts(result) -> str:
+  if not result:
+    return ''
+  statuses = [v.get('status') for v in result.get('verdicts', [])]
+  return ' '.join(f'{statuses.count(s)} {s}' for s in ('PASS', 'WARN', 'FAIL'))
+
+
+def _commit(record: dict) -> str:
+  for repo in record.get('code', []):
+    git = repo.get('git')
+    if git and git.get('commit'):
+      return git['commit'][:10] + ('+diff' if git.get('diff_file') else '')
+  return ''
+
+
+def cells(row: dict) -> list[str]:
+  time = datetime.datetime.fromtimestamp(row['time']).strftime('%Y-%m-%d %H:%M:%S')
+  return [time, row['run'], str(row.get('stage') or ''), row['status'],
+          row.get('changed from the defaults', ''), row.get('changed from the run before', ''),
+          row.get('headline', ''), row.get('checks', ''), _size(row.get('size', 0)),
+          f"{row.get('wall', 0):.0f} s", row.get('commit', '')]
+
+
+def _size(size: int) -> str:
+  for unit in ('B', 'KB', 'MB', 'GB'):
+    if size < 1024 or unit == 'GB':
+      return f'{size:.0f} {unit}' if unit == 'B' else f'{size:.1f} {unit}'
+    size /= 1024
+
+
+def markdown(found: list) -> str:
+  lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+  lines += ['| ' + ' | '.join(c.replace('|', '\\|') for c in cells(r)) + ' |' for r in found]
+  return '\n'.join(lines) + '\n'
+
+
+def as_html(found: list, root: str) -> str:
+  head = ''.join(f'<th>{html.escape(c)}</th>' for c in COLUMNS)
+  body = ''.join('<tr>' + ''.join(f'<td>{html.escape(c)}</td>' for c in cells(r)) + '</tr>'
+                 for r in found)
+  return (f'<!doctype html><meta charset="utf-8"><title>worklog: {html.escape(root)}</title>'
+          '<style>body{font-family:sans-serif} table{border-collapse:collapse;font-size:13px}'
+          'td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top;text-align:left}</style>'
+          f'<h1>worklog</h1><p>{html.escape(root)}: {len(found)} runs, oldest first</p>'
+          f'<table><tr>{head}</tr>{body}</table>\n')
