@@ -53,19 +53,24 @@ def _fs(path):
   return fsspec.core.url_to_fs(str(path), **options)
 
 
-# A store that does not answer: tensorstore words its errors in gRPC status codes.
-_UNANSWERED = re.compile(
-    r'\b(UNAVAILABLE|DEADLINE_EXCEEDED)\b|Connect call failed|Cannot connect to host')
+# Tensorstore words a GCS store that does not answer in gRPC status codes, naming the URL.
+_TENSORSTORE_UNANSWERED = re.compile(r'\b(UNAVAILABLE|DEADLINE_EXCEEDED)\b.*(gs://|googleapis|'
+                                     r'retry attempts failed)|retry attempts failed', re.S)
 
 
 def unanswered(e: BaseException) -> BaseException | None:
-  """The error behind `e` (its whole chain) that says a remote store did not answer (refused
-  connections, timeouts, gcsfs out of its retries, tensorstore UNAVAILABLE), or None."""
+  """The error behind `e` (its chain) that says the remote store did not answer: aiohttp's
+  connection errors and timeouts (gcsfs, out of its retries), gcsfs's 5xx replies, tensorstore's
+  UNAVAILABLE or exhausted retries on a gs:// path; or None. Only the storage libraries'
+  own errors count: a ConnectionError or a DEADLINE_EXCEEDED elsewhere (a worker's pipe, JAX's
+  coordination service) is not the run directory's storage."""
   import aiohttp
+  from gcsfs.retry import HttpError
   seen = set()
   while e is not None and id(e) not in seen:
-    if (isinstance(e, (ConnectionError, TimeoutError, aiohttp.ClientConnectionError))
-        or _UNANSWERED.search(str(e))):
+    if (isinstance(e, (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError))
+        or (isinstance(e, HttpError) and (e.code or 0) >= 500)
+        or (isinstance(e, ValueError) and _TENSORSTORE_UNANSWERED.search(str(e)))):
       return e
     seen.add(id(e))
     e = e.__cause__ or e.__context__

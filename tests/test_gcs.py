@@ -192,6 +192,27 @@ def test_a_bucket_that_stops_answering_mid_run_is_one_line_exit_4_and_the_run_re
   assert int(found.group(1)) >= 200
 
 
+def test_only_the_storage_libraries_errors_read_as_a_store_that_stopped_answering():
+  import aiohttp
+  from gcsfs.retry import HttpError
+  from recipe_jax import files
+  down = aiohttp.ServerDisconnectedError()
+  try:
+    try:
+      raise down
+    except aiohttp.ServerDisconnectedError as e:
+      raise RuntimeError('the writer failed') from e
+  except RuntimeError as wrapped:
+    assert files.unanswered(wrapped) is down  # through the chain
+  assert files.unanswered(HttpError({'code': 503, 'message': 'unavailable'}))
+  assert files.unanswered(ValueError('UNAVAILABLE: error writing gs://bucket/run/x'))
+  assert files.unanswered(ValueError('All 6 retry attempts failed: CURL error'))
+  for other in (ConnectionError('a worker pipe'), TimeoutError('a future'),
+                ValueError('DEADLINE_EXCEEDED: Barrier timed out'),  # JAX's coordination
+                HttpError({'code': 403, 'message': 'forbidden'}), FileNotFoundError('x')):
+    assert files.unanswered(other) is None, other
+
+
 def test_every_tensorstore_context_orbax_builds_bounds_its_retries():
   """Orbax's array writes and reads go through tensorstore, whose default is 32 retries up to
   32 s apart (a dead endpoint: minutes). Measured against a closed port: 6 tries end in about

@@ -64,6 +64,8 @@ def test_a_run_records_its_code_versions_devices_and_command_and_a_restart_on_ot
   record = json.loads((workdir / 'provenance.json').read_text())
   code = {entry['path']: entry['git'] for entry in record['code']}
   assert set(code) == {REPO, str(repo), str(outside)}
+  roles = {entry['path']: entry['roles'] for entry in record['code']}
+  assert roles == {REPO: ['recipe_jax'], str(repo): ['config', 'model'], str(outside): ['loss']}
   mine = code[str(repo)]
   assert mine['commit'] == git(repo, 'rev-parse', 'HEAD') and mine['branch'] == 'wider'
   assert mine['dirty'] and mine['untracked'] == ['notes.txt']
@@ -74,12 +76,13 @@ def test_a_run_records_its_code_versions_devices_and_command_and_a_restart_on_ot
   assert record['host'] == socket.gethostname() and record['devices']['count'] == 1
   assert record['command'] == (f'python -m recipe_jax.main --workdir={workdir} '
                                f'--config={repo}/my_config.py')
+  assert json.loads((workdir / 'provenance.json').read_text()) == record  # nothing else wrote
 
   git(repo, '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qam', 'the note')
   longer = run_main(workdir, *flags, '--config.num_train_steps=60', env=env)
   assert longer.returncode == 0, longer.stderr[-3000:]  # logged, not refused
   commit = git(repo, 'rev-parse', 'HEAD')
-  assert (f'the code differs from the run it continues: experiments: commit '
+  assert (f'the code differs from the code it last ran with: config+model: commit '
           f'{mine["commit"][:10]} -> {commit[:10]}') in longer.stderr, longer.stderr[-3000:]
   again = json.loads((workdir / 'provenance.json').read_text())
   assert [[c['git']['commit'] for c in r['code'] if c['path'] == str(repo)]
@@ -91,13 +94,31 @@ def test_a_run_records_its_code_versions_devices_and_command_and_a_restart_on_ot
   assert (workdir / 'provenance.json').read_bytes() == before  # the same code writes nothing
 
 
-def test_differences_name_each_repository_and_version_that_changed():
+def test_differences_name_each_role_and_version_that_changed():
   from recipe_jax.runs import provenance
-  before = {'code': {'/a/proj': 'abc', '/b/lib': 'x1'}, 'diffs': {'/a/proj': None, '/b/lib': 'd1'},
+  before = {'code': {'recipe_jax': 'abc', 'config+model': 'x1'},
+            'diffs': {'recipe_jax': None, 'config+model': 'd1'},
             'versions': {'jax': '0.4.1', 'flax': '0.8'}}
-  now = {'code': {'/a/proj': 'abc', '/b/lib': 'x1', '/c/new': None},
-         'diffs': {'/a/proj': None, '/b/lib': 'd2', '/c/new': None},
+  now = {'code': {'recipe_jax': 'abc', 'config+model': 'x1', 'loss': None},
+         'diffs': {'recipe_jax': None, 'config+model': 'd2', 'loss': None},
          'versions': {'jax': '0.4.2', 'flax': '0.8'}}
   assert provenance.differences(before, now) == [
-      'lib: other uncommitted changes', 'new: now used', 'jax 0.4.1 -> 0.4.2']
+      'config+model: other uncommitted changes', 'loss: now used', 'jax 0.4.1 -> 0.4.2']
   assert provenance.differences(before, before) == []
+
+
+def test_a_checkout_elsewhere_is_the_same_code_and_a_failure_to_record_is_one_warning(
+    small_config, tmp_path, monkeypatch, caplog):
+  from recipe_jax.runs import provenance
+  record = provenance.collect(small_config)
+  moved = json.loads(json.dumps(record))
+  for repo in moved['code']:
+    repo['path'] = '/elsewhere' + repo['path']  # another VM's home
+  assert provenance.differences(provenance.identity(record), provenance.identity(moved)) == []
+
+  def broken(config):
+    raise UnicodeDecodeError('utf-8', b'\xe9', 0, 1, 'invalid continuation byte')
+  monkeypatch.setattr(provenance, 'collect', broken)
+  provenance.record(str(tmp_path / 'run'), small_config)  # the run goes on
+  assert 'provenance not recorded (UnicodeDecodeError' in caplog.text
+  assert not (tmp_path / 'run' / 'provenance.json').exists()

@@ -68,8 +68,20 @@ def test_fewer_than_twenty_errors_left_is_a_saturated_test_set(errors, status):
 def test_identical_models_have_nothing_to_resolve():
   labels, a, _ = planted(errors=30)
   v = saturation.verdict(labels, {'ensemble': a, 'member': a.copy()})
-  assert v.status == 'PASS' and 'nothing to resolve' in v.summary
+  assert v.status == 'PASS' and 'gets the same examples right and wrong' in v.summary
   assert math.isinf(v.evidence['examples_to_resolve'])
+
+
+def test_models_of_equal_accuracy_that_disagree_are_not_called_identical():
+  labels, a, b = planted(errors=30, a_only=12, b_only=12)
+  v = saturation.verdict(labels, {'ensemble': a, 'member': b})
+  assert v.status == 'PASS' and 'same accuracy on this test set, right and wrong on 12 ' in (
+      v.summary), v.summary
+
+
+def test_an_empty_test_split_is_a_warning_not_a_crash():
+  v = saturation.verdict(np.zeros(0, int), {'the model': np.zeros(0, int)})
+  assert v.status == 'WARN' and 'the test split is empty' in v.summary
 
 
 def test_the_interval_is_wilsons():

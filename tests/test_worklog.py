@@ -74,5 +74,28 @@ def test_a_run_writing_while_the_worklog_reads_is_shown_not_fatal(runs_folder):
   (runs_folder / 'e_starting').mkdir()
   (runs_folder / 'e_starting' / 'config.json').write_text('{"stage": "tr')  # half written
   os.utime(runs_folder / 'e_starting' / 'config.json', (4e9, 4e9))
+  (runs_folder / 'a_baseline' / 'summary.json').write_text('{"finished": tr')
   found = worklog.rows(str(runs_folder))
-  assert [r['status'] for r in found if r['run'] == 'e_starting'] == ['unreadable config.json']
+  by_run = {r['run']: r for r in found}
+  assert by_run['e_starting']['status'] == 'unreadable config.json (being written, or damaged)'
+  assert by_run['e_starting']['time'] == 4e9  # its file's time: not 1970, not first
+  assert by_run['a_baseline']['status'] == 'finished (summary.json unreadable)'
+
+
+def test_a_stage_folder_that_trains_is_read_as_its_stage(tmp_path):
+  """overfit's folder holds config.json, summary.json (its run) and result.json: the stage and
+  its FAIL come from result.json, not from the run's finished summary."""
+  import json
+  folder = tmp_path / 'runs' / 'overfit'
+  folder.mkdir(parents=True)
+  (folder / 'config.json').write_text(json.dumps({'stage': 'overfit', 'seed': 0}))
+  (folder / 'summary.json').write_text(json.dumps({'finished': True, 'test_accuracy': 0.5}))
+  (folder / 'result.json').write_text(json.dumps({
+      'stage': 'overfit', 'finished': True, 'metrics': {'train_accuracy': 0.61},
+      'verdicts': [{'check': 'fits_training_set', 'status': 'FAIL',
+                    'summary': 'train accuracy 0.61 after 3000 steps\nbelow 0.99'}]}))
+  [row] = worklog.rows(str(tmp_path / 'runs'))
+  assert row['stage'] == 'overfit'
+  assert row['status'] == ('failed: fits_training_set: train accuracy 0.61 after 3000 steps '
+                           'below 0.99')
+  assert row['checks'] == '0 PASS 0 WARN 1 FAIL' and 'train accuracy 61' in row['headline']

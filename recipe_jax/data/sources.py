@@ -157,9 +157,11 @@ def labels_problem(labels: dict) -> str | None:
   that are class indices 0..C-1 (not ids like {0, 3, 7, 10**9}, which would build a layer of
   10**9 outputs)."""
   for key, y in labels.items():
+    if not len(y):
+      return f'{key} is empty: the split needs examples'
     if not np.issubdtype(y.dtype, np.integer):
       return f'{key} has dtype {y.dtype}; labels must be integers 0..C-1'
-    if len(y) and y.min() < 0:
+    if y.min() < 0:
       return (f'{key} holds negative labels (min {y.min()}, rows '
               f'{np.flatnonzero(y < 0)[:5].tolist()}); labels must be integers 0..C-1')
   train_labels = np.unique(next(iter(labels.values())))
@@ -339,7 +341,7 @@ def tfds_num_classes(builder, cfg, y_train, y_test) -> int:
   problem = labels_problem(labels)
   if problem:
     raise UserError(f"TFDS dataset '{cfg.name}': {problem}")
-  return int(max(y.max() for y in labels.values())) + 1
+  return int(max(y.max() for y in labels.values())) + 1  # none is empty: labels_problem
 
 
 def _online(host='storage.googleapis.com', timeout_s=3.0) -> bool:

@@ -48,9 +48,12 @@ def verdict(labels, predictions: dict) -> Verdict:
   """`predictions`: {model name: predicted classes on the test split}, the final model first,
   then the runner-up (optional). WARN when fewer than MIN_ERRORS errors are left, or when the
   test set cannot tell the two apart (McNemar p >= ALPHA) though they differ; else PASS."""
-  labels = np.asarray(labels)
+  labels = np.ravel(labels)
   names = list(predictions)
-  correct = {name: np.asarray(predictions[name]) == labels for name in names}
+  if not len(labels):
+    return Verdict('test_saturation', 'WARN', 'the test split is empty: nothing measures the '
+                   'final model', {'examples': 0, 'models': names})
+  correct = {name: np.ravel(predictions[name]) == labels for name in names}
   n, final = len(labels), correct[names[0]]
   errors = int(n - final.sum())
   low, high = accuracy_interval(final)
@@ -68,14 +71,17 @@ def verdict(labels, predictions: dict) -> Verdict:
     evidence.update(paired, runner_up=names[1], examples_to_resolve=needed)
     apart = (f'{names[0]} is right on {paired["a_only"]} examples {names[1]} gets wrong, and '
              f'wrong on {paired["b_only"]} it gets right (McNemar p = {paired["p_value"]:.2g})')
-    if paired['p_value'] < ALPHA:
+    if paired['a_only'] + paired['b_only'] == 0:
+      line += f'; {names[1]} gets the same examples right and wrong: nothing to resolve'
+    elif paired['a_only'] == paired['b_only']:
+      line += (f'; {names[1]} has the same accuracy on this test set, right and wrong on '
+               f'{paired["a_only"]} different examples each: no difference to resolve')
+    elif paired['p_value'] < ALPHA:
       line += f'; the test set tells it from {names[1]}: {apart}'
-    elif math.isfinite(needed):
+    else:
       problems.append(f'the test set cannot tell it from {names[1]}: {apart}; about '
                       f'{needed:,.0f} test examples would resolve a difference this size '
                       f'({needed / n:.1f}x this test set)')
-    else:
-      line += f'; {names[1]} makes the same predictions right and wrong: nothing to resolve'
   if problems:
     return Verdict('test_saturation', 'WARN', f'{line}; ' + '; '.join(problems), evidence)
   return Verdict('test_saturation', 'PASS', line, evidence)

@@ -6,7 +6,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from orbax.checkpoint._src.serialization import tensorstore_utils
 
 from recipe_jax import files
 from recipe_jax.errors import UserError
@@ -18,11 +17,17 @@ RESTORE_ATTEMPTS = 3
 RETRY_WAIT_S = 1.0
 # Tensorstore (orbax's arrays) retries a store that does not answer 32 times, up to 32 s apart:
 # about 15 minutes before a run on gs:// learns its bucket is gone. 6 tries, 1 s to 16 s apart
-# (about 45 s, as gcsfs's own retries) ride out a blip and end a run whose store is down. Orbax
-# builds every tensorstore context from these two dicts (get_ts_context copies them).
+# (about 30 s, as gcsfs's own retries) ride out a blip and end a run whose store is down. Orbax
+# builds its array contexts from these two private dicts (get_ts_context copies them); an orbax
+# without them keeps tensorstore's default.
 TENSORSTORE_RETRIES = {'max_retries': 6, 'initial_delay': '1s', 'max_delay': '16s'}
-for _context in (tensorstore_utils._BASE_TS_CONTEXT, tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT):
-  _context['gcs_request_retries'] = TENSORSTORE_RETRIES
+try:
+  from orbax.checkpoint._src.serialization import tensorstore_utils
+  for _context in (tensorstore_utils._BASE_TS_CONTEXT,
+                   tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT):
+    _context['gcs_request_retries'] = TENSORSTORE_RETRIES
+except (ImportError, AttributeError):  # another orbax layout
+  pass
 
 
 def manager(directory: str, max_to_keep: int, best_metric: str | None = None):

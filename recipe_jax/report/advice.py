@@ -162,13 +162,18 @@ def _outliers(status, e):
 
 
 def _test_saturation(status, e):
+  from recipe_jax.diagnose import saturation
+  found = []
   needed = e.get('examples_to_resolve')
-  if needed is not None and needed != float('inf') and e.get('p_value', 0) >= 0.05:
-    return True, (f"the test set cannot tell {e['models'][0]} from {e['runner_up']}: about "
-                  f"{needed:,.0f} test examples (now {e['examples']}) would, if the choice "
-                  'between them matters to you')
-  return True, (f"only {e.get('errors_left')} test errors are left: a larger or harder test set "
-                'would measure the next improvement')
+  if (needed is not None and needed != float('inf') and
+      e.get('p_value', 0) >= saturation.ALPHA):
+    found.append(f"the test set cannot tell {e['models'][0]} from {e['runner_up']}: about "
+                 f"{needed:,.0f} test examples (now {e['examples']}) would, if the choice "
+                 'between them matters to you')
+  if (e.get('errors_left') or 0) < saturation.MIN_ERRORS:
+    found.append(f"only {e.get('errors_left')} test errors are left: a larger or harder test "
+                 'set would measure the next improvement')
+  return True, '; '.join(found) or 'read its evidence'
 
 
 RULES = {'variant_': lambda s, e: _variant(s, e) if s == 'WARN' else None,

@@ -13,7 +13,6 @@ import os
 import sys
 
 from recipe_jax import files
-from recipe_jax.errors import UserError
 from recipe_jax.config import check as config_check
 from recipe_jax.report import advice, words
 
@@ -199,7 +198,7 @@ def _provenance(workdir: str, results: list) -> str:
     devices = record['devices']
     items.append(f'<li>{html.escape(versions)}; {devices["count"]} x {html.escape(devices["kind"])}'
                  f' on {html.escape(record["host"])}, {html.escape(record["time"])}</li>')
-  except (KeyError, TypeError, UserError):
+  except Exception:  # noqa: BLE001  informational: a damaged record never stops the report
     return f'<li>{html.escape(path)} is damaged</li>'
   return ''.join(items)
 

@@ -10,10 +10,10 @@ Recorded when a run directory is first claimed (`store.claim`):
 - `host`, the `devices` (platform, kind, count) and the process count;
 - the `command` line that started it.
 
-A restart compares its code and versions with those the run last went on with. What differs is
-logged (a bit-identical
-resume needs the same code) and appended to the record's `restarts`, never refused; the same code
-writes nothing.
+A restart (or a stage reusing the folder's results) compares its code, by role, and versions
+with those the run last went on with. What differs is logged (a bit-identical resume needs the
+same code) and appended to the record's `restarts`, never refused; the same code writes nothing.
+Provenance never stops a run: a failure to record it is one warning.
 """
 import functools
 import hashlib
@@ -21,6 +21,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import shlex
 import socket
 import subprocess
 import sys
@@ -41,35 +42,36 @@ _started = {'command': None, 'config_file': None}
 
 def started_by(argv: list, config_file: str | None) -> None:
   """What started this process (main calls it): recorded with every run it claims."""
-  _started['command'] = ' '.join(['python -m recipe_jax.main', *argv[1:]])
+  _started['command'] = 'python -m recipe_jax.main ' + shlex.join(argv[1:])
   _started['config_file'] = os.path.abspath(config_file) if config_file else None
 
 
-def code_folders(config) -> list[str]:
-  """The folders of the code a run uses: this package, the config file, a user model or loss."""
-  folders = [os.path.dirname(os.path.abspath(__file__))]
+def code_folders(config) -> list[tuple[str, str]]:
+  """(role, folder) of the code a run uses: this package ('recipe_jax'), the config file
+  ('config'), a user model ('model') or loss ('loss')."""
+  folders = [('recipe_jax', os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
   if _started['config_file']:
-    folders.append(os.path.dirname(_started['config_file']))
-  for name in (config.model.name, config.get('loss', '')):
+    folders.append(('config', os.path.dirname(_started['config_file'])))
+  for role, name in (('model', config.model.name), ('loss', config.get('loss', ''))):
     if name and user_code.is_user_code(name):
       origin = _module_file(name.partition(':')[0])
       if origin:
-        folders.append(os.path.dirname(origin))
+        folders.append((role, os.path.dirname(origin)))
   return folders
 
 
 def _module_file(module: str) -> str | None:
   try:
     spec = importlib.util.find_spec(module)
-  except (ImportError, ValueError):
+  except Exception:  # noqa: BLE001  a package whose __init__ fails: the run says so itself
     return None
   return spec.origin if spec and spec.origin and os.path.exists(spec.origin) else None
 
 
 def _git(folder: str, *args) -> str | None:
   try:
-    done = subprocess.run(['git', '-C', folder, *args], capture_output=True, text=True,
-                          timeout=GIT_TIMEOUT_S)
+    done = subprocess.run(['git', '-C', folder, *args], capture_output=True, encoding='utf-8',
+                          errors='replace', timeout=GIT_TIMEOUT_S)  # a Latin-1 file's diff too
   except (OSError, subprocess.TimeoutExpired):  # no git on this machine, or a stuck one
     return None
   return done.stdout if done.returncode == 0 else None
@@ -109,28 +111,42 @@ def collect(config) -> dict:
   """The record of what runs now (the diffs still inside: `record` writes them apart)."""
   import jax
   devices = jax.devices()
-  seen, code = set(), []
-  for folder in code_folders(config):
+  code = {}
+  for role, folder in code_folders(config):
     repo = repository(folder)
-    if repo['path'] not in seen:
-      seen.add(repo['path'])
-      code.append(repo)
+    code.setdefault(repo['path'], dict(repo, roles=[]))['roles'].append(role)
   return {'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'command': _started['command'] or
-          ' '.join(sys.argv), 'code': code, 'versions': versions(), 'host': socket.gethostname(),
-          'devices': {'platform': devices[0].platform, 'kind': devices[0].device_kind,
-                      'count': len(devices)}, 'processes': jax.process_count()}
+          shlex.join(sys.argv), 'code': list(code.values()), 'versions': versions(),
+          'host': socket.gethostname(), 'devices': {
+              'platform': devices[0].platform, 'kind': devices[0].device_kind,
+              'count': len(devices)}, 'processes': jax.process_count()}
 
 
 def identity(record: dict) -> dict:
-  """What must match for a bit-identical resume: each repository's commit and diff, versions."""
-  code = {r['path']: (r['git'] or {}).get('commit') for r in record['code']}
-  diffs = {r['path']: (r['git'] or {}).get('diff_sha256') for r in record['code']}
+  """What must match for a bit-identical resume: the commit and the uncommitted diff behind
+  each role (by role, not path: the same checkout may sit elsewhere on another VM), and the
+  versions."""
+  code, diffs = {}, {}
+  for repo in record['code']:
+    roles = '+'.join(repo.get('roles') or [repo['path']])  # 'config+model': one repository
+    code[roles] = (repo['git'] or {}).get('commit')
+    diffs[roles] = (repo['git'] or {}).get('diff_sha256')
   return {'code': code, 'diffs': diffs, 'versions': record['versions']}
 
 
 def record(directory: str, config) -> None:
-  """Writes the record of a fresh run directory; on a restart, logs (and appends) what differs
-  from it. Only process 0 calls it (`store.claim`)."""
+  """Writes the record of a fresh run directory; on a restart (or a reuse of its results),
+  logs and appends what differs from the code it last ran with. Only process 0 calls it
+  (`store.claim`). Provenance never stops a run: a failure is one warning."""
+  try:
+    _record(directory, config)
+  except Exception as e:  # noqa: BLE001  but a store that stopped answering ends the run
+    if files.unanswered(e):
+      raise
+    logging.warning('%s: provenance not recorded (%s)', directory, user_code.one_line(e))
+
+
+def _record(directory: str, config) -> None:
   path = files.join(directory, FILE)
   now = collect(config)
   if not files.exists(path):
@@ -138,30 +154,31 @@ def record(directory: str, config) -> None:
     return
   try:
     before = files.read_json(path)
-    latest = (before.get('restarts') or [before])[-1]  # the code the run last went on with
+    restarts = before.setdefault('restarts', [])
+    latest = (restarts or [before])[-1]  # the code the run last went on with
     changes = differences(identity(latest), identity(now))
   except (UserError, KeyError, TypeError, AttributeError):  # damaged, or hand-edited
     logging.warning('%s is damaged: this start is not compared with it', path)
     return
   if changes:
-    logging.warning('%s: the code differs from the run it continues: %s (a bit-identical resume '
-                    'needs the same code; recorded in %s)', directory, '; '.join(changes), FILE)
-    before.setdefault('restarts', []).append(_with_diffs_saved(directory, now))
+    logging.warning('%s: the code differs from the code it last ran with: %s (a bit-identical '
+                    'resume needs the same code; recorded in %s)', directory, '; '.join(changes),
+                    FILE)
+    restarts.append(_with_diffs_saved(directory, now))
     files.write_json(path, before)
 
 
 def differences(before: dict, now: dict) -> list[str]:
   """Words for each difference between two `identity`s."""
   found = []
-  for path in sorted(set(before['code']) | set(now['code'])):
-    name = os.path.basename(path)
-    old, new = before['code'].get(path), now['code'].get(path)
-    if path not in before['code'] or path not in now['code']:
-      found.append(f'{name}: {"no longer used" if path not in now["code"] else "now used"}')
+  for role in sorted(set(before['code']) | set(now['code'])):
+    old, new = before['code'].get(role), now['code'].get(role)
+    if role not in before['code'] or role not in now['code']:
+      found.append(f'{role}: {"no longer used" if role not in now["code"] else "now used"}')
     elif old != new:
-      found.append(f'{name}: commit {(old or "none")[:10]} -> {(new or "none")[:10]}')
-    elif before['diffs'].get(path) != now['diffs'].get(path):
-      found.append(f'{name}: other uncommitted changes')
+      found.append(f'{role}: commit {(old or "none")[:10]} -> {(new or "none")[:10]}')
+    elif before['diffs'].get(role) != now['diffs'].get(role):
+      found.append(f'{role}: other uncommitted changes')
   for package in sorted(set(before['versions']) | set(now['versions'])):
     old, new = before['versions'].get(package), now['versions'].get(package)
     if old != new:

@@ -87,7 +87,8 @@ class _ClaimOnceStorage(optuna.storages.RDBStorage):
 
 def with_storage_retries(url: str, work):
   """work(); when the study's storage stops answering (a database restarted, a network gap),
-  work() again after a wait, STORAGE_ATTEMPTS times in all; then a one-line UserError. A trial
+  work() again after a wait, STORAGE_ATTEMPTS times in all; then a one-line StorageUnavailable
+  (exit 4). A trial
   cut off keeps its run's checkpoints: once its heartbeat is stale, it is queued again and
   resumes from them (now, or when the same command runs again)."""
   for attempt in range(1, STORAGE_ATTEMPTS + 1):

@@ -3,10 +3,11 @@ worklog, form a mental map of the things done, and be sensitive to the file size
 git diff outputs").
 
 It reads only what run directories hold: one listing of the folder (names, sizes, times), then
-each run's config.json, summary.json or result.json, and provenance.json. A run is a folder
-holding config.json (a train run, a stage's folder, the runs inside compare or tune). Runs that
-are writing while it reads show what they hold so far; a file that vanishes or is half written
-makes its cell say so, never the worklog fail.
+each run's config.json, result.json and summary.json, and provenance.json. A run is a folder
+holding config.json (a train run, a stage's folder, the runs inside compare or tune); its size
+and wall time count everything under it. Runs that are writing while it reads show what they
+hold so far; a file that vanishes or is half written makes its status say so, never the
+worklog fail.
 """
 import bisect
 import datetime
@@ -47,11 +48,19 @@ def listing(root: str) -> dict:
   return found
 
 
-def _read(root: str, run: str, name: str):
-  try:
-    return files.read_json(files.join(root, run, name))
-  except (UserError, OSError, FileNotFoundError):  # not there (yet), or being written
+_UNREADABLE = object()  # a file listed but not readable: being written, or damaged
+
+
+def _read(root: str, run: str, name: str, listed: dict):
+  """The JSON file's content; None when the run has no such file; _UNREADABLE when it has one
+  that cannot be read (half written, damaged, gone since the listing)."""
+  if os.path.join(run, name) not in listed:
     return None
+  try:
+    found = files.read_json(files.join(root, run, name))
+  except (UserError, OSError):
+    return _UNREADABLE
+  return found if isinstance(found, dict) else _UNREADABLE
 
 
 def rows(root: str) -> list[dict]:
@@ -67,27 +76,34 @@ def rows(root: str) -> list[dict]:
   paths = sorted(listed)
   found = []
   for run in runs:
-    config = _read(root, run, 'config.json')
-    if config is None:
-      found.append({'run': run or '.', 'status': 'unreadable config.json', 'time': 0.0})
-      continue
-    flat = config_check.flatten(config)
     prefix = f'{run}/' if run else ''  # everything under the run, its own runs included
     inside = {p: listed[p] for p in paths[bisect.bisect_left(paths, prefix):
                                           bisect.bisect_left(paths, prefix + '\U0010ffff')]}
-    record = _read(root, run, 'provenance.json') or {}
-    summary = _read(root, run, 'summary.json')
-    stage = 'train' if summary is not None or flat.get('stage') == 'train' else flat.get('stage')
-    # a train run's result is in DIR/train/; a stage's folder holds its own
-    result = _read(root, run, 'train/result.json' if stage == 'train' else 'result.json')
     times = [when for _, when in inside.values()]
-    found.append({
-        'run': run or '.', 'stage': stage, 'config': flat,
-        'time': _started(record) or min(times), 'wall': max(times) - min(times),
-        'status': status(summary, result, inside, run),
+    row = {'run': run or '.', 'time': min(times), 'wall': max(times) - min(times),
+           'size': sum(size for size, _ in inside.values())}
+    found.append(row)
+    config = _read(root, run, 'config.json', listed)
+    if config is _UNREADABLE:
+      row['status'] = 'unreadable config.json (being written, or damaged)'
+      continue
+    flat = config_check.flatten(config)
+    stage = flat.get('stage')
+    # a train run's result is DIR/train/result.json; a stage's folder holds its own
+    result = _read(root, run, 'train/result.json' if stage == 'train' else 'result.json', listed)
+    summary = _read(root, run, 'summary.json', listed)
+    record = _read(root, run, 'provenance.json', listed)
+    unreadable = [name for name, value in (('result.json', result), ('summary.json', summary),
+                                           ('provenance.json', record)) if value is _UNREADABLE]
+    result, summary, record = (None if v is _UNREADABLE else v
+                               for v in (result, summary, record))
+    row.update({
+        'stage': stage, 'config': flat, 'time': _started(record or {}) or row['time'],
+        'status': status(summary, result, inside, run) + (
+            f' ({", ".join(unreadable)} unreadable)' if unreadable else ''),
         'changed from the defaults': _changes(default, flat),
         'headline': _headline(summary, result), 'checks': _counts(result),
-        'size': sum(size for size, _ in inside.values()), 'commit': _commit(record)})
+        'commit': _commit(record or {})})
   found.sort(key=lambda r: (r['time'], r['run']))
   previous = None
   for row in found:
@@ -100,19 +116,18 @@ def rows(root: str) -> list[dict]:
 
 def status(summary, result, inside: dict, run: str) -> str:
   """finished; preempted (stopped, resumable); failed (a check FAILed, the first one named: a
-  diverged run's `finished`); or running or killed (no summary or result yet)."""
-  if summary is not None and not summary.get('finished'):
-    return 'preempted'
+  diverged run's `finished`); or running or killed (no result yet). A stage's result.json is
+  written last, so it speaks first; a run trained inside a stage has only summary.json."""
   if result is not None:
     if not result.get('finished', True):
       return 'preempted'
     failed = [v for v in result.get('verdicts', []) if v.get('status') == 'FAIL']
     if failed:
-      first = failed[0].get('summary', '')
+      first = ' '.join(str(failed[0].get('summary', '')).split())  # one line in a table
       return f"failed: {failed[0].get('check')}: {first[:60]}{'...' if len(first) > 60 else ''}"
     return 'finished'
   if summary is not None:
-    return 'finished'
+    return 'finished' if summary.get('finished') else 'preempted'
   prefix = f'{run}/checkpoints/' if run else 'checkpoints/'
   if any(p.startswith(prefix) for p in inside):
     return 'running or killed (checkpoints, no summary)'

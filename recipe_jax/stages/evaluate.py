@@ -2,9 +2,9 @@
 retraining: `--config.evaluate.run_dir=RUN`. Every finished train run does the same at its end.
 
 Writes DIR/analysis/ (see `recipe_jax.diagnose.analysis`) on the validation split; the test split only
-with `--config.analysis.split=test`, and never to select anything. The test split is read for one
-statement: whether it still resolves this model (`diagnose.saturation`: errors left, the
-accuracy's interval).
+with `--config.analysis.split=test`, and never to select anything. Only this stage also states
+whether the test split still resolves the model (`diagnose.saturation`: errors left, the
+accuracy's interval); a train run's own analysis does not.
 """
 import os
 

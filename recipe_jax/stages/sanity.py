@@ -201,8 +201,6 @@ def run_check(check: str, runner, config) -> tuple:
   except UserError:
     raise  # a bad config is the user's to fix before any check means anything
   except Exception as e:
-    if files.unanswered(e):
-      raise  # the run directory's storage, not the model: main says so in one line
     logging.info('check %s raised', check, exc_info=True, extra=console.FILE_ONLY)
     message = user_code.describe_failure(e, config.model.name, config.loss)
     return (Verdict(check, 'FAIL', f'could not run: {message}',
