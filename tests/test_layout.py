@@ -78,4 +78,4 @@ def test_every_module_sits_in_a_layer_package():
   packages = {n for n in modules() if os.path.isdir(os.path.join(REPO, *n.split('.')))}
   top = sorted(n for n in modules() if n.count('.') == 1 and n not in packages)
   assert top == ['recipe_jax.console', 'recipe_jax.errors', 'recipe_jax.files',
-                 'recipe_jax.main'], top
+                 'recipe_jax.main', 'recipe_jax.worklog'], top  # the two commands, and the base

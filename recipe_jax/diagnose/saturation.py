@@ -58,7 +58,8 @@ def verdict(labels, predictions: dict) -> Verdict:
   errors = int(n - final.sum())
   low, high = accuracy_interval(final)
   evidence = {'examples': n, 'errors_left': errors, 'accuracy': float(final.mean()),
-              'interval_95': [low, high], 'models': names}
+              'interval_95': [low, high], 'models': names, 'alpha': ALPHA,
+              'min_errors': MIN_ERRORS}
   line = (f'{names[0]}: {errors} test errors left of {n}; accuracy {final.mean():.2%} '
           f'(95% interval {low:.2%} to {high:.2%})')
   problems = []

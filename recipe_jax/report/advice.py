@@ -162,15 +162,14 @@ def _outliers(status, e):
 
 
 def _test_saturation(status, e):
-  from recipe_jax.diagnose import saturation
-  found = []
+  found = []  # the verdict's own thresholds travel in its evidence
   needed = e.get('examples_to_resolve')
   if (needed is not None and needed != float('inf') and
-      e.get('p_value', 0) >= saturation.ALPHA):
+      e.get('p_value', 0) >= e.get('alpha', 0.05)):
     found.append(f"the test set cannot tell {e['models'][0]} from {e['runner_up']}: about "
                  f"{needed:,.0f} test examples (now {e['examples']}) would, if the choice "
                  'between them matters to you')
-  if (e.get('errors_left') or 0) < saturation.MIN_ERRORS:
+  if (e.get('errors_left') or 0) < e.get('min_errors', 20):
     found.append(f"only {e.get('errors_left')} test errors are left: a larger or harder test "
                  'set would measure the next improvement')
   return True, '; '.join(found) or 'read its evidence'
