@@ -37,6 +37,7 @@ FILE = 'provenance.json'
 DIFFS = 'provenance'  # the folder of the uncommitted diffs
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'recipe_jax')
 GIT_TIMEOUT_S = 10
+TIME_FORMAT = '%Y-%m-%dT%H:%M:%S%z'  # the record's start time (the worklog reads it back)
 _started = {'command': None, 'config_file': None}
 
 
@@ -115,7 +116,7 @@ def collect(config) -> dict:
   for role, folder in code_folders(config):
     repo = repository(folder)
     code.setdefault(repo['path'], dict(repo, roles=[]))['roles'].append(role)
-  return {'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'command': _started['command'] or
+  return {'time': time.strftime(TIME_FORMAT), 'command': _started['command'] or
           shlex.join(sys.argv), 'code': list(code.values()), 'versions': versions(),
           'host': socket.gethostname(), 'devices': {
               'platform': devices[0].platform, 'kind': devices[0].device_kind,

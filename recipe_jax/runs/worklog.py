@@ -18,6 +18,7 @@ import os
 from recipe_jax import files
 from recipe_jax.config import check as config_check, defaults
 from recipe_jax.errors import UserError
+from recipe_jax.runs import provenance
 from recipe_jax.report import words
 
 COLUMNS = ('time', 'run', 'stage', 'status', 'changed from the defaults',
@@ -136,7 +137,7 @@ def status(summary, result, inside: dict, run: str) -> str:
 
 def _started(record: dict):
   try:
-    return datetime.datetime.strptime(record['time'], '%Y-%m-%dT%H:%M:%S%z').timestamp()
+    return datetime.datetime.strptime(record['time'], provenance.TIME_FORMAT).timestamp()
   except (KeyError, TypeError, ValueError):
     return None
 
