@@ -158,7 +158,7 @@ def stderr_into(path: str):
     os.close(saved)
 
 
-MULTI_RUN_STAGES = ('compare', 'tune', 'data_scaling', 'squeeze', 'recipe')
+MULTI_RUN_STAGES = ('compare', 'tune', 'data_scaling', 'squeeze', 'replicate', 'scale_up', 'recipe')
 _one_line_per_run = {'on': False}
 
 

@@ -6,6 +6,15 @@ class UserError(Exception):
   exit_code = 2
 
 
+class RefusedRun(UserError):
+  """A start refused because its run directory holds a run of another config or other data.
+  `directory`: that run directory (the refusal is noted there for the worklog)."""
+
+  def __init__(self, message: str, directory: str):
+    super().__init__(message)
+    self.directory = directory
+
+
 class DivergenceError(Exception):
   """The loss went non-finite or exploded; checkpoints up to the last good step are kept."""
   exit_code = 3

@@ -25,8 +25,8 @@ from recipe_jax.config import check as config_check
 from recipe_jax.model import user_code
 from recipe_jax.report import results as report
 from recipe_jax.runs import store as run_store, tracking
-from recipe_jax.errors import (ChecksFailed, DivergenceError, StorageUnavailable,  # noqa: E402
-                               UserError)
+from recipe_jax.errors import (ChecksFailed, DivergenceError, RefusedRun,  # noqa: E402
+                               StorageUnavailable, UserError)
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None,
@@ -139,6 +139,10 @@ def main(argv):
     files.check_workdir(workdir)  # gs://: reachable and writable, within seconds
     check_study_storage(config, workdir)
     run_store.check(*stage_directory(config, workdir))  # another config's run: left untouched
+  except RefusedRun as e:  # noted beside the run it left untouched, for the worklog
+    run_store.note_refusal(e.directory, str(e),
+                           'python -m recipe_jax.main ' + shlex.join(sys.argv[1:]))
+    fail(str(e), e.exit_code)
   except UserError as e:
     fail(str(e), e.exit_code)
   console.setup(workdir, verbose=verbose)

@@ -4,7 +4,8 @@ stage that trains or applies a model, on tiny synthetic data of the model's inpu
 Rows come from `models.MODELS` (plus USER_ROWS), columns from `config_check.STAGES` less the
 data-only ones: a new model or stage gets its cells here without an edit. Each row runs one
 recipe over the recipe stages that are columns (each stage's own `run`, in-process, sharing
-compiled programs between stages), then `train` and `evaluate`. The rows are shared out between
+compiled programs between stages), then `train`, and `evaluate` and `replicate` of that run, and
+`scale_up` of the recipe's tune trials. The rows are shared out between
 this process and one helper process (this file run as a script): compiling, most of a row's
 time, is single-threaded, and CI has 2 cores (the matrix: 7:02 in one process, 4:27 in two).
 README's models x stages table is checked against the same lists.
@@ -110,12 +111,20 @@ _rows = {}  # {model: {'cells': {stage: (exit code, workdir)}, 'log': the row's 
 def compute_row(model, base, npz_dir):
   """Every cell of one row, in this process: the recipe (its stages in its own folder), then
   train and evaluate."""
-  from recipe_jax.stages import evaluate, train
+  from recipe_jax.stages import evaluate, replicate, scale_up, train
   config = matrix_config(model, os.path.join(npz_dir, f'{ROWS[model]}.npz'))
   cells = {}
   with logged() as log:
     for stage, module, extra in (('recipe', recipe, {}), ('train', train, {}),
-                                 ('evaluate', evaluate, {'evaluate.run_dir': f'{base}/train'})):
+                                 ('evaluate', evaluate, {'evaluate.run_dir': f'{base}/train'}),
+                                 ('replicate', replicate, {'replicate.run_dir': f'{base}/train',
+                                                           'replicate.seeds': 2,
+                                                           'replicate.perturbations': '{}'}),
+                                 # the recipe's tune trials, 1.5x longer: the same programs
+                                 ('scale_up', scale_up, {
+                                     'scale_up.from_dir': f'{base}/recipe',
+                                     'scale_up.source': 'tune', 'scale_up.top_k': 2,
+                                     'scale_up.changes': '{"num_train_steps": "x1.5"}'})):
       stage_config = config.copy_and_resolve_references()
       stage_config.stage = stage
       stage_config.update_from_flattened_dict(extra)

@@ -83,7 +83,11 @@ def test_a_changed_config_on_a_gs_run_is_refused_and_leaves_it_as_it_was(bucket,
                    env=env)
   assert again.returncode == 2
   assert 'model.width: 100 -> 7' in again.stderr.strip().splitlines()[-1]
-  assert {n: read_object(bucket, n) for n in objects(bucket, 'done/')} == before
+  after = {n: read_object(bucket, n) for n in objects(bucket, 'done/')}
+  refusals = json.loads(after.pop('done/refused.json'))  # noted beside it, for the worklog
+  assert after == before
+  assert [r['reason'] for r in refusals] == [again.stderr.strip().splitlines()[-1][
+      len('recipe_jax: error: '):]] and '--config.model.width=7' in refusals[0]['command']
   # What names another run directory reads it from the bucket too.
   tuned = run_main(tmp_path / 'finetune', *cli_flags(small_config),
                    '--config.init_from=gs://bucket/done', env=env)

@@ -7,7 +7,7 @@ import pytest
 
 from recipe_jax import main, worklog as worklog_cli
 from recipe_jax.engine import loop
-from recipe_jax.errors import DivergenceError
+from recipe_jax.errors import DivergenceError, RefusedRun
 from recipe_jax.runs import store as run_store, worklog
 from recipe_jax.stages import evaluate, train
 from test_interrupts import ctrl_c_in_training_run
@@ -32,15 +32,22 @@ def runs_folder(small_config, tmp_path, monkeypatch):
   looked.stage, looked.evaluate.run_dir = 'evaluate', str(root / 'a_baseline')
   run_store.claim(*main.stage_directory(looked, str(root / 'd')))  # as main does
   evaluate.run(looked, str(root / 'd'))
+  narrower = small_config.copy_and_resolve_references()
+  narrower.model.width = 7
+  with pytest.raises(RefusedRun) as refused:  # what main does with a start it refuses
+    run_store.check(str(root / 'a_baseline'), narrower)
+  run_store.note_refusal(refused.value.directory, str(refused.value), 'python -m ... width=7')
   return root
 
 
 def test_the_worklog_lists_every_run_oldest_first_with_its_status_and_changes(runs_folder,
                                                                                capsys):
   found = worklog.rows(str(runs_folder))
-  assert [r['run'] for r in found] == ['a_baseline', 'b_wider', 'c_hot', 'd/evaluate']
+  assert [r['run'] for r in found] == ['a_baseline', 'b_wider', 'c_hot', 'd/evaluate',
+                                       'a_baseline']
   assert [r['time'] for r in found] == sorted(r['time'] for r in found)
-  by_run = {r['run']: r for r in found}
+  by_run = {r['run']: r for r in found[:4]}
+  assert found[4]['status'] == 'refused: model.width: 100 -> 7', found[4]
   assert by_run['a_baseline']['status'] == 'finished'
   assert by_run['b_wider']['status'] == 'preempted'
   assert by_run['c_hot']['status'].startswith('failed: finished: training diverged at step')
@@ -54,11 +61,11 @@ def test_the_worklog_lists_every_run_oldest_first_with_its_status_and_changes(ru
   assert by_run['a_baseline']['size'] > 10_000 and by_run['a_baseline']['commit']
   assert worklog_cli.main([str(runs_folder)]) == 0
   table = capsys.readouterr().out.splitlines()
-  assert table[0].startswith('| time | run | stage | status |') and len(table) == 2 + 4
+  assert table[0].startswith('| time | run | stage | status |') and len(table) == 2 + 5
   out = runs_folder / 'worklog.html'
   assert worklog_cli.main([str(runs_folder), '--format=html', f'--out={out}']) == 0
   page = out.read_text()
-  assert page.count('<tr>') == 5 and 'preempted' in page and 'model.width=64' in page
+  assert page.count('<tr>') == 6 and 'refused: model.width' in page and 'preempted' in page and 'model.width=64' in page
 
 
 def test_a_worklog_root_that_is_missing_or_holds_no_run_is_one_line(tmp_path, capsys):
@@ -76,7 +83,7 @@ def test_a_run_writing_while_the_worklog_reads_is_shown_not_fatal(runs_folder):
   os.utime(runs_folder / 'e_starting' / 'config.json', (4e9, 4e9))
   (runs_folder / 'a_baseline' / 'summary.json').write_text('{"finished": tr')
   found = worklog.rows(str(runs_folder))
-  by_run = {r['run']: r for r in found}
+  by_run = {r['run']: r for r in found if not r['status'].startswith('refused')}
   assert by_run['e_starting']['status'] == 'unreadable config.json (being written, or damaged)'
   assert by_run['e_starting']['time'] == 4e9  # its file's time: not 1970, not first
   assert by_run['a_baseline']['status'] == 'finished (summary.json unreadable)'

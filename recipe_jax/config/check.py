@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import numbers
+import re
 from typing import Any, Callable
 
 from recipe_jax.config import selection
@@ -19,8 +20,10 @@ from recipe_jax.errors import UserError
 
 # The one list of stages, in the recipe's order (report.html shows them in it too).
 STAGES = ('inspect', 'sanity', 'lr_find', 'overfit', 'train', 'compare', 'data_scaling', 'tune',
-          'squeeze', 'evaluate', 'recipe')
-RECIPE_STAGES = tuple(s for s in STAGES if s not in ('train', 'evaluate', 'recipe'))
+          'squeeze', 'evaluate', 'replicate', 'scale_up', 'recipe')
+# The stages that read another run's results, and the recipe itself, are not the recipe's steps
+RECIPE_STAGES = tuple(s for s in STAGES
+                      if s not in ('train', 'evaluate', 'replicate', 'scale_up', 'recipe'))
 DATA_ONLY_STAGES = ('inspect',)  # the others train or apply the configured model
 TUNE_TYPES = ('float', 'int', 'categorical')
 
@@ -216,6 +219,64 @@ def parse_space(value) -> dict:
     for example in examples:
       _overrides({key: example}, where)
   return value
+
+
+FACTOR = re.compile(r'^([x/])((\d+\.?\d*|\.\d+)(e[-+]?\d+)?)$')
+
+
+def _change(key: str, change, where: str) -> None:
+  """One change of a key: a factor "x1.5" / "/2" (> 0), or a value its rule accepts."""
+  if key not in RULES:
+    raise UserError(f"{where} names '{key}', which is not a config key (see "
+                    'recipe_jax/config/defaults.py)')
+  factor = FACTOR.match(change) if isinstance(change, str) else None
+  if factor and float(factor.group(2)) <= 0:
+    raise UserError(f'{where}: {change!r} would make {key} zero; a factor is > 0')
+  if not factor and _problem(key, change):
+    raise UserError(f'{where}: {_problem(key, change)} (a factor is written "x1.5" or "/1.5")')
+
+
+def parse_perturbations(value) -> dict:
+  """replicate.perturbations: {"config.key": [change, ...]} ('{}': none)."""
+  if value is None:
+    return {}
+  if not isinstance(value, dict) or not all(isinstance(c, list) and c for c in value.values()):
+    raise UserError('replicate.perturbations must map config keys to lists of changes, e.g. '
+                    '{"optimizer.learning_rate": ["/1.5", "x1.5"]}')
+  for key, changes in value.items():
+    for change in changes:
+      _change(key, change, f'replicate.perturbations["{key}"]')
+  return value
+
+
+def parse_changes(value) -> dict:
+  """scale_up.changes: {"config.key": change}, at least one."""
+  if not isinstance(value, dict) or not value:
+    raise UserError('scale_up.changes must map config keys to changes, e.g. '
+                    '{"num_train_steps": "x10", "model.width": "x4", "dataset.train_fraction": 1.0}')
+  for key, change in value.items():
+    _change(key, change, f'scale_up.changes["{key}"]')
+  return value
+
+
+def changed(key: str, value, change):
+  """The value of `key` after `change`: "xF" multiplies `value`, "/F" divides it (an integer
+  stays an integer, at least 1), anything else replaces it."""
+  factor = FACTOR.match(change) if isinstance(change, str) else None
+  if not factor:
+    return change
+  if not _is_real(value):
+    raise UserError(f'{key} is {_show(value)} in this run, which the factor {change!r} cannot '
+                    'scale; give the new value instead')
+  f = float(factor.group(2))
+  new = value * f if factor.group(1) == 'x' else value / f
+  return max(1, int(round(new))) if _is_int(value) else new
+
+
+def change_name(key: str, change) -> str:
+  """'optimizer.learning_rate x1.5', or 'model.dropout=0.1' for a value."""
+  factor = isinstance(change, str) and FACTOR.match(change)
+  return f'{key} {change}' if factor else f'{key}={change}'
 
 
 def parse_stage_overrides(value) -> dict:
@@ -419,6 +480,21 @@ RULES = {
     'analysis.top_confusions': positive_int(),
     'analysis.examples': number(0, integer=True),
     'evaluate.run_dir': text(optional=True),
+    'replicate.run_dir': text(optional=True),
+    'replicate.seeds': number(2, integer=True),
+    'replicate.perturbations': json_rule(
+        '{"optimizer.learning_rate": ["/1.5", "x1.5"]}', parse_perturbations,
+        ('[]', '{"optimizer.learning_rate": "x2"}', '{"optimizer.learning_rate": []}',
+         '{"no_such_key": ["x2"]}', '{"model.dropout": ["x0"]}', '{"model.dropout": [1.5]}')),
+    'replicate.metric': SELECTION,
+    'replicate.interval': number(0.5, 1, high_open=True),
+    'scale_up.from_dir': text(optional=True),
+    'scale_up.source': one_of('compare', 'tune'),
+    'scale_up.top_k': number(2, integer=True),
+    'scale_up.changes': json_rule('{"num_train_steps": "x10"}', parse_changes,
+                                  ('[]', '{}', '{"no_such_key": "x2"}', '{"num_train_steps": 0}',
+                                   '{"num_train_steps": "/0"}')),
+    'scale_up.min_rank_correlation': number(-1, 1),
     'evaluate.step': number(0, integer=True, optional=True),
     'inspect.max_imbalance': number(1),
     'inspect.leakage_rms_threshold': number(0),
@@ -438,7 +514,8 @@ RULES = {
     'inspect.train_to_test_z': number(0, low_open=True),
     'inspect.shortcut_score': number(0, 1, low_open=True),
 }
-JSON_KEYS = ('compare.variants', 'tune.space', 'recipe.overrides', 'squeeze.student')
+JSON_KEYS = ('compare.variants', 'tune.space', 'recipe.overrides', 'squeeze.student',
+             'replicate.perturbations', 'scale_up.changes')
 
 
 def _show(value) -> str:
@@ -487,6 +564,11 @@ def _relations(flat: dict) -> list:
   if flat['stage'] == 'evaluate' and not flat['evaluate.run_dir']:
     found.append('stage=evaluate needs --config.evaluate.run_dir=DIR, the --workdir of a train '
                  'run')
+  for stage, key, what in (('replicate', 'replicate.run_dir', 'the --workdir of a finished '
+                            'train run'), ('scale_up', 'scale_up.from_dir', 'the --workdir of a '
+                                           'finished compare or tune stage')):
+    if flat['stage'] == stage and not flat[key]:
+      found.append(f'stage={stage} needs --config.{key}=DIR, {what}')
   runs_tune = flat['stage'] == 'tune' or (
       flat['stage'] == 'recipe' and 'tune' in recipe_stage_names(flat['recipe.stages']))
   if runs_tune and not flat['tune.space'].strip('{} \n'):
@@ -550,7 +632,8 @@ def decoded(config, key: str):
   """A JSON-valued key's content, checked ('' and '{}' mean none)."""
   value = flatten(config)[key]
   parse = {'compare.variants': parse_variants, 'tune.space': parse_space,
-           'recipe.overrides': parse_stage_overrides, 'squeeze.student': parse_student}[key]
+           'recipe.overrides': parse_stage_overrides, 'squeeze.student': parse_student,
+           'replicate.perturbations': parse_perturbations, 'scale_up.changes': parse_changes}[key]
   problem = _problem(key, value)
   if problem:
     raise UserError(problem)

@@ -188,6 +188,26 @@ def get_config() -> ml_collections.ConfigDict:
   c.squeeze.temperature = 4.0  # softens the ensemble's probabilities for the student
   c.squeeze.tolerance = 0.01  # WARN when SWA / TTA lose more validation accuracy than this
 
+  # stage='replicate': a finished run's result, or its seed's luck? (rerun on other seeds)
+  c.replicate = ml_collections.ConfigDict()
+  c.replicate.run_dir = config_dict.placeholder(str)  # the --workdir of a finished train run
+  c.replicate.seeds = 4  # other seeds (seed+1 ..); its own seed is rerun too (reproduced?)
+  # JSON {"config.key": [change, ...]}, each on the same seeds: "x1.5" multiplies, "/1.5"
+  # divides, any other value replaces ('{}': none). A change beyond noise: a sensitive key
+  c.replicate.perturbations = '{"optimizer.learning_rate": ["/1.5", "x1.5"]}'
+  c.replicate.metric = 'eval_accuracy'
+  c.replicate.interval = 0.95  # WARN (lucky seed) outside this prediction interval of a seed
+
+  # stage='scale_up': do compare's (or tune's) conclusions hold at a larger scale?
+  c.scale_up = ml_collections.ConfigDict()
+  c.scale_up.from_dir = config_dict.placeholder(str)  # the --workdir of a compare or tune stage
+  c.scale_up.source = 'compare'  # compare: its variants and seeds | tune: its top_k trials
+  c.scale_up.top_k = 4
+  # JSON {"config.key": change}, applied to every run ("x10" multiplies, "/2" divides, a
+  # value replaces), e.g. {"num_train_steps": "x10", "model.width": "x4"}
+  c.scale_up.changes = '{"num_train_steps": "x10"}'
+  c.scale_up.min_rank_correlation = 0.5  # WARN below this Spearman correlation of the means
+
   c.recipe = ml_collections.ConfigDict()  # stage='recipe': the stages in order, one workdir
   c.recipe.stages = 'inspect,sanity,lr_find,overfit,compare,tune,squeeze'  # + data_scaling
   c.recipe.continue_on_fail = False  # a FAIL in inspect or sanity stops the recipe

@@ -175,13 +175,42 @@ def _test_saturation(status, e):
   return True, '; '.join(found) or 'read its evidence'
 
 
+def _seed_position(status, e):
+  spread = f"{e.get('mean', math.nan):.4f} +- {e.get('std', math.nan):.4f}"
+  if e.get('lucky'):
+    return True, (f'report the config as {spread} over seeds, not this run; a choice made on '
+                  'this run alone (a variant, a trial) may rest on its luck: check it on seeds')
+  return False, (f'an unlucky seed: the config gives {spread}, better than this run; nothing to '
+                 'fix, report the mean')
+
+
+def _reproduced(status, e):
+  causes = e.get('causes') or []
+  return True, ('the same seed should give the same result: '
+                + (f'start from what changed ({causes[0]})' if causes else
+                   'nothing recorded changed, so look for a nondeterministic op or a file '
+                   'outside git') + ' before comparing new runs with old ones')
+
+
+def _sensitive(status, e):
+  return True, ('a small change of this key moves the result beyond the noise: tune it (the '
+                'tune stage) or hold it fixed across every comparison')
+
+
+def _trends_hold(status, e):
+  return True, (f"the order at the small scale ({e.get('small_order')}) is not the order at the "
+                f"larger ({e.get('large_order')}): decide at the scale you will train at")
+
+
 RULES = {'variant_': lambda s, e: _variant(s, e) if s == 'WARN' else None,
          'learning_rate': _learning_rate, 'calibration': _calibration,
          'activations_seen': _activations_seen, 'loss_at_init': _loss_at_init,
          'init_well': _init_well, 'ensemble': _ensemble, 'distillation': _squeeze,
          'weight_averaging': _squeeze, 'tta': _squeeze,
          'more_data': _more_data, 'train_val_gap': _train_val_gap, 'label_noise': _label_noise,
-         'outliers': _outliers, 'test_saturation': _test_saturation}
+         'outliers': _outliers, 'test_saturation': _test_saturation,
+         'seed_position': _seed_position, 'reproduced': _reproduced, 'sensitive_': _sensitive,
+         'trends_hold': _trends_hold}
 
 
 def lines(results: list) -> list:

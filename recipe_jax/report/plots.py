@@ -406,3 +406,47 @@ def per_layer(path, series: dict, layer_names: list, ylabel: str, logy: bool = T
   ax.legend(fontsize=8)
   fig.tight_layout()
   save(fig, path)
+
+
+def spread(path, groups: dict, ylabel: str, original: tuple, band: tuple):
+  """Each group's runs as dots with their mean +- std, the original run as a star and the
+  prediction interval of one more seed as a `band` (label, low, high) (replicate)."""
+  fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(groups) + 1.5), 3.8))
+  ax.fill_between([-0.45, 0.45], band[1], band[2], color='C0', alpha=0.15, label=band[0])
+  for i, values in enumerate(groups.values()):
+    values = np.asarray(values, float)
+    jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
+    ax.scatter(i + jitter, values, s=22, color=f'C{i}', zorder=3)
+    if len(values) > 1:
+      ax.errorbar(i + 0.25, values.mean(), yerr=values.std(ddof=1), fmt='_', color='k',
+                  capsize=4, markersize=12, zorder=4)
+  label, value = original
+  ax.scatter([0], [value], marker='*', s=220, color='C3', edgecolor='k', zorder=5, label=label)
+  ax.set_xticks(range(len(groups)))
+  ax.set_xticklabels(list(groups), fontsize=8, rotation=15)
+  ax.set_xlim(-0.6, len(groups) - 0.4)
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
+  fig.tight_layout()
+  save(fig, path)
+
+
+def slopes(path, groups: dict, ylabel: str, scales: tuple, flipped: set):
+  """Each group's mean +- std at the small and the larger scale, joined by a line: crossing
+  lines are a ranking that changed; the groups of a flipped conclusion are drawn solid and
+  thick, the others thin (scale_up)."""
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  for i, (name, (small, large)) in enumerate(groups.items()):
+    means = [np.mean(small), np.mean(large)]
+    stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in (small, large)]
+    bold = name in flipped
+    ax.errorbar([0, 1], means, yerr=stds, color=f'C{i % 10}', marker='o', capsize=3,
+                linewidth=2.4 if bold else 1.0, alpha=1.0 if bold or not flipped else 0.6,
+                label=name + (' (in a flipped conclusion)' if bold else ''))
+  ax.set_xticks([0, 1])
+  ax.set_xticklabels(scales, fontsize=8)
+  ax.set_xlim(-0.3, 1.3)
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  fig.tight_layout()
+  save(fig, path)

@@ -7,7 +7,7 @@ import os
 import jax
 
 from recipe_jax import files
-from recipe_jax.config import defaults
+from recipe_jax.config import defaults, selection
 from recipe_jax.engine import checkpoints
 from recipe_jax.errors import UserError
 
@@ -69,3 +69,17 @@ def split_arrays(dataset, split: str):
   if split not in ('val', 'test', 'train'):
     raise UserError(f"analysis.split='{split}'; use val (default), test or train")
   return getattr(dataset, f'x_{split}'), getattr(dataset, f'y_{split}')
+
+
+def best_trials(tune_dir: str, top_k: int, metric: str, key: str) -> list:
+  """The run directories of the `top_k` best finished trials of the tune stage whose --workdir
+  is `tune_dir`, by its validation `metric`, best first (`key`: the setting, for the error)."""
+  done = []
+  for path in files.glob(os.path.join(tune_dir, 'tune', 'trial_*', 'summary.json')):
+    found = read_json(path)
+    if found.get('finished') and found.get(metric) is not None:
+      done.append((found[metric], os.path.dirname(path)))
+  if not done:
+    raise UserError(f'{key}: no finished trials in {tune_dir}/tune/trial_*/ (give the '
+                    '--workdir of a tune stage)')
+  return [d for _, d in selection.ranked(done, metric, lambda found: found[0])[:top_k]]

@@ -10,7 +10,7 @@ from absl import logging
 
 from recipe_jax import files
 from recipe_jax.config import check as config_check, defaults
-from recipe_jax.errors import UserError
+from recipe_jax.errors import RefusedRun
 from recipe_jax.runs import provenance
 
 # What a restart may change: how a run is watched, where it reads its data from, the machines it
@@ -124,17 +124,35 @@ def _check(directory: str, config, stage: str | None) -> tuple:
     if old_data is not None and old_data != data:
       refused['data'] = (_data_words(old_data), _data_words(data))
     if refused:
-      raise UserError(
+      raise RefusedRun(
           f'{what} holds a run of another config: {_words(refused, True)}. Nothing was changed; '
           'use a '
           'new --workdir' + (f', or --config.init_from={directory} to start from its weights'
                              if stage in (None, 'train', 'overfit') else '')
           + (f', or --config.recipe.rerun={stage} to redo it' if stage in STAGE_SECTIONS
-             and stage != 'recipe' else ''))
+             and stage != 'recipe' else ''), directory)
     if allowed:
       logging.info('%s: continuing with %s', what, _words(allowed))
     return data, allowed
   return data, {}
+
+
+REFUSALS = 'refused.json'  # [{time, command, reason}]: starts refused here (the worklog's rows)
+
+
+def note_refusal(directory: str, reason: str, command: str) -> None:
+  """Appends a refused start to DIR/refused.json, beside the run it left untouched. Never
+  raises: a refusal that cannot be noted is still a refusal."""
+  import time
+  path = files.join(directory, REFUSALS)
+  try:
+    found = files.read_json(path) if files.exists(path) else []
+    found = found if isinstance(found, list) else []
+    found.append({'time': time.strftime(provenance.TIME_FORMAT), 'command': command,
+                  'reason': reason})
+    files.write_json(path, found)
+  except Exception as e:  # noqa: BLE001  the refusal's own line still reaches the user
+    logging.warning('%s: the refusal was not noted (%s)', path, e)
 
 
 def _data_words(identity: dict) -> str:

@@ -18,7 +18,7 @@ import os
 from recipe_jax import files
 from recipe_jax.config import check as config_check, defaults
 from recipe_jax.errors import UserError
-from recipe_jax.runs import provenance
+from recipe_jax.runs import provenance, store
 from recipe_jax.report import words
 
 COLUMNS = ('time', 'run', 'stage', 'status', 'changed from the defaults',
@@ -52,16 +52,16 @@ def listing(root: str) -> dict:
 _UNREADABLE = object()  # a file listed but not readable: being written, or damaged
 
 
-def _read(root: str, run: str, name: str, listed: dict):
-  """The JSON file's content; None when the run has no such file; _UNREADABLE when it has one
-  that cannot be read (half written, damaged, gone since the listing)."""
+def _read(root: str, run: str, name: str, listed: dict, kind=dict):
+  """The JSON file's content (a `kind`); None when the run has no such file; _UNREADABLE when
+  it has one that cannot be read (half written, damaged, gone since the listing)."""
   if os.path.join(run, name) not in listed:
     return None
   try:
     found = files.read_json(files.join(root, run, name))
   except (UserError, OSError):
     return _UNREADABLE
-  return found if isinstance(found, dict) else _UNREADABLE
+  return found if isinstance(found, kind) else _UNREADABLE
 
 
 def rows(root: str) -> list[dict]:
@@ -79,7 +79,8 @@ def rows(root: str) -> list[dict]:
   for run in runs:
     prefix = f'{run}/' if run else ''  # everything under the run, its own runs included
     inside = {p: listed[p] for p in paths[bisect.bisect_left(paths, prefix):
-                                          bisect.bisect_left(paths, prefix + '\U0010ffff')]}
+                                          bisect.bisect_left(paths, prefix + '\U0010ffff')]
+              if os.path.basename(p) != store.REFUSALS}  # written later, by other commands
     times = [when for _, when in inside.values()]
     row = {'run': run or '.', 'time': min(times), 'wall': max(times) - min(times),
            'size': sum(size for size, _ in inside.values())}
@@ -105,6 +106,7 @@ def rows(root: str) -> list[dict]:
         'changed from the defaults': _changes(default, flat),
         'headline': _headline(summary, result), 'checks': _counts(result),
         'commit': _commit(record or {})})
+    found += refusals(root, run, listed)
   found.sort(key=lambda r: (r['time'], r['run']))
   previous = None
   for row in found:
@@ -112,6 +114,23 @@ def rows(root: str) -> list[dict]:
       row['changed from the run before'] = (_changes(previous, row['config']) if previous
                                             else '')
       previous = row['config']
+  return found
+
+
+def refusals(root: str, run: str, listed: dict) -> list[dict]:
+  """A row for each start refused in `run` (another config or other data: `store.REFUSALS`)."""
+  noted = _read(root, run, store.REFUSALS, listed, list)
+  if noted is None:
+    return []
+  if noted is _UNREADABLE:
+    return [{'run': run or '.', 'time': listed[os.path.join(run, store.REFUSALS)][1],
+             'status': f'refused (unreadable {store.REFUSALS})'}]
+  found = []
+  for refusal in noted:
+    reason = ' '.join(str(refusal.get('reason', '')).split())
+    reason = reason.split(': ', 1)[-1].split('. Nothing was changed')[0]
+    found.append({'run': run or '.', 'time': _started(refusal) or 0.0,
+                  'status': f'refused: {reason[:100]}{"..." if len(reason) > 100 else ""}'})
   return found
 
 

@@ -19,7 +19,6 @@ from absl import logging
 
 from recipe_jax import console, files
 from recipe_jax.config import check as config_check, selection
-from recipe_jax.engine import side_by_side
 from recipe_jax.report import plots, results as report
 from recipe_jax.runs import store as run_store, finished as runs, studies
 from recipe_jax.report import words
@@ -39,24 +38,12 @@ def run(config, workdir: str) -> StageResult:
   summaries = {}
   progress = console.StageProgress('compare', len(variants) * len(seeds))
   for name, overrides in variants.items():
-    summaries[name] = []
-    run_dirs = {seed: os.path.join(out, name, f'seed_{seed}') for seed in seeds}
-    if not side_by_side.train_unfinished([config_check.variant(config, overrides, s) for s in seeds],
-                                         list(run_dirs.values())):
-      return StageResult('compare', [], {}, files, finished=False)  # preempted
-    for seed in seeds:
-      run_dir = run_dirs[seed]
-      summary = run_store.reusable_summary(run_dir, config_check.variant(config, overrides, seed))
-      trained = summary is None
-      if trained:
-        logging.info('compare: training %s, seed %d', name, seed)
-        summary = train.run_training(config_check.variant(config, overrides, seed), run_dir)
-        if not summary['finished']:  # preempted: a restart resumes here
-          return StageResult('compare', [], {}, files, finished=False)
-      else:
-        logging.info('compare: %s seed %d already finished, not redone', name, seed)
-      summaries[name].append(summary)
-      progress.done(sum(map(len, summaries.values())), trained)
+    found = train.train_runs([config_check.variant(config, overrides, s) for s in seeds],
+                             [os.path.join(out, name, f'seed_{s}') for s in seeds], progress,
+                             sum(map(len, summaries.values())))
+    if found is None:  # preempted: a restart resumes here
+      return StageResult('compare', [], {}, files, finished=False)
+    summaries[name] = found
   rows = table(summaries, variants, config.compare.metric)
   _write(out, rows, config.compare.metric)
   _curves(os.path.join(out, 'curves.png'), summaries, config.compare.metric)
@@ -160,43 +147,49 @@ def _stop_when_queue_empty(study, trial) -> None:
 
 
 
-def table(summaries: dict, variants: dict, metric: str) -> list:
-  """One row per variant: metric mean/std over seeds, delta vs baseline, noise flag, gap.
+def difference(base: list, other: list, metric: str) -> dict:
+  """`other`'s mean `metric` minus `base`'s (lists of run summaries), and whether that delta is
+  beyond the noise: more than twice its standard error. That error is the seeds' spread,
+  2 * sqrt(std_b^2 / n_b + std_v^2 / n_v), but never below what the validation split's size
+  allows for an accuracy (the binomial error sqrt(p (1 - p) / n_val) of each mean): two seeds
+  that happen to agree, or a handful of validation examples, measure no difference finer than
+  that. Fewer than 2 seeds: no estimate, so every delta is inside."""
+  def binomial_variance(summaries, mean):
+    if not metric.endswith('accuracy'):
+      return 0.0
+    examples = min((s.get('val_examples') or 0) for s in summaries)
+    return mean * (1 - mean) / examples if examples else 0.0
 
-  A delta is inside the noise when it is at most twice its standard error. That error is the
-  seeds' spread, 2 * sqrt(std_b^2 / n_b + std_v^2 / n_v), but never below what the validation
-  split's size allows for an accuracy (the binomial error sqrt(p (1 - p) / n_val) of each
-  mean): two seeds that happen to agree, or a handful of validation examples, measure no
-  difference finer than that. Fewer than 2 seeds: no estimate, so every delta is inside.
-  """
+  b = np.array([s[metric] for s in base], np.float64)
+  v = np.array([s[metric] for s in other], np.float64)
+  delta = v.mean() - b.mean()
+  noise = seed_noise = split_noise = float('inf')
+  if min(len(b), len(v)) > 1:
+    seeds = b.var(ddof=1) / len(b) + v.var(ddof=1) / len(v)
+    split = binomial_variance(base, b.mean()) + binomial_variance(other, v.mean())
+    seed_noise, split_noise = 2 * np.sqrt(seeds), 2 * np.sqrt(split)
+    noise = max(seed_noise, split_noise)
+  return {'delta': delta, 'noise': 'inside noise' if abs(delta) <= noise else 'beyond noise',
+          'noise_level': noise,
+          # the seeds' part falls with more seeds, the validation split's does not
+          'seed_noise_level': seed_noise, 'split_noise_level': split_noise}
+
+
+def table(summaries: dict, variants: dict, metric: str) -> list:
+  """One row per variant: metric mean/std over seeds, delta vs baseline and whether it is
+  beyond the noise (`difference`), the train - validation gap."""
   def values(name, key):
     return np.array([s[key] for s in summaries[name]], np.float64)
 
-  def binomial_variance(name, mean):
-    if not metric.endswith('accuracy'):
-      return 0.0
-    examples = min((s.get('val_examples') or 0) for s in summaries[name])
-    return mean * (1 - mean) / examples if examples else 0.0
-
-  base = values(BASELINE, metric)
   rows = []
   for name in summaries:
     v = values(name, metric)
-    delta = v.mean() - base.mean()
-    noise = seed_noise = split_noise = float('inf')
-    if min(len(base), len(v)) > 1:
-      seeds = base.var(ddof=1) / len(base) + v.var(ddof=1) / len(v)
-      split = binomial_variance(BASELINE, base.mean()) + binomial_variance(name, v.mean())
-      seed_noise, split_noise = 2 * np.sqrt(seeds), 2 * np.sqrt(split)
-      noise = max(seed_noise, split_noise)
     gap = values(name, 'train_accuracy') - values(name, 'eval_accuracy')
+    against = difference(summaries[BASELINE], summaries[name], metric)
+    if name == BASELINE:
+      against['noise'] = ''
     rows.append({'variant': name, 'overrides': json.dumps(variants[name]), 'seeds': len(v),
-                 'mean': v.mean(), 'std': v.std(ddof=1) if len(v) > 1 else 0.0,
-                 'delta': delta, 'noise': ('' if name == BASELINE else
-                                           'inside noise' if abs(delta) <= noise else
-                                           'beyond noise'), 'noise_level': noise,
-                 # the seeds' part falls with more seeds, the validation split's does not
-                 'seed_noise_level': seed_noise, 'split_noise_level': split_noise,
+                 'mean': v.mean(), 'std': v.std(ddof=1) if len(v) > 1 else 0.0, **against,
                  'train_val_gap': gap.mean(),
                  'test_accuracy': values(name, 'test_accuracy').mean()})
   return rows

@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from recipe_jax import console, files
-from recipe_jax.config import check as config_check, selection
+from recipe_jax.config import check as config_check
 from recipe_jax.diagnose import analysis, ensembles, saturation, weight_averaging
 from recipe_jax.engine import experiment, loop, side_by_side
 from recipe_jax.report import plots, results as report
@@ -51,23 +51,11 @@ def member_runs(config, out: str) -> list:
              config_check.variant(config, {}, s))
             for s in range(config.seed, config.seed + count)]
   if spec.startswith('tune:'):
-    return _best_trials(spec[len('tune:'):], config.squeeze.top_k, config.tune.metric)
+    tune_dir = spec[len('tune:'):]
+    return [(os.path.basename(d), d, None) for d in runs.best_trials(
+        tune_dir, config.squeeze.top_k, config.tune.metric, f'squeeze.members=tune:{tune_dir}')]
   run_dirs = [d.strip() for d in spec.split(',') if d.strip()]
   return [(os.path.basename(os.path.normpath(d)), d, None) for d in run_dirs]
-
-
-def _best_trials(tune_dir: str, top_k: int, metric: str) -> list:
-  """The `top_k` best finished trials of a tune stage by its validation `metric`."""
-  done = []
-  for path in files.glob(os.path.join(tune_dir, 'tune', 'trial_*', 'summary.json')):
-    summary = runs.read_json(path)
-    if summary.get('finished') and summary.get(metric) is not None:
-      done.append((summary[metric], os.path.dirname(path)))
-  if not done:
-    raise UserError(f'squeeze.members=tune:{tune_dir}: no finished trials in '
-                    f'{tune_dir}/tune/trial_*/ (give the --workdir of a tune stage)')
-  ranked = selection.ranked(done, metric, lambda found: found[0])[:top_k]
-  return [(os.path.basename(d), d, None) for _, d in ranked]
 
 
 def _with_data_dir(member_config, config):

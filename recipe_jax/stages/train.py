@@ -11,10 +11,11 @@ WARN for other schedules, whose shape changes), and the error analysis of the fi
 import os
 
 import numpy as np
+from absl import logging
 
 from recipe_jax import console, files
 from recipe_jax.diagnose import data_checks, monitor
-from recipe_jax.engine import experiment, multihost, training
+from recipe_jax.engine import experiment, multihost, side_by_side, training
 from recipe_jax.errors import DivergenceError
 from recipe_jax.model import optim
 from recipe_jax.report import plots, results as report, words
@@ -59,6 +60,29 @@ def run_training(config, workdir: str, on_eval=None, exp=None, claim: bool = Tru
       {k: summary[k] for k in ('eval_accuracy', 'test_accuracy', 'step', 'wall_s')
        if summary.get(k) is not None}))
   return summary
+
+
+def train_runs(configs: list, run_dirs: list, progress=None, before: int = 0) -> list | None:
+  """The summaries of these runs (compare's seeds, replicate's, scale_up's), training those not
+  finished yet (seeds side by side where that is on) and reusing the others; None when one was
+  preempted (the same command resumes it). `progress` counts `before` runs done already."""
+  if not side_by_side.train_unfinished(configs, run_dirs):
+    return None
+  found = []
+  for config, run_dir in zip(configs, run_dirs):
+    summary = run_store.reusable_summary(run_dir, config)
+    trained = summary is None
+    if trained:
+      logging.info('training %s (seed %d)', run_dir, config.seed)
+      summary = run_training(config, run_dir)
+      if not summary['finished']:
+        return None
+    else:
+      logging.info('%s already finished, not redone', run_dir)
+    found.append(summary)
+    if progress:
+      progress.done(before + len(found), trained)
+  return found
 
 
 def extension_verdict(previous: dict | None, config) -> Verdict | None:
