@@ -13,8 +13,8 @@ from conftest import REPO, cli_flags, run_main, start_main
 from recipe_jax.engine import loop
 from recipe_jax.report import results as report
 from recipe_jax.runs import finished as runs
-from recipe_jax.stages import (compare, data_scaling, evaluate, inspect, lr_find, recipe, sanity,
-                               train)
+from recipe_jax.stages import (compare, data_scaling, evaluate, inspect, lr_find, recipe,
+                               replicate, sanity, train)
 from test_sanity_stage import sanity_config
 
 
@@ -160,6 +160,26 @@ def test_ctrl_c_in_a_stage_of_several_runs_keeps_the_finished_runs_and_resumes_t
   assert result.finished
   assert caplog.text.count(f'{stage}: training') == 1 + (stage == 'data_scaling')
   assert 'resumed from the checkpoint at step' in caplog.text
+
+
+def test_ctrl_c_in_replicate_resumes_to_the_same_verdicts(small_config, tmp_path, monkeypatch,
+                                                           caplog):
+  small_config.num_train_steps = 40
+  train.run(small_config, str(tmp_path / 'train'))
+  config = small_config.copy_and_resolve_references()
+  config.stage, config.replicate.run_dir = 'replicate', str(tmp_path / 'train')
+  config.replicate.seeds, config.replicate.perturbations = 2, '{}'
+  ctrl_c_in_training_run(monkeypatch, run=2)  # in seed 1's run, after seed 0's rerun
+  result = replicate.run(config, str(tmp_path / 'replicated'))
+  assert not result.finished and loop.stopped_by() == 'SIGINT'
+  assert runs.summary(str(tmp_path / 'replicated' / 'replicate' / 'seed_1'))['finished'] is False
+  monkeypatch.undo()
+  loop._stopped_by['signal'] = None
+  with caplog.at_level('INFO'):
+    result = replicate.run(config, str(tmp_path / 'replicated'))
+  assert result.finished and 'resumed from the checkpoint at step' in caplog.text
+  assert caplog.text.count('replicate: training') == 2  # seeds 1 (resumed) and 2
+  assert {v.check: v.status for v in result.verdicts}['reproduced'] == 'PASS'
 
 
 def test_ctrl_c_in_evaluate_leaves_the_evaluated_run_as_it_was(small_config, tmp_path,

@@ -287,6 +287,6 @@ def next_steps(results: list) -> list:
                  + (f' and {len(acting) - 6} more' if len(acting) > 6 else ''))
   if not steps:
     steps.append('nothing is in the way: every check passes or WARNs as expected here; scale up '
-                 '(a larger model or more data, measured with data_scaling) and see whether the '
-                 'trends hold')
+                 '(more data: data_scaling says what it would gain) and check that the trends '
+                 'hold (stage=scale_up reruns compare\'s variants larger)')
   return steps

@@ -38,9 +38,10 @@ def run(config, workdir: str) -> StageResult:
   summaries = {}
   progress = console.StageProgress('compare', len(variants) * len(seeds))
   for name, overrides in variants.items():
-    found = train.train_runs([config_check.variant(config, overrides, s) for s in seeds],
-                             [os.path.join(out, name, f'seed_{s}') for s in seeds], progress,
-                             sum(map(len, summaries.values())))
+    found = train.train_runs(
+        'compare', [config_check.variant(config, overrides, s) for s in seeds],
+        [os.path.join(out, name, f'seed_{s}') for s in seeds], progress,
+        sum(map(len, summaries.values())))
     if found is None:  # preempted: a restart resumes here
       return StageResult('compare', [], {}, files, finished=False)
     summaries[name] = found

@@ -68,9 +68,10 @@ def run(config, workdir: str) -> StageResult:
   progress = console.StageProgress('replicate', len(planned) * len(seeds))
   summaries = {}
   for name, (folder, overrides) in planned.items():
-    found = train.train_runs([config_check.variant(original, overrides, s) for s in seeds],
-                             [os.path.join(out, folder, f'seed_{s}') for s in seeds], progress,
-                             sum(map(len, summaries.values())))
+    found = train.train_runs(
+        'replicate', [config_check.variant(original, overrides, s) for s in seeds],
+        [os.path.join(out, folder, f'seed_{s}') for s in seeds], progress,
+        sum(map(len, summaries.values())))
     if found is None:  # preempted: the same command resumes here
       return StageResult('replicate', [], {}, FILES, finished=False)
     summaries[name] = found
@@ -98,7 +99,8 @@ def finish(config, workdir, original, recorded, summaries, planned) -> StageResu
                words.metric_name(metric), (f'the run (seed {original.seed})', recorded[metric]),
                (f'one more seed, {cfg.interval:.0%} of the time', *found[1].evidence['interval']))
   test = [s['test_accuracy'] for s in summaries[SEEDS][1:] if s.get('test_accuracy') is not None]
-  metrics = {f'{metric}_mean': float(np.mean(others)), f'{metric}_std': float(np.std(others, ddof=1)),
+  metrics = {f'{metric}_mean': float(np.mean(others)),
+             f'{metric}_std': float(np.std(others, ddof=1)),
              f'original_{metric}': recorded[metric], 'reproduced': reproduced.status == 'PASS',
              'sensitive': [v.check[len('sensitive_'):] for v in found
                            if v.check.startswith('sensitive_') and v.status == 'WARN']}

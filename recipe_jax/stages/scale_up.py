@@ -76,8 +76,8 @@ def run(config, workdir: str) -> StageResult:
   large = {}
   for name, run_dirs in groups.items():
     configs = [scaled(config, runs.load_config(d)) for d in run_dirs]
-    found = train.train_runs(configs, [os.path.join(out, name, f'seed_{c.seed}')
-                                       for c in configs],
+    found = train.train_runs('scale_up', configs,
+                             [os.path.join(out, name, f'seed_{c.seed}') for c in configs],
                              progress, sum(map(len, large.values())))
     if found is None:  # preempted: the same command resumes here
       return StageResult('scale_up', [], {}, FILES, finished=False)

@@ -62,7 +62,8 @@ def run_training(config, workdir: str, on_eval=None, exp=None, claim: bool = Tru
   return summary
 
 
-def train_runs(configs: list, run_dirs: list, progress=None, before: int = 0) -> list | None:
+def train_runs(stage: str, configs: list, run_dirs: list, progress=None,
+               before: int = 0) -> list | None:
   """The summaries of these runs (compare's seeds, replicate's, scale_up's), training those not
   finished yet (seeds side by side where that is on) and reusing the others; None when one was
   preempted (the same command resumes it). `progress` counts `before` runs done already."""
@@ -73,12 +74,12 @@ def train_runs(configs: list, run_dirs: list, progress=None, before: int = 0) ->
     summary = run_store.reusable_summary(run_dir, config)
     trained = summary is None
     if trained:
-      logging.info('training %s (seed %d)', run_dir, config.seed)
+      logging.info('%s: training %s, seed %d', stage, run_dir, config.seed)
       summary = run_training(config, run_dir)
       if not summary['finished']:
         return None
     else:
-      logging.info('%s already finished, not redone', run_dir)
+      logging.info('%s: %s already finished, not redone', stage, run_dir)
     found.append(summary)
     if progress:
       progress.done(before + len(found), trained)
