@@ -8,7 +8,7 @@ the two sides alternate `--pairs` times in fresh workdirs with their warm caches
 seed i (0, 1, 2, ...) on both sides, so the ensembles' test accuracy over the pairs is the
 figure README quotes over seeds. The base runs from `git archive BASE` (its own package first on
 sys.path), in the same virtual environment. Stage times come from each workdir's log.txt
-('recipe: <stage> done in M:SS'). The last line: `ratio HEAD / base: X`, the median over pairs.
+('recipe: <stage> done in M:SS', whole seconds). The last line: `ratio HEAD / base: X`, the median over pairs.
 """
 import argparse
 import json
@@ -55,8 +55,11 @@ def recipe(src: str, workdir: str, home: str, seed: int) -> dict:
     for match in DONE.finditer(f.read()):
       hours, minutes, seconds = (int(g or 0) for g in match.groups()[1:])
       stages[match.group(1)] = 3600 * hours + 60 * minutes + seconds
-  with open(os.path.join(workdir, 'squeeze', 'result.json')) as f:
-    accuracy = json.load(f)['metrics'].get('ensemble_test_accuracy')
+  squeeze = os.path.join(workdir, 'squeeze', 'result.json')
+  if not os.path.exists(squeeze):  # a FAIL in inspect or sanity stopped the recipe
+    raise SystemExit(f'{src}: the recipe stopped before squeeze:\n{done.stderr[-3000:]}')
+  with open(squeeze) as f:
+    accuracy = json.load(f)['metrics'].get('ensemble_test_accuracy', float('nan'))
   return {'whole': whole, 'stages': stages, 'ensemble_test_accuracy': accuracy}
 
 
@@ -88,7 +91,7 @@ def main():
       runs[side].append(found)
       print(f'pair {pair} {side}: {found["whole"]:.1f} s, ensemble test accuracy '
             f'{found["ensemble_test_accuracy"]:.4f}, {json.dumps(found["stages"])}', flush=True)
-  stages = [s for s in runs['base'][0]['stages']]
+  stages = list(dict.fromkeys(s for side in runs.values() for r in side for s in r['stages']))
   print(f'\n{"stage":<13} {"base s":>24} {"HEAD s":>24} {"HEAD / base":>12}')
   for stage in [*stages, 'whole']:
     pick = (lambda r: r['whole']) if stage == 'whole' else (lambda r: r['stages'].get(stage, 0))

@@ -174,3 +174,17 @@ def test_an_unfinished_run_or_another_stage_is_refused_in_one_line(seeds, tmp_pa
     replicated(config, str(stage_dir), tmp_path / 'b')
   with pytest.raises(UserError, match='not a run directory'):
     replicated(config, str(tmp_path / 'compare_workdir'), tmp_path / 'c')
+
+
+def test_a_perturbation_that_diverges_names_the_key_sensitive_and_the_rest_still_reports(
+    seeds, tmp_path):
+  config, runs = seeds
+  found = replicated(config, runs[2][0], tmp_path, seeds=2,
+                     perturbations=json.dumps({'optimizer.learning_rate': ['x100000']}))
+  v = found['sensitive_optimizer.learning_rate']
+  assert v.status == 'WARN' and 'x100000 diverged (' in v.summary, v.summary
+  assert found['reproduced'].status == 'PASS'
+  with pytest.raises(UserError, match='leaves model.dropout at 0.0 in this run'):
+    replicated(config, runs[2][0], tmp_path / 'b', perturbations=json.dumps(
+        {'model.dropout': ['x2']}))
+  assert not os.path.exists(tmp_path / 'b' / 'replicate' / 'seed_2')  # refused before training

@@ -11,6 +11,7 @@ import pytest
 from recipe_jax.config import check as config_check
 from recipe_jax.diagnose import trends
 from recipe_jax.errors import UserError
+from recipe_jax.model import models
 from recipe_jax.report import advice, results as report
 from recipe_jax.stages import compare, scale_up
 from test_replicate import noisy_npz, short_config
@@ -78,7 +79,10 @@ def test_the_rank_correlation_threshold_on_both_sides():
   low = trends.verdict(groups, small, large, [], 'eval_accuracy', 'x10', 0.81)
   assert low.status == 'WARN' and 'the ranking does not hold' in low.summary
   two = trends.verdict(['a', 'b'], [0.9, 0.8], [0.8, 0.9], [], 'eval_accuracy', 'x10', 0.5)
-  assert two.status == 'PASS' and 'too few' in two.summary  # no conclusion beyond noise
+  assert two.status == 'WARN' and two.summary.startswith('nothing to check'), two.summary
+  nan = trends.verdict(groups, small, [0.9, float('nan'), 0.8, 0.6], [], 'eval_accuracy', 'x10',
+                       0.5)
+  assert nan.status == 'WARN' and 'nothing to check' in nan.summary
 
 
 def test_a_conclusion_inside_the_noise_at_scale_fades_and_does_not_warn():
@@ -109,8 +113,10 @@ def test_a_folder_without_a_finished_compare_or_tune_stage_is_refused(compared, 
   with pytest.raises(UserError, match='its compare stage has not finished'):
     scaled_up(config, str(unfinished), tmp_path / 'c', {'num_train_steps': 'x2'})
   run_config = config.copy_and_resolve_references()
-  run_config.model.width = None  # the model's reference width: no number to scale
+  run_config.model.name, run_config.model.width = 'cnn1d', None  # its reference width
   stage = config.copy_and_resolve_references()
   stage.scale_up.changes = '{"model.width": "x2"}'
-  with pytest.raises(UserError, match="model.width is None in this run, which the factor 'x2'"):
+  assert scale_up.scaled(stage, run_config).model.width == 2 * models.reference_width('cnn1d')
+  stage.scale_up.changes = '{"augment.shift": "x2"}'  # 0 x2 is 0: nothing would change
+  with pytest.raises(UserError, match='augment.shift x2 leaves augment.shift at 0 in this run'):
     scale_up.scaled(stage, run_config)

@@ -261,16 +261,33 @@ def parse_changes(value) -> dict:
 
 def changed(key: str, value, change):
   """The value of `key` after `change`: "xF" multiplies `value`, "/F" divides it (an integer
-  stays an integer, at least 1), anything else replaces it."""
+  stays an integer, and one of at least 1 stays at least 1), anything else replaces it. A
+  change that leaves the value as it is (0 x2, an integer 1 /1.5) is a UserError: it would
+  measure nothing."""
   factor = FACTOR.match(change) if isinstance(change, str) else None
-  if not factor:
-    return change
-  if not _is_real(value):
-    raise UserError(f'{key} is {_show(value)} in this run, which the factor {change!r} cannot '
-                    'scale; give the new value instead')
-  f = float(factor.group(2))
-  new = value * f if factor.group(1) == 'x' else value / f
-  return max(1, int(round(new))) if _is_int(value) else new
+  new = change
+  if factor:
+    if not _is_real(value):
+      raise UserError(f'{key} is {_show(value)} in this run, which the factor {change!r} cannot '
+                      'scale; give the new value instead')
+    f = float(factor.group(2))
+    new = value * f if factor.group(1) == 'x' else value / f
+    if _is_int(value):
+      new = max(1, int(round(new))) if value >= 1 else int(round(new))
+  if new == value:
+    raise UserError(f'{change_name(key, change)} leaves {key} at {_show(value)} in this run: it '
+                    'would change nothing; give a larger factor or another value')
+  return new
+
+
+def run_value(config, key: str):
+  """A key's value in a run's config, a built-in model's width None read as its reference
+  width (the same model either way)."""
+  value = flatten(config)[key]
+  if key == 'model.width' and value is None:
+    from recipe_jax.model import models
+    value = models.reference_width(config.model.name)
+  return value
 
 
 def change_name(key: str, change) -> str:

@@ -29,6 +29,10 @@ def seed_position(original: float, others: list, metric: str, interval: float,
   spread is never taken below the metric's resolution: seeds that agree exactly do not make a
   one-example difference significant."""
   values = np.asarray(others, np.float64)
+  if not np.all(np.isfinite(values)) or not np.isfinite(original):
+    return Verdict('seed_position', 'WARN', f'seed {seed}: {words.metric_name(metric)} is not a '
+                   f'number for the run ({original}) or a seed ({values.tolist()}): no spread '
+                   'to place it in', {'original': original, 'others': values.tolist()})
   n = len(values)
   mean, std = values.mean(), values.std(ddof=1)
   spread = max(std, resolution(metric, examples))
@@ -55,8 +59,8 @@ def seed_position(original: float, others: list, metric: str, interval: float,
                f'config gives ({spread_words}); report {mean:.4f} +- {std:.4f}, and expect a '
                f'rerun to land there{changed}')
   else:
-    summary = (f'seed {seed} was an unlucky seed: {name} {original:.4f} lies below what the '
-               f'config gives ({spread_words}); the config is better than that run '
+    summary = (f'seed {seed} was an unlucky seed: {name} {original:.4f} is worse than what '
+               f'the config gives ({spread_words}); the config is better than that run '
                f'says{changed}')
   return Verdict('seed_position', 'WARN', summary, evidence)
 

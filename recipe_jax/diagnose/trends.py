@@ -37,7 +37,8 @@ def conclusions(small: dict, large: dict, difference) -> list:
 def rank_correlation(small_means: list, large_means: list) -> float | None:
   """Spearman's rho of the groups' means at both scales (None for fewer than 3 groups, or a
   scale where every group has the same mean)."""
-  if len(small_means) < 3 or np.ptp(small_means) == 0 or np.ptp(large_means) == 0:
+  if (len(small_means) < 3 or not np.all(np.isfinite(small_means + large_means)) or
+      np.ptp(small_means) == 0 or np.ptp(large_means) == 0):
     return None
   return float(stats.spearmanr(small_means, large_means).statistic)
 
@@ -63,6 +64,7 @@ def verdict(groups: list, small_means: list, large_means: list, found: list, met
   """WARN when a conclusion flips or the ranking's correlation is below `min_rho`; PASS with
   what held (and what faded) otherwise."""
   rho = rank_correlation(small_means, large_means)
+  rho = rho if rho is None or np.isfinite(rho) else None
   flips = [c for c in found if c['fate'] == FLIPS]
   fades = [c for c in found if c['fate'] == FADES]
   order = lambda means: ' > '.join(g for _, g in sorted(
@@ -82,6 +84,11 @@ def verdict(groups: list, small_means: list, large_means: list, found: list, met
     return Verdict('trends_hold', 'WARN', f'{head}: {rank_words} (small: {order(small_means)}; '
                    f'larger: {order(large_means)})' + (f'. {detail}' if detail else '') +
                    '. Choose at the scale you will train at, or rerun compare there', evidence)
+  if not found and rho is None:
+    return Verdict('trends_hold', 'WARN', f'nothing to check at the larger scale ({scale}): no '
+                   f'difference was beyond the noise at the small scale and {rank_words} '
+                   f'(larger: {order(large_means)}); more seeds per group (compare.seeds) or '
+                   'more groups would tell', evidence)
   if not found:
     held = ('no difference was beyond the noise at the small scale, so no conclusion to '
             'check; ')

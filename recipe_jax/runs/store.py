@@ -31,7 +31,7 @@ MAY_CHANGE = (
 )
 GROWS_ONLY = ('num_train_steps', 'tune.trials')
 STAGE_SECTIONS = tuple(s for s in config_check.STAGES if s != 'train')  # each has its section
-READS_TOO = {'squeeze': ('tune',), 'recipe': STAGE_SECTIONS}  # sections a stage reads besides its own
+READS_TOO = {'squeeze': ('tune',), 'recipe': config_check.RECIPE_STAGES}  # read besides its own
 
 
 def _may_change(key: str) -> bool:
@@ -129,8 +129,8 @@ def _check(directory: str, config, stage: str | None) -> tuple:
           'use a '
           'new --workdir' + (f', or --config.init_from={directory} to start from its weights'
                              if stage in (None, 'train', 'overfit') else '')
-          + (f', or --config.recipe.rerun={stage} to redo it' if stage in STAGE_SECTIONS
-             and stage != 'recipe' else ''), directory)
+          + (f', or --config.recipe.rerun={stage} to redo it'
+             if stage in config_check.RECIPE_STAGES else ''), directory)
     if allowed:
       logging.info('%s: continuing with %s', what, _words(allowed))
     return data, allowed
@@ -148,8 +148,8 @@ def note_refusal(directory: str, reason: str, command: str) -> None:
   try:
     found = files.read_json(path) if files.exists(path) else []
     found = found if isinstance(found, list) else []
-    found.append({'time': time.strftime(provenance.TIME_FORMAT), 'command': command,
-                  'reason': reason})
+    found.append({'time': time.strftime(provenance.TIME_FORMAT), 'timestamp': time.time(),
+                  'command': command, 'reason': reason})
     files.write_json(path, found)
   except Exception as e:  # noqa: BLE001  the refusal's own line still reaches the user
     logging.warning('%s: the refusal was not noted (%s)', path, e)

@@ -129,7 +129,9 @@ def refusals(root: str, run: str, listed: dict) -> list[dict]:
   for refusal in noted:
     reason = ' '.join(str(refusal.get('reason', '')).split())
     reason = reason.split(': ', 1)[-1].split('. Nothing was changed')[0]
-    found.append({'run': run or '.', 'time': _started(refusal) or 0.0,
+    when = refusal.get('timestamp')
+    found.append({'run': run or '.', 'time': when if isinstance(when, (int, float)) else
+                  _started(refusal) or 0.0,
                   'status': f'refused: {reason[:100]}{"..." if len(reason) > 100 else ""}'})
   return found
 

@@ -18,7 +18,7 @@ from recipe_jax import console, files
 from recipe_jax.config import check as config_check, selection
 from recipe_jax.data import sources
 from recipe_jax.diagnose import replication
-from recipe_jax.errors import UserError
+from recipe_jax.errors import DivergenceError, UserError
 from recipe_jax.report import plots, results as report, words
 from recipe_jax.report.results import StageResult, Verdict
 from recipe_jax.runs import finished as runs, provenance
@@ -46,7 +46,7 @@ def groups(config, original) -> dict:
   """{group name: (folder, {key: value})}: the unchanged config, then each perturbation."""
   found = {SEEDS: ('', {})}
   for key, changes in config_check.decoded(config, 'replicate.perturbations').items():
-    value = config_check.flatten(original)[key]
+    value = config_check.run_value(original, key)
     for change in changes:
       folder = re.sub(r'[^\w.=-]', '_', config_check.change_name(key, change).replace(
           ' /', '_div').replace(' x', '_x'))
@@ -65,20 +65,40 @@ def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'replicate')
   seeds = [original.seed, *range(original.seed + 1, original.seed + 1 + cfg.seeds)]
   planned = groups(config, original)
-  progress = console.StageProgress('replicate', len(planned) * len(seeds))
-  summaries = {}
+  configs = {}  # every run's config checked before the first one trains
   for name, (folder, overrides) in planned.items():
-    found = train.train_runs(
-        'replicate', [config_check.variant(original, overrides, s) for s in seeds],
-        [os.path.join(out, folder, f'seed_{s}') for s in seeds], progress,
-        sum(map(len, summaries.values())))
-    if found is None:  # preempted: the same command resumes here
-      return StageResult('replicate', [], {}, FILES, finished=False)
+    try:
+      configs[name] = [config_check.variant(original, overrides, s) for s in seeds]
+    except UserError as e:
+      raise UserError(f'replicate.perturbations: {name} makes a config that cannot run: '
+                      f'{e}') from None
+  progress = console.StageProgress('replicate', len(planned) * len(seeds))
+  summaries, diverged = {}, {}
+  for name, (folder, _) in planned.items():
+    run_dirs = [os.path.join(out, folder, f'seed_{s}') for s in seeds]
+    # the run's own seed trains alone, as the run did: seeds side by side (GPU, TPU) would
+    # reassociate its floats and look like a change
+    batches = ([0], list(range(1, len(seeds)))) if name == SEEDS else (range(len(seeds)),)
+    found = []
+    try:
+      for batch in batches:
+        trained = train.train_runs('replicate', [configs[name][i] for i in batch],
+                                   [run_dirs[i] for i in batch], progress,
+                                   sum(map(len, summaries.values())) + len(found))
+        if trained is None:  # preempted: the same command resumes here
+          return StageResult('replicate', [], {}, FILES, finished=False)
+        found += trained
+    except DivergenceError as e:
+      if name == SEEDS:  # the run's own config diverges on another seed: that is the answer
+        raise
+      diverged[name] = str(e)
+      continue
     summaries[name] = found
+  return finish(config, workdir, original, recorded, summaries, planned, diverged)
   return finish(config, workdir, original, recorded, summaries, planned)
 
 
-def finish(config, workdir, original, recorded, summaries, planned) -> StageResult:
+def finish(config, workdir, original, recorded, summaries, planned, diverged) -> StageResult:
   cfg, metric, out = config.replicate, config.replicate.metric, os.path.join(workdir, 'replicate')
   again = summaries[SEEDS][0][metric]
   others = [s[metric] for s in summaries[SEEDS][1:]]
@@ -91,7 +111,7 @@ def finish(config, workdir, original, recorded, summaries, planned) -> StageResu
                        {compare.BASELINE if n == SEEDS else n: o for n, (_, o) in planned.items()},
                        metric)
   rows[0]['variant'] = SEEDS
-  found += sensitivity(rows, metric)
+  found += sensitivity(rows, metric, diverged)
   compare.write_csv(os.path.join(out, 'results.csv'), rows)
   _write_table(os.path.join(out, 'results.md'), rows, metric, recorded[metric], original.seed)
   image = os.path.join(out, 'spread.png')
@@ -113,47 +133,60 @@ def finish(config, workdir, original, recorded, summaries, planned) -> StageResu
 
 
 def changes_since(run_dir: str, config) -> list[str]:
-  """What differs now from what the run recorded when it started: code and versions (its
-  provenance), the data (its data.json) and the machine."""
+  """What differs now from what the run recorded when it started, the likeliest cause first:
+  the data (its data.json), the code and versions (its provenance), the devices, the host."""
   found = []
+  data_path = files.join(run_dir, 'data.json')
+  if files.exists(data_path) and files.read_json(data_path) != sources.identity(config.dataset):
+    found.append(f'the data: {config.dataset.name} is not the file the run trained on')
   record_path = files.join(run_dir, provenance.FILE)
   if files.exists(record_path):
     before = files.read_json(record_path)
     now = provenance.collect(config)
     latest = (before.get('restarts') or [before])[-1]
     found += provenance.differences(provenance.identity(latest), provenance.identity(now))
-    for what in ('host', 'devices'):
+    if before.get('restarts'):
+      found.append(f"the run itself was restarted on other code ({len(before['restarts'])} "
+                   'time(s)): its result mixes the two')
+    for what in ('devices', 'host'):
       if latest.get(what) != now.get(what):
         found.append(f'{what} {latest.get(what)} -> {now.get(what)}')
-  data_path = files.join(run_dir, 'data.json')
-  if files.exists(data_path) and files.read_json(data_path) != sources.identity(config.dataset):
-    found.append(f'the data: {config.dataset.name} is not the file the run trained on')
   return found
 
 
-def sensitivity(rows: list, metric: str) -> list:
-  """One verdict per perturbed key: WARN when a change moves the metric beyond noise."""
-  by_key = {}
+def sensitivity(rows: list, metric: str, diverged: dict | None = None) -> list:
+  """One verdict per perturbed key: WARN when a change moves the metric beyond noise, or makes
+  training diverge (`diverged`: {change: why})."""
+  key_of = lambda name: name.split(' ')[0].split('=')[0]
+  by_key, diverged = {}, diverged or {}
   for row in rows[1:]:
-    by_key.setdefault(row['variant'].split(' ')[0].split('=')[0], []).append(row)
+    by_key.setdefault(key_of(row['variant']), []).append(row)
+  for name in diverged:
+    by_key.setdefault(key_of(name), [])
   found = []
   for key, key_rows in by_key.items():
     moved = [r for r in key_rows if r['noise'] == 'beyond noise']
     parts = [f"{r['variant'][len(key):].strip(' =')} {r['delta']:+.4f}" for r in key_rows]
-    noise = max(r['noise_level'] for r in key_rows)
+    parts += [f"{name[len(key):].strip(' =')} diverged ({why})" for name, why in diverged.items()
+              if key_of(name) == key]
+    noise = max((r['noise_level'] for r in key_rows), default=float('nan'))
     evidence = {r['variant']: {k: r[k] for k in ('mean', 'std', 'delta', 'noise', 'noise_level')}
                 for r in key_rows}
+    evidence.update({name: {'diverged': why} for name, why in diverged.items()
+                     if key_of(name) == key})
+    moved += [None] * sum(key_of(name) == key for name in diverged)
     if not moved:
       found.append(Verdict(f'sensitive_{key}', 'PASS', f'{key}: {", ".join(parts)} in '
                            f'{words.metric_name(metric)}, inside the noise (+-{noise:.4f}): the '
                            'result does not hinge on it', evidence))
       continue
-    better = [r for r in moved if selection.sign(metric) * r['delta'] > 0]
+    better = [r for r in moved if r and selection.sign(metric) * r['delta'] > 0]
     advice = (f"; {better[0]['variant']} is better: the config is not at its best for {key}"
               if better else '; keep it where it is, and tune it with care')
     found.append(Verdict(f'sensitive_{key}', 'WARN', f'the result is sensitive to {key}: '
                          f'{", ".join(parts)} in {words.metric_name(metric)}, '
-                         f'{len(moved)} beyond the noise (+-{noise:.4f}){advice}', evidence))
+                         f'{sum(1 for m in moved if m)} beyond the noise (+-{noise:.4f})'
+                         f'{advice}', evidence))
   return found
 
 
@@ -164,7 +197,9 @@ def _write_table(path: str, rows: list, metric: str, original: float, seed: int)
            '|---|---|---|---|---|---|']
   for r in rows:
     delta = '' if r['variant'] == SEEDS else f"{r['delta']:+.4f}"
+    test = '' if r['test_accuracy'] is None or r['test_accuracy'] != r['test_accuracy'] else (
+        f"{r['test_accuracy']:.4f}")
     lines.append(f"| {r['variant']} | {r['seeds']} | {r['mean']:.4f} +- {r['std']:.4f} | "
-                 f"{delta} | {r['noise'] or '-'} | {r['test_accuracy']:.4f} |")
+                 f"{delta} | {r['noise'] or '-'} | {test} |")
   lines += ['', '![spread over seeds](spread.png)', '']
   files.write_text(path, '\n'.join(lines))

@@ -17,7 +17,7 @@ import numpy as np
 from recipe_jax import console, files
 from recipe_jax.config import check as config_check, selection
 from recipe_jax.diagnose import trends
-from recipe_jax.errors import UserError
+from recipe_jax.errors import DivergenceError, UserError
 from recipe_jax.report import plots, results as report, words
 from recipe_jax.report.results import StageResult
 from recipe_jax.runs import finished as runs
@@ -55,9 +55,9 @@ def source_runs(config) -> tuple:
 def scaled(config, run_config):
   """A source run's own config with scale_up.changes applied."""
   changes = config_check.decoded(config, 'scale_up.changes')
-  flat = config_check.flatten(run_config)
   found = config_check.variant(run_config, {
-      key: config_check.changed(key, flat[key], change) for key, change in changes.items()})
+      key: config_check.changed(key, config_check.run_value(run_config, key), change)
+      for key, change in changes.items()})
   if config.dataset.data_dir:
     found.dataset.data_dir = config.dataset.data_dir
   return found
@@ -72,20 +72,32 @@ def run(config, workdir: str) -> StageResult:
       raise UserError(f'scale_up.from_dir={config.scale_up.from_dir}: '
                       f'{run_dirs[small[name].index(None)]} has not finished')
   out = os.path.join(workdir, 'scale_up')
-  progress = console.StageProgress('scale_up', sum(map(len, groups.values())))
-  large = {}
+  configs = {}  # every run's config checked before the first one trains
   for name, run_dirs in groups.items():
-    configs = [scaled(config, runs.load_config(d)) for d in run_dirs]
-    found = train.train_runs('scale_up', configs,
-                             [os.path.join(out, name, f'seed_{c.seed}') for c in configs],
-                             progress, sum(map(len, large.values())))
+    try:
+      configs[name] = [scaled(config, runs.load_config(d)) for d in run_dirs]
+    except UserError as e:
+      raise UserError(f'scale_up.changes on {name}: {e}') from None
+  progress = console.StageProgress('scale_up', sum(map(len, groups.values())))
+  large, diverged = {}, {}
+  for name, group in configs.items():
+    try:
+      found = train.train_runs('scale_up', group,
+                               [os.path.join(out, name, f'seed_{c.seed}') for c in group],
+                               progress, sum(map(len, large.values())))
+    except DivergenceError as e:  # an answer too: this group does not survive the scale
+      diverged[name] = str(e)
+      continue
     if found is None:  # preempted: the same command resumes here
       return StageResult('scale_up', [], {}, FILES, finished=False)
     large[name] = found
-  return finish(config, workdir, small, large, metric)
+  if not large:
+    raise DivergenceError(f'every run diverged at the larger scale ({diverged})')
+  return finish(config, workdir, {n: small[n] for n in large}, large, metric, diverged)
 
 
-def finish(config, workdir: str, small: dict, large: dict, metric: str) -> StageResult:
+def finish(config, workdir: str, small: dict, large: dict, metric: str,
+           diverged: dict | None = None) -> StageResult:
   out = os.path.join(workdir, 'scale_up')
   scale = ', '.join(config_check.change_name(k, c) for k, c in
                     config_check.decoded(config, 'scale_up.changes').items())
@@ -95,6 +107,11 @@ def finish(config, workdir: str, small: dict, large: dict, metric: str) -> Stage
   found = trends.conclusions(small, large, lambda a, b: compare.difference(a, b, metric))
   verdict = trends.verdict(names, small_means, large_means, found, metric, scale,
                            config.scale_up.min_rank_correlation)
+  if diverged:  # the rest is compared without them
+    verdict.status = 'WARN'
+    verdict.summary = (f'{", ".join(diverged)} diverged at the larger scale ('
+                       f'{next(iter(diverged.values()))}); of the others: {verdict.summary}')
+    verdict.evidence['diverged'] = diverged
   rows = [{'group': n, 'seeds': len(small[n]), f'small_{metric}': s, f'large_{metric}': g,
            'small_rank': _rank(small_means, metric).index(i) + 1,
            'large_rank': _rank(large_means, metric).index(i) + 1}
