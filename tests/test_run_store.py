@@ -35,7 +35,12 @@ def test_a_changed_config_on_a_finished_run_is_one_line_and_every_file_stays(sma
   [line] = refused.stderr.strip().splitlines()
   assert 'model.width: 100 -> 7' in line and 'num_train_steps: 60 -> 90' not in line
   assert 'use a new --workdir, or --config.init_from=' in line
-  assert file_hashes(workdir) == before  # log, config, summary, checkpoints: byte-identical
+  after = file_hashes(workdir)
+  assert after.pop('refused.json')  # the refusal noted beside the run, for the worklog
+  assert after == before  # log, config, summary, checkpoints: byte-identical
+  [noted] = json.load(open(workdir / 'refused.json'))
+  assert noted['reason'] == line[len('recipe_jax: error: '):]
+  assert '--config.model.width=7' in noted['command']
   assert not (tmp_path / 'run' / 'checkpoints_corrupt').exists()
 
 
