@@ -95,7 +95,6 @@ def run(config, workdir: str) -> StageResult:
       continue
     summaries[name] = found
   return finish(config, workdir, original, recorded, summaries, planned, diverged)
-  return finish(config, workdir, original, recorded, summaries, planned)
 
 
 def finish(config, workdir, original, recorded, summaries, planned, diverged) -> StageResult:
@@ -115,9 +114,10 @@ def finish(config, workdir, original, recorded, summaries, planned, diverged) ->
   compare.write_csv(os.path.join(out, 'results.csv'), rows)
   _write_table(os.path.join(out, 'results.md'), rows, metric, recorded[metric], original.seed)
   image = os.path.join(out, 'spread.png')
+  low, high = found[1].evidence.get('interval', (recorded[metric], recorded[metric]))  # NaN: none
   plots.spread(image, {n: [s[metric] for s in group] for n, group in summaries.items()},
                words.metric_name(metric), (f'the run (seed {original.seed})', recorded[metric]),
-               (f'one more seed, {cfg.interval:.0%} of the time', *found[1].evidence['interval']))
+               (f'one more seed, {cfg.interval:.0%} of the time', low, high))
   test = [s['test_accuracy'] for s in summaries[SEEDS][1:] if s.get('test_accuracy') is not None]
   metrics = {f'{metric}_mean': float(np.mean(others)),
              f'{metric}_std': float(np.std(others, ddof=1)),
