@@ -64,7 +64,6 @@ def verdict(groups: list, small_means: list, large_means: list, found: list, met
   """WARN when a conclusion flips or the ranking's correlation is below `min_rho`; PASS with
   what held (and what faded) otherwise."""
   rho = rank_correlation(small_means, large_means)
-  rho = rho if rho is None or np.isfinite(rho) else None
   flips = [c for c in found if c['fate'] == FLIPS]
   fades = [c for c in found if c['fate'] == FADES]
   order = lambda means: ' > '.join(g for _, g in sorted(

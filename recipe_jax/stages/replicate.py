@@ -166,27 +166,24 @@ def sensitivity(rows: list, metric: str, diverged: dict | None = None) -> list:
   found = []
   for key, key_rows in by_key.items():
     moved = [r for r in key_rows if r['noise'] == 'beyond noise']
+    blew_up = {name: why for name, why in diverged.items() if key_of(name) == key}
     parts = [f"{r['variant'][len(key):].strip(' =')} {r['delta']:+.4f}" for r in key_rows]
-    parts += [f"{name[len(key):].strip(' =')} diverged ({why})" for name, why in diverged.items()
-              if key_of(name) == key]
+    parts += [f"{name[len(key):].strip(' =')} diverged ({why})" for name, why in blew_up.items()]
     noise = max((r['noise_level'] for r in key_rows), default=float('nan'))
     evidence = {r['variant']: {k: r[k] for k in ('mean', 'std', 'delta', 'noise', 'noise_level')}
                 for r in key_rows}
-    evidence.update({name: {'diverged': why} for name, why in diverged.items()
-                     if key_of(name) == key})
-    moved += [None] * sum(key_of(name) == key for name in diverged)
-    if not moved:
+    evidence.update({name: {'diverged': why} for name, why in blew_up.items()})
+    if not moved and not blew_up:
       found.append(Verdict(f'sensitive_{key}', 'PASS', f'{key}: {", ".join(parts)} in '
                            f'{words.metric_name(metric)}, inside the noise (+-{noise:.4f}): the '
                            'result does not hinge on it', evidence))
       continue
-    better = [r for r in moved if r and selection.sign(metric) * r['delta'] > 0]
+    better = [r for r in moved if selection.sign(metric) * r['delta'] > 0]
     advice = (f"; {better[0]['variant']} is better: the config is not at its best for {key}"
               if better else '; keep it where it is, and tune it with care')
     found.append(Verdict(f'sensitive_{key}', 'WARN', f'the result is sensitive to {key}: '
                          f'{", ".join(parts)} in {words.metric_name(metric)}, '
-                         f'{sum(1 for m in moved if m)} beyond the noise (+-{noise:.4f})'
-                         f'{advice}', evidence))
+                         f'{len(moved)} beyond the noise (+-{noise:.4f}){advice}', evidence))
   return found
 
 
