@@ -200,16 +200,16 @@ def test_training_monitor_warns_when_a_layer_dies_mid_run_and_logs_every_layer(
   verdicts = monitored_run(small_config, tmp_path, 'helpers.planted_bugs:DriftingBias')
   health = verdicts['layer_health']
   assert health.status == 'WARN', health.summary
-  # the shifted ReLUs feed Dense_1; with them gone, Dense_2's inputs die too and the first
+  # the shifted ReLUs are Dense_0's units; with them gone, Dense_1's die too and the first
   # layer's gradient vanishes: whichever it names first, it names a layer and the step
-  assert re.search(r'Dense_[12]: \d+% of the ReLU units entering it are dead at step \d+ '
+  assert re.search(r"Dense_[01]'s ReLU units: \d+% dead at step \d+ "
                    r'\(\d+% at step 20\)', health.summary), health.summary
   from tensorboard.backend.event_processing import event_accumulator
   events = event_accumulator.EventAccumulator(str(tmp_path))
   events.Reload()
   tags = set(events.Tags()['tensors'])
   for tag in ('layers/grad_norm/Dense_0', 'layers/update_ratio/Dense_2',
-              'layers/dead_fraction/Dense_1', 'layers/grad_first_over_last'):
+              'layers/dead_fraction/Dense_0', 'layers/grad_first_over_last'):
     assert tag in tags, sorted(tags)
 
 
@@ -225,7 +225,7 @@ def test_monitor_names_what_got_worse_and_only_that():
   assert same == []
   now = {'layers/dead_fraction/Dense_1': 0.95, 'layers/grad_first_over_last': 2e-4}
   found = dict(monitor.worse(first, 20, now, 40, 1e3, 'Dense_0'))
-  assert 'Dense_1: 95% of the ReLU units' in found[('dead', 'Dense_1')]
+  assert "Dense_1's ReLU units: 95% dead" in found[('dead', 'Dense_1')]
   assert 'fell to 0.0002x' in found[('vanishing',)] and 'Dense_0' in found[('vanishing',)]
   near = {'layers/dead_fraction/Dense_1': 0.89, 'layers/grad_first_over_last': 1.1e-3}
   assert monitor.worse(first, 20, near, 40, 1e3, 'Dense_0') == []  # just under each threshold

@@ -431,6 +431,7 @@ RULES = {
     'sanity.max_dead_fraction': number(0, 1, low_open=True),
     'sanity.max_saturated_fraction': number(0, 1, low_open=True),
     'sanity.max_copied_units': number(0, 1, low_open=True),
+    'sanity.min_gradient_share': number(0, 1, high_open=True),
     'sanity.lr_sweep': factors_rule(),
     'lr_find.min_lr': number(0, low_open=True),
     'lr_find.max_lr': number(0, low_open=True),

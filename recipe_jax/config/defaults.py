@@ -136,6 +136,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.sanity.max_relative_gradient = 10.0  # FAIL (exploding): a layer's gradient / its weights
   c.sanity.max_dead_fraction = 0.5  # FAIL: this share of a layer's ReLUs zero for a whole batch
   c.sanity.max_saturated_fraction = 0.5  # FAIL: this share of sigmoid/tanh outputs saturated
+  # After the short run, dead or saturated units FAIL only when less than this share of the
+  # gradient arriving at them passes their nonlinearity (against its peak slope)
+  c.sanity.min_gradient_share = 0.1
   c.sanity.max_copied_units = 0.5  # FAIL: this share of a hidden layer's units start as copies
   # When the loss does not fall or one batch is not memorised: one-batch runs at these multiples
   # of the learning rate tell a rate far off from other causes (the diagnosis)

@@ -78,72 +78,104 @@ def gradient_flow(at_init: dict, after: dict | None, order: list[str], max_ratio
                  evidence)
 
 
-def _first_over(layers_in_order: list[str], fraction, threshold: float) -> str:
-  """The first layer at or over the threshold (upstream damage explains what follows it), else
+def _first_over(names: list[str], fraction, threshold: float) -> str:
+  """The first site at or over the threshold (upstream damage explains what follows it), else
   the one nearest to it."""
-  over = [layer for layer in layers_in_order if fraction(layer) >= threshold]
-  return over[0] if over else max(layers_in_order, key=fraction)
+  over = [name for name in names if fraction(name) >= threshold]
+  return over[0] if over else max(names, key=fraction)
 
 
 DIED_DURING_RUN = 0.9
 
 
-def dead_units(at_init: dict, after: dict | None, order: list[str], kinds: dict, params,
-               learning_rate: float, max_fraction: float) -> Verdict:
-  """ReLU units that output zero for every example of the batch. The layer named is the one
-  whose units they are (the layer before the one they feed, when a ReLU of its output was
-  matched element for element); the reason: dead at init already (a large negative bias or
-  init), or killed during the short run (a learning rate too high)."""
-  fed = [layer for layer in order if kinds.get(layer) in probes.RELU_LIKE]
-  evidence = {'max_fraction': max_fraction, 'layers': {}}
-  for layer in fed:
-    row = {'init': float(at_init['activations'][layer]['input']['dead_fraction'])}
-    if after is not None:
-      row['after'] = float(after['activations'][layer]['input']['dead_fraction'])
-    evidence['layers'][layer] = row
-  if not fed:
-    return Verdict('dead_units', 'PASS', 'no ReLU-like activations seen', evidence)
-  # Dead at init counts when they stay dead (units that the short run revives were only quiet
-  # on this batch); after the short run only a layer that lost nearly all its units counts:
-  # Adam-trained ReLU nets commonly lose half and still learn.
+def _rows(sites, at_init, after, measured: str) -> dict:
+  """{site name: {'init', 'after', 'share_init', 'share_after', ...}} for the judged sites."""
+  rows = {}
+  for site in sites:
+    row = {'kind': site.kind, 'producer': site.producer}
+    for when, found in (('init', at_init), ('after', after)):
+      if found is not None and site.name in found.get('sites', {}):
+        stats = found['sites'][site.name]
+        row[when] = float(stats[measured])
+        share = float(stats['gradient_share'])
+        row[f'share_{when}'] = share if np.isfinite(share) else None
+    if 'init' in row:
+      rows[site.name] = row
+  return rows
+
+
+def _not_judged(check: str, program) -> Verdict | None:
+  if program is None:
+    return Verdict(check, 'PASS', "not judged: the model's program could not be read "
+                   '(activations_seen says so)', {'judged': False})
+  return None
+
+
+def dead_units(program, at_init: dict, after: dict | None, params, learning_rate: float,
+               max_fraction: float, min_gradient_share: float) -> Verdict:
+  """ReLU units that output zero for every example of the batch, measured at each ReLU of the
+  program (not at the next layer's input: pooling, dropout or a residual sum may sit between)
+  and named by the layer whose units they are. FAIL: dead from the start (still dead after the
+  short run), or dead after the short run with the gradient through them collapsed (less than
+  `min_gradient_share` of what arrives passes). WARN: nearly all died during the run
+  (`DIED_DURING_RUN`) while some gradient still passes."""
+  skipped = _not_judged('dead_units', program)
+  if skipped:
+    return skipped
+  rows = _rows(program.judged('dead'), at_init, after, 'dead_fraction')
+  evidence = {'max_fraction': max_fraction, 'min_gradient_share': min_gradient_share,
+              'layers': rows}
+  if not rows:
+    return Verdict('dead_units', 'PASS', 'no ReLU in the program', evidence)
+
   def stays_dead(row):
     return row['init'] >= max_fraction and row.get('after', row['init']) >= max_fraction
 
-  def over(layer):
-    row = evidence['layers'][layer]
-    return max(row['init'] / max_fraction if stays_dead(row) else 0.0,
-               row.get('after', 0.0) / DIED_DURING_RUN)
+  def collapsed(row):
+    share = row.get('share_after')
+    return (row.get('after', 0.0) >= max_fraction and share is not None
+            and share < min_gradient_share)
 
-  worst = _first_over(fed, over, 1.0)
-  row = evidence['layers'][worst]
-  dead = max(row.values())
-  source = probes.producer(order, worst) if kinds[worst] == 'relu' else None
-  owner = f"{source}'s ReLU units" if source else f'the ReLU-like features entering {worst}'
+  def over(name):
+    row = rows[name]
+    return max(row['init'] / max_fraction if stays_dead(row) else 0.0,
+               1.0 if collapsed(row) else 0.0, row.get('after', 0.0) / DIED_DURING_RUN)
+
+  worst = _first_over(list(rows), over, 1.0)
+  row = rows[worst]
+  dead = max(row['init'], row.get('after', 0.0))
+  owner = (f"{row['producer']}'s ReLU units" if row['producer'] else
+           'the ReLU units applied to the input')
   line = (f"{dead:.0%} of {owner} are dead (zero for every example of the batch): "
           f"{row['init']:.0%} at init" + (f", {row['after']:.0%} after the short run"
                                            if 'after' in row else ''))
-  evidence.update(worst=worst, source=source, dead_at_init=stays_dead(row))
+  evidence.update(worst=worst, source=row['producer'], dead_at_init=stays_dead(row))
   if over(worst) < 1.0:
     return Verdict('dead_units', 'PASS', f'at most {dead:.0%} dead ReLU units in a layer '
-                   f'({worst}; FAIL from {max_fraction:.0%} at init and after, WARN from '
-                   f'{DIED_DURING_RUN:.0%} after the short run)', evidence)
+                   f"({row['producer'] or 'input'}; FAIL from {max_fraction:.0%} at init and "
+                   f'after, WARN from {DIED_DURING_RUN:.0%} after the short run)', evidence)
+  share = row.get('share_after')
+  passing = (f'; {share:.0%} of the gradient arriving at them passes' if share is not None
+             else '')
   if stays_dead(row):
     why = 'they are dead from the start'
-    bias = _bias(params, source) if source else None
+    bias = _bias(params, row['producer']) if row['producer'] else None
     if bias is not None:
-      spread = float(at_init['activations'][source]['output']['std'])
+      spread = float(at_init['sites'][worst]['preactivation_std'])
       evidence.update(bias_mean=bias, preactivation_std=spread)
       if bias < -spread:
         evidence['negative_bias'] = True
-        why = (f"{source}'s biases average {bias:.3g} against a pre-activation spread of "
-               f'{spread:.3g}: a large negative bias switches them off; initialise biases at 0')
+        why = (f"{row['producer']}'s biases average {bias:.3g} against a pre-activation spread "
+               f'of {spread:.3g}: a large negative bias switches them off; initialise biases '
+               'at 0')
       else:
         why += ' (a bad init, or inputs far from zero mean)'
   else:
-    why = (f'they died during the short run: a learning rate too high ({learning_rate:g}) '
-           'pushes ReLUs into the zero region for good; try 3-10x lower, or a leaky ReLU')
+    why = (f'they died during the short run{passing}: the usual cause is a learning rate too '
+           f'high ({learning_rate:g}) pushing ReLUs into the zero region for good (try 3-10x '
+           'lower, or a leaky ReLU); a drifting input or bias does it too')
   evidence['finding'] = f'{line}; {why if stays_dead(row) else why.split(": ")[0]}'
-  status = 'FAIL' if evidence['dead_at_init'] else 'WARN'
+  status = 'FAIL' if stays_dead(row) or collapsed(row) else 'WARN'
   return Verdict('dead_units', status, f'dying ReLU: {line}; {why}', evidence)
 
 
@@ -152,42 +184,66 @@ def _bias(params, layer: str):
   return float(np.mean(own['bias'])) if 'bias' in own else None
 
 
-def saturation(at_init: dict, after: dict | None, order: list[str], kinds: dict,
-               max_fraction: float) -> Verdict:
-  """Sigmoid or tanh outputs pinned where their slope is under a few percent of its peak
-  (sigmoid < 0.01 or > 0.99, tanh beyond +-0.99): the gradient through them vanishes."""
-  squashed = [layer for layer in order
-              if kinds.get(layer) in probes.SIGMOID_LIKE + probes.TANH_LIKE]
-  evidence = {'max_fraction': max_fraction, 'layers': {}}
-  for layer in squashed:
-    kind = kinds[layer]
-    row = {'kind': kind, 'init': float(probes.saturated_fraction(
-        at_init['activations'][layer]['input'], kind))}
-    if after is not None:
-      row['after'] = float(probes.saturated_fraction(after['activations'][layer]['input'], kind))
-    evidence['layers'][layer] = row
-  if not squashed:
-    return Verdict('saturation', 'PASS', 'no sigmoid- or tanh-like activations seen', evidence)
-  fraction = lambda layer: max(v for k, v in evidence['layers'][layer].items() if k != 'kind')
-  worst = _first_over(squashed, fraction, max_fraction)
-  row, saturated = evidence['layers'][worst], fraction(worst)
-  source = probes.producer(order, worst) if row['kind'] in ('sigmoid', 'tanh') else None
-  kind = row['kind'].replace('-like', '')
-  owner = f"{source}'s {kind} outputs" if source else f'the {kind}-like values entering {worst}'
+def saturation(program, at_init: dict, after: dict | None, max_fraction: float,
+               min_gradient_share: float) -> Verdict:
+  """Sigmoid, tanh or hard-tanh used as activations (not as gates, nor inside SiLU or GELU,
+  read from the program), with their outputs pinned where the slope is under a few percent of
+  its peak. FAIL at init from `max_fraction` saturated; after the short run only when the
+  gradient through them has collapsed too (less than `min_gradient_share` of what arrives
+  passes): a trained tanh net has many units at +-1 and still learns."""
+  skipped = _not_judged('saturation', program)
+  if skipped:
+    return skipped
+  rows = _rows(program.judged('saturation'), at_init, after, 'saturated_fraction')
+  evidence = {'max_fraction': max_fraction, 'min_gradient_share': min_gradient_share,
+              'layers': rows}
+  if not rows:
+    gates = sorted({s.kind for s in program.sites if s.kind in ('silu', 'gelu', 'sigmoid gate',
+                                                                 'tanh gate', 'glu')})
+    return Verdict('saturation', 'PASS', 'no sigmoid, tanh or hard-tanh used as an activation'
+                   + (f' ({", ".join(gates)} multiply what they gate and do not saturate)'
+                      if gates else ''), evidence)
+
+  def collapsed(row):
+    share = row.get('share_after')
+    return (row.get('after', 0.0) >= max_fraction and share is not None
+            and share < min_gradient_share)
+
+  fraction = lambda name: max(rows[name]['init'] / max_fraction,
+                              1.0 if collapsed(rows[name]) else 0.0)
+  worst = _first_over(list(rows), fraction, 1.0)
+  row = rows[worst]
+  kind = row['kind'].replace('_', '-')
+  owner = (f"{row['producer']}'s {kind} outputs" if row['producer'] else
+           f'the {kind} outputs of the input')
   evidence['worst'] = worst
-  line = f'{saturated:.0%} of {owner} are saturated'
-  if saturated < max_fraction:
-    return Verdict('saturation', 'PASS', f'{line}, the most in any layer (FAIL from '
-                   f'{max_fraction:.0%})', evidence)
-  spread = ''
-  if source:
-    spread = (f', its pre-activations spreading '
-              f'{float(at_init["activations"][source]["output"]["std"]):.3g}')
-  evidence['finding'] = f'{line}{spread}'
-  return Verdict('saturation', 'FAIL', f'saturated units: {line}{spread}, where the slope is '
-                 'under a few percent of its peak, so almost no gradient passes: initialise the '
-                 'weights smaller (Xavier/Glorot for sigmoid and tanh), standardise the inputs, '
-                 'or use ReLU-like activations', evidence)
+  spread = float(at_init['sites'][worst]['preactivation_std'])
+  if row['init'] >= max_fraction:
+    line = (f"{row['init']:.0%} of {owner} are saturated at init, its pre-activations "
+            f'spreading {spread:.3g}')
+    evidence['finding'] = line
+    return Verdict('saturation', 'FAIL', f'saturated units: {line}, where the slope is under a '
+                   'few percent of its peak, so almost no gradient passes: initialise the '
+                   'weights smaller (Xavier/Glorot for sigmoid and tanh), standardise the '
+                   'inputs, or use ReLU-like activations', evidence)
+  if collapsed(row):
+    line = (f"{row['after']:.0%} of {owner} are saturated after the short run and only "
+            f"{row['share_after']:.0%} of the gradient arriving at them passes (FAIL under "
+            f'{min_gradient_share:.0%})')
+    evidence['finding'] = line
+    return Verdict('saturation', 'FAIL', f'saturated units: {line}: the layers before them '
+                   'stop learning; lower the learning rate, normalise the pre-activations '
+                   '(LayerNorm, BatchNorm), or use ReLU-like activations', evidence)
+  most = max(rows.values(), key=lambda r: max(r['init'], r.get('after', 0.0)))
+  if most.get('after', 0.0) >= max_fraction:
+    return Verdict('saturation', 'PASS', f"{most['after']:.0%} of {most['producer']}'s "
+                   f"{most['kind']} outputs are saturated after the short run, but "
+                   f"{most['share_after']:.0%} of the gradient still passes them: a trained "
+                   f'{most["kind"]} net (FAIL when under {min_gradient_share:.0%} passes, or '
+                   f'from {max_fraction:.0%} saturated at init)', evidence)
+  worst_now = max(max(r['init'], r.get('after', 0.0)) for r in rows.values())
+  return Verdict('saturation', 'PASS', f'at most {worst_now:.0%} of any layer\'s {kind} outputs '
+                 f'saturated (FAIL from {max_fraction:.0%} at init)', evidence)
 
 
 def symmetric_init(params, order: list[str], max_fraction: float) -> Verdict:
@@ -222,18 +278,31 @@ def update_ratios(series: dict) -> dict:
   return {layer: float(np.median(values)) for layer, values in series.items() if len(values)}
 
 
-def activations_seen(order: list[str], unseen: list[str]) -> Verdict:
-  """Which layers' activations the probes saw. Layers inside a loop (nn.scan, lax.scan: an
-  RNN's cell) or a custom op are not recorded: dead_units and saturation do not cover them,
-  though their gradients are still followed."""
-  evidence = {'seen': order, 'not_seen': unseen}
+def activations_seen(order: list[str], unseen: list[str], program=None) -> Verdict:
+  """Which layers' activations the probes saw, and what made each layer's input, read from
+  the program (`program.layer_inputs`). Layers inside a loop (nn.scan, lax.scan: an RNN's
+  cell) or a custom op are not recorded: dead_units and saturation do not cover them, though
+  their gradients are still followed."""
+  inputs = program.layer_inputs if program is not None else {}
+  evidence = {'seen': order, 'not_seen': unseen, 'layer_inputs': inputs,
+              'program_read': program is not None}
+  read = [layer for layer, d in inputs.items() if d['kind'] != 'input']
+  named = [layer for layer in read if inputs[layer]['identified']]
+  opaque = sorted({u for layer in read for u in inputs[layer]['unknown']})
+  reading = (f"; the nonlinearity before {len(named)} of {len(read)} layers read from the "
+             'program' + (f" (the rest pass {', '.join(opaque)}, which it cannot see into)"
+                          if len(named) < len(read) else '') if read else '')
+  if program is None and order:
+    return Verdict('activations_seen', 'WARN', "the model's program could not be read (an "
+                   'operation the reader does not know; the log file says which): dead_units '
+                   'and saturation are not judged, gradient_flow still is', evidence)
   if unseen:
     listed = ', '.join(unseen[:4]) + (f' and {len(unseen) - 4} more' if len(unseen) > 4 else '')
     return Verdict('activations_seen', 'WARN', f'the activations of {len(unseen)} of '
                    f'{len(order) + len(unseen)} layers were not seen: {listed} (inside a loop '
                    'such as nn.scan, or a custom op); dead_units and saturation cover only the '
-                   f'other {len(order)}, gradient_flow covers all', evidence)
+                   f'other {len(order)}, gradient_flow covers all{reading}', evidence)
   if not order:
     return Verdict('activations_seen', 'PASS', 'no layer with a kernel to look inside', evidence)
   return Verdict('activations_seen', 'PASS', f'the activations of all {len(order)} layers were '
-                 f'seen, {order[0]} to {order[-1]}', evidence)
+                 f'seen, {order[0]} to {order[-1]}{reading}', evidence)

@@ -1,6 +1,7 @@
 """The training run's look inside the net: at every eval, each layer's gradient and weight
 norms, its update-to-weight ratio over the step before, and the dead or saturated fraction of
-its input, on one fixed training batch (`probes.measure`), written to TensorBoard under
+its units (each ReLU, tanh or sigmoid the model's program applies, named by the layer whose
+units they are), on one fixed training batch (`probes.measure`), written to TensorBoard under
 `layers/...`. A layer whose ReLU units die, or whose gradient stops reaching the first layers,
 after the first eval becomes a warning with the step it happened at.
 
@@ -31,7 +32,7 @@ class LayerMonitor:
     self.x, self.y = (np.asarray(a[:probes.EXAMPLES])
                       for a in (exp.dataset.x_train, exp.dataset.y_train))
     self.key = rng.stream_key(exp.config.seed, 'monitor', 0)
-    self.order = self.kernels = self.kinds = None
+    self.order = self.kernels = self.program = None
     self.previous, self.first, self.first_step, self.last = None, None, None, {}
     self.warnings, self.warned = [], set()
 
@@ -52,17 +53,14 @@ class LayerMonitor:
   def prepare(self, state):
     """Finds the layers (a trace of the model, once per run; the first measurement does it
     when this was not called)."""
-    params = _local(state.params)
-    self.order, unseen = probes.layer_order(
-        self.exp.model, {'params': params, 'batch_stats': _local(state.batch_stats)}, self.x,
-        self.key)
+    variables = {'params': _local(state.params), 'batch_stats': _local(state.batch_stats)}
+    self.program = probes.read_program(self.exp.model, variables, self.x, self.key)
+    self.order, unseen = probes.layer_order(self.exp.model, variables, self.x, self.key)
     self.kernels = self.order + unseen
 
   def _measure(self, step, params, batch_stats):
-    found = probes.measure(self.exp.model, self.exp.loss_fn, self.order, self.kernels, params,
-                           batch_stats, self.x, self.y, self.key)
-    if self.kinds is None:
-      self.kinds = probes.kinds(found, self.order)
+    found = probes.measure(self.exp.model, self.exp.loss_fn, self.program, self.order,
+                           self.kernels, params, batch_stats, self.x, self.y, self.key)
     scalars = {}
     for layer in self.kernels:
       scalars[f'layers/grad_norm/{layer}'] = found['grad_norm'][layer]
@@ -70,12 +68,11 @@ class LayerMonitor:
     if self.previous is not None:
       ratios = jax.device_get(probes.update_ratios(self.kernels, self.previous, params))
       scalars.update({f'layers/update_ratio/{k}': v for k, v in ratios.items()})
-    for layer, kind in self.kinds.items():
-      stats = found['activations'][layer]['input']
-      if kind in probes.RELU_LIKE:
-        scalars[f'layers/dead_fraction/{layer}'] = stats['dead_fraction']
-      elif probes.saturated_fraction(stats, kind) is not None:
-        scalars[f'layers/saturated_fraction/{layer}'] = probes.saturated_fraction(stats, kind)
+    for site in self.program.sites if self.program is not None else []:
+      if site.judged and site.name in found['sites']:
+        units = site.name.replace(f' {site.kind}', '').replace(' ', '')  # 'Dense_0', '#2'
+        what = 'dead_fraction' if site.judged == 'dead' else 'saturated_fraction'
+        scalars[f'layers/{what}/{units}'] = found['sites'][site.name][what]
     ratio = self._first_over_last(found)
     if ratio is not None:
       scalars['layers/grad_first_over_last'] = ratio
@@ -116,9 +113,9 @@ def worse(first: dict, first_step: int, now: dict, step: int, max_gradient_ratio
       continue
     if name.startswith('layers/dead_fraction/') and value >= inside.DIED_DURING_RUN > was:
       layer = name.split('/', 2)[-1]
-      found.append((('dead', layer), f'{layer}: {value:.0%} of the ReLU units entering it are '
-                    f'dead at step {step} ({was:.0%} at step {first_step}): the learning rate '
-                    'may be too high for them; lower it, or use a leaky ReLU'))
+      found.append((('dead', layer), f"{layer}'s ReLU units: {value:.0%} dead at step {step} "
+                    f'({was:.0%} at step {first_step}): the learning rate may be too high for '
+                    'them; lower it, or use a leaky ReLU'))
     if name == 'layers/grad_first_over_last' and value < 1 / max_gradient_ratio <= was:
       fell = (f'fell to {value:.2g}x the last layer\'s' if value > 0 else 'fell to zero')
       found.append((('vanishing',), f'vanishing gradients: the gradient reaching the first '

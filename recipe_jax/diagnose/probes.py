@@ -1,56 +1,69 @@
 """Looking inside the net ("visualize the activations at each layer"): per-layer measurements
 on one batch, for any model, with no change to the user's code.
 
-`measure` applies the model in train mode on one batch with every layer's input and output
-recorded (`model.layers`) and takes the gradient of the loss. For each layer that owns a
-kernel, in the order the model calls them, it returns:
-- the activation entering it: the fraction of its features that are zero for every example
-  (dead ReLU units), the fractions saturated as a sigmoid (< 0.01 or > 0.99) or a tanh
-  (|a| > 0.99) would be, its mean, std and histogram;
-- which nonlinearity made that input from the previous layer's output (relu, sigmoid, tanh,
-  gelu, ... matched element for element), and that output's statistics;
-- the kernel's gradient and weight norms.
+`read_program` traces the model once (`program.read`): its kernel layers in call order and its
+nonlinearities as sites, each with the layer whose units it applies to. `measure` runs that
+program in train mode on one batch and takes the gradient of the loss. It returns:
+- for each layer that owns a kernel: the activation entering it (mean, std, histogram) and
+  its kernel's gradient and weight norms;
+- for each judged site (ReLUs, which can die; tanh, sigmoid and hard-tanh used as
+  activations, which can saturate): the fraction of its units zero for every example, the
+  fraction of its outputs saturated, the spread of its pre-activations, and the share of the
+  gradient arriving at its output that passes to its input (`gradient_share`, against the
+  function's peak slope: 1 while every unit passes gradient as well as it can, 0 when none
+  does).
 The sanity stage reads them at init and after its short run; the training monitor at every
-eval. `kinds`, `dead_units`, `saturation`, `symmetric_units` and `gradient_flow` turn them
-into findings that name the layer.
+eval. `inside.py` turns them into findings that name the layer.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
+from recipe_jax import console
+from recipe_jax.diagnose import program as program_lib
 from recipe_jax.engine import compiled
 from recipe_jax.engine import state as state_lib
 from recipe_jax.model import layers
 
 HISTOGRAM_BINS = 30
 EXAMPLES = 64  # every probe batch is this many rows: sanity and each run's monitor share a program
-# Nonlinearities recognised between one layer's output and the next layer's input.
-NONLINEARITIES = {
-    'identity': lambda z: z,
-    'relu': jax.nn.relu,
-    'leaky_relu': jax.nn.leaky_relu,
-    'elu': jax.nn.elu,
-    'gelu': lambda z: jax.nn.gelu(z, approximate=False),
-    'gelu (tanh)': lambda z: jax.nn.gelu(z, approximate=True),
-    'silu': jax.nn.silu,
-    'softplus': jax.nn.softplus,
-    'sigmoid': jax.nn.sigmoid,
-    'tanh': jnp.tanh,
-}
-RELU_LIKE = ('relu', 'relu-like')
-SIGMOID_LIKE = ('sigmoid', 'sigmoid-like')
-TANH_LIKE = ('tanh', 'tanh-like')
-MATCH_TOLERANCE = 1e-3  # relative: float32 and bfloat16 both match well inside it
+SIGMOID_SATURATED = 0.01  # sigmoid outputs below this or above 1 - this: slope < 4% of its peak
+TANH_SATURATED = 0.99  # |tanh| above this: slope < 2% of its peak
+
+
+def _spec(a):
+  return jax.ShapeDtypeStruct(np.shape(a), a.dtype)
+
+
+def read_program(model, variables, x, dropout_key):
+  """The model's program on probe batches (`program.read`), or None when it cannot be read
+  (the checks that need it then say so). Traced only, nothing runs; a function of the model
+  and the shapes alone, so each run of a stage (and the next stage) reads it once."""
+  leaves, tree = jax.tree.flatten(jax.tree.map(_spec, variables))
+  example = jax.ShapeDtypeStruct((EXAMPLES, *np.shape(x)[1:]), x.dtype)
+  return _read_program(model, tree, tuple(leaves), example, _spec(dropout_key))
+
+
+@compiled.cached
+def _read_program(model, tree, leaves: tuple, x, dropout_key):
+  try:
+    return program_lib.read(model, jax.tree.unflatten(tree, leaves), x, dropout_key)
+  except Exception:  # a construct the reader does not know: the checks fall back and say so
+    logging.info('the model\'s program could not be read', exc_info=True,
+                 extra=console.FILE_ONLY)
+    return None
 
 
 def layer_order(model, variables, x, dropout_key) -> tuple[list[str], list[str]]:
   """(the kernel layers in the order the model calls them, the kernel layers it owns but no
-  record saw: inside a lifted loop or a custom op). Traced only, nothing runs; a function of
-  the model and the shapes alone, so each run of a stage (and the next stage) asks once."""
-  spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype)
-  leaves, tree = jax.tree.flatten(jax.tree.map(spec, variables))
+  record saw: inside a lifted loop or a custom op)."""
+  found = read_program(model, variables, x, dropout_key)
+  if found is not None:
+    return list(found.order), list(found.unseen)
+  leaves, tree = jax.tree.flatten(jax.tree.map(_spec, variables))
   example = jax.ShapeDtypeStruct((EXAMPLES, *np.shape(x)[1:]), x.dtype)
-  order, unseen = _layer_order(model, tree, tuple(leaves), example, spec(dropout_key))
+  order, unseen = _layer_order(model, tree, tuple(leaves), example, _spec(dropout_key))
   return list(order), list(unseen)
 
 
@@ -70,12 +83,12 @@ def _layer_order(model, tree, leaves: tuple, x, dropout_key) -> tuple[tuple, tup
                       if path not in seen)
 
 
-def measure(model, loss_fn, order: list[str], kernels: list[str], params, batch_stats, x, y,
-            dropout_key) -> dict:
-  """Per-layer measurements on the first `EXAMPLES` rows of a batch (host numpy). `order`: the
-  recorded layers in call order (`layer_order`); `kernels`: the layers whose gradient and
-  weight norms are wanted."""
-  fn = _measure_fn(model, loss_fn, tuple(order), tuple(kernels))
+def measure(model, loss_fn, program, order: list[str], kernels: list[str], params, batch_stats,
+            x, y, dropout_key) -> dict:
+  """Per-layer and per-site measurements on the first `EXAMPLES` rows of a batch (host numpy).
+  `program`: `read_program`'s (None: layers only, no sites); `order`: the recorded layers in
+  call order; `kernels`: the layers whose gradient and weight norms are wanted."""
+  fn = _measure_fn(model, loss_fn, program, tuple(order), tuple(kernels))
   rows = np.arange(EXAMPLES) % len(x)  # fewer rows are cycled: a dead unit stays dead
   return jax.device_get(fn(params, batch_stats, np.asarray(x)[rows], np.asarray(y)[rows],
                            dropout_key))
@@ -95,55 +108,60 @@ def kernel_of(params, layer: str):
 
 def _input_stats(a):
   a = a.astype(jnp.float32)
-  rows = a.reshape(-1, a.shape[-1])
   low, high = jnp.min(a), jnp.max(a)
-  return {
-      'dead_fraction': 1.0 - jnp.mean(jnp.any(rows != 0, axis=0)),
-      'zero_fraction': jnp.mean(a == 0),
-      'sigmoid_saturated': jnp.mean((a < 0.01) | (a > 0.99)),
-      'tanh_saturated': jnp.mean(jnp.abs(a) > 0.99),
-      'min': low, 'max': high, 'mean': jnp.mean(a), 'std': jnp.std(a),
-      'histogram': jnp.histogram(a, HISTOGRAM_BINS, (low, jnp.maximum(high, low + 1e-6)))[0],
-  }
+  return {'min': low, 'max': high, 'mean': jnp.mean(a), 'std': jnp.std(a),
+          'histogram': jnp.histogram(a, HISTOGRAM_BINS, (low, jnp.maximum(high, low + 1e-6)))[0]}
 
 
-def _output_stats(z):
-  z = z.astype(jnp.float32)
-  rows = z.reshape(-1, z.shape[-1])
-  return {'nonpositive_units': jnp.mean(jnp.all(rows <= 0, axis=0)),
-          'mean': jnp.mean(z), 'std': jnp.std(z), 'units': z.shape[-1]}
-
-
-def _match_errors(a, z):
-  """Relative error of `a` against each nonlinearity of `z`, element for element (inf when
-  their sizes differ: a pooling or a residual sum in between)."""
-  if a.size != z.size:
-    return {name: jnp.inf for name in NONLINEARITIES}
-  a, z = a.astype(jnp.float32).reshape(-1), z.astype(jnp.float32).reshape(-1)
-  scale = jnp.max(jnp.abs(a)) + 1e-12
-  return {name: jnp.max(jnp.abs(a - f(z))) / scale for name, f in NONLINEARITIES.items()}
+def _site_stats(site, pre, post, grad_in, grad_out):
+  """What a judged site's units do on the batch (`measure`'s docstring)."""
+  post = post.astype(jnp.float32)
+  rows = post.reshape(-1, post.shape[-1])
+  if site.kind == 'sigmoid':
+    saturated = (post < SIGMOID_SATURATED) | (post > 1 - SIGMOID_SATURATED)
+  elif site.kind == 'tanh':
+    saturated = jnp.abs(post) > TANH_SATURATED
+  elif site.kind == 'hard_tanh':
+    saturated = jnp.abs(post) >= 1.0
+  else:
+    saturated = jnp.zeros_like(post, bool)
+  peak = program_lib.SATURATES.get(site.kind, 1.0)
+  arriving = _norm(grad_out)
+  return {'dead_fraction': 1.0 - jnp.mean(jnp.any(rows != 0, axis=0)),
+          'saturated_fraction': jnp.mean(saturated),
+          'preactivation_mean': jnp.mean(pre.astype(jnp.float32)),
+          'preactivation_std': jnp.std(pre.astype(jnp.float32)),
+          'gradient_share': jnp.where(arriving > 0, _norm(grad_in) / (peak * arriving + 1e-30),
+                                      jnp.nan),
+          'units': post.shape[-1]}
 
 
 @compiled.cached
-def _measure_fn(model, loss_fn, order: tuple, kernels: tuple):
+def _measure_fn(model, loss_fn, program, order: tuple, kernels: tuple):
+  sites = program.judged('dead') + program.judged('saturation') if program else []
+
+  def forward(params, batch_stats, x, dropout_key, perturb):
+    variables = {'params': params, 'batch_stats': batch_stats}
+    if program is None:
+      with layers.recording():
+        logits, collections = state_lib.on_one_device(state_lib.apply_model)(
+            model, variables, x, True, rngs={'dropout': dropout_key},
+            mutable=['batch_stats', layers.RECORDED])
+      return logits, layers.recorded(collections.get(layers.RECORDED, {})), {}
+    return state_lib.on_one_device(program_lib.evaluate)(program, variables, x, dropout_key,
+                                                         perturb)
+
   def measured(params, batch_stats, x, y, dropout_key):
-    def loss_and_records(params):
-      logits, collections = state_lib.on_one_device(state_lib.apply_model)(
-          model, {'params': params, 'batch_stats': batch_stats}, x, True,
-          rngs={'dropout': dropout_key}, mutable=['batch_stats', layers.RECORDED])
-      return loss_fn(logits, y).mean(), layers.recorded(collections.get(layers.RECORDED, {}))
-    with layers.recording():
-      (loss, records), grads = jax.value_and_grad(loss_and_records, has_aux=True)(params)
-    activations = {}
-    for i, path in enumerate(order):
-      if path not in records:
-        continue
-      a, z = records[path]
-      activations[path] = {'input': _input_stats(a), 'output': _output_stats(z)}
-      previous = order[i - 1] if i else None
-      if previous in records:
-        activations[path]['from_previous'] = _match_errors(a, records[previous][1])
+    def loss_and_records(params, perturb):
+      logits, records, seen = forward(params, batch_stats, x, dropout_key, perturb)
+      return loss_fn(logits, y).mean(), (records, seen)
+    perturb = program_lib.zeros_at(program, sites) if program else {}
+    (loss, (records, seen)), (grads, at_sites) = jax.value_and_grad(
+        loss_and_records, argnums=(0, 1), has_aux=True)(params, perturb)
+    activations = {path: {'input': _input_stats(records[path][0])}
+                   for path in order if path in records}
     return {'loss': loss, 'activations': activations,
+            'sites': {s.name: _site_stats(s, *seen[s.op], *at_sites[s.op]) for s in sites},
             'grad_norm': {k: _norm(kernel_of(grads, k)) for k in kernels},
             'weight_norm': {k: _norm(kernel_of(params, k)) for k in kernels}}
   return jax.jit(measured)
@@ -151,54 +169,6 @@ def _measure_fn(model, loss_fn, order: tuple, kernels: tuple):
 
 def _norm(t):
   return jnp.sqrt(jnp.sum(jnp.square(t.astype(jnp.float32))))
-
-
-def saturated_fraction(input_stats: dict, kind: str):
-  """The saturated fraction of a layer's input as its kind would saturate (sigmoid-like or
-  tanh-like; `_input_stats` measures both), or None for other kinds."""
-  if kind in SIGMOID_LIKE:
-    return input_stats['sigmoid_saturated']
-  if kind in TANH_LIKE:
-    return input_stats['tanh_saturated']
-  return None
-
-
-def kinds(measured: dict, order: list[str]) -> dict:
-  """{layer: what made its input}: a nonlinearity of the previous layer's output when one
-  matches element for element, else a guess from the values ('relu-like': non-negative with
-  exact zeros; 'sigmoid-like': inside (0, 1); 'tanh-like': inside (-1, 1); 'constant': one
-  value for every example and feature); the first layer's input is the data."""
-  found = {}
-  for i, path in enumerate(order):
-    stats = measured['activations'].get(path)
-    if stats is None:
-      continue
-    if i == 0:
-      found[path] = 'input'
-      continue
-    errors = {k: float(v) for k, v in stats.get('from_previous', {}).items()}
-    best = min(errors, key=errors.get) if errors else None
-    if best is not None and errors[best] < MATCH_TOLERANCE:
-      found[path] = best
-      continue
-    a = stats['input']
-    if a['max'] == a['min']:
-      found[path] = 'constant'  # the same value for every example: nothing flows through
-    elif a['min'] >= 0 and a['zero_fraction'] >= 0.01:
-      found[path] = 'relu-like'
-    elif a['min'] > 0 and a['max'] < 1:
-      found[path] = 'sigmoid-like'
-    elif a['min'] > -1 and a['max'] < 1:
-      found[path] = 'tanh-like'
-    else:
-      found[path] = 'unknown'
-  return found
-
-
-def producer(order: list[str], layer: str) -> str | None:
-  """The layer called before `layer` (whose output, through a nonlinearity, may be its input)."""
-  i = order.index(layer)
-  return order[i - 1] if i else None
 
 
 def symmetric_units(params, layer: str, consumer: str | None = None) -> dict:

@@ -65,9 +65,9 @@ def run(config, workdir: str) -> StageResult:
   apply_fn = once(lambda: exp.apply_fn(state()))
   first_x, first_y, first_positions = _first_batch(config, exp)
   dropout_key = rng.stream_key(config.seed, 'dropout', 0)
-  layer_order = once(lambda: probes.layer_order(
-      exp.model, {'params': state().params, 'batch_stats': state().batch_stats},
-      first_x, dropout_key))
+  variables = lambda: {'params': state().params, 'batch_stats': state().batch_stats}
+  program = once(lambda: probes.read_program(exp.model, variables(), first_x, dropout_key))
+  layer_order = once(lambda: probes.layer_order(exp.model, variables(), first_x, dropout_key))
   # every kernel layer: those seen in call order, then those no record saw (inside a loop)
   kernels = once(lambda: layer_order()[0] + layer_order()[1])
   updates = once(lambda: probes.UpdateRatios(kernels(), max(1, cfg.steps // UPDATE_RATIO_POINTS)))
@@ -77,10 +77,9 @@ def run(config, workdir: str) -> StageResult:
   def probe(which):
     params = state().params if which == 'init' else short_runs()[0]['state'].params
     batch_stats = state().batch_stats if which == 'init' else short_runs()[0]['state'].batch_stats
-    return probes.measure(exp.model, exp.loss_fn, layer_order()[0], kernels(), params,
-                          batch_stats, first_x, first_y, dropout_key)
+    return probes.measure(exp.model, exp.loss_fn, program(), layer_order()[0], kernels(),
+                          params, batch_stats, first_x, first_y, dropout_key)
   at_init, after = once(lambda: probe('init')), once(lambda: probe('after'))
-  kinds = once(lambda: probes.kinds(at_init(), layer_order()[0]))
   after_or_none = lambda: _or_none(after)
   dependency_x, dependency_y = first_x[:cfg.dependency_examples], first_y[:cfg.dependency_examples]
 
@@ -130,8 +129,8 @@ def run(config, workdir: str) -> StageResult:
 
   def seen():
     order, unseen = layer_order()
-    verdict = inside.activations_seen(order, unseen)
-    return verdict, _activation_histograms(out, at_init(), after_or_none(), order, kinds())
+    verdict = inside.activations_seen(order, unseen, program())
+    return verdict, _activation_histograms(out, at_init(), after_or_none(), order, program())
 
   def flow():
     # first and last in call order: only the layers seen, unless fewer than two were
@@ -164,10 +163,11 @@ def run(config, workdir: str) -> StageResult:
       'activations_seen': seen,
       'gradient_flow': flow,
       'dead_units': lambda: (inside.dead_units(
-          at_init(), after_or_none(), layer_order()[0], kinds(), state().params,
-          config.optimizer.learning_rate, cfg.max_dead_fraction),),
-      'saturation': lambda: (inside.saturation(at_init(), after_or_none(), layer_order()[0],
-                                               kinds(), cfg.max_saturated_fraction),),
+          program(), at_init(), after_or_none(), state().params,
+          config.optimizer.learning_rate, cfg.max_dead_fraction, cfg.min_gradient_share),),
+      'saturation': lambda: (inside.saturation(program(), at_init(), after_or_none(),
+                                               cfg.max_saturated_fraction,
+                                               cfg.min_gradient_share),),
       'symmetric_init': lambda: (inside.symmetric_init(state().params, layer_order()[0],
                                                        cfg.max_copied_units),),
   }
@@ -382,13 +382,16 @@ def _dynamics_plot(out, dynamics):
 MAX_HISTOGRAM_PANELS = 16
 
 
-def _activation_histograms(out, at_init, after, order, kinds):
+def _activation_histograms(out, at_init, after, order, program):
   """Per layer (evenly chosen, at most MAX_HISTOGRAM_PANELS): what enters it, at init and
-  after the short run, with its dead or saturated share."""
+  after the short run, titled with the nonlinearity the program applies before it and the
+  dead or saturated share of that nonlinearity's units at init."""
   if not order:
     return None
   shown = [order[i] for i in sorted(set(np.linspace(0, len(order) - 1, MAX_HISTOGRAM_PANELS)
                                         .round().astype(int)))]
+  inputs = program.layer_inputs if program is not None else {}
+  judged_as = {s.name: s.judged for s in program.sites} if program is not None else {}
   panels = []
   for layer in shown:
     series = {}
@@ -396,12 +399,17 @@ def _activation_histograms(out, at_init, after, order, kinds):
       if measured is not None and layer in measured['activations']:
         a = measured['activations'][layer]['input']
         series[label] = (a['histogram'], float(a['min']), float(a['max']))
-    a = at_init['activations'][layer]['input']
-    kind = kinds.get(layer, '?')
-    saturated = probes.saturated_fraction(a, kind)
-    note = (f', dead {float(a["dead_fraction"]):.0%}' if kind in probes.RELU_LIKE else
-            f', saturated {float(saturated):.0%}' if saturated is not None else '')
-    panels.append((f'{layer} <- {kind}{note}', series))
+    read = inputs.get(layer, {})
+    kind = read.get('kind', '?')
+    if read.get('through'):
+      kind += f' ({", ".join(read["through"])})'
+    notes = []
+    for site in read.get('sites', []):
+      stats, judged = at_init.get('sites', {}).get(site), judged_as.get(site)
+      if stats is not None and judged:
+        share = stats['dead_fraction' if judged == 'dead' else 'saturated_fraction']
+        notes.append(f"{judged if judged == 'dead' else 'saturated'} {float(share):.0%}")
+    panels.append((f'{layer} <- {kind}' + (f', {", ".join(notes)}' if notes else ''), series))
   path = os.path.join(out, 'layer_activations.png')
   plots.layer_histograms(path, panels)
   return path
