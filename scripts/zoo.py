@@ -54,11 +54,11 @@ def run_one(model, dataset, seed, workdir, data_dir) -> dict:
             if v.status == 'FAIL' or (c == 'diagnosis' and v.status != 'PASS')}
   warns = {c: v.summary for c, v in found.items()
            if v.status == 'WARN' and c not in NOT_COUNTED and c not in alarms}
-  inputs = found['activations_seen'].evidence.get('layer_inputs', {}) \
-      if 'activations_seen' in found else {}
+  seen = found['activations_seen'].evidence if 'activations_seen' in found else {}
+  inputs = [k for k in seen.get('layer_inputs', {}).values() if k['kind'] != 'input']
   return {'statuses': {c: v.status for c, v in found.items()}, 'alarms': alarms, 'warns': warns,
-          'layers': len(inputs),
-          'identified': sum(1 for k in inputs.values() if k.get('identified')),
+          'layers': len(inputs) + len(seen.get('not_seen', [])),  # inside a loop: not read
+          'identified': sum(1 for k in inputs if k['identified']),
           'seconds': round(time.time() - start, 1)}
 
 

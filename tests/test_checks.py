@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from recipe_jax.diagnose import checks
-from recipe_jax.model import models
+from recipe_jax.model import losses, models
 from recipe_jax.engine import state as state_lib
 
 
@@ -237,6 +237,99 @@ def test_overfit_one_batch_needs_low_loss_and_full_accuracy():
   assert checks.overfit_one_batch(losses, np.full(100, 0.875), 0.05).status == 'FAIL'
   v = checks.overfit_one_batch(np.full(100, 1.46), np.ones(100), 0.05)  # softmax-then-CE floor
   assert v.status == 'FAIL' and v.evidence['first_step_fitted'] is None
+
+
+def test_overfit_one_batch_still_falling_asks_for_steps_and_eval_mode_counts():
+  """A loss still falling when the steps run out is a WARN for more steps; the deterministic
+  (eval-mode) loss of a batch memorised under dropout passes; a floor from the loss itself
+  moves the target."""
+  falling = np.geomspace(2.3, 0.2, 100)
+  v = checks.overfit_one_batch(falling, np.ones(100), 0.05)
+  assert v.status == 'WARN' and 'still falling' in v.summary and 'more steps' in v.summary
+  stalled = np.concatenate([np.geomspace(2.3, 0.2, 50), np.full(50, 0.2)])
+  assert checks.overfit_one_batch(stalled, np.ones(100), 0.05).status == 'FAIL'
+  v = checks.overfit_one_batch(stalled * 0.37, np.ones(100), 0.05, eval_loss=0.01,
+                               eval_accuracy=1.0)
+  assert v.status == 'PASS' and 'in eval mode (deterministic)' in v.summary
+  assert checks.overfit_one_batch(stalled * 0.37, np.ones(100), 0.05, eval_loss=0.06,
+                                  eval_accuracy=1.0).status == 'FAIL'  # just over the target
+  v = checks.overfit_one_batch(np.full(100, 0.52), np.ones(100), 0.05, floor=0.5)
+  assert v.status == 'PASS' and 'its floor 0.5' in v.summary
+  assert checks.overfit_one_batch(np.full(100, 0.56), np.ones(100), 0.05,
+                                  floor=0.5).status == 'FAIL'
+
+
+def test_still_falling_near_its_threshold():
+  def curve(fall):  # flat, then the last fifth falls by `fall`
+    return np.concatenate([np.ones(80), np.linspace(1, 1 - fall, 20)])
+  assert checks.still_falling(curve(0.3)) >= checks.STILL_FALLING
+  assert checks.still_falling(curve(0.15)) < checks.STILL_FALLING
+
+
+C = 10
+SIGNATURE_LABELS = np.random.default_rng(0).permutation(np.arange(64) % C)
+
+
+def signature_of(loss_fn):
+  rng = np.random.default_rng(1)
+  logits = {'uniform': np.zeros((64, C)), 'init': rng.normal(size=(64, C)),
+            'after': 3 * np.eye(C)[SIGNATURE_LABELS] + rng.normal(size=(64, C))}
+  return checks.loss_signature(loss_fn, SIGNATURE_LABELS, C, logits)
+
+
+def smoothed(epsilon):
+  return lambda z, y: optax.softmax_cross_entropy(
+      z, optax.smooth_labels(jax.nn.one_hot(y, z.shape[-1]), epsilon))
+
+
+def test_loss_signature_tells_the_kinds_of_loss_apart():
+  """The user's loss against cross-entropy on the same logits: scaled, soft targets, shifted
+  targets, targets of other examples, a flipped sign; the reference and another proper loss
+  pass."""
+  v = signature_of(losses.cross_entropy)
+  assert v.status == 'PASS' and v.evidence['cause'] is None
+  v = signature_of(lambda z, y: -(jax.nn.log_softmax(z) * jax.nn.one_hot(y, C)).mean(-1))
+  assert v.status == 'WARN' and v.evidence['cause'] == 'scaled'
+  assert '0.1x the cross-entropy' in v.summary and 'a mean over the 10 classes' in v.summary
+  v = signature_of(smoothed(0.1))
+  assert v.status == 'WARN' and v.evidence['cause'] == 'floor' and 'soft targets' in v.summary
+  assert v.evidence['floor'] == pytest.approx(0.5, abs=0.02)
+  v = signature_of(lambda z, y: losses.cross_entropy(z, (y - 1) % C))
+  assert v.status == 'FAIL' and v.evidence['cause'] == 'targets_differ'
+  assert 'class (label -1)' in v.summary
+  v = signature_of(lambda z, y: losses.cross_entropy(z, jnp.roll(y, 1)))
+  assert v.status == 'FAIL' and v.evidence['cause'] == 'batch_dependent'
+  assert 'other examples' in v.summary
+  v = signature_of(lambda z, y: -losses.cross_entropy(z, y))
+  assert v.status == 'FAIL' and v.evidence['cause'] == 'unbounded' and 'sign' in v.summary
+  def focal(z, y):
+    p = jnp.take_along_axis(jax.nn.softmax(z), y[:, None], -1)[:, 0]
+    return -(1 - p) ** 2 * jnp.log(p)
+  v = signature_of(focal)
+  assert v.status == 'PASS' and v.evidence['cause'] == 'other'
+
+
+@pytest.mark.parametrize('scale, cause', [(1.08, None), (1.15, 'scaled'), (0.85, 'scaled')])
+def test_loss_signature_scale_near_its_threshold(scale, cause):
+  assert signature_of(lambda z, y: scale * losses.cross_entropy(z, y)).evidence['cause'] == cause
+
+
+@pytest.mark.parametrize('epsilon, cause', [(0.005, None), (0.03, 'floor')])
+def test_loss_signature_floor_near_its_threshold(epsilon, cause):
+  """Label smoothing 0.005 leaves a floor of about 0.04 (under 0.05 ln 10 = 0.115); 0.03, about
+  0.17."""
+  v = signature_of(smoothed(epsilon))
+  assert v.evidence['cause'] in ((cause,) if cause else (None, 'other')), v.summary
+
+
+@pytest.mark.parametrize('shifted, status', [(0.4, 'PASS'), (0.6, 'FAIL')])
+def test_loss_signature_targets_differ_near_half_the_examples(shifted, status):
+  """A loss that shifts the labels of some classes: FAIL once more than half the examples
+  are lowest elsewhere."""
+  moved = np.arange(C) < shifted * C  # these classes are trained toward the next one
+  def partly_shifted(z, y):
+    return losses.cross_entropy(z, jnp.where(jnp.asarray(moved)[y], (y + 1) % C, y))
+  assert signature_of(partly_shifted).status == status
 
 
 def test_decreasing_loss_fails_on_a_flat_or_rising_curve():

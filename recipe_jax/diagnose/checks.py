@@ -2,12 +2,15 @@
 
 `apply_fn(params, x, train) -> logits` and `loss_fn(logits, labels) -> per-example losses`.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from recipe_jax.engine import trees
-from recipe_jax.model import models
+from recipe_jax.model import losses as losses_lib, models
 from recipe_jax.report.results import Verdict
 
 
@@ -113,10 +116,136 @@ def fixed_seed(run_fn, seed: int) -> Verdict:
                  f'{seed + 1}: different', evidence)
 
 
-def expected_initial_loss(class_prior, log_prior_bias: bool) -> float:
-  """Cross-entropy of a net that predicts the class prior (its bias is the log prior) or the
-  uniform distribution (log C): what a well-initialised net's loss starts near."""
+LOWEST_LOSS_STEPS = 300  # Adam steps on the logits themselves: cross-entropy reaches ~1e-10
+
+
+def lowest_loss(loss_fn, labels, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """(logits, per-example losses) where the loss is lowest for these labels, found by Adam on
+  free logits (one row an example) from zero: what the loss is minimised toward, and how low
+  it can go, whatever the model."""
+  labels = jnp.asarray(labels)
+  z, losses = _lowest_fn(loss_fn, labels.shape, str(labels.dtype), num_classes)(labels)
+  return np.asarray(z), np.asarray(losses)
+
+
+@functools.lru_cache(maxsize=16)
+def _lowest_fn(loss_fn, shape, dtype, num_classes):
+  optimizer = optax.adam(0.1)
+
+  def lowest(labels):
+    def step(_, carry):
+      z, opt_state = carry
+      grads = jax.grad(lambda z: loss_fn(z, labels).sum())(z)
+      updates, opt_state = optimizer.update(grads, opt_state)
+      return optax.apply_updates(z, updates), opt_state
+    z = jnp.zeros((shape[0], num_classes), jnp.float32)
+    z, _ = jax.lax.fori_loop(0, LOWEST_LOSS_STEPS, step, (z, optimizer.init(z)))
+    return z, loss_fn(z, labels)
+  return jax.jit(lowest)
+
+
+def loss_signature(loss_fn, labels, num_classes: int, logits: dict, builtin: bool = False,
+                   max_ratio_change: float = 0.1, max_floor: float = 0.05) -> Verdict:
+  """The configured loss against the reference cross-entropy on the same logits and labels:
+  `logits` {point: (B, C)} (uniform, at init, after the short run), and where the loss is
+  lowest over free logits (`lowest_loss`). Told apart:
+  - targets that differ from the labels: the lowest loss sits at other classes (FAIL), e.g.
+    one_hot(labels - 1);
+  - a scaled loss: the same multiple of the cross-entropy at every point (WARN), e.g. a mean
+    over the classes instead of a sum (1/C);
+  - soft targets: a floor above zero at the labels (WARN), which overfit_one_batch aims at;
+  - another loss: not proportional, no floor, lowest at the labels (PASS: focal, hinge).
+  A model that squashes its logits leaves the loss's signature clean: that one shows in
+  overfit_one_batch's bounded logits."""
+  labels = np.asarray(labels)
+  reference = losses_lib.cross_entropy
+  ratios = {}
+  for point, z in logits.items():
+    z = jnp.asarray(z, jnp.float32)
+    ce = float(np.mean(reference(z, labels)))
+    if ce > 1e-3 and np.all(np.isfinite(np.asarray(z))):
+      ratios[point] = float(np.mean(loss_fn(z, labels))) / ce
+  best, lowest = lowest_loss(loss_fn, labels, num_classes)
+  predicted = best.argmax(-1)
+  at_labels = float(np.mean(predicted == labels))
+  # the same examples in the reverse order: an example's target must not move with its place
+  reordered = lowest_loss(loss_fn, labels[::-1], num_classes)[0].argmax(-1)[::-1]
+  kept = float(np.mean(reordered == predicted))
+  shifts = np.bincount((predicted - labels) % num_classes, minlength=num_classes)
+  shift = int(np.argmax(shifts))
+  shift = shift - num_classes if shift > num_classes // 2 else shift  # label - 1, not + 9
+  floor = float(np.mean(lowest))
+  log_c = float(np.log(num_classes))
+  evidence = {'ratios': ratios, 'floor': floor, 'lowest_at_labels': at_labels,
+              'targets_kept_when_reordered': kept,
+              'most_common_shift': shift,
+              'max_ratio_change': max_ratio_change, 'max_floor': max_floor, 'builtin': builtin,
+              'cause': None}
+  said = ', '.join(f'{p} {r:.3g}x' for p, r in ratios.items())
+  if not np.isfinite(floor):
+    evidence['cause'] = 'not_finite'
+    return Verdict('loss_signature', 'FAIL', 'the loss becomes NaN or Inf on finite logits as '
+                   'they grow: a log of a probability that reaches 0?', evidence)
+  if floor < -log_c:
+    evidence['cause'] = 'unbounded'
+    return Verdict('loss_signature', 'FAIL', f'the loss falls without bound as the logits grow '
+                   f'({floor:.3g} after {LOWEST_LOSS_STEPS} steps on free logits, where '
+                   'cross-entropy stops at 0): a sign flipped, so training maximises the '
+                   'cross-entropy it means to minimise', evidence)
+  if kept < 0.9:
+    evidence['cause'] = 'batch_dependent'
+    return Verdict('loss_signature', 'FAIL', f'the loss\'s target for an example depends on '
+                   f'the other examples of the batch: reordered, the class it is lowest at '
+                   f'changes for {1 - kept:.0%} of them (lowest at the label for {at_labels:.0%}):'
+                   ' it pairs examples with other examples\' labels (jnp.roll, a shuffle or '
+                   'a sort inside the loss)', evidence)
+  if at_labels < 0.5:
+    evidence['cause'] = 'targets_differ'
+    return Verdict('loss_signature', 'FAIL', f'the loss is lowest at other classes than the '
+                   f'labels: over free logits it is minimised at class (label {shift:+d}) mod '
+                   f'{num_classes} for {shifts.max() / len(labels):.0%} of the examples, at the '
+                   f'label for {at_labels:.0%}: it trains toward other targets (labels shifted '
+                   'or re-encoded inside the loss, e.g. one_hot(labels - 1))', evidence)
+  if floor > max_floor * log_c:
+    evidence['cause'] = 'floor'
+    return Verdict('loss_signature', 'WARN', f'the lowest loss reachable on these labels is '
+                   f'{floor:.3g} (cross-entropy reaches 0), at the labels: soft targets or label '
+                   f'smoothing; overfit_one_batch aims at {floor:.3g} + its target, and a loss '
+                   f'near {floor:.3g} is memorisation, not a stall (ratio to cross-entropy: '
+                   f'{said})', evidence)
+  values = list(ratios.values())
+  if values and (max(values) - min(values)) <= max_ratio_change * max(values):
+    mean = float(np.mean(values))
+    evidence['scale'] = mean
+    if abs(mean - 1) > max_ratio_change:
+      evidence['cause'] = 'scaled'
+      guess = (f' (1/{num_classes}: a mean over the {num_classes} classes instead of a sum?)'
+               if abs(mean * num_classes - 1) < max_ratio_change else '')
+      return Verdict('loss_signature', 'WARN', f'the loss is {mean:.3g}x the cross-entropy at '
+                     f'every point measured ({said}){guess}: it trains as cross-entropy with '
+                     f'gradients {mean:.3g}x as large (Adam does not mind; SGD\'s learning rate '
+                     f'does), and loss_at_init expects {mean:.3g} x ln {num_classes}', evidence)
+    return Verdict('loss_signature', 'PASS', ('the built-in cross-entropy' if builtin else
+                   'the cross-entropy') + f' ({said}), lowest at the labels, floor '
+                   f'{floor:.2g}', evidence)
+  evidence['cause'] = 'other'
+  return Verdict('loss_signature', 'PASS', f'not a multiple of the cross-entropy ({said}), '
+                 f'but lowest at the labels ({at_labels:.0%}) with floor {floor:.2g}: another '
+                 'loss for the same targets', evidence)
+
+
+def expected_initial_loss(class_prior, log_prior_bias: bool, loss_fn=None, labels=None) -> float:
+  """The loss of a net that predicts the class prior (its bias is the log prior) or the
+  uniform distribution: what a well-initialised net's loss starts near. With `loss_fn` and
+  `labels`, the configured loss itself on those predictions (a scaled or smoothed loss starts
+  elsewhere than the cross-entropy); without, the cross-entropy (the prior's entropy, or
+  log C)."""
   prior = np.asarray(class_prior, np.float64)
+  logits = np.log(np.maximum(prior, 1e-12)) if log_prior_bias else np.zeros_like(prior)
+  if loss_fn is not None:
+    labels = np.asarray(labels)
+    tiled = np.tile(logits.astype(np.float32), (len(labels), 1))
+    return float(np.mean(jax.jit(loss_fn)(tiled, labels)))
   if not log_prior_bias:
     return float(np.log(len(prior)))
   return float(-np.sum(prior * np.log(np.maximum(prior, 1e-12))))
@@ -226,22 +355,70 @@ def dumb_baselines(val_labels, class_prior, zero_input: dict, model: dict, margi
                  'baseline', evidence)
 
 
-def overfit_one_batch(losses, accuracies, max_loss: float) -> Verdict:
-  """The per-step loss and accuracy of training on one small fixed batch: it must reach
-  `max_loss` and 100% accuracy. `losses`/`accuracies` come from any training loop."""
+STILL_FALLING = 0.2  # the loss fell this much (relative) over the run's last fifth: not done
+
+
+def still_falling(losses) -> float:
+  """How much (relative) the loss fell over the last fifth of a run: the mean of its last
+  tenth against the mean of the tenth before the last fifth."""
+  losses = np.asarray(losses, np.float64)
+  window = max(1, len(losses) // 10)
+  if len(losses) < 3 * window:
+    return 0.0
+  before, last = losses[-3 * window:-2 * window].mean(), losses[-window:].mean()
+  return float((before - last) / before) if before > 0 else 0.0
+
+
+def squashed_floor(logit_range: float, num_classes: int) -> float:
+  """The lowest cross-entropy logits spread over at most `logit_range` can reach:
+  log(1 + (C - 1) exp(-range)) (probabilities in [0, 1] as logits: about 1.46 for 10
+  classes)."""
+  return float(np.log1p((num_classes - 1) * np.exp(-logit_range)))
+
+
+def overfit_one_batch(losses, accuracies, max_loss: float, *, eval_loss: float | None = None,
+                      eval_accuracy: float | None = None, floor: float = 0.0,
+                      logit_range: float | None = None, num_classes: int | None = None
+                      ) -> Verdict:
+  """The per-step (train-mode) loss and accuracy of training on one small fixed batch: it must
+  reach `floor + max_loss` (`floor`: the lowest loss the configured loss can reach on these
+  labels, `loss_signature`) and 100% accuracy. `eval_loss` and `eval_accuracy`: the same batch
+  in eval mode at the end, deterministic: dropout keeps a train-mode loss above the target on
+  a batch the net has memorised. A loss still falling when the steps run out is a WARN that
+  asks for more steps, not a FAIL; `logit_range` (the largest spread of an example's logits at
+  the end) tells squashed logits, whose spread is bounded, from logits still growing."""
   losses, accuracies = np.asarray(losses), np.asarray(accuracies)
   final_loss, final_accuracy = float(losses[-1]) + 0.0, float(accuracies[-1])  # no '-0'
-  reached = np.flatnonzero((losses <= max_loss) & (accuracies >= 1.0))
+  target = floor + max_loss
+  reached = np.flatnonzero((losses <= target) & (accuracies >= 1.0))
+  falling = still_falling(losses)
   evidence = {'losses': losses, 'accuracies': accuracies, 'final_loss': final_loss,
-              'final_accuracy': final_accuracy, 'max_loss': max_loss,
+              'final_accuracy': final_accuracy, 'max_loss': max_loss, 'floor': floor,
+              'target': target, 'eval_loss': eval_loss, 'eval_accuracy': eval_accuracy,
+              'still_falling': falling, 'logit_range': logit_range,
               'first_step_fitted': int(reached[0]) + 1 if len(reached) else None}
-  if final_loss <= max_loss and final_accuracy >= 1.0:
+  if num_classes is not None and logit_range is not None:
+    evidence['squashed_floor'] = squashed_floor(logit_range, num_classes)
+  aim = (f'target <= {target:.3g}: its floor {floor:.3g} + {max_loss:g}' if floor > 0 else
+         f'target <= {max_loss:g}')
+  if final_loss <= target and final_accuracy >= 1.0:
     return Verdict('overfit_one_batch', 'PASS', f'loss {final_loss:.2g} and accuracy 100% after '
-                   f'{len(losses)} steps (first fitted at step {evidence["first_step_fitted"]})',
-                   evidence)
-  return Verdict('overfit_one_batch', 'FAIL', f'after {len(losses)} steps on one batch: loss '
-                 f'{final_loss:.3g} (target <= {max_loss:g}), accuracy {final_accuracy:.0%}: a '
-                 'net that cannot memorise a few examples has a bug', evidence)
+                   f'{len(losses)} steps (first fitted at step {evidence["first_step_fitted"]}'
+                   f'{"; " + aim if floor > 0 else ""})', evidence)
+  if eval_loss is not None and eval_loss <= target and eval_accuracy >= 1.0:
+    return Verdict('overfit_one_batch', 'PASS', f'memorised: in eval mode (deterministic) loss '
+                   f'{eval_loss:.2g} and accuracy 100% after {len(losses)} steps; in train mode '
+                   f'the model\'s own dropout or noise keeps it at {final_loss:.2g} '
+                   f'({aim})', evidence)
+  line = (f'after {len(losses)} steps on one batch: loss {final_loss:.3g} ({aim}), accuracy '
+          f'{final_accuracy:.0%}' + (f'; in eval mode {eval_loss:.3g} and {eval_accuracy:.0%}'
+                                     if eval_loss is not None else ''))
+  if falling >= STILL_FALLING and final_loss > target:
+    return Verdict('overfit_one_batch', 'WARN', f'{line}: still falling ({falling:.0%} over the '
+                   'last fifth of the steps), so not memorised yet rather than unable to: give '
+                   'it more steps (sanity.overfit_steps) or a larger learning rate', evidence)
+  return Verdict('overfit_one_batch', 'FAIL', f'{line}, no longer falling: a net that cannot '
+                 'memorise a few examples has a bug', evidence)
 
 
 def decreasing_loss(losses, min_drop: float = 0.1, window_fraction: float = 0.1) -> Verdict:

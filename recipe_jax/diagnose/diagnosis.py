@@ -34,9 +34,17 @@ def _passed(verdicts, check):
   return v is not None and v.status == 'PASS'
 
 
-def targets_differ(overfit: Verdict | None) -> Finding | None:
-  """The loss on one batch reaches the fitted level while accuracy stays low: the loss is
-  minimised toward targets other than the labels accuracy counts."""
+def targets_differ(overfit: Verdict | None, signature: Verdict | None = None) -> Finding | None:
+  """The loss itself is lowest at other classes than the labels (loss_signature), or on one
+  batch it reaches the fitted level while accuracy stays low: the loss is minimised toward
+  targets other than the labels accuracy counts."""
+  if signature is not None and signature.evidence.get('cause') == 'targets_differ':
+    shift = signature.evidence['most_common_shift']
+    return Finding('targets differ from the labels',
+                   f'over free logits the loss is lowest at class (label {shift:+d}), not at '
+                   f"the label ({signature.evidence['lowest_at_labels']:.0%} of examples): it "
+                   'trains toward other targets (labels shifted or re-encoded inside the loss, '
+                   'e.g. one_hot(labels - 1))')
   if overfit is None or 'losses' not in overfit.evidence:
     return None
   losses = np.asarray(overfit.evidence['losses'], np.float64)
@@ -52,18 +60,38 @@ def targets_differ(overfit: Verdict | None) -> Finding | None:
                  'one_hot(labels - 1), or targets taken from another column)')
 
 
+SQUASHED_SPREAD = 5.0  # logits spread over at most this cannot take 10 classes' loss under 0.05
+
+
 def squashed_logits(verdicts) -> Finding | None:
+  """One batch is not memorised and the logits show why: their spread stays bounded (a
+  softmax's or sigmoid's outputs spread over at most 1) and the loss went down to the floor
+  such a spread allows and stays there; or no output bias adds to the logits at all. Not when the loss itself has
+  a floor (loss_signature: soft targets), which explains a stall as well."""
   overfit = verdicts.get('overfit_one_batch')
+  if overfit is None or overfit.status != 'FAIL' or 'losses' not in overfit.evidence:
+    return None
+  signature = verdicts.get('loss_signature')
+  if signature is not None and signature.evidence.get('cause') == 'floor':
+    return None
   init = verdicts.get('init_well')
-  if overfit is None or overfit.status != 'FAIL' or 'accuracies' not in overfit.evidence:
+  no_output_bias = (init is not None and init.status == 'FAIL' and
+                    init.evidence.get('output_bias') is None and init.evidence.get('candidates'))
+  spread, floor = overfit.evidence.get('logit_range'), overfit.evidence.get('squashed_floor')
+  loss = overfit.evidence['final_loss']
+  if overfit.evidence.get('eval_loss') is not None:
+    loss = min(loss, overfit.evidence['eval_loss'])
+  # the loss went down to that floor and stays there (a net whose logits never moved, at a
+  # tiny learning rate, is far above it)
+  bounded = (spread is not None and floor is not None and spread <= SQUASHED_SPREAD
+             and 0.5 * floor <= loss <= 1.5 * floor)
+  if not (bounded or no_output_bias):
     return None
-  accuracy = float(np.max(overfit.evidence['accuracies']))
-  no_output_bias = init is not None and init.status == 'FAIL' and 'no bias' in init.summary
-  if accuracy < 1.0 and not no_output_bias:
-    return None
-  return Finding('logits squashed before the loss',
-                 f"one batch reaches {accuracy:.0%} accuracy but its loss stalls at "
-                 f"{overfit.evidence['final_loss']:.3g}" +
+  because = (f'after {len(overfit.evidence["losses"])} steps on one batch its logits spread '
+             f'over at most {spread:.2g}, so the loss cannot fall below {floor:.3g}, and it '
+             f'stalls at {loss:.3g}' if bounded else
+             f'one batch stalls at loss {loss:.3g}')
+  return Finding('logits squashed before the loss', because +
                  (' and no output bias adds to the logits' if no_output_bias else '') +
                  ': something (a softmax or sigmoid) squashes the logits before a loss that '
                  'applies its own softmax')
@@ -136,6 +164,18 @@ def _from_check(verdicts, check, cause, statuses=('FAIL',)) -> Finding | None:
   return Finding(cause, v.evidence.get('finding', v.summary))
 
 
+def targets_from_other_examples(signature: Verdict | None) -> Finding | None:
+  """The loss itself scores each example against another example's label (loss_signature:
+  reordered, the classes it is lowest at move with the positions)."""
+  if signature is None or signature.evidence.get('cause') != 'batch_dependent':
+    return None
+  moved = 1 - signature.evidence['targets_kept_when_reordered']
+  return Finding('targets not a function of the inputs',
+                 f"reordered, {moved:.0%} of the batch's examples are scored against other "
+                 'classes: the loss pairs each example with another example\'s label (labels '
+                 'rolled, shuffled or sorted inside the loss)')
+
+
 def not_a_function_of_inputs(verdicts, sweep: dict | None) -> Finding | None:
   """One fixed batch is not memorised at any rate tried, the loss staying near where it
   started, while gradients reach every layer and every loss depends on its input: the targets
@@ -147,6 +187,10 @@ def not_a_function_of_inputs(verdicts, sweep: dict | None) -> Finding | None:
     return None
   if not (_passed(verdicts, 'gradient_flow') and _passed(verdicts, 'gradients')):
     return None
+  signature = verdicts.get('loss_signature')
+  if signature is not None and signature.evidence.get('cause') in (
+      'floor', 'targets_differ', 'batch_dependent'):
+    return None  # the loss's own floor or targets explain the stall
   losses = np.asarray(overfit.evidence['losses'], np.float64)
   if losses[-1] < 0.8 * losses[0]:
     return None
@@ -163,8 +207,7 @@ def findings(verdicts: dict, sweep: dict | None = None, update_ratio: float | No
   flow = verdicts.get('gradient_flow')
   flow_cause = None
   if flow is not None and flow.status == 'FAIL' and 'error' not in flow.evidence:
-    flow_cause = 'vanishing gradients' if flow.summary.startswith('vanishing') else \
-        'exploding gradients'
+    flow_cause = flow.evidence.get('cause', 'vanishing gradients')
   gradients = verdicts.get('gradients')
   failed = any(_failed(verdicts, check) for check in SYMPTOMS)
   dead = verdicts.get('dead_units')
@@ -174,7 +217,8 @@ def findings(verdicts: dict, sweep: dict | None = None, update_ratio: float | No
   specific = [
       Finding('non-finite gradients', gradients.summary)
       if gradients is not None and gradients.evidence.get('non_finite') else None,
-      targets_differ(verdicts.get('overfit_one_batch')),
+      targets_differ(verdicts.get('overfit_one_batch'), verdicts.get('loss_signature')),
+      targets_from_other_examples(verdicts.get('loss_signature')),
       _from_check(verdicts, 'symmetric_init', 'symmetric init'),
       _from_check(verdicts, 'gradient_flow', flow_cause) if flow_cause else None,
       _from_check(verdicts, 'saturation', 'saturated units'),
@@ -214,7 +258,8 @@ def ruled_out(verdicts: dict, sweep: dict | None, found: list[Finding]) -> list[
   elif 'targets differ from the labels' not in causes and _loss_halved(
       verdicts.get('overfit_one_batch')):  # the loss fell, and accuracy with it
     out.append('targets other than the labels (loss and accuracy move together)')
-  if sweep and not any(r['fitted'] for r in sweep.values()):
+  if sweep and not any(r['fitted'] for r in sweep.values()) and not any(
+      'learning rate' in cause for cause in causes):  # never rule out what is named
     factors = sorted(sweep)
     out.append(f'the learning rate (x{factors[0]:g} to x{factors[-1]:g} fits one batch no '
                'better)')
@@ -226,6 +271,10 @@ def _loss_halved(overfit: Verdict | None) -> bool:
     return False
   losses = overfit.evidence['losses']
   return losses[-1] < 0.5 * losses[0]
+
+
+def _short(text: str, limit: int = 160) -> str:
+  return text if len(text) <= limit else text[:limit].rsplit(' ', 1)[0] + '...'
 
 
 def explain(verdicts: list, sweep: dict | None = None, update_ratio: float | None = None,
@@ -249,7 +298,8 @@ def explain(verdicts: list, sweep: dict | None = None, update_ratio: float | Non
     cause_words = 'ambiguous (see diagnosis)'
   else:
     first = found[0]
-    also = f' Also: {", ".join(f.cause for f in found[1:])}.' if len(found) > 1 else ''
+    also = (' Also: ' + '; '.join(f'{f.cause} ({_short(f.because)})' for f in found[1:]) + '.'
+            if len(found) > 1 else '')
     summary = (f'most likely cause: {first.cause}. Evidence: {first.because}.{also}' +
                (f' Ruled out: {"; ".join(excluded)}.' if excluded else ''))
     cause_words = f'most likely cause: {first.cause} (see diagnosis)'

@@ -55,6 +55,7 @@ def gradient_flow(at_init: dict, after: dict | None, order: list[str], max_ratio
   if all(r < 1 / max_ratio for r in ratios.values()):
     worst = int(np.argmin(steps))  # the steepest fall, going from the last layer back
     evidence['finding'] = f'{line}, {1 / ratio:.2g}x smaller over {len(order)} layers'
+    evidence['cause'] = 'vanishing gradients'
     return Verdict('gradient_flow', 'FAIL', f'vanishing gradients: {line}, {1 / ratio:.2g}x '
                    f'smaller over {len(order)} layers (steepest fall into {order[worst]}, '
                    f'{10 ** -steps[worst]:.2g}x per layer there). The first layers barely learn: '
@@ -68,7 +69,7 @@ def gradient_flow(at_init: dict, after: dict | None, order: list[str], max_ratio
     what = (f'{ratio:.2g}x larger at the first layer than at the last' if grown else
             f'the gradient of {order[worst]} is {relative[worst]:.2g}x the norm of its weights '
             f'(at least {relative.min():.2g}x in every layer)')
-    evidence['finding'] = what
+    evidence['finding'], evidence['cause'] = what, 'exploding gradients'
     return Verdict('gradient_flow', 'FAIL', f'exploding gradients: {what} ({line}). Weights '
                    'initialised too large multiply activations and gradients at every layer: '
                    'use a variance-preserving init (He for ReLU, Glorot for tanh), a '

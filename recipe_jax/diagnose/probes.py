@@ -95,9 +95,11 @@ def measure(model, loss_fn, program, order: list[str], kernels: list[str], param
 
 
 def leaf(tree, path: str):
+  """The subtree at a layer path ('block_0/Dense_1'); a key that is a number in the path may
+  be an integer in the tree (an NNX list's index: 'nnx/ups/0')."""
   for key in path.split('/'):
     if key:
-      tree = tree[key]
+      tree = tree[key] if key in tree or not key.isdigit() else tree[int(key)]
   return tree
 
 

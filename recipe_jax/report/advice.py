@@ -202,7 +202,29 @@ def _trends_hold(status, e):
                 f"larger ({e.get('large_order')}): decide at the scale you will train at")
 
 
+def _loss_signature(status, e):
+  if status != 'WARN':
+    return None
+  if e.get('cause') == 'floor':
+    return False, (f"the loss's floor ({e.get('floor', math.nan):.3g}) is its soft targets': "
+                   'expected when they are deliberate (label smoothing), and every check aims at '
+                   'it; act only if your loss should reach 0')
+  if e.get('cause') == 'scaled':
+    return False, (f"a constant multiple ({e.get('scale', math.nan):.3g}x) of the cross-entropy "
+                   'trains the same under Adam; act if it was meant to be a sum, or with SGD, '
+                   'whose learning rate it scales')
+  return None
+
+
+def _overfit_one_batch(status, e):
+  if status == 'WARN':
+    return True, ('one batch was still being learned when the steps ran out: rerun with more '
+                  'sanity.overfit_steps before trusting that the model can memorise')
+  return None
+
+
 RULES = {'variant_': lambda s, e: _variant(s, e) if s == 'WARN' else None,
+         'loss_signature': _loss_signature, 'overfit_one_batch': _overfit_one_batch,
          'learning_rate': _learning_rate, 'calibration': _calibration,
          'activations_seen': _activations_seen, 'loss_at_init': _loss_at_init,
          'init_well': _init_well, 'ensemble': _ensemble, 'distillation': _squeeze,

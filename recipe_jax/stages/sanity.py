@@ -23,7 +23,7 @@ from recipe_jax.report import plots, results as report
 from recipe_jax.report.results import StageResult, Verdict
 
 FILES = ['sanity/report.md', 'sanity/verdicts.json']
-CHECKS = ('fixed_seed', 'loss_at_init', 'init_well', 'inputs_before_net', 'batch_dependency',
+CHECKS = ('fixed_seed', 'loss_at_init', 'loss_signature', 'init_well', 'inputs_before_net', 'batch_dependency',
           'eval_consistency', 'gradients', 'activations_seen', 'gradient_flow', 'dead_units',
           'saturation', 'symmetric_init', 'dumb_baselines', 'decreasing_loss',
           'prediction_dynamics', 'overfit_one_batch', 'human_baseline')
@@ -72,7 +72,7 @@ def run(config, workdir: str) -> StageResult:
   kernels = once(lambda: layer_order()[0] + layer_order()[1])
   updates = once(lambda: probes.UpdateRatios(kernels(), max(1, cfg.steps // UPDATE_RATIO_POINTS)))
   # the probes are diagnostics: their failure must not cost the symptoms' own short runs
-  short_runs = once(lambda: _short_runs(cfg, exp, apply_fn(), _or_none(updates)))
+  short_runs = once(lambda: _short_runs(cfg, exp, _or_none(updates)))
 
   def probe(which):
     params = state().params if which == 'init' else short_runs()[0]['state'].params
@@ -101,6 +101,18 @@ def run(config, workdir: str) -> StageResult:
     grad_fn = jax.jit(jax.grad(lambda p, x, y: exp.loss_fn(apply_fn()(p, x, True), y).mean()))
     return (checks.gradients(grad_fn, state().params, first_x, first_y,
                              lambda: short_runs()[0]['state'].params),)
+
+  def signature():
+    x, y = dataset.x_train[:probes.EXAMPLES], dataset.y_train[:probes.EXAMPLES]
+    logits = {'uniform': np.zeros((len(y), dataset.num_classes), np.float32),
+              'init': np.asarray(apply_fn()(state().params, x, False))}
+    trained = _or_none(lambda: short_runs()[0]['state'])
+    if trained is not None:
+      logits['after the short run'] = np.asarray(state_lib.jitted_logits(exp.model)(
+          {'params': trained.params, 'batch_stats': trained.batch_stats}, x))
+    return checks.loss_signature(exp.loss_fn, y, dataset.num_classes, logits,
+                                 builtin=config.loss == 'cross_entropy')
+  loss_signature = once(signature)
 
   def baselines():
     real, zero_input, _ = short_runs()
@@ -157,7 +169,8 @@ def run(config, workdir: str) -> StageResult:
       'dumb_baselines': baselines,
       'decreasing_loss': decreasing,
       'prediction_dynamics': dynamics,
-      'overfit_one_batch': lambda: _overfit_one_batch(out, cfg, exp, apply_fn()),
+      'loss_signature': lambda: (loss_signature(),),
+      'overfit_one_batch': lambda: _overfit_one_batch(out, cfg, exp, _or_none(loss_signature)),
       'human_baseline': lambda: (checks.human_baseline(
           config.human_baseline, short_runs()[0]['val']['accuracy'], cfg.steps),),
       'activations_seen': seen,
@@ -229,7 +242,8 @@ def _loss_at_init(out, cfg, config, exp, apply_fn, params, log_prior):
   batch_loss = jax.jit(lambda p, x, y: loss_fn(apply_fn(p, x, True), y).mean())
   batch_losses = [float(batch_loss(params, dataset.x_train[idx], dataset.y_train[idx]))
                   for idx in np.split(perm[:count * size], count)]
-  expected = checks.expected_initial_loss(np.exp(log_prior), config.model.log_prior_output_bias)
+  expected = checks.expected_initial_loss(np.exp(log_prior), config.model.log_prior_output_bias,
+                                          loss_fn, dataset.y_train)
   verdict = checks.loss_at_init(batch_losses, expected, cfg.init_loss_max_z,
                                cfg.init_loss_max_ratio)
   path = os.path.join(out, 'loss_at_init.png')
@@ -283,16 +297,18 @@ def _learning_rate_sweep(config, exp, verdicts) -> dict | None:
   return sweep
 
 
-def _short_runs(cfg, exp, apply_fn, update_ratios):
+def _short_runs(cfg, exp, update_ratios):
   """The real model and the same model on zeroed inputs, for the same steps and seed;
   predictions on a fixed validation batch recorded every `dynamics_every` steps."""
   dataset = exp.dataset
   x_fixed = dataset.x_val[:cfg.dynamics_examples]
-  predict = jax.jit(lambda p, x: jax.nn.softmax(apply_fn(p, x, False)))
+  logits = state_lib.jitted_logits(exp.model)
   frames, frame_steps = [], []
 
   def record(step, state):
-    frames.append(np.asarray(predict(state.params, x_fixed)))
+    # eval mode with the run's own BatchNorm statistics at that step, as its evaluation sees it
+    frames.append(np.asarray(jax.nn.softmax(logits(
+        {'params': state.params, 'batch_stats': state.batch_stats}, x_fixed))))
     frame_steps.append(step)
 
   results = {}
@@ -310,18 +326,35 @@ def _short_runs(cfg, exp, apply_fn, update_ratios):
   return results['real'], results['zero_input'], dynamics
 
 
-def _overfit_one_batch(out, cfg, exp, apply_fn):
+def _overfit_one_batch(out, cfg, exp, signature):
+  """One batch trained on alone for `overfit_steps` (again as long once more while its loss is
+  still falling), then judged in train mode and in eval mode (deterministic) against the
+  loss's own floor (`signature`, the loss_signature verdict, when it found one)."""
   dataset = exp.dataset
   x, y = dataset.x_train[:cfg.overfit_examples], dataset.y_train[:cfg.overfit_examples]
   # Without augmentation: the point is to memorise these exact examples.
   state, history = exp.run_steps(x, y, cfg.overfit_steps, batch_size=len(y), augmentation=None)
-  verdict = checks.overfit_one_batch(history['loss'], history['accuracy'], cfg.overfit_max_loss)
+  floor = 0.0
+  if signature is not None and signature.evidence.get('cause') == 'floor':
+    floor = float(np.mean(checks.lowest_loss(exp.loss_fn, y, dataset.num_classes)[1]))
+  fitted = lambda h: h['loss'][-1] <= floor + cfg.overfit_max_loss and h['accuracy'][-1] >= 1
+  if not fitted(history) and checks.still_falling(history['loss']) >= checks.STILL_FALLING:
+    state, more = training.run_steps(exp, state, x, y, num_steps=cfg.overfit_steps,
+                                     seed=exp.config.seed, batch_size=len(y))
+    history = {k: np.concatenate([history[k], more[k]]) for k in history}
+  logits = np.asarray(state_lib.jitted_logits(exp.model)(
+      {'params': state.params, 'batch_stats': state.batch_stats}, x))
+  eval_losses = np.asarray(jax.jit(exp.loss_fn)(logits, y))
+  verdict = checks.overfit_one_batch(
+      history['loss'], history['accuracy'], cfg.overfit_max_loss,
+      eval_loss=float(eval_losses.mean()), eval_accuracy=float(np.mean(logits.argmax(-1) == y)),
+      floor=floor, logit_range=float(np.max(logits.max(-1) - logits.min(-1))),
+      num_classes=dataset.num_classes)
   curve = os.path.join(out, 'overfit_one_batch.png')
   plots.loss_and_accuracy(curve, np.arange(1, len(history['loss']) + 1), history['loss'],
                           history['accuracy'], f'training step on one batch of {len(y)} examples',
-                          target_loss=cfg.overfit_max_loss)
-  probabilities = np.asarray(jax.jit(lambda p, x: jax.nn.softmax(apply_fn(p, x, False)))(
-      state.params, x))
+                          target_loss=floor + cfg.overfit_max_loss)
+  probabilities = np.asarray(jax.nn.softmax(logits))
   predicted = probabilities.argmax(-1)
   verdict.evidence['labels'], verdict.evidence['predictions'] = y, predicted
   verdict.evidence.update(data_lib.source_rows(dataset, 'train', np.arange(len(y))))
