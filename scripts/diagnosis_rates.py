@@ -1,112 +1,222 @@
-"""Detection and diagnosis rates of the sanity stage on planted defects, and its false alarms
-on clean models, over several seeds (the yardstick DEFault reports: 94.3% detection, 63.5%
-diagnosis).
+"""Detection and diagnosis rates of the sanity stage on a defect generator, and its false
+alarms on the clean zoo models the defects are planted in (the yardsticks: DEFault 94.3%
+detection and 63.5% diagnosis, DeepFD 52%).
 
-  python scripts/diagnosis_rates.py --seeds=5 [--out=diagnosis_rates.json]
+  python scripts/diagnosis_rates.py [--task=classification] [--tuned=2] [--held_out=1]
+                                    [--out=rates.json] [--markdown=docs/diagnosis_rates.md]
 
-Each planted class (tests/test_diagnosis.py's PLANTED) runs sanity on the tests' tiny synthetic
-sequences once per seed. Detected: the run FAILs or WARNs a check. Diagnosed: the `diagnosis`
-verdict names the planted cause. False alarm: a clean built-in model (tiny widths, the
-conformance matrix's; resnet50 left out for time) gets a FAIL, or a diagnosis other than
-PASS. Prints a markdown table.
+The sample is stratified: every defect class of the task (tests/helpers/defects.py) at every
+magnitude, each planted into `--tuned` models the thresholds were tuned on and `--held_out`
+of the zoo's held-out models (rotating through them), on MNIST-1D and digits alternately, a
+seed each; then every one of those models clean on both datasets. Every run is the sanity
+stage with the dataset's config defaults (configs/<dataset>/sanity.py): only the model, the
+loss, the data or the learning rate carry the defect. About an hour on 2 cores.
+
+- Detected: a check other than diagnosis and human_baseline is not PASS (the checks alone).
+- Diagnosed: the diagnosis verdict's most likely cause is the class's; where it names none, a
+  non-PASS check names it (the class's (check, words) pairs).
+- False alarms: on clean models and on the classes marked clean (not bugs), FAILs (and a
+  diagnosis other than PASS) and WARNs counted apart.
+Held-out models are reported apart. Each run's verdicts are kept in --out as they finish, so a
+rerun with the same --out resumes; `--code=DIR` runs another checkout's recipe_jax (today's
+rates beside an older commit's).
 """
 import argparse
+import collections
+import importlib.util
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'tests'))
-
-from test_conformance import TINY, synthetic_npz  # noqa: E402
-from test_diagnosis import PLANTED, config  # noqa: E402
-
-from recipe_jax.engine import compiled  # noqa: E402
-from recipe_jax.stages import sanity  # noqa: E402
-
-CLEAN = {'planted MLP without its bug': ('helpers.planted_bugs:Correct', 'sequence'),
-         'linear': ('linear', 'sequence'), 'mlp': ('mlp', 'sequence'),
-         'cnn1d': ('cnn1d', 'sequence'), 'gru': ('gru', 'sequence'),
-         'cnn2d': ('cnn2d', 'image'), 'vit': ('vit', 'image'), 'resnet18': ('resnet18', 'image'),
-         'NNX CNN (user)': ('helpers.nnx_models:CNN', 'sequence'),
-         'Linen CNN, BatchNorm, Dropout (user)': ('helpers.nnx_models:LinenCNN', 'sequence')}
+NOT_COUNTED = ('diagnosis', 'human_baseline')
+DATASETS = ('mnist1d', 'digits')
 
 
-def run(npz, workdir, seed, overrides):
-  c = config(npz, **overrides)
+def plan(task: str, tuned: int, held_out: int) -> list:
+  """[(class, magnitude, arch, part, dataset, seed)]: the stratified sample, then the clean
+  runs (class None)."""
+  from helpers import defects
+  runs, turn = [], collections.Counter()
+  for name, defect in defects.DEFECTS[task].items():
+    group = defects.ARCHS[defect.archs]
+    for magnitude in defect.magnitudes:
+      for part, count in (('tuned', tuned), ('held_out', held_out)):
+        choices = group[part]
+        for _ in range(min(count, len(choices))):
+          i = turn[(defect.archs, part)]
+          turn[(defect.archs, part)] += 1
+          runs.append((name, magnitude, choices[i % len(choices)], part,
+                       DATASETS[len(runs) % 2], len(runs) % 5))
+  clean = {(arch, part) for _, _, arch, part, _, _ in runs}
+  for arch, part in sorted(clean):
+    for dataset in DATASETS:
+      runs.append((None, None, arch, part, dataset, 0))
+  return runs
+
+
+def sanity_config(dataset: str):
+  spec = importlib.util.spec_from_file_location(
+      'sanity_config', os.path.join(REPO, 'configs', dataset, 'sanity.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def configure(name, magnitude, arch, dataset, seed, base):
+  """The sanity config of one run: the dataset's defaults with the defect planted."""
+  from helpers import defects, zoo
+  c = sanity_config(dataset)
   c.seed = seed
-  verdicts = {v.check: v for v in sanity.run(c, workdir).verdicts}
-  compiled.forget()
-  return verdicts
+  c.model.name = zoo.model_name(arch, dataset)
+  if name is None:
+    return c
+  defect = defects.DEFECTS_BY_NAME[name]
+  if defect.where == 'model':
+    c.model.name = defects.planted_model(defects_module(), c.model.name, name, magnitude)
+  elif defect.where == 'loss':
+    c.loss = defects.planted_loss(defects_module(), name, magnitude)
+  elif defect.where == 'config':
+    c.optimizer.learning_rate = c.optimizer.learning_rate * magnitude
+  elif defect.where == 'data':
+    from recipe_jax.data import sources
+    x_train, y_train, x_test, y_test, _, _ = sources.arrays(c.dataset)
+    arrays = defects.planted_data({'x_train': x_train, 'y_train': y_train, 'x_test': x_test,
+                                   'y_test': y_test}, name, magnitude, seed)
+    path = os.path.join(base, f'{dataset}_{name}_{magnitude}_{seed}.npz'.replace(' ', '_'))
+    import numpy as np
+    np.savez(path, **arrays)
+    c.dataset.name = f'npz:{path}'
+    if name == 'inputs not normalised':
+      c.dataset.normalize = False
+  return c
+
+
+def defects_module():
+  from helpers import defects
+  return defects
+
+
+def run_one(key, config, workdir) -> dict:
+  from recipe_jax.stages import sanity
+  start = time.time()
+  try:
+    verdicts = sanity.run(config, workdir).verdicts
+  except Exception as e:  # a crashed stage is a detection of sorts, and a false alarm on clean
+    return {'statuses': {'crash': 'FAIL'}, 'summaries': {'crash': f'{type(e).__name__}: {e}'},
+            'seconds': round(time.time() - start, 1)}
+  return {'statuses': {v.check: v.status for v in verdicts},
+          'summaries': {v.check: v.summary for v in verdicts if v.status != 'PASS'},
+          'seconds': round(time.time() - start, 1)}
+
+
+def scored(run: dict, named) -> tuple[bool, bool]:
+  """(detected by the checks alone, the right cause named). When the diagnosis names a most
+  likely cause, that cause must be the class's (a wrong one is a misdiagnosis, whatever else
+  a check said); otherwise a non-PASS check must name it."""
+  detected = any(s != 'PASS' for c, s in run['statuses'].items() if c not in NOT_COUNTED)
+  cause = re.search(r'most likely cause: ([^.]+)\.', run['summaries'].get('diagnosis', ''))
+  if cause:
+    return detected, any(words in cause.group(1) for check, words in named
+                         if check == 'diagnosis')
+  return detected, any(words in run['summaries'].get(check, '') for check, words in named
+                       if check != 'diagnosis')
+
+
+def alarms(run: dict) -> tuple[bool, bool]:
+  """(a FAIL or a non-PASS diagnosis, a WARN): on a healthy model, false alarms."""
+  statuses = run['statuses']
+  fail = any(s == 'FAIL' for s in statuses.values()) or statuses.get('diagnosis', 'PASS') != 'PASS'
+  warn = any(s == 'WARN' for c, s in statuses.items() if c not in NOT_COUNTED)
+  return fail, warn
+
+
+def report(results: dict, task: str) -> str:
+  from helpers import defects
+  lines = [f'## {task}: detection and diagnosis per defect class', '',
+           '| defect class | magnitudes | detected (tuned) | cause named (tuned) | '
+           'detected (held-out models) | cause named (held-out models) |', '|---|---|---|---|---|---|']
+  totals = collections.Counter()
+  for name, defect in defects.DEFECTS[task].items():
+    if defect.clean:
+      continue
+    cells = []
+    for part in ('tuned', 'held_out'):
+      rows = [r for k, r in results.items() if r['class'] == name and r['part'] == part]
+      scores = [scored(r, defect.named) for r in rows]
+      found, named = sum(d for d, _ in scores), sum(n for _, n in scores)
+      totals[(part, 'runs')] += len(rows)
+      totals[(part, 'found')] += found
+      totals[(part, 'named')] += named
+      cells += [f'{found}/{len(rows)}', f'{named}/{len(rows)}'] if rows else ['-', '-']
+    lines.append(f"| {name} | {', '.join(f'{m:g}' for m in defect.magnitudes)} | " +
+                 ' | '.join(cells) + ' |')
+  rate = lambda part, what: totals[(part, what)] / max(totals[(part, 'runs')], 1)
+  lines.append(f"| **all** | | {rate('tuned', 'found'):.0%} | {rate('tuned', 'named'):.0%} | "
+               f"{rate('held_out', 'found'):.0%} | {rate('held_out', 'named'):.0%} |")
+  lines += ['', f'## {task}: false alarms on clean models and on changes that are not bugs', '',
+            '| model or change | part | runs | FAIL | WARN | checks |', '|---|---|---|---|---|---|']
+  groups = collections.defaultdict(list)
+  for r in results.values():
+    if r['class'] is None:
+      groups[(r['arch'], r['part'])].append(r)
+    elif defects.DEFECTS_BY_NAME[r['class']].clean:
+      groups[(r['class'], r['part'])].append(r)
+  for (what, part), rows in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0])):
+    marks = [alarms(r) for r in rows]
+    checks = collections.Counter(c for r in rows for c, s in r['statuses'].items()
+                                 if s != 'PASS' and c not in ('human_baseline',))
+    lines.append(f'| {what} | {part} | {len(rows)} | {sum(f for f, _ in marks)} | '
+                 f'{sum(w for _, w in marks)} | ' +
+                 (', '.join(f'{c} {n}' for c, n in sorted(checks.items())) or '-') + ' |')
+  return '\n'.join(lines)
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--seeds', type=int, default=5)
-  parser.add_argument('--out', default='')
-  parser.add_argument('--only', default='', help='row names to run, separated by | (all: empty)')
-  parser.add_argument('--part', default='all', choices=('all', 'planted', 'clean'))
+  parser.add_argument('--task', default='classification')
+  parser.add_argument('--tuned', type=int, default=2)
+  parser.add_argument('--held_out', type=int, default=1)
+  parser.add_argument('--out', default='diagnosis_rates.json')
+  parser.add_argument('--markdown', default='')
+  parser.add_argument('--only', default='', help='defect classes to run, separated by |')
   args = parser.parse_args()
+  sys.path.insert(0, os.path.join(REPO, 'tests'))
+  from recipe_jax.engine import compiled
+  results = {}
+  if os.path.exists(args.out):
+    with open(args.out) as f:
+      results = json.load(f)['results']
   base = tempfile.mkdtemp()
-  npz = {kind: os.path.join(base, f'{kind}.npz') for kind in ('sequence', 'image')}
-  for kind, path in npz.items():
-    synthetic_npz(path, kind)
-  rows, start, alarms_by_check, clean_runs, warns_by_check = {}, time.time(), {}, 0, {}
+  start = time.time()
   wanted = lambda name: not args.only or name in args.only.split('|')
-  for name, (overrides, words) in filter(lambda item: wanted(item[0]),
-                                        PLANTED.items() if args.part != 'clean' else []):
-    detected = diagnosed = 0
-    for seed in range(args.seeds):
-      v = run(npz['sequence'], os.path.join(base, f'{len(rows)}_{seed}'), seed, overrides)
-      detected += any(x.status != 'PASS' for c, x in v.items() if c != 'human_baseline')
-      diagnosed += all(w in v['diagnosis'].summary for w in words)
-      if not all(w in v['diagnosis'].summary for w in words):
-        print(f'  {name} seed {seed}: {v["diagnosis"].summary[:200]}', flush=True)
-    rows[name] = {'kind': 'planted', 'detected': detected, 'diagnosed': diagnosed}
-    print(f'{name}: detected {detected}/{args.seeds}, diagnosed {diagnosed}/{args.seeds} '
-          f'({time.time() - start:.0f} s)', flush=True)
-  for name, (model, kind) in filter(lambda item: wanted(item[0]),
-                                    CLEAN.items() if args.part != 'planted' else []):
-    alarms = 0
-    for seed in range(args.seeds):
-      overrides = {'model.name': model, **{f'model.{k}': x for k, x in TINY.get(model, {}).items()}}
-      v = run(npz[kind], os.path.join(base, f'{len(rows)}_{seed}'), seed, overrides)
-      wrong = [f'{c} {x.status}: {x.summary[:120]}' for c, x in v.items()
-               if x.status == 'FAIL' or (c == 'diagnosis' and x.status != 'PASS')]
-      alarms += bool(wrong)
-      clean_runs += 1
-      for c, x in v.items():
-        if x.status == 'FAIL' or (c == 'diagnosis' and x.status != 'PASS'):
-          alarms_by_check[c] = alarms_by_check.get(c, 0) + 1
-        elif x.status == 'WARN' and c != 'human_baseline':
-          warns_by_check[c] = warns_by_check.get(c, 0) + 1
-      for w in wrong:
-        print(f'  {name} seed {seed}: {w}', flush=True)
-    rows[name] = {'kind': 'clean', 'false_alarms': alarms}
-    print(f'{name}: false alarms {alarms}/{args.seeds} ({time.time() - start:.0f} s)', flush=True)
-  planted = [r for r in rows.values() if r['kind'] == 'planted']
-  total = max(1, len(planted)) * args.seeds
-  if planted:
-    print(f'\n| planted defect | detected | cause named |\n|---|---|---|')
-    for name, r in rows.items():
-      if r['kind'] == 'planted':
-        print(f"| {name} | {r['detected']}/{args.seeds} | {r['diagnosed']}/{args.seeds} |")
-    print(f"| **all** | {sum(r['detected'] for r in planted) / total:.0%} | "
-          f"{sum(r['diagnosed'] for r in planted) / total:.0%} |")
-  print('\n| clean model | false alarms |\n|---|---|')
-  for name, r in rows.items():
-    if r['kind'] == 'clean':
-      print(f"| {name} | {r['false_alarms']}/{args.seeds} |")
-  print(f'\nfalse alarms per check over {clean_runs} clean runs: ' + (', '.join(
-      f'{c} {n}/{clean_runs}' for c, n in sorted(alarms_by_check.items())) or 'none') +
-      '; every other check 0')
-  print(f'WARNs on clean runs (not counted as alarms): ' + (', '.join(
-      f'{c} {n}/{clean_runs}' for c, n in sorted(warns_by_check.items())) or 'none'))
-  if args.out:
+  sample = sorted((r for r in plan(args.task, args.tuned, args.held_out)
+                   if r[0] is None or wanted(r[0])), key=lambda r: (r[2], r[4]))  # by model
+  previous_arch = None
+  for name, magnitude, arch, part, dataset, seed in sample:
+    key = f'{name}|{magnitude}|{arch}|{dataset}|{seed}'
+    if key in results:
+      continue
+    if arch != previous_arch:
+      compiled.forget()  # a model's programs serve no other model
+      previous_arch = arch
+    config = configure(name, magnitude, arch, dataset, seed, base)
+    run = run_one(key, config, os.path.join(base, str(len(results))))
+    results[key] = {'class': name, 'magnitude': magnitude, 'arch': arch, 'part': part,
+                    'dataset': dataset, 'seed': seed, **run}
+    failed = [c for c, s in run['statuses'].items() if s == 'FAIL']
+    print(f'{key}: FAIL {failed or "-"} ({run["seconds"]} s, {time.time() - start:.0f} s in all)',
+          flush=True)
     with open(args.out, 'w') as f:
-      json.dump({'seeds': args.seeds, 'rows': rows}, f, indent=1)
+      json.dump({'task': args.task, 'results': results}, f, indent=1)
+  text = report(results, args.task)
+  print(text)
+  if args.markdown:
+    with open(args.markdown, 'w') as f:
+      f.write(text + '\n')
 
 
 if __name__ == '__main__':

@@ -43,7 +43,11 @@ def batch_dependency(apply_fn, params, x, y, loss_fn, uses_batch_statistics: boo
     off = dep - np.diag(diagonal)
     scale = max(float(diagonal.max()), 1e-30)
     mixed = np.argwhere(off > tolerance * scale)
-    dead = np.flatnonzero(diagonal <= tolerance * scale)
+    # a loss already at 0 (a saturated softmax on the right class) has no gradient to give:
+    # flat, not cut off from its input
+    at_zero = np.asarray(jax.jit(lambda p, x: loss_fn(apply_fn(p, x, train), y))(params, x)) <= 1e-6
+    dead = np.flatnonzero((diagonal <= tolerance * scale) & ~at_zero)
+    evidence.setdefault('losses_at_zero', {})[mode] = np.flatnonzero(at_zero).tolist()
     evidence[mode] = {'dependency': dep, 'max_off_diagonal_relative': float(off.max() / scale),
                       'mixed_pairs_loss_input': mixed[:20].tolist(),
                       'examples_not_depending_on_own_input': dead.tolist()}
@@ -61,8 +65,12 @@ def batch_dependency(apply_fn, params, x, y, loss_fn, uses_batch_statistics: boo
   if uses_batch_statistics and unseen:
     note += (f'; in eval mode at init {len(unseen)} losses ignore their input, through '
              'running averages that estimate nothing yet')
+  flat = sorted(set(evidence['losses_at_zero']['eval']) | set(evidence['losses_at_zero']['train']))
+  if flat:
+    note += (f'; the losses of examples {flat[:5]} are already 0 (a saturated softmax): no '
+             'gradient to give, not cut off from their input')
   if problems:
-    return Verdict('batch_dependency', 'FAIL', '; '.join(problems), evidence)
+    return Verdict('batch_dependency', 'FAIL', '; '.join(problems) + note, evidence)
   return Verdict('batch_dependency', 'PASS',
                  f'each loss depends only on its own input, checked on {len(y)} examples{note}',
                  evidence)

@@ -97,6 +97,33 @@ def squashed_logits(verdicts) -> Finding | None:
                  'applies its own softmax')
 
 
+def examples_mixed(dependency: Verdict | None) -> Finding | None:
+  """In eval mode an example's loss depends on another example's input (batch_dependency)."""
+  if dependency is None or dependency.status != 'FAIL' or 'eval' not in dependency.evidence:
+    return None
+  pairs = dependency.evidence['eval']['mixed_pairs_loss_input']
+  if not pairs:
+    return None
+  i, j = pairs[0]
+  return Finding('examples mixed across the batch',
+                 f'in eval mode the loss of example {i} depends on the input of example {j} '
+                 f'({len(pairs)} pairs seen): the model mixes examples (a mean over the batch '
+                 'axis, a wrong reshape or transpose)')
+
+
+def initial_logits_too_large(init: Verdict | None) -> Finding | None:
+  """The loss at init far above what predicting the prior costs (loss_at_init's FAIL): the
+  initial logits are huge, from a last layer or every layer initialised too large."""
+  if init is None or init.status != 'FAIL' or init.evidence.get('ratio', 0) < init.evidence.get(
+      'max_ratio', float('inf')):
+    return None
+  e = init.evidence
+  return Finding('initial logits too large',
+                 f"the loss at init is {e['mean']:.3g}, {e['ratio']:.3g}x the {e['expected']:.3g} "
+                 'that predicting the class prior costs: the net starts overconfident, from a '
+                 'last layer (or every layer) initialised too large')
+
+
 def learning_rate(verdicts, sweep: dict | None, update_ratio: float | None,
                   configured: float) -> Finding | None:
   """Too small: the weights barely move (update ratio far under 1e-3) or a larger rate fits the
@@ -176,6 +203,15 @@ def targets_from_other_examples(signature: Verdict | None) -> Finding | None:
                  'rolled, shuffled or sorted inside the loss)')
 
 
+def loss_maximised(signature: Verdict | None) -> Finding | None:
+  """The loss falls without bound as the logits grow (loss_signature): its sign is flipped."""
+  if signature is None or signature.evidence.get('cause') != 'unbounded':
+    return None
+  return Finding('loss maximised (a sign flipped)',
+                 f"over free logits the loss falls to {signature.evidence['floor']:.3g} and "
+                 'on, where cross-entropy stops at 0: training climbs the cross-entropy')
+
+
 def not_a_function_of_inputs(verdicts, sweep: dict | None) -> Finding | None:
   """One fixed batch is not memorised at any rate tried, the loss staying near where it
   started, while gradients reach every layer and every loss depends on its input: the targets
@@ -215,24 +251,31 @@ def findings(verdicts: dict, sweep: dict | None = None, update_ratio: float | No
   # varying input (an earlier layer cut off) they are a consequence, named after it
   dead_by_bias = dead is not None and dead.evidence.get('negative_bias', False)
   specific = [
+      _from_check(verdicts, 'inputs_before_net', 'inputs not normalised'),
+      examples_mixed(verdicts.get('batch_dependency')),
+      _from_check(verdicts, 'eval_consistency', 'outputs not a function of the example'),
       Finding('non-finite gradients', gradients.summary)
       if gradients is not None and gradients.evidence.get('non_finite') else None,
       targets_differ(verdicts.get('overfit_one_batch'), verdicts.get('loss_signature')),
       targets_from_other_examples(verdicts.get('loss_signature')),
+      loss_maximised(verdicts.get('loss_signature')),
       _from_check(verdicts, 'symmetric_init', 'symmetric init'),
       _from_check(verdicts, 'gradient_flow', flow_cause) if flow_cause else None,
+      initial_logits_too_large(verdicts.get('loss_at_init')),
       _from_check(verdicts, 'saturation', 'saturated units'),
       _from_check(verdicts, 'dead_units', 'dying ReLU') if dead_by_bias else None,
   ]
   found = [c for c in specific if c is not None]
   # Inputs cut off follow from the causes above (dead units pass nothing on); named alone they
   # are the cause themselves (a layer multiplied by zero), before units that die later.
+  # A batch memorised but validation no better than without inputs points at the labels
+  # before units that died while training on them.
   later = [None if found else inputs_detached(verdicts),
+           labels_not_with_inputs(verdicts),
            None if dead_by_bias else _from_check(verdicts, 'dead_units', 'dying ReLU',
                                                  ('FAIL', 'WARN') if failed else ('FAIL',)),
            squashed_logits(verdicts),
            learning_rate(verdicts, sweep, update_ratio, configured_lr),
-           labels_not_with_inputs(verdicts),
            not_a_function_of_inputs(verdicts, sweep)]
   return found + [c for c in later if c is not None]
 
