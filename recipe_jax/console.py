@@ -49,22 +49,20 @@ class ConsoleFormatter(pylogging.Formatter):
     return f'{self.formatTime(record, self.datefmt)} {record.name}: {first}{more}'
 
 
-def _closed_loop(kind, value) -> bool:
-  return kind is RuntimeError and str(value) == 'Event loop is closed'
-
-
-def _quiet_closed_loop(default):
-  """sys.unraisablehook, except for RuntimeError('Event loop is closed'): tensorstore's
-  callbacks raise it when a failed orbax restore has closed its event loop and reads still in
-  flight complete. The run goes on (it falls back), so it goes to log.txt only."""
+def _quiet_unraisable():
+  """sys.unraisablehook that keeps libraries' tracebacks off the console: an exception raised
+  where nobody can catch it (a coroutine closed unfinished, a callback finding its event loop
+  closed: orbax's and tensorstore's, after a failed checkpoint read from which the run falls
+  back) goes to log.txt whole, and to the console as one line, once per kind."""
   def hook(unraisable):
-    if _closed_loop(unraisable.exc_type, unraisable.exc_value):
-      logging.info('a late callback found its event loop closed (after a failed checkpoint '
-                   'read)', exc_info=(unraisable.exc_type, unraisable.exc_value,
-                                      unraisable.exc_traceback), extra=FILE_ONLY)
-      return
-    default(unraisable)
-  hook.quiet_closed_loop = True
+    kind = getattr(unraisable.exc_type, '__name__', 'exception')
+    where = repr(unraisable.object)[:120] if unraisable.object is not None else 'a library'
+    logging.info('%s in %s (raised where nobody could catch it)', kind, where,
+                 exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+                 extra=FILE_ONLY)
+    info_once('a library raised %s while cleaning up after itself; the run goes on (log.txt '
+              'has the traceback)', kind)
+  hook.quiet_unraisable = True
   return hook
 
 
@@ -97,8 +95,8 @@ def setup(workdir: str, verbose: bool = False) -> None:
     to_console.addFilter(is_pipeline_line)
   root.addHandler(to_file)
   root.addHandler(to_console)
-  if not getattr(sys.unraisablehook, 'quiet_closed_loop', False):
-    sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+  if not getattr(sys.unraisablehook, 'quiet_unraisable', False):
+    sys.unraisablehook = _quiet_unraisable()
   root.setLevel(pylogging.INFO)
   logging.set_verbosity(logging.INFO)
   pylogging.captureWarnings(True)

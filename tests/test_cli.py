@@ -1,10 +1,13 @@
 """The command line as a user meets it: exit codes, one-line errors, preemption and crashes."""
+import gc
 import json
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
 import optax
@@ -250,6 +253,46 @@ def test_a_repeated_notice_reaches_the_console_once_and_the_log_every_time(caplo
       console.info_once('seeds one at a time: %s', 'planted reason 17')
   records = [r for r in caplog.records if 'planted reason 17' in r.getMessage()]
   assert [getattr(r, 'file_only', False) for r in records] == [False, True, True]
+
+
+@types.coroutine
+def _suspend():
+  yield
+
+
+async def _read_array_index_and_device_put():
+  """Like orbax's, left unfinished by a failed read: closing it raises."""
+  try:
+    await _suspend()
+  finally:
+    raise ValueError('Encountered error while reading array index')
+
+
+def test_a_library_exception_nobody_can_catch_reaches_log_txt_not_the_console(tmp_path, capfd):
+  """Orbax's unawaited coroutines after a truncated checkpoint printed three 60-line
+  tracebacks ('Exception ignored in: <coroutine ...>') through sys.unraisablehook."""
+  root = logging.getLogger()
+  handlers, level, hook = list(root.handlers), root.level, sys.unraisablehook
+  try:
+    console.setup(str(tmp_path))
+    for _ in range(3):
+      coroutine = _read_array_index_and_device_put()
+      coroutine.send(None)  # started, then dropped unfinished
+      del coroutine
+    gc.collect()
+  finally:
+    for handler in list(root.handlers):
+      root.removeHandler(handler)
+    for handler in handlers:
+      root.addHandler(handler)
+    root.setLevel(level)
+    sys.unraisablehook = hook
+  err = capfd.readouterr().err
+  assert 'Traceback' not in err and 'Exception ignored' not in err, err
+  assert err.count('a library raised ValueError while cleaning up') == 1, err
+  log = (tmp_path / 'log.txt').read_text()
+  assert log.count('ValueError in <coroutine object _read_array_index_and_device_put') == 3
+  assert 'Traceback' in log
 
 
 @pytest.mark.parametrize('stage, counted', [('recipe', 'stages'), ('sanity', 'checks')])

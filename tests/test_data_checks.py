@@ -201,3 +201,41 @@ def test_random_noise_and_clean_labels_have_no_structure():
   assert v.status == 'WARN' and 'random label noise' in v.summary
   assert v.evidence['structure']['block'] is None
   assert v.evidence['structure']['dominant_pairs'] == []
+
+
+ROWS = {'train': np.arange(300) + 1000, 'val': np.arange(50) + 5000, 'test': np.arange(100)}
+
+
+def test_every_data_verdict_says_where_with_the_rows_of_the_user_s_file():
+  """Class, rows and features with counts, and what follows (rows: the splits' positions in
+  the user's files; validation is carved from the train file)."""
+  splits = planted_splits()
+  splits['train'][1][12] = (splits['train'][1][2] + 1) % 5
+  splits['test'][0][7] = splits['train'][0][42]
+  v = by_check(data_checks.basic_statistics(splits, ROWS) +
+               data_checks.exact_duplicates(splits, ROWS) +
+               data_checks.near_duplicate_leakage(splits, 0.1, ROWS))
+  assert f'test row {NAN_TEST_ROW}' in v['non_finite_values'].summary
+  assert 'features 0' in v['non_finite_values'].summary
+  assert f'{CONSTANT_FEATURE} = 1' in v['constant_features'].summary
+  assert 'train rows 1000, 1010' in v['duplicates_within_splits'].summary
+  assert 'train row 1042 = test row 7' in v['duplicates_across_splits'].summary
+  assert 'train row 1002 (label' in v['conflicting_labels'].summary
+  # the exact copy is the nearest of the 9 leaked test rows
+  assert 'e.g. test row 7 at 0 from train row 1042' in v['near_duplicates_test_train'].summary
+
+
+def test_class_imbalance_names_the_classes_and_what_follows():
+  x = np.zeros((100, 2))
+  splits = {'train': (x, np.array([0] * 85 + [1] * 10 + [2] * 5)), 'test': (x[:2], np.array([0, 1]))}
+  v = data_checks.class_balance(splits, 3, max_imbalance=3.0)
+  assert v.status == 'WARN'
+  assert 'class 0: 85 examples, class 2: 5' in v.summary
+  assert 'never predicts class 2 loses only 5.0% accuracy' in v.summary
+
+
+def test_outliers_name_rows_classes_and_their_z():
+  x, y = blobs()
+  x[7] += 40.0
+  v = data_checks.outliers(x, y, 5, 5.0, {'train': np.arange(len(y)) + 300})
+  assert v.status == 'WARN' and f'train row 307 (class {y[7]}, z' in v.summary

@@ -26,8 +26,10 @@ def test_inspect_stage_reports_planted_leakage_with_pictures(tmp_path, caplog):
   with caplog.at_level('INFO'):
     verdicts = {v.check: v for v in inspect_stage.run(config, str(tmp_path)).verdicts}
   progress = re.findall(r'inspect: (\d)/(\d) ([a-z ]+) checked', caplog.text)  # never silent
-  assert [(int(a), int(b)) for a, b, _ in progress] == [(i, 7) for i in range(1, 8)]
-  assert progress[-1][2] == 'shift between splits'
+  assert [(int(a), int(b)) for a, b, _ in progress] == [(i, 8) for i in range(1, 9)]
+  assert progress[-1][2] == 'structure along the rows'
+  # the train file is sorted by class (50 rows a class): no block of rows, no trend
+  assert verdicts['input_blocks_train'].status == 'PASS', verdicts['input_blocks_train'].summary
 
   out = tmp_path / 'inspect'
   leak = verdicts['near_duplicates_test_train']

@@ -531,6 +531,8 @@ RULES = {
     'inspect.label_drift_fail_v': number(0, 1),
     'inspect.train_to_test_z': number(0, low_open=True),
     'inspect.shortcut_score': number(0, 1, low_open=True),
+    'inspect.block_min_effect': number(0, low_open=True),
+    'inspect.trend_min_r2': number(0, 1, low_open=True),
 }
 JSON_KEYS = ('compare.variants', 'tune.space', 'recipe.overrides', 'squeeze.student',
              'replicate.perturbations', 'scale_up.changes')

@@ -250,4 +250,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.inspect.label_drift_fail_v = 0.3  # ... FAIL from this
   c.inspect.train_to_test_z = 4.0  # FAIL: a model of train is this many errors worse on test
   c.inspect.shortcut_score = 0.8  # WARN: one feature or patch predicts the label this well
+  # Structure along a file's rows (row_structure.py): WARN for a block of rows whose inputs
+  # differ by this many standard deviations within their classes, once a trend is removed ...
+  c.inspect.block_min_effect = 1.0
+  c.inspect.trend_min_r2 = 0.2  # ... or for a straight line along the rows explaining this much
   return c

@@ -15,6 +15,26 @@ from recipe_jax.report import words
 from recipe_jax.report.results import Verdict
 
 MAX_LISTED = 100  # indices listed in evidence per finding
+NAMED = 3  # examples named in a verdict's sentence
+
+
+def where(split: str, indices, rows: dict | None = None, limit: int = NAMED) -> str:
+  """Words for examples of a split: 'train rows 5, 1203 and 2 more' (rows of the user's file,
+  `rows[split]` mapping a carved split's positions to them; validation is carved from the
+  source train split), else positions in the split."""
+  indices = [int(i) for i in indices]
+  if rows is not None and split in rows:
+    source = {'val': 'train'}.get(split, split)
+    shown = [int(rows[split][i]) for i in indices[:limit]]
+    text = f"{source} row{'s' if len(indices) > 1 else ''} {', '.join(map(str, shown))}"
+  else:
+    text = f"{split} example{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices[:limit]))}"
+  return text + (f' and {len(indices) - limit} more' if len(indices) > limit else '')
+
+
+def _position(index: int, example_shape) -> str:
+  return f'{index} {tuple(int(p) for p in np.unravel_index(index, example_shape))}' \
+      if len(example_shape) > 1 else str(index)
 
 
 def _rows(x):
@@ -22,37 +42,47 @@ def _rows(x):
   return x.reshape(len(x), int(np.prod(x.shape[1:])))  # -1 cannot be inferred for 0 rows
 
 
-def basic_statistics(splits: dict) -> list:
-  """Sizes, shapes, dtypes, ranges (PASS), NaN/Inf (FAIL), features constant in train (WARN)."""
-  stats, non_finite = {}, {}
+def basic_statistics(splits: dict, rows: dict | None = None) -> list:
+  """Sizes, shapes, dtypes, ranges (PASS), NaN/Inf (FAIL), features constant in train (WARN),
+  each naming the rows and features."""
+  stats, non_finite, bad_features = {}, {}, {}
   for name, (x, y) in splits.items():
-    rows = _rows(x).astype(np.float64)
+    values = _rows(x).astype(np.float64)
     if name == 'train':
-      train_rows = rows  # reused below for the constant-feature check
-    finite = np.isfinite(rows)
+      train_rows = values  # reused below for the constant-feature check
+    finite = np.isfinite(values)
     bad_rows = np.flatnonzero(~finite.all(axis=1))
     stats[name] = {'examples': len(y), 'shape': list(np.shape(x)[1:]), 'dtype': str(x.dtype),
-                   'min': float(np.min(rows, where=finite, initial=np.inf)),
-                   'max': float(np.max(rows, where=finite, initial=-np.inf)),
-                   'nan': int(np.isnan(rows).sum()), 'inf': int(np.isinf(rows).sum())}
+                   'min': float(np.min(values, where=finite, initial=np.inf)),
+                   'max': float(np.max(values, where=finite, initial=-np.inf)),
+                   'nan': int(np.isnan(values).sum()), 'inf': int(np.isinf(values).sum())}
     if len(bad_rows):
       non_finite[name] = bad_rows[:MAX_LISTED].tolist()
+      bad_features[name] = np.flatnonzero(~finite.all(axis=0))[:MAX_LISTED].tolist()
   verdicts = [Verdict('sizes_and_ranges', 'PASS', '; '.join(
       f"{n}: {s['examples']} x {s['shape']} {s['dtype']} in [{s['min']:.3g}, {s['max']:.3g}]"
       for n, s in stats.items()), stats)]
   if non_finite:
     counts = {n: stats[n]['nan'] + stats[n]['inf'] for n in non_finite}
-    verdicts.append(Verdict('non_finite_values', 'FAIL', 'NaN/Inf values in ' + ', '.join(
-        f'{n} ({c} values, rows {non_finite[n][:5]}...)' for n, c in counts.items()),
-        {'rows_with_non_finite': non_finite, 'counts': counts}))
+    shape = np.shape(splits['train'][0])[1:]
+    verdicts.append(Verdict('non_finite_values', 'FAIL', 'NaN/Inf values in ' + '; '.join(
+        f'{n}: {c} values in {where(n, non_finite[n], rows)}, features '
+        f"{', '.join(_position(f, shape) for f in bad_features[n][:NAMED])}"
+        for n, c in counts.items()) + ': training on them gives NaN losses; drop or impute '
+        'these rows (or features)',
+        {'rows_with_non_finite': non_finite, 'counts': counts, 'features': bad_features}))
   else:
     verdicts.append(Verdict('non_finite_values', 'PASS', 'no NaN or Inf values', {}))
   constant = np.flatnonzero(np.nanmax(train_rows, 0) == np.nanmin(train_rows, 0))
   status = 'WARN' if len(constant) else 'PASS'
+  shape = np.shape(splits['train'][0])[1:]
+  named = ', '.join(f'{_position(f, shape)} = {train_rows[0, f]:.3g}' for f in constant[:NAMED])
   verdicts.append(Verdict('constant_features', status,
                           f'{len(constant)} of {train_rows.shape[1]} input features are constant '
-                          'in train (they carry no information)' if len(constant) else
-                          'no input feature is constant in train',
+                          f'in train: {named}' + (f' and {len(constant) - NAMED} more'
+                                                  if len(constant) > NAMED else '') +
+                          ' (they carry no information; normalisation leaves them at 0)'
+                          if len(constant) else 'no input feature is constant in train',
                           {'constant_feature_indices': constant[:MAX_LISTED].tolist(),
                            'count': int(len(constant))}))
   return verdicts
@@ -70,8 +100,18 @@ def class_balance(splits: dict, num_classes: int, max_imbalance: float) -> Verdi
     return Verdict('class_balance', 'FAIL',
                    f'classes {missing} occur in test but never in train', evidence)
   status = 'WARN' if ratio > max_imbalance else 'PASS'
-  return Verdict('class_balance', status, 'largest / smallest train class = '
-                 f'{words.beside(ratio, max_imbalance)} (warn above {max_imbalance:g})', evidence)
+  largest = int(np.argmax(np.where(train > 0, train, -1)))
+  smallest = int(np.argmin(np.where(train > 0, train, np.iinfo(train.dtype).max)))
+  evidence.update(largest_class=largest, smallest_class=smallest)
+  line = (f'largest / smallest train class = {words.beside(ratio, max_imbalance)} (class '
+          f'{largest}: {train[largest]} examples, class {smallest}: {train[smallest]}; warn '
+          f'above {max_imbalance:g})')
+  if status == 'WARN':
+    share = train[smallest] / train.sum()
+    line += (f': a model that never predicts class {smallest} loses only {share:.1%} accuracy, '
+             'so accuracy hides it; watch its recall (the error analysis), weigh the classes '
+             'in the loss or resample them')
+  return Verdict('class_balance', status, line, evidence)
 
 
 def content_hashes(x) -> list:
@@ -79,9 +119,9 @@ def content_hashes(x) -> list:
   return [hashlib.sha1(row.tobytes()).hexdigest() for row in rows]
 
 
-def exact_duplicates(splits: dict) -> list:
+def exact_duplicates(splits: dict, rows: dict | None = None) -> list:
   """Identical inputs: within a split (WARN), across splits (FAIL: leakage), and identical
-  inputs with different labels anywhere (FAIL)."""
+  inputs with different labels anywhere (FAIL); each names an example group by its rows."""
   groups = {}
   for name, (x, y) in splits.items():
     for index, (digest, label) in enumerate(zip(content_hashes(x), y)):
@@ -100,17 +140,24 @@ def exact_duplicates(splits: dict) -> list:
     if len({m[2] for m in members}) > 1:
       conflicting.append([list(m) for m in members])
   extra = {n: sum(len(g) - 1 for g in gs) for n, gs in within.items()}
+  group_words = lambda group: ' = '.join(where(split, [i], rows) for split, i, *_ in group[:3])
   verdicts = [
       Verdict('duplicates_within_splits', 'WARN' if within else 'PASS',
-              ', '.join(f'{n}: {c} redundant copies' for n, c in extra.items()) or
-              'no split holds the same input twice',
+              '; '.join(f'{n}: {c} redundant copies (e.g. {where(n, within[n][0], rows)} are the same '
+                        'input)' for n, c in extra.items()) +
+              ': they weigh those examples double in training and in the metrics'
+              if within else 'no split holds the same input twice',
               {'groups': {n: gs[:MAX_LISTED] for n, gs in within.items()}, 'redundant': extra}),
       Verdict('duplicates_across_splits', 'FAIL' if across else 'PASS',
-              f'{len(across)} inputs appear in more than one split (leakage)' if across else
+              f'{len(across)} inputs appear in more than one split (leakage), e.g. '
+              f'{group_words(across[0])}: the metric on those rows measures memory, not '
+              'generalisation; drop them from one side' if across else
               'no input appears in two splits', {'groups': across[:MAX_LISTED]}),
       Verdict('conflicting_labels', 'FAIL' if conflicting else 'PASS',
-              f'{len(conflicting)} identical inputs carry different labels' if conflicting else
-              'identical inputs always carry the same label',
+              f'{len(conflicting)} identical inputs carry different labels, e.g. ' +
+              ' and '.join(f'{where(s, [i], rows)} (label {lab})' for s, i, lab in
+                           conflicting[0][:3]) + ': at most one of them can be right'
+              if conflicting else 'identical inputs always carry the same label',
               {'groups': conflicting[:MAX_LISTED]})]
   return verdicts
 
@@ -168,7 +215,7 @@ def nearest_train_neighbour(x_train, x_query, block: int = 2048):
   return np.concatenate(distances), np.concatenate(indices)
 
 
-def near_duplicate_leakage(splits: dict, rms_threshold: float) -> list:
+def near_duplicate_leakage(splits: dict, rms_threshold: float, rows: dict | None = None) -> list:
   """Val/test examples whose nearest training example is within `rms_threshold` (FAIL).
 
   Validation is compared with train; test with train and validation together, the whole
@@ -195,31 +242,41 @@ def near_duplicate_leakage(splits: dict, rms_threshold: float) -> list:
                 'count': int(len(leaked)), 'rms_threshold': rms_threshold,
                 'median_nearest_rms_distance': float(np.median(clean[np.isfinite(clean)]))
                 if np.isfinite(clean).any() else None}
-    verdicts.append(Verdict(
-        f'near_duplicates_{name}_train', 'FAIL' if len(leaked) else 'PASS',
-        f'{len(leaked)} {name} examples are within RMS distance {rms_threshold:g} of a '
-        f'{" or ".join(references)} example (median nearest distance '
-        f'{evidence["median_nearest_rms_distance"]:.3g})', evidence))
+    line = (f'{len(leaked)} {name} examples are within RMS distance {rms_threshold:g} of a '
+            f'{" or ".join(references)} example (median nearest distance '
+            f'{evidence["median_nearest_rms_distance"]:.3g})')
+    if len(leaked):
+      first = order[0]
+      line += (f', e.g. {where(name, [first], rows)} at {clean[first]:.3g} from '
+               f'{where(owner[nearest[first]], [position[nearest[first]]], rows)}: those '
+               f'{name} examples measure memory, not generalisation; drop them')
+    verdicts.append(Verdict(f'near_duplicates_{name}_train', 'FAIL' if len(leaked) else 'PASS',
+                            line, evidence))
   return verdicts
 
 
-def outliers(x, y, num_classes: int, z_threshold: float) -> Verdict:
+def outliers(x, y, num_classes: int, z_threshold: float, rows: dict | None = None) -> Verdict:
   """Examples far from their class mean: robust z-score (median / MAD within the class) of the
   RMS distance to the class mean, in standardised space. WARN with the ranked list."""
-  [rows] = _standardise(x)
+  [standardised] = _standardise(x)
   z = np.zeros(len(y))
   for c in range(num_classes):
     members = np.flatnonzero(y == c)
     if len(members) < 3:
       continue
-    distance = np.sqrt(((rows[members] - rows[members].mean(0)) ** 2).mean(1))
+    distance = np.sqrt(((standardised[members] - standardised[members].mean(0)) ** 2).mean(1))
     mad = np.median(np.abs(distance - np.median(distance))) * 1.4826 + 1e-12
     z[members] = (distance - np.median(distance)) / mad
   flagged = np.flatnonzero(z > z_threshold)
   order = flagged[np.argsort(-z[flagged])]
+  named = ', '.join(f'{where("train", [i], rows)} (class {y[i]}, z {z[i]:.1f})'
+                    for i in order[:NAMED])
   return Verdict('outliers', 'WARN' if len(flagged) else 'PASS',
                  f'{len(flagged)} train examples lie more than {z_threshold:g} robust standard '
-                 'deviations farther from their class mean than is typical',
+                 'deviations farther from their class mean than is typical' +
+                 (f', the farthest {named}: look at them (outliers.png); a corrupted or '
+                  'mislabelled row pulls the model, a rare but real one is worth keeping'
+                  if len(flagged) else ''),
                  {'indices': order[:MAX_LISTED].tolist(), 'z': z[order[:MAX_LISTED]].round(2).tolist(),
                   'count': int(len(flagged)), 'examples': int(len(y)), 'z_threshold': z_threshold})
 
@@ -447,8 +504,11 @@ def label_noise(y, probabilities: np.ndarray, min_model_accuracy: float = 0.8,
                    'systematic label errors', evidence)
   if len(order):
     evidence['cause'] = 'random label noise'
+    named = ', '.join(f'row {rows[i]} (labelled {y[i]}, looks like {suggested[i]})'
+                      for i in order[:NAMED])
     return Verdict('label_noise', 'WARN', f'{len(order)} train examples look mislabelled to a '
-                   f'cross-validated model ({checked}; confident learning); {spread}: random '
-                   'label noise, listed by how sure the model is', evidence)
+                   f'cross-validated model ({checked}; confident learning), the surest {named}; '
+                   f'{spread}: random label noise, listed by how sure the model is '
+                   '(label_noise.png): relabel the sure ones or drop them', evidence)
   return Verdict('label_noise', 'PASS', f'no train example looks mislabelled ({checked}; '
                  'confident learning)', evidence)

@@ -106,7 +106,8 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def domain_classifier(x_ref, x_other, names: tuple, max_examples: int, folds: int = 5,
-                      steps: int = 300, warn_auc: float = 0.7, fail_auc: float = 0.9) -> Verdict:
+                      steps: int = 300, warn_auc: float = 0.7, fail_auc: float = 0.9,
+                      rows: dict | None = None) -> Verdict:
   """A cross-validated classifier (the small MLP of the label-noise check) told to tell the
   splits apart: an AUC near 0.5 means it cannot; WARN from `warn_auc`, FAIL from `fail_auc`.
   Balanced: at most as many rows of the larger split as the smaller has."""
@@ -123,13 +124,14 @@ def domain_classifier(x_ref, x_other, names: tuple, max_examples: int, folds: in
               'fail_auc': fail_auc, f'{other}_indices_least_like_{ref}': most_unlike.tolist()}
   line = (f'a classifier tells {other} from {ref} with AUC {found:.2f} (0.5: it cannot; '
           f'cross-validated on {size} + {size} examples)')
+  least = data_checks.where(other, most_unlike, rows)
   if found >= fail_auc:
     return Verdict(f'domain_classifier_{other}', 'FAIL', f'{line}: the splits are easy to tell '
-                   'apart, so a model trained on one is tested on something else', evidence)
+                   f'apart, so a model trained on one is tested on something else; least like '
+                   f'{ref}: {least}', evidence)
   if found >= warn_auc:
-    return Verdict(f'domain_classifier_{other}', 'WARN', f'{line}: the splits differ; '
-                   'look at the drifted features and the examples least like the other split',
-                   evidence)
+    return Verdict(f'domain_classifier_{other}', 'WARN', f'{line}: the splits differ; least like '
+                   f'{ref}: {least}; look at the drifted features and these examples', evidence)
   return Verdict(f'domain_classifier_{other}', 'PASS', line, evidence)
 
 
@@ -153,13 +155,20 @@ def label_drift(y_ref, y_other, num_classes: int, names: tuple, warn_v: float = 
               f'classes_missing_in_{other}': missing}
   line = (f"class proportions of {other} against {ref}: Cramér's V {v:.2f} (chi-square p "
           f'{p:.2g})')
+  shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+  moved = np.argsort(-np.abs(shares[1] - shares[0]))[:3]
+  evidence['most_changed_classes'] = moved.tolist()
+  changed = ', '.join(f'class {c}: {shares[0, c]:.1%} of {ref}, {shares[1, c]:.1%} of {other}'
+                      for c in moved)
   if missing:
     line += f'; classes {missing} never occur in {other}'
   if v >= fail_v:
     return Verdict(f'label_drift_{other}', 'FAIL', f'{line}: the label distributions differ a '
-                   f'lot; {other} does not measure what {ref} trains for', evidence)
+                   f'lot ({changed}); {other} does not measure what {ref} trains for', evidence)
   if (p < alpha and v >= warn_v) or missing:
-    return Verdict(f'label_drift_{other}', 'WARN', line, evidence)
+    return Verdict(f'label_drift_{other}', 'WARN', f'{line} ({changed}): accuracy on {other} '
+                   f'weighs the classes differently from {ref}; compare per-class recall',
+                   evidence)
   return Verdict(f'label_drift_{other}', 'PASS', line, evidence)
 
 

@@ -7,12 +7,12 @@ from absl import logging
 
 from recipe_jax import console, files
 from recipe_jax.data import datasets as data_lib
-from recipe_jax.diagnose import data_checks, shift_checks
+from recipe_jax.diagnose import data_checks, row_structure, shift_checks
 from recipe_jax.engine import loop
 from recipe_jax.report import plots, results as report
 from recipe_jax.report.results import StageResult
 
-CHECK_GROUPS = 7  # `checked` calls in run()
+CHECK_GROUPS = 8  # `checked` calls in run()
 
 LOOKED_AT = ['inspect/report.md', 'inspect/verdicts.json', 'inspect/input_stats.json']
 
@@ -42,16 +42,18 @@ def run(config, workdir: str) -> StageResult:
     logging.info('inspect: %d/%d %s checked (%s)', len(names), CHECK_GROUPS, name,
                  console.format_seconds(time.time() - start))
     return found
+  rows = {name: getattr(dataset, f'{name}_rows') for name in splits}  # in the user's files
   try:
-    verdicts += checked('sizes and ranges', data_checks.basic_statistics(splits))
+    verdicts += checked('sizes and ranges', data_checks.basic_statistics(splits, rows))
     balance = checked('class balance', data_checks.class_balance(splits, dataset.num_classes,
                                                                  cfg.max_imbalance))
     verdicts.append(balance)
-    verdicts += checked('exact duplicates', data_checks.exact_duplicates(splits))
+    verdicts += checked('exact duplicates', data_checks.exact_duplicates(splits, rows))
     leakage = checked('near duplicates', data_checks.near_duplicate_leakage(
-        splits, cfg.leakage_rms_threshold))
+        splits, cfg.leakage_rms_threshold, rows))
     verdicts += leakage
-    outliers = checked('outliers', data_checks.outliers(x, y, dataset.num_classes, cfg.outlier_z))
+    outliers = checked('outliers', data_checks.outliers(x, y, dataset.num_classes, cfg.outlier_z,
+                                                        rows))
     verdicts.append(outliers)
     noise = checked('label noise', _label_noise(x, y, dataset.num_classes, cfg,
                                                 dataset.train_rows))
@@ -59,6 +61,8 @@ def run(config, workdir: str) -> StageResult:
     shifted, shift_images = checked('shift between splits', _shift_checks(out, splits, dataset,
                                                                           cfg))
     verdicts += shifted
+    verdicts += checked('structure along the rows', _row_structure(
+        splits, dataset, cfg, noise.evidence['structure']['block']))
   except KeyboardInterrupt:
     loop.interrupted()
     for v in verdicts:
@@ -105,7 +109,8 @@ def _shift_checks(out: str, splits: dict, dataset, cfg) -> tuple:
     names = ('train', other)
     drift = shift_checks.feature_drift(x, xo, names, cap, cfg.drift_alpha, cfg.drift_min_ks)
     domain = shift_checks.domain_classifier(x, xo, names, cap, cfg.cv_folds, cfg.cv_steps,
-                                            cfg.domain_warn_auc, cfg.domain_fail_auc)
+                                            cfg.domain_warn_auc, cfg.domain_fail_auc,
+                                            {other: getattr(dataset, f'{other}_rows')})
     labels = shift_checks.label_drift(y, yo, dataset.num_classes, names,
                                       cfg.label_drift_warn_v, cfg.label_drift_fail_v)
     found += [drift, domain, labels]
@@ -134,6 +139,23 @@ def _shift_checks(out: str, splits: dict, dataset, cfg) -> tuple:
         x.shape[1:], 'label predicted by each feature alone (0: majority class, 1: perfect)',
         threshold=cfg.shortcut_score)]
   return found, images
+
+
+def _row_structure(splits: dict, dataset, cfg, label_block) -> list:
+  """A block of rows, or a trend, inside each file: the train file (train and validation,
+  carved from it, back in file order) and the test file."""
+  in_files = {'train': [s for s in ('train', 'val') if s in splits]}
+  if 'test' in splits:
+    in_files['test'] = ['test']
+  found = []
+  for name, parts in in_files.items():
+    x = np.concatenate([splits[p][0] for p in parts])
+    y = np.concatenate([splits[p][1] for p in parts])
+    rows = np.concatenate([getattr(dataset, f'{p}_rows') for p in parts])
+    found.append(row_structure.input_blocks(
+        x, y, rows, dataset.num_classes, name, cfg.block_min_effect, cfg.trend_min_r2,
+        label_block=label_block if name == 'train' else None))
+  return found
 
 
 def name_source_rows(verdict, dataset) -> None:
