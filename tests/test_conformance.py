@@ -33,7 +33,8 @@ from recipe_jax.report import results as report
 from recipe_jax.stages import recipe
 
 USER_ROWS = {'helpers.nnx_models:CNN': 'sequence',  # NNX, BatchNorm and Dropout
-             'helpers.nnx_models:LinenCNN': 'sequence'}  # a user's Linen, BatchNorm and Dropout
+             'helpers.nnx_models:LinenCNN': 'sequence',  # a user's Linen, BatchNorm and Dropout
+             'helpers.zoo:GapDropoutCNN': 'image'}  # global average pooling, dropout 0.2
 ROWS = {**{name: keys.MADE_FOR[name] for name in models.MODELS}, **USER_ROWS}
 COLUMNS = tuple(s for s in config_check.STAGES if s not in config_check.DATA_ONLY_STAGES)
 RECIPE_COLUMNS = tuple(s for s in config_check.RECIPE_STAGES if s in COLUMNS)

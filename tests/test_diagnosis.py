@@ -1,5 +1,6 @@
 """The diagnosis names the cause of planted defects from the sanity stage's own measurements,
 end to end on tiny synthetic data; and stays quiet on clean models."""
+import numpy as np
 import pytest
 from test_conformance import synthetic_npz
 
@@ -107,3 +108,39 @@ def test_a_cause_without_a_failed_symptom_warns_and_ranks_first_the_most_specifi
   assert 'dying ReLU' not in quiet.summary
   loud = diagnosis.explain([symptom('decreasing_loss'), dead])[-1]
   assert loud.status == 'FAIL' and 'most likely cause: dying ReLU' in loud.summary
+
+
+def test_no_verdict_rules_out_what_it_names_and_each_also_cause_shows_its_evidence():
+  """A rate far too small, named from the update ratio, while no rate of the sweep fits one
+  batch: the sweep must not be listed as ruling the learning rate out."""
+  sweep = {0.1: {'fitted': False, 'final_loss': 1.4, 'final_accuracy': 0.25},
+           10.0: {'fitted': False, 'final_loss': 1.4, 'final_accuracy': 0.25}}
+  verdicts = diagnosis.explain([
+      symptom('decreasing_loss', relative_drop=0.0), symptom('overfit_one_batch', 'FAIL',
+                                                             losses=[1.4] * 10,
+                                                             accuracies=[0.25] * 10,
+                                                             max_loss=0.05, final_loss=1.4),
+      symptom('gradient_flow', 'PASS', first_over_last={'init': 0.5}),
+      symptom('gradients', 'PASS'), symptom('dead_units', 'PASS')],
+      sweep, update_ratio=1e-7, configured_lr=1e-7)
+  found = verdicts[-1].summary
+  assert found.startswith('most likely cause: learning rate far too small'), found
+  assert 'the learning rate (x' not in found.split('Ruled out')[1]
+  also = found.split('Also: ')[1].split('. Ruled out')[0]
+  assert all(' (' in cause for cause in also.split('; ')), also  # each with its evidence
+
+
+def test_logits_squashed_needs_bounded_logits_at_their_floor():
+  """One batch stalls at 100% accuracy: squashed only when the logits' spread is bounded and
+  the loss sits at the floor that spread allows; not for logits that never moved."""
+  def overfit(final_loss, spread):
+    return Verdict('overfit_one_batch', 'FAIL', '...', {
+        'losses': [2.3] * 5 + [final_loss] * 5, 'accuracies': [1.0] * 10, 'max_loss': 0.05,
+        'final_loss': final_loss, 'eval_loss': final_loss, 'logit_range': spread,
+        'squashed_floor': float(np.log1p(9 * np.exp(-spread)))})
+  squashed = diagnosis.squashed_logits({'overfit_one_batch': overfit(1.46, 1.0)})
+  assert squashed is not None and 'spread over at most 1' in squashed.because
+  assert diagnosis.squashed_logits({'overfit_one_batch': overfit(0.07, 9.0)}) is None  # dropout
+  unmoved = overfit(2.3, 0.1)
+  unmoved.evidence['losses'] = [2.3] * 10
+  assert diagnosis.squashed_logits({'overfit_one_batch': unmoved}) is None

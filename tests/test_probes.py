@@ -48,6 +48,15 @@ def test_nnx_layers_are_recorded_through_the_bridge():
   assert program.layer_inputs['nnx/head']['kind'] == 'relu'
 
 
+def test_layers_in_an_nnx_list_are_found_by_their_integer_index():
+  """Regression: 'nnx/ups/0' was looked up as the key '0' of a tree whose key is 0, and every
+  check that reads a layer's kernel crashed on a healthy model."""
+  program, found, params = measured(nnx_models.NNXModel(zoo.NnxResidualGelu_mnist1d, 4),
+                                    example_shape=(40,))
+  assert 'nnx/ups/0' in program.order and found['grad_norm']['nnx/ups/0'] > 0
+  assert [s.kind for s in program.sites] == ['gelu', 'gelu']
+
+
 def test_layers_inside_a_loop_are_named_as_not_seen_and_still_get_gradients():
   program, found, params = measured(models.GRU(num_classes=4, width=4))
   assert program.order == ['Dense_0'] and len(program.unseen) == 6 * 2  # 6 projections a direction

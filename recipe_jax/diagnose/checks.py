@@ -15,13 +15,17 @@ from recipe_jax.report.results import Verdict
 
 
 def input_dependency(apply_fn, params, x, y, loss_fn, train: bool):
-  """(B, B) matrix: the norm of d loss_i / d x_j, from one jacrev over the whole batch."""
+  """((B, B) matrix: the norm of d loss_i / d x_j, from one jacrev over the whole batch;
+  the B losses)."""
   def dependency(params, inputs, labels):
-    per_example = lambda inputs: loss_fn(apply_fn(params, inputs, train), labels)
-    jacobian = jax.jacrev(per_example)(inputs)  # (B, B, *example_shape)
-    return jnp.sqrt(jnp.sum(jacobian.reshape(len(labels), len(labels), -1) ** 2, axis=-1))
+    def per_example(inputs):
+      losses = loss_fn(apply_fn(params, inputs, train), labels)
+      return losses, losses
+    jacobian, losses = jax.jacrev(per_example, has_aux=True)(inputs)  # (B, B, *shape), (B,)
+    return jnp.sqrt(jnp.sum(jacobian.reshape(len(labels), len(labels), -1) ** 2, axis=-1)), losses
   # Compiled: op by op, a ResNet's jacobian took 10x longer than compiling it.
-  return np.asarray(jax.jit(dependency)(params, jnp.asarray(x), jnp.asarray(y)))
+  dep, losses = jax.jit(dependency)(params, jnp.asarray(x), jnp.asarray(y))
+  return np.asarray(dep), np.asarray(losses)
 
 
 def batch_dependency(apply_fn, params, x, y, loss_fn, uses_batch_statistics: bool = False,
@@ -38,14 +42,14 @@ def batch_dependency(apply_fn, params, x, y, loss_fn, uses_batch_statistics: boo
     raise ValueError('use a batch of at least 4 examples: with 2, a swap looks like a mix')
   evidence, problems = {}, []
   for mode, train in (('eval', False), ('train', True)):
-    dep = input_dependency(apply_fn, params, x, y, loss_fn, train)
+    dep, losses = input_dependency(apply_fn, params, x, y, loss_fn, train)
     diagonal = np.diag(dep)
     off = dep - np.diag(diagonal)
     scale = max(float(diagonal.max()), 1e-30)
     mixed = np.argwhere(off > tolerance * scale)
     # a loss already at 0 (a saturated softmax on the right class) has no gradient to give:
     # flat, not cut off from its input
-    at_zero = np.asarray(jax.jit(lambda p, x: loss_fn(apply_fn(p, x, train), y))(params, x)) <= 1e-6
+    at_zero = losses <= 1e-6
     dead = np.flatnonzero((diagonal <= tolerance * scale) & ~at_zero)
     evidence.setdefault('losses_at_zero', {})[mode] = np.flatnonzero(at_zero).tolist()
     evidence[mode] = {'dependency': dep, 'max_off_diagonal_relative': float(off.max() / scale),

@@ -83,8 +83,9 @@ def squashed_logits(verdicts) -> Finding | None:
     loss = min(loss, overfit.evidence['eval_loss'])
   # the loss went down to that floor and stays there (a net whose logits never moved, at a
   # tiny learning rate, is far above it)
+  start = float(overfit.evidence['losses'][0])
   bounded = (spread is not None and floor is not None and spread <= SQUASHED_SPREAD
-             and 0.5 * floor <= loss <= 1.5 * floor)
+             and 0.5 * floor <= loss <= 1.5 * floor and start - loss >= 0.5 * (start - floor))
   if not (bounded or no_output_bias):
     return None
   because = (f'after {len(overfit.evidence["losses"])} steps on one batch its logits spread '
