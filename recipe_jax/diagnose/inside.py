@@ -105,6 +105,14 @@ def _rows(sites, at_init, after, measured: str) -> dict:
   return rows
 
 
+def _collapsed(row: dict, max_fraction: float, min_gradient_share: float) -> bool:
+  """After the short run, at least `max_fraction` of the units dead or saturated and less than
+  `min_gradient_share` of the gradient arriving at them passing."""
+  share = row.get('share_after')
+  return (row.get('after', 0.0) >= max_fraction and share is not None
+          and share < min_gradient_share)
+
+
 def _not_judged(check: str, program) -> Verdict | None:
   if program is None:
     return Verdict(check, 'PASS', "not judged: the model's program could not be read "
@@ -132,10 +140,7 @@ def dead_units(program, at_init: dict, after: dict | None, params, learning_rate
   def stays_dead(row):
     return row['init'] >= max_fraction and row.get('after', row['init']) >= max_fraction
 
-  def collapsed(row):
-    share = row.get('share_after')
-    return (row.get('after', 0.0) >= max_fraction and share is not None
-            and share < min_gradient_share)
+  collapsed = lambda row: _collapsed(row, max_fraction, min_gradient_share)
 
   def over(name):
     row = rows[name]
@@ -152,8 +157,9 @@ def dead_units(program, at_init: dict, after: dict | None, params, learning_rate
                                            if 'after' in row else ''))
   evidence.update(worst=worst, source=row['producer'], dead_at_init=stays_dead(row))
   if over(worst) < 1.0:
-    return Verdict('dead_units', 'PASS', f'at most {dead:.0%} dead ReLU units in a layer '
-                   f"({row['producer'] or 'input'}; FAIL from {max_fraction:.0%} at init and "
+    return Verdict('dead_units', 'PASS', f"the most dead ReLU units: {owner}, {row['init']:.0%} "
+                   'at init' + (f", {row['after']:.0%} after the short run" if 'after' in row
+                                else '') + f' (FAIL from {max_fraction:.0%} at init and still '
                    f'after, WARN from {DIED_DURING_RUN:.0%} after the short run)', evidence)
   share = row.get('share_after')
   passing = (f'; {share:.0%} of the gradient arriving at them passes' if share is not None
@@ -202,14 +208,10 @@ def saturation(program, at_init: dict, after: dict | None, max_fraction: float,
     gates = sorted({s.kind for s in program.sites if s.kind in ('silu', 'gelu', 'sigmoid gate',
                                                                  'tanh gate', 'glu')})
     return Verdict('saturation', 'PASS', 'no sigmoid, tanh or hard-tanh used as an activation'
-                   + (f' ({", ".join(gates)} multiply what they gate and do not saturate)'
-                      if gates else ''), evidence)
+                   + (f' (not judged: {", ".join(gates)}, which multiply what they gate and do '
+                      'not saturate)' if gates else ''), evidence)
 
-  def collapsed(row):
-    share = row.get('share_after')
-    return (row.get('after', 0.0) >= max_fraction and share is not None
-            and share < min_gradient_share)
-
+  collapsed = lambda row: _collapsed(row, max_fraction, min_gradient_share)
   fraction = lambda name: max(rows[name]['init'] / max_fraction,
                               1.0 if collapsed(rows[name]) else 0.0)
   worst = _first_over(list(rows), fraction, 1.0)

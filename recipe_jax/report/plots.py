@@ -1,5 +1,6 @@
 """Pictures of examples: images for 2-D/3-D inputs, line plots for 1-D sequences."""
 import io
+import textwrap
 
 import matplotlib
 
@@ -380,7 +381,7 @@ def layer_histograms(path, panels: list, columns: int = 4):
     for i, (label, (counts, low, high)) in enumerate(series.items()):
       edges = np.linspace(low, max(high, low + 1e-6), len(counts) + 1)
       ax.stairs(np.asarray(counts) / max(np.sum(counts), 1), edges, label=label, color=f'C{i}')
-    ax.set_title(title, fontsize=7)
+    ax.set_title(textwrap.fill(title, 42), fontsize=7)  # a long one wraps, never clipped
     ax.tick_params(labelsize=6)
     ax.set_yticks([])
   axes.flat[0].legend(fontsize=6)
