@@ -114,6 +114,16 @@ def test_a_model_that_cannot_fit_asks_for_capacity_after_fixing_the_fail():
     ('inspect', ('outliers', 'WARN', '', {'count': 38, 'examples': 3800}), False, '(1%)'),
     ('inspect', ('outliers', 'WARN', '', {'count': 39, 'examples': 3800}), True,
      'corrupted block'),
+    ('inspect', ('input_blocks_train', 'WARN', '', {'cause': 'block', 'first_row': 1200,
+                                                    'last_row': 1599}), True,
+     'rows 1200 to 1599 differ'),
+    ('inspect', ('input_blocks_test', 'WARN', '', {'cause': 'trend'}), False, 'split by position'),
+    ('sanity', ('loss_signature', 'WARN', '', {'cause': 'floor', 'floor': 0.5}), False,
+     'soft targets'),
+    ('sanity', ('loss_signature', 'WARN', '', {'cause': 'scaled', 'scale': 0.1}), False,
+     'trains the same under Adam'),
+    ('sanity', ('loss_signature', 'FAIL', '', {'cause': 'targets_differ'}), True, 'a FAIL'),
+    ('sanity', ('overfit_one_batch', 'WARN', '', {}), True, 'more sanity.overfit_steps'),
 ])
 def test_every_warn_and_fail_gets_act_or_ignore_with_a_reason(stage, verdict, act, words):
   decided = advice.act_or_ignore(stage, dict(zip(('check', 'status', 'summary', 'evidence'),

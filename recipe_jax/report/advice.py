@@ -223,7 +223,18 @@ def _overfit_one_batch(status, e):
   return None
 
 
+def _input_blocks(status, e):
+  if e.get('cause') == 'block':
+    return True, (f"rows {e.get('first_row')} to {e.get('last_row')} differ from the rest of "
+                  'their file: find out how they were made, then reprocess or drop them')
+  if e.get('cause') == 'trend':
+    return False, ('validation is carved from the training file at random, so it drifts with '
+                   'it; act if you split by position or your test data comes from the end')
+  return None
+
+
 RULES = {'variant_': lambda s, e: _variant(s, e) if s == 'WARN' else None,
+         'input_blocks_': _input_blocks,
          'loss_signature': _loss_signature, 'overfit_one_batch': _overfit_one_batch,
          'learning_rate': _learning_rate, 'calibration': _calibration,
          'activations_seen': _activations_seen, 'loss_at_init': _loss_at_init,
