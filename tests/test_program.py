@@ -70,6 +70,8 @@ class _Composite(nn.Module):
       h = nn.sigmoid(h)
     elif self.which == 'hand relu':
       h = jnp.maximum(h, 0.0)
+    elif self.which == 'hand relu, zero first':
+      h = jnp.maximum(0.0, h)
     return nn.Dense(4)(h)
 
 
@@ -77,7 +79,7 @@ class _Composite(nn.Module):
     ('silu', 'silu', None), ('hand silu', 'silu', None), ('gelu', 'gelu', None),
     ('exact gelu', 'gelu', None), ('glu', 'glu', None), ('gate', 'sigmoid gate', None),
     ('tanh', 'tanh', 'saturation'), ('sigmoid', 'sigmoid', 'saturation'),
-    ('hand relu', 'relu', 'dead')])
+    ('hand relu', 'relu', 'dead'), ('hand relu, zero first', 'relu', 'dead')])
 def test_functions_are_named_whole_and_only_saturating_ones_are_judged(which, kind, judged):
   """SiLU contains a logistic and tanh-GELU a tanh: neither saturates, so neither is judged;
   a sigmoid that multiplies another activation is a gate."""
@@ -127,3 +129,19 @@ def test_every_zoo_model_is_read_and_most_layers_identified():
   assert identified / read_layers >= 0.9, (identified, read_layers)
   assert unidentified == ['LSTMClassifier/Dense_0', 'GRUMeanClassifier/Dense_1']
   assert inside_loops == 8 + 6
+
+
+def test_a_site_is_measured_at_its_activation_operand_whichever_side_it_is_on():
+  """max(0.0, h): the gradient passing the ReLU is measured on h, not on the constant."""
+  from recipe_jax.diagnose import probes
+  from recipe_jax.model import losses
+  for which in ('hand relu', 'hand relu, zero first'):
+    module = _Composite(which)
+    x = jax.random.normal(KEY, (64, 16))
+    variables = {'params': module.init(KEY, x)['params'], 'batch_stats': {}}
+    program = probes.read_program(module, variables, x, KEY)
+    found = probes.measure(module, losses.cross_entropy, program, program.order, program.order,
+                           variables['params'], {}, x, jnp.arange(64) % 4, KEY)
+    stats = found['sites'][program.sites[0].name]
+    assert 0.5 < float(stats['gradient_share']) < 0.9, (which, stats)  # half the units pass
+    assert abs(float(stats['preactivation_mean'])) < 0.5

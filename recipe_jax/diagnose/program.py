@@ -106,6 +106,7 @@ class Program:
   records: dict  # {layer: (input id, output id)}
   sites: list = dataclasses.field(default_factory=list)
   layer_inputs: dict = dataclasses.field(default_factory=dict)
+  site_args: dict = dataclasses.field(default_factory=dict)  # {op: which operand is the input}
 
   def judged(self, what: str) -> list:
     return [s for s in self.sites if s.judged == what]
@@ -149,14 +150,15 @@ def evaluate(program: Program, variables, x, dropout_key, perturb: dict | None =
   read = lambda a: a.val if isinstance(a, Literal) else env[a]
   for index, op in enumerate(program.ops):
     values = [read(a) for a in op.ins]
+    arg = program.site_args.get(index, 0)  # max(0.0, x): the activation is the second
     if index in perturb:
-      values[0] = values[0] + perturb[index][0]
+      values[arg] = values[arg] + perturb[index][0]
     out = op.primitive.bind(*values, **op.params)
     out = list(out) if op.primitive.multiple_results else [out]
     if index in perturb:
       out[0] = out[0] + perturb[index][1]
     if op.site is not None:
-      seen[index] = (values[0], out[0])
+      seen[index] = (values[arg], out[0])
     env.update(zip(op.outs, out))
   logits, records = jax.tree.unflatten(program.out_tree, [read(a) for a in program.outs])
   return logits, records, seen
@@ -285,6 +287,7 @@ def _analyse(program: Program, x_ids: set) -> None:
                 op.outs[0])
     ops[i] = dataclasses.replace(op, site=kind)
     program.sites.append(site)
+    program.site_args[i] = list(op.ins).index(source)
     site_at[op.outs[0]] = site
   for layer in program.order:
     program.layer_inputs[layer] = graph.describe(program.records[layer][0], layer_outputs,
