@@ -28,7 +28,8 @@ def where(split: str, indices, rows: dict | None = None, limit: int = NAMED) -> 
     shown = [int(rows[split][i]) for i in indices[:limit]]
     text = f"{source} row{'s' if len(indices) > 1 else ''} {', '.join(map(str, shown))}"
   else:
-    text = f"{split} example{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices[:limit]))}"
+    shown = ', '.join(map(str, indices[:limit]))
+    text = f"{split} example{'s' if len(indices) > 1 else ''} {shown}"
   return text + (f' and {len(indices) - limit} more' if len(indices) > limit else '')
 
 
@@ -143,8 +144,8 @@ def exact_duplicates(splits: dict, rows: dict | None = None) -> list:
   group_words = lambda group: ' = '.join(where(split, [i], rows) for split, i, *_ in group[:3])
   verdicts = [
       Verdict('duplicates_within_splits', 'WARN' if within else 'PASS',
-              '; '.join(f'{n}: {c} redundant copies (e.g. {where(n, within[n][0], rows)} are the same '
-                        'input)' for n, c in extra.items()) +
+              '; '.join(f'{n}: {c} redundant copies (e.g. {where(n, within[n][0], rows)} are '
+                        'the same input)' for n, c in extra.items()) +
               ': they weigh those examples double in training and in the metrics'
               if within else 'no split holds the same input twice',
               {'groups': {n: gs[:MAX_LISTED] for n, gs in within.items()}, 'redundant': extra}),

@@ -66,8 +66,8 @@ SQUASHED_SPREAD = 5.0  # logits spread over at most this cannot take 10 classes'
 def squashed_logits(verdicts) -> Finding | None:
   """One batch is not memorised and the logits show why: their spread stays bounded (a
   softmax's or sigmoid's outputs spread over at most 1) and the loss went down to the floor
-  such a spread allows and stays there; or no output bias adds to the logits at all. Not when the loss itself has
-  a floor (loss_signature: soft targets), which explains a stall as well."""
+  such a spread allows and stays there; or no output bias adds to the logits at all. Not when
+  the loss itself has a floor (loss_signature: soft targets), which explains a stall as well."""
   overfit = verdicts.get('overfit_one_batch')
   if overfit is None or overfit.status != 'FAIL' or 'losses' not in overfit.evidence:
     return None

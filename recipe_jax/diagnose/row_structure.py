@@ -4,11 +4,11 @@ rest (processed differently, another source, a corrupted shard), told apart from
 
 Plain functions over numpy arrays. Each row is summarised by a few numbers (its mean and spread
 over the standardised features, its distance from its class's mean input, and its first
-principal components within the classes), each taken within its class (minus the class's mean), so a file sorted by class has no structure left. Every block
-between equal cuts of the rows is scored by the effect size of its difference from the rest
-(Cohen's d); the best block's edges are then refined to the exact rows. A linear trend along
-the rows is fitted too: a block that stays once the trend is removed is abrupt, one that does
-not is a trend.
+principal components within the classes), each taken within its class (minus the class's
+mean), so a file sorted by class has no structure left. Every block between equal cuts of the
+rows is scored by the effect size of its difference from the rest (Cohen's d); the best
+block's edges are then refined to the exact rows. A linear trend along the rows is fitted
+too: a block that stays once the trend is removed is abrupt, one that does not is a trend.
 """
 import numpy as np
 

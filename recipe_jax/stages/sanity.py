@@ -23,10 +23,10 @@ from recipe_jax.report import plots, results as report
 from recipe_jax.report.results import StageResult, Verdict
 
 FILES = ['sanity/report.md', 'sanity/verdicts.json']
-CHECKS = ('fixed_seed', 'loss_at_init', 'loss_signature', 'init_well', 'inputs_before_net', 'batch_dependency',
-          'eval_consistency', 'gradients', 'activations_seen', 'gradient_flow', 'dead_units',
-          'saturation', 'symmetric_init', 'dumb_baselines', 'decreasing_loss',
-          'prediction_dynamics', 'overfit_one_batch', 'human_baseline')
+CHECKS = ('fixed_seed', 'loss_at_init', 'loss_signature', 'init_well', 'inputs_before_net',
+          'batch_dependency', 'eval_consistency', 'gradients', 'activations_seen',
+          'gradient_flow', 'dead_units', 'saturation', 'symmetric_init', 'dumb_baselines',
+          'decreasing_loss', 'prediction_dynamics', 'overfit_one_batch', 'human_baseline')
 UPDATE_RATIO_POINTS = 50  # per-layer update ratios recorded over a short run
 
 
