@@ -322,14 +322,17 @@ def test_loss_signature_floor_near_its_threshold(epsilon, cause):
   assert v.evidence['cause'] in ((cause,) if cause else (None, 'other')), v.summary
 
 
-@pytest.mark.parametrize('shifted, status', [(0.4, 'PASS'), (0.6, 'FAIL')])
-def test_loss_signature_targets_differ_near_half_the_examples(shifted, status):
-  """A loss that shifts the labels of some classes: FAIL once more than half the examples
-  are lowest elsewhere."""
+@pytest.mark.parametrize('shifted, status', [(0.0, 'PASS'), (0.1, 'FAIL'), (0.3, 'FAIL')])
+def test_loss_signature_targets_differ_for_a_tenth_of_the_examples(shifted, status):
+  """A loss that moves some classes' labels to the next class: a proper loss is lowest at
+  every label, so one class of ten moved (10% of the examples, past the 5% allowed) FAILs."""
   moved = np.arange(C) < shifted * C  # these classes are trained toward the next one
   def partly_shifted(z, y):
     return losses.cross_entropy(z, jnp.where(jnp.asarray(moved)[y], (y + 1) % C, y))
-  assert signature_of(partly_shifted).status == status
+  v = signature_of(partly_shifted)
+  assert v.status == status, v.summary
+  if status == 'FAIL':
+    assert 'class (label +1)' in v.summary and 'labels 0' in v.summary
 
 
 def test_decreasing_loss_fails_on_a_flat_or_rising_curve():

@@ -144,3 +144,31 @@ def test_logits_squashed_needs_bounded_logits_at_their_floor():
   unmoved = overfit(2.3, 0.1)
   unmoved.evidence['losses'] = [2.3] * 10
   assert diagnosis.squashed_logits({'overfit_one_batch': unmoved}) is None
+
+
+def test_a_rate_the_sweep_shows_far_better_is_named_even_without_a_fit():
+  """At 100x the rate one batch's loss falls to a fifth of the configured rate's (not fitted):
+  the learning rate, not 'targets not a function of the inputs'."""
+  overfit = symptom('overfit_one_batch', 'FAIL', losses=[2.3] * 5 + [2.1] * 5,
+                    accuracies=[0.25] * 10, max_loss=0.05, final_loss=2.1)
+  checks_ok = [symptom('gradient_flow', 'PASS', first_over_last={'init': 0.5}),
+               symptom('gradients', 'PASS')]
+  sweep = {10.0: {'fitted': False, 'final_loss': 1.9, 'final_accuracy': 0.5},
+           100.0: {'fitted': False, 'final_loss': 0.4, 'final_accuracy': 0.875}}
+  found = diagnosis.explain([overfit, *checks_ok], sweep, update_ratio=1e-4,
+                            configured_lr=1e-5)[-1].summary
+  assert found.startswith('most likely cause: learning rate far too small'), found
+  assert "at 100x the rate one batch's loss falls to 0.4, against 2.1 at 1e-05" in found
+  sweep[100.0]['final_loss'] = 1.5  # not under half: no evidence for the rate
+  found = diagnosis.explain([overfit, *checks_ok], sweep, update_ratio=1e-4,
+                            configured_lr=1e-5)[-1].summary
+  assert not found.startswith('most likely cause: learning rate'), found
+
+
+def test_a_flipped_loss_sign_is_named_before_what_one_batch_s_curve_suggests():
+  overfit = symptom('overfit_one_batch', 'FAIL', losses=[2.3] * 5 + [-120.0] * 5,
+                    accuracies=[0.25] * 5 + [0.0] * 5, max_loss=0.05, final_loss=-120.0)
+  signature = symptom('loss_signature', 'FAIL', cause='unbounded', floor=-300.0)
+  found = diagnosis.explain([overfit, signature])[-1].summary
+  assert found.startswith('most likely cause: loss maximised (a sign flipped)'), found
+  assert 'targets differ' not in found

@@ -45,8 +45,9 @@ def targets_differ(overfit: Verdict | None, signature: Verdict | None = None) ->
                    f"the label ({signature.evidence['lowest_at_labels']:.0%} of examples): it "
                    'trains toward other targets (labels shifted or re-encoded inside the loss, '
                    'e.g. one_hot(labels - 1))')
-  if overfit is None or 'losses' not in overfit.evidence:
-    return None
+  if overfit is None or 'losses' not in overfit.evidence or (
+      signature is not None and signature.evidence.get('cause') == 'unbounded'):
+    return None  # a loss falling without bound is its sign, named before
   losses = np.asarray(overfit.evidence['losses'], np.float64)
   accuracies = np.asarray(overfit.evidence['accuracies'], np.float64)
   low = losses <= max(overfit.evidence['max_loss'], 0.02 * losses[0])
@@ -131,8 +132,12 @@ def learning_rate(verdicts, sweep: dict | None, update_ratio: float | None,
   batch the configured one cannot; too large: only a smaller one does, or the loss rises."""
   if not (_failed(verdicts, 'decreasing_loss') or _failed(verdicts, 'overfit_one_batch')):
     return None
-  fitted = sorted(f for f, r in (sweep or {}).items() if r['fitted'])
-  larger, smaller = [f for f in fitted if f > 1], [f for f in fitted if f < 1]
+  overfit = verdicts.get('overfit_one_batch')
+  own = overfit.evidence.get('final_loss') if overfit is not None else None
+  # a rate fits one batch, or takes its loss under half of what the configured rate reaches
+  better = sorted(f for f, r in (sweep or {}).items() if r['fitted'] or (
+      own is not None and np.isfinite(r['final_loss']) and r['final_loss'] < 0.5 * own))
+  larger, smaller = [f for f in better if f > 1], [f for f in better if f < 1]
   flowing = _passed(verdicts, 'gradient_flow') and _passed(verdicts, 'gradients')
   tiny = update_ratio is not None and update_ratio < TINY_UPDATE_RATIO and flowing
   if tiny or larger and not smaller:
@@ -141,7 +146,7 @@ def learning_rate(verdicts, sweep: dict | None, update_ratio: float | None,
       parts.append(f'each step moves the weights by {update_ratio:.1g} of their size (healthy: '
                    f'about {HEALTHY_UPDATE_RATIO:g}) though gradients reach every layer')
     if larger:
-      parts.append(f'{larger[0]:g}x the rate memorises one batch that {configured:g} cannot')
+      parts.append(_rate_words(sweep, larger[-1], configured, own))
     return Finding('learning rate far too small', '; '.join(parts) +
                    f': raise optimizer.learning_rate (run lr_find)')
   rising = verdicts.get('decreasing_loss')
@@ -150,10 +155,18 @@ def learning_rate(verdicts, sweep: dict | None, update_ratio: float | None,
     parts = ([f'the loss rose {-rising.evidence["relative_drop"]:.0%} over the short run']
              if rose else [])
     if smaller:
-      parts.append(f'{smaller[-1]:g}x the rate memorises one batch that {configured:g} cannot')
+      parts.append(_rate_words(sweep, smaller[-1], configured, own))
     return Finding('learning rate too large', '; '.join(parts) +
                    ': lower optimizer.learning_rate (run lr_find)')
   return None
+
+
+def _rate_words(sweep: dict, factor: float, configured: float, own: float | None) -> str:
+  found = sweep[factor]
+  if found['fitted']:
+    return f'{factor:g}x the rate memorises one batch that {configured:g} cannot'
+  return (f"at {factor:g}x the rate one batch's loss falls to {found['final_loss']:.3g}, against "
+          f'{own:.3g} at {configured:g}')
 
 
 def labels_not_with_inputs(verdicts) -> Finding | None:
@@ -257,26 +270,29 @@ def findings(verdicts: dict, sweep: dict | None = None, update_ratio: float | No
       _from_check(verdicts, 'eval_consistency', 'outputs not a function of the example'),
       Finding('non-finite gradients', gradients.summary)
       if gradients is not None and gradients.evidence.get('non_finite') else None,
-      targets_differ(verdicts.get('overfit_one_batch'), verdicts.get('loss_signature')),
-      targets_from_other_examples(verdicts.get('loss_signature')),
+      # the loss's own signature before what one batch's curve suggests
       loss_maximised(verdicts.get('loss_signature')),
+      targets_from_other_examples(verdicts.get('loss_signature')),
+      targets_differ(verdicts.get('overfit_one_batch'), verdicts.get('loss_signature')),
       _from_check(verdicts, 'symmetric_init', 'symmetric init'),
       _from_check(verdicts, 'gradient_flow', flow_cause) if flow_cause else None,
-      initial_logits_too_large(verdicts.get('loss_at_init')),
       _from_check(verdicts, 'saturation', 'saturated units'),
       _from_check(verdicts, 'dead_units', 'dying ReLU') if dead_by_bias else None,
+      # huge initial logits follow from saturated or exploding layers, named above first
+      initial_logits_too_large(verdicts.get('loss_at_init')),
   ]
   found = [c for c in specific if c is not None]
   # Inputs cut off follow from the causes above (dead units pass nothing on); named alone they
   # are the cause themselves (a layer multiplied by zero), before units that die later.
   # A batch memorised but validation no better than without inputs points at the labels
   # before units that died while training on them.
+  # A rate the sweep shows too large or too small explains units that died during the run.
   later = [None if found else inputs_detached(verdicts),
            labels_not_with_inputs(verdicts),
+           learning_rate(verdicts, sweep, update_ratio, configured_lr),
            None if dead_by_bias else _from_check(verdicts, 'dead_units', 'dying ReLU',
                                                  ('FAIL', 'WARN') if failed else ('FAIL',)),
            squashed_logits(verdicts),
-           learning_rate(verdicts, sweep, update_ratio, configured_lr),
            not_a_function_of_inputs(verdicts, sweep)]
   return found + [c for c in later if c is not None]
 
