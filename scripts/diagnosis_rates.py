@@ -12,7 +12,8 @@ seed each; then every one of those models clean on both datasets. Every run is t
 stage with the dataset's config defaults (configs/<dataset>/sanity.py): only the model, the
 loss, the data or the learning rate carry the defect. About an hour on 2 cores.
 
-- Detected: a check other than diagnosis and human_baseline is not PASS (the checks alone).
+- Detected: a check other than diagnosis and human_baseline FAILs, or WARNs where the same
+  model on the same data without the defect does not (the checks alone).
 - Diagnosed: the diagnosis verdict's most likely cause is the class's; where it names none, a
   non-PASS check names it (the class's (check, words) pairs).
 - False alarms: on clean models and on the classes marked clean (not bugs), FAILs (and a
@@ -113,11 +114,15 @@ def run_one(key, config, workdir) -> dict:
           'seconds': round(time.time() - start, 1)}
 
 
-def scored(run: dict, named) -> tuple[bool, bool]:
-  """(detected by the checks alone, the right cause named). When the diagnosis names a most
+def scored(run: dict, named, quiet_when_clean=None) -> tuple[bool, bool]:
+  """(detected by the checks alone, the right cause named). Detected: a check FAILs, or WARNs
+  where the same model on the same data raised no WARN without the defect
+  (`quiet_when_clean`: those checks; None: every check). When the diagnosis names a most
   likely cause, that cause must be the class's (a wrong one is a misdiagnosis, whatever else
   a check said); otherwise a non-PASS check must name it."""
-  detected = any(s != 'PASS' for c, s in run['statuses'].items() if c not in NOT_COUNTED)
+  detected = any(s == 'FAIL' or (s == 'WARN' and (quiet_when_clean is None or
+                                                  c in quiet_when_clean))
+                 for c, s in run['statuses'].items() if c not in NOT_COUNTED)
   cause = re.search(r'most likely cause: ([^.]+)\.', run['summaries'].get('diagnosis', ''))
   if cause:
     return detected, any(words in cause.group(1) for check, words in named
@@ -140,13 +145,20 @@ def report(results: dict, task: str) -> str:
            '| defect class | magnitudes | detected (tuned) | cause named (tuned) | '
            'detected (held-out models) | cause named (held-out models) |', '|---|---|---|---|---|---|']
   totals = collections.Counter()
+  warned_clean = collections.defaultdict(set)  # (model, dataset) -> checks that WARN clean
+  for r in results.values():
+    if r['class'] is None:
+      warned_clean[(r['arch'], r['dataset'])] |= {c for c, s in r['statuses'].items()
+                                                  if s == 'WARN'}
+  every_check = lambda r: set(r['statuses'])
   for name, defect in defects.DEFECTS[task].items():
     if defect.clean:
       continue
     cells = []
     for part in ('tuned', 'held_out'):
       rows = [r for k, r in results.items() if r['class'] == name and r['part'] == part]
-      scores = [scored(r, defect.named) for r in rows]
+      scores = [scored(r, defect.named,
+                       every_check(r) - warned_clean[(r['arch'], r['dataset'])]) for r in rows]
       found, named = sum(d for d, _ in scores), sum(n for _, n in scores)
       totals[(part, 'runs')] += len(rows)
       totals[(part, 'found')] += found

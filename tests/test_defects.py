@@ -87,3 +87,12 @@ def test_a_wrong_cause_named_by_the_diagnosis_is_a_misdiagnosis():
   quiet = {'statuses': {'batch_dependency': 'PASS', 'diagnosis': 'PASS'}, 'summaries': {}}
   assert diagnosis_rates.scored(quiet, named) == (False, False)
   assert diagnosis_rates.alarms({'statuses': {'x': 'WARN', 'diagnosis': 'PASS'}}) == (False, True)
+
+
+def test_a_warn_the_clean_model_raises_too_is_not_a_detection():
+  run = {'statuses': {'loss_at_init': 'WARN', 'diagnosis': 'PASS'}, 'summaries': {}}
+  named = defects.CLASSIFICATION['learning rate too large'].named
+  assert diagnosis_rates.scored(run, named, quiet_when_clean=set())[0] is False
+  assert diagnosis_rates.scored(run, named, quiet_when_clean={'loss_at_init'})[0] is True
+  failed = {'statuses': {'loss_at_init': 'FAIL'}, 'summaries': {}}
+  assert diagnosis_rates.scored(failed, named, quiet_when_clean=set())[0] is True
