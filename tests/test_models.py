@@ -129,7 +129,8 @@ def test_vit_dropout_acts_in_training_only():
     ({'name': 'linear', 'width': 8}, "'linear' does not take it"),
     ({'name': 'vit', 'width': 10, 'heads': 4}, 'must be a multiple of model.heads=4'),
     ({'name': 'helpers.user_models:TinyNet', 'patch_size': 2},
-     'applies to the built-in models (vit)'),
+     "model.patch_size=2: your model 'helpers.user_models:TinyNet' takes no patch_size "
+     'argument; add one (the built-in vit take it)'),
 ])
 def test_a_key_the_model_does_not_take_is_one_line_naming_the_models_that_do(settings, words):
   from recipe_jax.config import check as config_check
@@ -137,7 +138,20 @@ def test_a_key_the_model_does_not_take_is_one_line_naming_the_models_that_do(set
   config = defaults.get_config()
   config.model.update(settings)
   with pytest.raises(UserError, match=re.escape(words)):
-    config_check.check_values(config)
+    config_check.check(config)
+
+
+def test_a_user_model_gets_each_model_key_it_takes_linen_and_nnx():
+  """model.dropout and model.width reach a user's module that has those arguments, as they
+  reach the built-in ones (a recipe's compare variant {"model.dropout": 0.2} works on it)."""
+  config = ml_collections.ConfigDict({'name': 'helpers.zoo:GapDropoutCNN', 'width': 8,
+                                      'dropout': 0.5, 'depth': None, 'heads': None,
+                                      'mlp_ratio': None, 'patch_size': None, 'pool': None})
+  model = models.create(config, num_classes=3)
+  assert (model.width, model.dropout) == (8, 0.5)
+  config.name, config.width, config.dropout = 'helpers.nnx_models:CNN', None, 0.3
+  with pytest.raises(UserError, match="takes no dropout argument"):
+    models.create(config, num_classes=3)
 
 
 def test_a_patch_size_that_does_not_divide_the_input_is_one_line():

@@ -637,6 +637,7 @@ def check(config) -> None:
   from recipe_jax.model import losses, models
   sources.check_dataset_name(config.dataset.name)
   models.check_name(config.model.name)
+  models.check_keys(config.model)
   losses.create(config.loss)
   check_tracking_installed(config.tracking)
 

@@ -22,18 +22,21 @@ def is_set(key: str, value) -> bool:
   return bool(value) if key == 'dropout' else value is not None
 
 
-def problems(model_config: dict) -> list:
-  """One line per key set for a model that does not take it, naming the models that do."""
+def problems(model_config: dict, takes=None) -> list:
+  """One line per key set for a model that does not take it, naming the models that do. A
+  user's model takes a key when its factory has an argument of that name (`takes(key)`, from
+  its signature; without it, the user's keys are not judged here)."""
   name = model_config['name']
   found = []
   for key, takers in TAKEN_BY.items():
-    if not is_set(key, model_config.get(key)) or name in takers:
+    value = model_config.get(key)
+    if not is_set(key, value) or name in takers:
       continue
     if name in BUILT_IN:
       found.append(f"model.{key} is for {', '.join(takers)}; '{name}' does not take it")
-    elif key != 'width':  # a user model gets model.width only where it takes a width argument
-      found.append(f"model.{key} applies to the built-in models ({', '.join(takers)}); build it "
-                   f"into your own module '{name}' instead")
+    elif takes is not None and not takes(key):
+      found.append(f"model.{key}={value}: your model '{name}' takes no {key} argument; add one "
+                   f"(the built-in {', '.join(takers)} take it), or leave model.{key} unset")
   heads, width = model_config.get('heads'), model_config.get('width')
   if name == 'vit' and heads and width and width % heads:
     found.append(f'model.width={width} must be a multiple of model.heads={heads} (each head '

@@ -277,6 +277,18 @@ def check_name(name: str) -> None:
     user_code.load(name, 'model')
 
 
+def check_keys(model_config) -> None:
+  """A one-line UserError for a model.* key set that the model does not take (a user's model
+  takes one where its factory has an argument of that name)."""
+  takes = None
+  if model_config.name not in MODELS:
+    factory = user_code.load(model_config.name, 'model')
+    takes = lambda key: nnx_models.takes(factory, key)
+  found = keys.problems(model_config, takes)
+  if found:
+    raise UserError('; '.join(found))
+
+
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -286,18 +298,12 @@ def create(model_config, num_classes: int, bn_axis_name: str | None = None,
   NNX one (it takes `rngs`) as Factory(num_classes, rngs=...) inside `nnx_models.NNXModel`;
   both with `dtype=` too when the compute dtype is not float32."""
   check_name(model_config.name)
-  found = keys.problems(model_config)
-  if found:
-    raise UserError('; '.join(found))
+  check_keys(model_config)
   dtype = COMPUTE_DTYPES[compute_dtype]
   if model_config.name not in MODELS:
     factory = user_code.load(model_config.name, 'model')
-    extra = {}
-    if model_config.width is not None:
-      if not nnx_models.takes(factory, 'width'):
-        raise UserError(f"model.width={model_config.width}: your model '{model_config.name}' "
-                        'takes no width argument; add one, or leave model.width unset')
-      extra['width'] = model_config.width
+    extra = {key: model_config.get(key) for key in keys.TAKEN_BY
+             if keys.is_set(key, model_config.get(key))}  # check_keys: the factory takes them
     if compute_dtype != 'float32':
       if not nnx_models.takes(factory, 'dtype'):
         raise UserError(f"compute_dtype={compute_dtype}: your model '{model_config.name}' takes "
@@ -305,7 +311,8 @@ def create(model_config, num_classes: int, bn_axis_name: str | None = None,
                         'or use compute_dtype=float32')
       extra['dtype'] = dtype
     if nnx_models.is_nnx_factory(factory):  # built inside init / apply, through the bridge
-      return nnx_models.NNXModel(factory, num_classes, dtype, extra.get('width'))
+      options = tuple(sorted((k, v) for k, v in extra.items() if k != 'dtype'))
+      return nnx_models.NNXModel(factory, num_classes, dtype, options)
     with user_code.phase('when built'):
       return factory(num_classes=num_classes, **extra)
   kwargs = {'num_classes': num_classes, 'dtype': dtype}

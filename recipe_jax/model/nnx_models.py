@@ -51,14 +51,13 @@ class NNXModel(nn.Module):
   factory: Callable
   num_classes: int
   dtype: Any = jnp.float32  # passed to the factory when it is not float32
-  width: int | None = None  # model.width, passed when set
+  options: tuple = ()  # ((key, value), ...): the model.* keys set that the factory takes
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     from flax import nnx
     extra = {} if self.dtype == jnp.float32 else {'dtype': self.dtype}
-    if self.width is not None:
-      extra['width'] = self.width
+    extra.update(self.options)
 
     records = {}
 

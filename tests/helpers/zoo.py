@@ -211,14 +211,15 @@ class FlaxExampleCNN(_Module):
 
 class GapDropoutCNN(_Module):
   """The issue's user: two 3x3 convolutions with ReLU, global average pooling, dropout 0.2, a
-  dense head."""
+  dense head; its width and dropout are arguments, so a recipe can tune and compare them."""
+  width: int = 32
   dropout: float = 0.2
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     h = _channels(x)
-    h = nn.relu(nn.Conv(32, _window(h, 3))(h))
-    h = nn.relu(nn.Conv(64, _window(h, 3))(h))
+    h = nn.relu(nn.Conv(self.width, _window(h, 3))(h))
+    h = nn.relu(nn.Conv(2 * self.width, _window(h, 3))(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(_global_average(h))
     return nn.Dense(self.num_classes)(h)
 
