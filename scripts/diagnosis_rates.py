@@ -139,36 +139,60 @@ def alarms(run: dict) -> tuple[bool, bool]:
   return fail, warn
 
 
-def report(results: dict, task: str) -> str:
+def rates(results: dict, task: str) -> dict:
+  """{class: {part: (detected, cause named, runs)}} over the defect runs of `results`."""
   from helpers import defects
-  lines = [f'## {task}: detection and diagnosis per defect class', '',
-           '| defect class | magnitudes | detected (tuned) | cause named (tuned) | '
-           'detected (held-out models) | cause named (held-out models) |', '|---|---|---|---|---|---|']
-  totals = collections.Counter()
   warned_clean = collections.defaultdict(set)  # (model, dataset) -> checks that WARN clean
   for r in results.values():
     if r['class'] is None:
       warned_clean[(r['arch'], r['dataset'])] |= {c for c, s in r['statuses'].items()
                                                   if s == 'WARN'}
-  every_check = lambda r: set(r['statuses'])
+  found = {}
   for name, defect in defects.DEFECTS[task].items():
     if defect.clean:
       continue
+    for part in ('tuned', 'held_out'):
+      rows = [r for r in results.values() if r['class'] == name and r['part'] == part]
+      scores = [scored(r, defect.named, set(r['statuses']) - warned_clean[(r['arch'],
+                                                                           r['dataset'])])
+                for r in rows]
+      found.setdefault(name, {})[part] = (sum(d for d, _ in scores), sum(n for _, n in scores),
+                                          len(rows))
+  return found
+
+
+def report(results: dict, task: str, baseline: dict | None = None) -> str:
+  """Markdown tables; with `baseline` (another commit's results on the same sample), its
+  detection and diagnosis beside these."""
+  from helpers import defects
+  now, before = rates(results, task), rates(baseline, task) if baseline else None
+  head = ('| defect class | magnitudes | detected (tuned) | cause named (tuned) | '
+          'detected (held-out models) | cause named (held-out models) |')
+  lines = [f'## {task}: detection and diagnosis per defect class', '',
+           head + (' before: detected | before: cause named |' if before else ''),
+           '|---|---|---|---|---|---|' + ('---|---|' if before else '')]
+  cell = lambda d, n: f'{d}/{n}' if n else '-'
+  for name, parts in now.items():
     cells = []
     for part in ('tuned', 'held_out'):
-      rows = [r for k, r in results.items() if r['class'] == name and r['part'] == part]
-      scores = [scored(r, defect.named,
-                       every_check(r) - warned_clean[(r['arch'], r['dataset'])]) for r in rows]
-      found, named = sum(d for d, _ in scores), sum(n for _, n in scores)
-      totals[(part, 'runs')] += len(rows)
-      totals[(part, 'found')] += found
-      totals[(part, 'named')] += named
-      cells += [f'{found}/{len(rows)}', f'{named}/{len(rows)}'] if rows else ['-', '-']
-    lines.append(f"| {name} | {', '.join(f'{m:g}' for m in defect.magnitudes)} | " +
-                 ' | '.join(cells) + ' |')
-  rate = lambda part, what: totals[(part, what)] / max(totals[(part, 'runs')], 1)
-  lines.append(f"| **all** | | {rate('tuned', 'found'):.0%} | {rate('tuned', 'named'):.0%} | "
-               f"{rate('held_out', 'found'):.0%} | {rate('held_out', 'named'):.0%} |")
+      d, named, n = parts[part]
+      cells += [cell(d, n), cell(named, n)]
+    if before:
+      d = sum(before[name][p][0] for p in parts)
+      named = sum(before[name][p][1] for p in parts)
+      n = sum(before[name][p][2] for p in parts)
+      cells += [cell(d, n), cell(named, n)]
+    magnitudes = ', '.join(f'{m:g}' for m in defects.DEFECTS_BY_NAME[name].magnitudes)
+    lines.append(f'| {name} | {magnitudes} | ' + ' | '.join(cells) + ' |')
+  total = lambda table, part, i: sum(p[part][i] for p in table.values())
+  share = lambda table, parts, i: (sum(total(table, p, i) for p in parts) /
+                                   max(sum(total(table, p, 2) for p in parts), 1))
+  row = (f"| **all** | | {share(now, ['tuned'], 0):.0%} | {share(now, ['tuned'], 1):.0%} | "
+         f"{share(now, ['held_out'], 0):.0%} | {share(now, ['held_out'], 1):.0%} |")
+  if before:
+    row += (f" {share(before, ['tuned', 'held_out'], 0):.0%} | "
+            f"{share(before, ['tuned', 'held_out'], 1):.0%} |")
+  lines.append(row)
   lines += ['', f'## {task}: false alarms on clean models and on changes that are not bugs', '',
             '| model or change | part | runs | FAIL | WARN | checks |', '|---|---|---|---|---|---|']
   groups = collections.defaultdict(list)
@@ -195,6 +219,7 @@ def main():
   parser.add_argument('--out', default='diagnosis_rates.json')
   parser.add_argument('--markdown', default='')
   parser.add_argument('--only', default='', help='defect classes to run, separated by |')
+  parser.add_argument('--baseline', default='', help="another commit's --out, shown beside")
   args = parser.parse_args()
   sys.path.insert(0, os.path.join(REPO, 'tests'))
   from recipe_jax.engine import compiled
@@ -224,7 +249,11 @@ def main():
           flush=True)
     with open(args.out, 'w') as f:
       json.dump({'task': args.task, 'results': results}, f, indent=1)
-  text = report(results, args.task)
+  baseline = None
+  if args.baseline:
+    with open(args.baseline) as f:
+      baseline = json.load(f)['results']
+  text = report(results, args.task, baseline)
   print(text)
   if args.markdown:
     with open(args.markdown, 'w') as f:
