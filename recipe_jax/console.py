@@ -56,7 +56,10 @@ def _quiet_unraisable():
   back) goes to log.txt whole, and to the console as one line, once per kind."""
   def hook(unraisable):
     kind = getattr(unraisable.exc_type, '__name__', 'exception')
-    where = repr(unraisable.object)[:120] if unraisable.object is not None else 'a library'
+    try:
+      where = repr(unraisable.object)[:120] if unraisable.object is not None else 'a library'
+    except Exception:  # noqa: BLE001  a broken __repr__ must not bring the traceback back
+      where = type(unraisable.object).__name__
     logging.info('%s in %s (raised where nobody could catch it)', kind, where,
                  exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
                  extra=FILE_ONLY)

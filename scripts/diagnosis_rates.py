@@ -24,7 +24,6 @@ rates beside an older commit's).
 """
 import argparse
 import collections
-import importlib.util
 import json
 import os
 import re
@@ -59,18 +58,11 @@ def plan(task: str, tuned: int, held_out: int) -> list:
   return runs
 
 
-def sanity_config(dataset: str):
-  spec = importlib.util.spec_from_file_location(
-      'sanity_config', os.path.join(REPO, 'configs', dataset, 'sanity.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def configure(name, magnitude, arch, dataset, seed, base):
   """The sanity config of one run: the dataset's defaults with the defect planted."""
   from helpers import defects, zoo
-  c = sanity_config(dataset)
+  from zoo import dataset_sanity_config  # scripts/zoo.py, beside this script
+  c = dataset_sanity_config(dataset)
   c.seed = seed
   c.model.name = zoo.model_name(arch, dataset)
   if name is None:

@@ -30,13 +30,18 @@ from recipe_jax.engine import compiled  # noqa: E402
 NOT_COUNTED = ('human_baseline',)
 
 
-def sanity_config(model: str, dataset: str, seed: int, data_dir: str | None):
+def dataset_sanity_config(dataset: str):
+  """configs/<dataset>/sanity.py's config, as --config= loads it."""
   import importlib.util
   path = os.path.join(REPO, 'configs', dataset, 'sanity.py')
   spec = importlib.util.spec_from_file_location('sanity_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  c = module.get_config()
+  return module.get_config()
+
+
+def sanity_config(model: str, dataset: str, seed: int, data_dir: str | None):
+  c = dataset_sanity_config(dataset)
   c.model.name = zoo.model_name(model, dataset)
   c.seed = seed
   if data_dir:

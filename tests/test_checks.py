@@ -108,6 +108,29 @@ class DeadInEvalModeAtInit(nn.Module):
     return nn.Dense(5)(nn.relu(h))
 
 
+class Overconfident(nn.Module):
+  """Logits so large that some examples' loss is exactly 0 in float32 (no gradient left)."""
+  @nn.compact
+  def __call__(self, x, train=False):
+    return 1e4 * nn.Dense(5)(x)
+
+
+def test_losses_already_at_zero_are_flat_not_cut_off_but_negative_or_all_zero_ones_count():
+  apply_fn, variables, x, y = setup(Overconfident())
+  predicted = apply_fn(variables, x, False).argmax(-1)
+  y = jnp.where(jnp.arange(len(y)) < 3, predicted, (predicted + 1) % 5)  # 3 right, 3 wrong
+  flat = lambda logits, labels: jnp.zeros(len(labels))  # a loss that ignores the model
+  negated = lambda logits, labels: -loss_fn(logits, labels)
+  v = checks.batch_dependency(apply_fn, variables, x, y, loss_fn)
+  zero = v.evidence['losses_at_zero']['eval']
+  assert zero == [0, 1, 2] and v.status == 'PASS' and 'already 0' in v.summary, v.summary
+  v = checks.batch_dependency(apply_fn, variables, x, y, flat)
+  assert v.status == 'FAIL' and 'do not depend on their own input' in v.summary
+  assert v.evidence['losses_at_zero'] == {'eval': [], 'train': []}
+  v = checks.batch_dependency(apply_fn, variables, x, y, negated)
+  assert v.evidence['losses_at_zero']['eval'] == zero  # -0 is 0 too; the large ones count
+
+
 def test_eval_mode_dead_examples_at_init_pass_with_batchnorm_unless_all_are_dead():
   apply_fn, variables, x, y = setup(DeadInEvalModeAtInit(), example_shape=(1,), batch=8)
   x = jnp.linspace(10.0, 30.0, 8)[:, None]  # x < 20: all-zero features in eval mode at init

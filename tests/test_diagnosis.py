@@ -172,3 +172,11 @@ def test_a_flipped_loss_sign_is_named_before_what_one_batch_s_curve_suggests():
   found = diagnosis.explain([overfit, signature])[-1].summary
   assert found.startswith('most likely cause: loss maximised (a sign flipped)'), found
   assert 'targets differ' not in found
+
+
+def test_targets_that_differ_are_named_with_the_share_of_examples_the_loss_moves():
+  signature = symptom('loss_signature', 'FAIL', cause='targets_differ', lowest_at_labels=0.7,
+                      most_common_shift=1)
+  found = diagnosis.explain([symptom('overfit_one_batch'), signature])[-1].summary
+  assert found.startswith('most likely cause: targets differ from the labels'), found
+  assert 'for 30% of the examples (the most common: label +1)' in found

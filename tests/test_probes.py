@@ -11,6 +11,7 @@ from helpers import nnx_models as user_nnx, planted_bugs, zoo
 from recipe_jax.diagnose import inside, probes
 from recipe_jax.engine import state as state_lib
 from recipe_jax.model import layers, losses, models, nnx_models
+from recipe_jax.report.results import Verdict
 
 KEY = jax.random.key(3)
 
@@ -296,3 +297,15 @@ def test_update_ratios_are_measured_per_layer_from_a_copy_before_each_recorded_s
   # step s multiplies every weight by 1 + 0.01 s: the update at step 2 is 0.02 of the weights
   # before it, at step 4 0.04 (steps 1 and 3 are not recorded)
   np.testing.assert_allclose(series['Dense_0'], [0.02, 0.04], rtol=1e-4)
+
+
+def test_a_program_that_cannot_be_read_is_said_not_judged_and_never_ruled_out():
+  from recipe_jax.diagnose import diagnosis
+  dead = inside.dead_units(None, {}, None, {}, 1e-3, 0.5, 0.1)
+  saturated = inside.saturation(None, {}, None, 0.5, 0.1)
+  assert dead.status == saturated.status == 'PASS' and 'not judged' in dead.summary
+  seen = inside.activations_seen(['Dense_0', 'Dense_1'], [], None)
+  assert seen.status == 'WARN' and 'could not be read' in seen.summary
+  overfit = Verdict('overfit_one_batch', 'FAIL', '...', {})
+  words = diagnosis.explain([overfit, dead, saturated])[-1].summary
+  assert 'dead ReLUs' not in words and 'saturated units' not in words, words

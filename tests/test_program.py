@@ -145,3 +145,19 @@ def test_a_site_is_measured_at_its_activation_operand_whichever_side_it_is_on():
     stats = found['sites'][program.sites[0].name]
     assert 0.5 < float(stats['gradient_share']) < 0.9, (which, stats)  # half the units pass
     assert abs(float(stats['preactivation_mean'])) < 0.5
+
+
+class _BackToBack(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.relu(nn.Dense(16)(x))
+    return nn.Dense(4)(nn.Dense(16)(h))  # a forgotten activation: Dense_2 reads Dense_1 directly
+
+
+def test_a_layer_reading_another_layer_s_output_directly_is_linear():
+  """Regression: the walk went through the previous layer and called the input 'relu'."""
+  program = read(_BackToBack())  # Linen names Dense(4) Dense_1: it is built first
+  assert program.order == ['Dense_0', 'Dense_2', 'Dense_1']
+  assert program.layer_inputs['Dense_2']['kind'] == 'relu'
+  assert program.layer_inputs['Dense_1'] == {'kind': 'linear', 'through': [], 'sites': [],
+                                              'unknown': [], 'identified': True}

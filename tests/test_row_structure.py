@@ -36,7 +36,7 @@ def test_a_block_of_rows_scaled_is_named_by_its_rows_and_its_spread():
   x[BLOCK] *= 3  # raw values scaled: their class centres move too, so wider than 3x
   v = blocks(x, y)
   assert v.status == 'WARN' and v.evidence['cause'] == 'block', v.summary
-  assert 'rows 600 to 799 of the train file (200 rows, 10%)' in v.summary
+  assert 'rows 600 to 799 of the train file (10% of the rows, 200)' in v.summary
   assert re.search(r'their inputs spread [34](\.\d)?x as wide', v.summary), v.summary
   assert 'not a trend' in v.summary
 
@@ -84,3 +84,10 @@ def test_rows_are_read_in_file_order():
   shuffle = np.random.default_rng(1).permutation(N)
   v = row_structure.input_blocks(x[shuffle], y[shuffle], np.arange(N)[shuffle], CLASSES, 'train')
   assert v.evidence['cause'] == 'block' and 'rows 600 to 799' in v.summary
+
+
+def test_inputs_that_do_not_vary_within_their_classes_have_no_structure_to_find():
+  y = np.repeat(np.arange(CLASSES), N // CLASSES)
+  x = np.eye(CLASSES, FEATURES)[y].astype(np.float32)  # each class one fixed input
+  v = blocks(x, y)
+  assert v.status == 'PASS' and 'do not vary within their classes' in v.summary

@@ -47,9 +47,11 @@ def batch_dependency(apply_fn, params, x, y, loss_fn, uses_batch_statistics: boo
     off = dep - np.diag(diagonal)
     scale = max(float(diagonal.max()), 1e-30)
     mixed = np.argwhere(off > tolerance * scale)
-    # a loss already at 0 (a saturated softmax on the right class) has no gradient to give:
-    # flat, not cut off from its input
-    at_zero = losses <= 1e-6
+    # a loss already at 0 (nothing left to lower: a confident, right prediction) has no
+    # gradient to give: flat, not cut off from its input; unless every loss is (a loss that
+    # ignores the model)
+    at_zero = np.abs(losses) <= 1e-6
+    at_zero &= not np.all(at_zero)
     dead = np.flatnonzero((diagonal <= tolerance * scale) & ~at_zero)
     evidence.setdefault('losses_at_zero', {})[mode] = np.flatnonzero(at_zero).tolist()
     evidence[mode] = {'dependency': dep, 'max_off_diagonal_relative': float(off.max() / scale),
@@ -71,8 +73,8 @@ def batch_dependency(apply_fn, params, x, y, loss_fn, uses_batch_statistics: boo
              'running averages that estimate nothing yet')
   flat = sorted(set(evidence['losses_at_zero']['eval']) | set(evidence['losses_at_zero']['train']))
   if flat:
-    note += (f'; the losses of examples {flat[:5]} are already 0 (a saturated softmax): no '
-             'gradient to give, not cut off from their input')
+    note += (f'; the losses of examples {flat[:5]} are already 0, so they have no gradient to '
+             'give (not counted as cut off from their input)')
   if problems:
     return Verdict('batch_dependency', 'FAIL', '; '.join(problems) + note, evidence)
   return Verdict('batch_dependency', 'PASS',
@@ -218,9 +220,9 @@ def loss_signature(loss_fn, labels, num_classes: int, logits: dict, builtin: boo
     classes = sorted({int(c) for c in labels[predicted != labels]})
     return Verdict('loss_signature', 'FAIL', f'the loss is lowest at other classes than the '
                    f'labels for {1 - at_labels:.0%} of the examples (labels '
-                   f"{', '.join(map(str, classes[:5]))}{'...' if len(classes) > 5 else ''}): "
-                   f'over free logits most of them are minimised at class (label {shift:+d}) '
-                   f'mod {num_classes}: it trains toward other targets (labels shifted or '
+                   f"{', '.join(map(str, classes[:5]))}{'...' if len(classes) > 5 else ''}; "
+                   f'over free logits the most common: class (label {shift:+d}) mod '
+                   f'{num_classes}): it trains toward other targets (labels shifted or '
                    're-encoded inside the loss, e.g. one_hot(labels - 1))', evidence)
   if floor > max_floor * log_c:
     evidence['cause'] = 'floor'
@@ -423,9 +425,9 @@ def overfit_one_batch(losses, accuracies, max_loss: float, *, eval_loss: float |
                    f'{"; " + aim if floor > 0 else ""})', evidence)
   if eval_loss is not None and eval_loss <= target and eval_accuracy >= 1.0:
     return Verdict('overfit_one_batch', 'PASS', f'memorised: in eval mode (deterministic) loss '
-                   f'{eval_loss:.2g} and accuracy 100% after {len(losses)} steps; in train mode '
-                   f'the model\'s own dropout or noise keeps it at {final_loss:.2g} '
-                   f'({aim})', evidence)
+                   f'{eval_loss:.2g} and accuracy 100% after {len(losses)} steps; in train mode, '
+                   f'which differs (dropout, noise or batch statistics), it stays at '
+                   f'{final_loss:.2g} ({aim})', evidence)
   line = (f'after {len(losses)} steps on one batch: loss {final_loss:.3g} ({aim}), accuracy '
           f'{final_accuracy:.0%}' + (f'; in eval mode {eval_loss:.3g} and {eval_accuracy:.0%}'
                                      if eval_loss is not None else ''))
@@ -433,8 +435,9 @@ def overfit_one_batch(losses, accuracies, max_loss: float, *, eval_loss: float |
     return Verdict('overfit_one_batch', 'WARN', f'{line}: still falling ({falling:.0%} over the '
                    'last fifth of the steps), so not memorised yet rather than unable to: give '
                    'it more steps (sanity.overfit_steps) or a larger learning rate', evidence)
-  return Verdict('overfit_one_batch', 'FAIL', f'{line}, no longer falling: a net that cannot '
-                 'memorise a few examples has a bug', evidence)
+  stalled = ', no longer falling' if final_loss > target else ''
+  return Verdict('overfit_one_batch', 'FAIL', f'{line}{stalled}: a net that cannot memorise a '
+                 'few examples has a bug', evidence)
 
 
 def decreasing_loss(losses, min_drop: float = 0.1, window_fraction: float = 0.1) -> Verdict:
@@ -473,12 +476,15 @@ def inputs_before_net(x) -> Verdict:
   line = (f'batch {tuple(x.shape)}: min {evidence["min"]:.3g}, max {evidence["max"]:.3g}, mean '
           f'{mean:.3g}, std {std:.3g}')
   if evidence['non_finite']:
+    evidence['cause'] = 'non_finite'
     return Verdict('inputs_before_net', 'FAIL', f'{line}: {evidence["non_finite"]} NaN/Inf '
                    'values', evidence)
   if len(x) > 1 and np.all(x == x[:1]):
+    evidence['cause'] = 'identical'
     return Verdict('inputs_before_net', 'FAIL', f'{line}: every example is identical; the net '
                    'cannot learn from these inputs', evidence)
   if rms > 3 or rms < 0.05:
+    evidence['cause'] = 'unnormalised'
     return Verdict('inputs_before_net', 'FAIL', f'{line}: far from unit scale (RMS {rms:.3g}); '
                    'the pipeline looks unnormalised (set dataset.normalize=True)', evidence)
   if abs(mean) > 0.5 or not 0.5 <= std <= 2:

@@ -40,11 +40,12 @@ def targets_differ(overfit: Verdict | None, signature: Verdict | None = None) ->
   targets other than the labels accuracy counts."""
   if signature is not None and signature.evidence.get('cause') == 'targets_differ':
     shift = signature.evidence['most_common_shift']
+    moved = 1 - signature.evidence['lowest_at_labels']
     return Finding('targets differ from the labels',
-                   f'over free logits the loss is lowest at class (label {shift:+d}), not at '
-                   f"the label ({signature.evidence['lowest_at_labels']:.0%} of examples): it "
-                   'trains toward other targets (labels shifted or re-encoded inside the loss, '
-                   'e.g. one_hot(labels - 1))')
+                   f'over free logits the loss is lowest at another class than the label for '
+                   f'{moved:.0%} of the examples (the most common: label {shift:+d}): it trains '
+                   'toward other targets (labels shifted or re-encoded inside the loss, e.g. '
+                   'one_hot(labels - 1))')
   if overfit is None or 'losses' not in overfit.evidence or (
       signature is not None and signature.evidence.get('cause') == 'unbounded'):
     return None  # a loss falling without bound is its sign, named before
@@ -99,6 +100,17 @@ def squashed_logits(verdicts) -> Finding | None:
                  'applies its own softmax')
 
 
+INPUT_CAUSES = {'non_finite': 'NaN or Inf inputs', 'identical': 'identical inputs',
+                'unnormalised': 'inputs not normalised'}
+
+
+def bad_inputs(inputs: Verdict | None) -> Finding | None:
+  """The batch that enters the net is unusable (inputs_before_net's FAIL), named by its cause."""
+  if inputs is None or inputs.status != 'FAIL' or inputs.evidence.get('cause') not in INPUT_CAUSES:
+    return None
+  return Finding(INPUT_CAUSES[inputs.evidence['cause']], inputs.summary)
+
+
 def examples_mixed(dependency: Verdict | None) -> Finding | None:
   """In eval mode an example's loss depends on another example's input (batch_dependency)."""
   if dependency is None or dependency.status != 'FAIL' or 'eval' not in dependency.evidence:
@@ -116,8 +128,8 @@ def examples_mixed(dependency: Verdict | None) -> Finding | None:
 def initial_logits_too_large(init: Verdict | None) -> Finding | None:
   """The loss at init far above what predicting the prior costs (loss_at_init's FAIL): the
   initial logits are huge, from a last layer or every layer initialised too large."""
-  if init is None or init.status != 'FAIL' or init.evidence.get('ratio', 0) < init.evidence.get(
-      'max_ratio', float('inf')):
+  if init is None or init.status != 'FAIL' or not np.isfinite(init.evidence.get('mean', np.nan)) \
+      or init.evidence.get('ratio', 0) < init.evidence.get('max_ratio', float('inf')):
     return None
   e = init.evidence
   return Finding('initial logits too large',
@@ -265,7 +277,7 @@ def findings(verdicts: dict, sweep: dict | None = None, update_ratio: float | No
   # varying input (an earlier layer cut off) they are a consequence, named after it
   dead_by_bias = dead is not None and dead.evidence.get('negative_bias', False)
   specific = [
-      _from_check(verdicts, 'inputs_before_net', 'inputs not normalised'),
+      bad_inputs(verdicts.get('inputs_before_net')),
       examples_mixed(verdicts.get('batch_dependency')),
       _from_check(verdicts, 'eval_consistency', 'outputs not a function of the example'),
       Finding('non-finite gradients', gradients.summary)
@@ -307,7 +319,7 @@ def ruled_out(verdicts: dict, sweep: dict | None, found: list[Finding]) -> list[
     out.append(f'vanishing or exploding gradients (first / last layer gradient {ratio:.2g})')
   for check, what in (('dead_units', 'dead ReLUs'), ('saturation', 'saturated units'),
                       ('symmetric_init', 'symmetric init')):
-    if _passed(verdicts, check):
+    if _passed(verdicts, check) and verdicts[check].evidence.get('judged', True):
       out.append(what)
   dependency = verdicts.get('batch_dependency')
   if (dependency is not None and 'train' in dependency.evidence and not

@@ -239,11 +239,14 @@ def saturation(program, at_init: dict, after: dict | None, max_fraction: float,
                    '(LayerNorm, BatchNorm), or use ReLU-like activations', evidence)
   most = max(rows.values(), key=lambda r: max(r['init'], r.get('after', 0.0)))
   if most.get('after', 0.0) >= max_fraction:
-    return Verdict('saturation', 'PASS', f"{most['after']:.0%} of {most['producer']}'s "
-                   f"{most['kind']} outputs are saturated after the short run, but "
-                   f"{most['share_after']:.0%} of the gradient still passes them: a trained "
-                   f'{most["kind"]} net (FAIL when under {min_gradient_share:.0%} passes, or '
-                   f'from {max_fraction:.0%} saturated at init)', evidence)
+    kind = most['kind'].replace('_', '-')
+    owner = f"{most['producer']}'s" if most['producer'] else "the input's"
+    passing = (f"{most['share_after']:.0%} of the gradient still passes them"
+               if most.get('share_after') is not None else 'no gradient arrives at them')
+    return Verdict('saturation', 'PASS', f"{most['after']:.0%} of {owner} {kind} outputs are "
+                   f'saturated after the short run, but {passing}: a trained {kind} net (FAIL '
+                   f'when under {min_gradient_share:.0%} passes, or from {max_fraction:.0%} '
+                   'saturated at init)', evidence)
   worst_now = max(max(r['init'], r.get('after', 0.0)) for r in rows.values())
   return Verdict('saturation', 'PASS', f'at most {worst_now:.0%} of any layer\'s {kind} outputs '
                  f'saturated (FAIL from {max_fraction:.0%} at init)', evidence)

@@ -147,9 +147,9 @@ def evaluate(program: Program, variables, x, dropout_key, perturb: dict | None =
     env[i] = value
   perturb = perturb or {}
   seen = {}
-  read = lambda a: a.val if isinstance(a, Literal) else env[a]
+  value_of = lambda a: a.val if isinstance(a, Literal) else env[a]
   for index, op in enumerate(program.ops):
-    values = [read(a) for a in op.ins]
+    values = [value_of(a) for a in op.ins]
     arg = program.site_args.get(index, 0)  # max(0.0, x): the activation is the second
     if index in perturb:
       values[arg] = values[arg] + perturb[index][0]
@@ -160,7 +160,7 @@ def evaluate(program: Program, variables, x, dropout_key, perturb: dict | None =
     if op.site is not None:
       seen[index] = (values[arg], out[0])
     env.update(zip(op.outs, out))
-  logits, records = jax.tree.unflatten(program.out_tree, [read(a) for a in program.outs])
+  logits, records = jax.tree.unflatten(program.out_tree, [value_of(a) for a in program.outs])
   return logits, records, seen
 
 
@@ -392,7 +392,7 @@ class _Graph:
         kinds.append(site_at[v].kind)
         names.append(site_at[v].name)
         continue
-      if v in layer_outputs and v != value:
+      if v in layer_outputs:  # the previous layer's own output: nothing between (linear)
         continue
       i = self.made_by.get(v)
       if i is None:

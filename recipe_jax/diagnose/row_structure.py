@@ -19,8 +19,9 @@ COMPONENTS = 4  # principal components of the within-class features, beside mean
 CUTS = 40  # equal cuts of the rows between which blocks are tried
 
 
-def _summaries(x, y, num_classes: int) -> dict:
-  """{name: per-row value, within its class and in units of its spread}."""
+def _summaries(x, y, num_classes: int) -> tuple[dict, np.ndarray]:
+  """({name: per-row value, within its class and in units of its spread}, each row's
+  standardised features minus its class's mean)."""
   [flat] = data_checks._standardise(x)
   flat = flat.astype(np.float64)
   found = {'mean': flat.mean(1), 'spread': flat.std(1)}
@@ -107,7 +108,8 @@ def input_blocks(x, y, rows, num_classes: int, split: str, min_effect: float = 1
   (label_noise's: rows whose labels mean something else) makes inputs look different within
   their given class too: a block that overlaps it is that block, not the inputs'."""
   order = np.argsort(np.asarray(rows), kind='stable')
-  if len(order) > max_examples:  # evenly along the file, keeping its order
+  subsampled = len(order) > max_examples
+  if subsampled:  # evenly along the file, keeping its order
     order = order[np.linspace(0, len(order) - 1, max_examples).round().astype(int)]
   x, y, rows = np.asarray(x)[order], np.asarray(y)[order], np.asarray(rows)[order]
   n = len(y)
@@ -119,14 +121,17 @@ def input_blocks(x, y, rows, num_classes: int, split: str, min_effect: float = 1
   summaries, residual = _summaries(x, y, num_classes)
   cuts = np.unique(np.linspace(0, n, CUTS + 1).round().astype(int))
   min_rows = max(int(min_share * n), 5)
-  best, trend = None, None
+  best, trend = None, (None, 0.0)
   for name, value in summaries.items():
-    r2, detrended = _trend(value)
-    if trend is None or r2 > trend[1]:
-      trend = (name, r2, value)
+    r2 = _trend(value)[0]
+    if r2 > trend[1]:
+      trend = (name, r2)
     for d, start, end in _block_effects(value, cuts, min_rows):
       if best is None or abs(d) > abs(best[1]):
         best = (name, d, start, end)
+  if best is None:  # every summary is constant: the inputs do not vary within their classes
+    return Verdict(check, 'PASS', f'the inputs do not vary within their classes along the '
+                   f'{split} file: no block or trend to find', evidence)
   name, d, start, end = best
   start, end = _refine(summaries[name], start, end, int(np.ceil(n / CUTS)), min_rows)
   inside = end - start
@@ -137,8 +142,8 @@ def input_blocks(x, y, rows, num_classes: int, split: str, min_effect: float = 1
                   effect_without_trend=float(abrupt), z=float(z), first_row=int(rows[start]),
                   last_row=int(rows[end - 1]), block_rows=int(inside), share=inside / n,
                   trend_summary=trend[0], trend_r2=float(trend[1]))
-  where = (f'rows {rows[start]} to {rows[end - 1]} of the {split} file ({inside} rows, '
-           f'{inside / n:.0%})')
+  where = (f'rows {rows[start]} to {rows[end - 1]} of the {split} file ({inside / n:.0%} of '
+           'the rows' + (f', {inside} of the {n} checked' if subsampled else f', {inside}') + ')')
   if abs(abrupt) >= min_effect and z >= min_z and label_block is not None:
     overlap = min(rows[end - 1], label_block['last_row']) - max(rows[start],
                                                                  label_block['first_row'])

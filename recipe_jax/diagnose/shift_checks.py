@@ -124,7 +124,7 @@ def domain_classifier(x_ref, x_other, names: tuple, max_examples: int, folds: in
               'fail_auc': fail_auc, f'{other}_indices_least_like_{ref}': most_unlike.tolist()}
   line = (f'a classifier tells {other} from {ref} with AUC {found:.2f} (0.5: it cannot; '
           f'cross-validated on {size} + {size} examples)')
-  least = data_checks.where(other, most_unlike, rows)
+  least = data_checks.where(other, most_unlike[:data_checks.NAMED], rows)  # the 3 least like
   if found >= fail_auc:
     return Verdict(f'domain_classifier_{other}', 'FAIL', f'{line}: the splits are easy to tell '
                    f'apart, so a model trained on one is tested on something else; least like '

@@ -97,6 +97,9 @@ def _calibration(status, e):
 
 
 def _activations_seen(status, e):
+  if e.get('program_read') is False:
+    return True, ("the model's program could not be read, so dead units and saturation went "
+                  'unjudged: log.txt names the operation it stopped at')
   return False, ('layers inside a lifted loop (nn.scan: a GRU, a scanned stack) cannot be '
                  'recorded; the gradient checks still see every kernel')
 

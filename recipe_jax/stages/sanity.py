@@ -279,6 +279,8 @@ def _learning_rate_sweep(config, exp, verdicts) -> dict | None:
   if not failed & {'decreasing_loss', 'overfit_one_batch'}:
     return None
   cfg, sweep = config.sanity, {}
+  overfit = next((v for v in verdicts if v.check == 'overfit_one_batch'), None)
+  target = cfg.overfit_max_loss + (overfit.evidence.get('floor', 0.0) if overfit else 0.0)
   x, y = exp.dataset.x_train[:cfg.overfit_examples], exp.dataset.y_train[:cfg.overfit_examples]
   for factor in cfg.lr_sweep:
     optimizer = config.optimizer.copy_and_resolve_references()
@@ -293,7 +295,7 @@ def _learning_rate_sweep(config, exp, verdicts) -> dict | None:
       continue
     loss, accuracy = float(history['loss'][-1]), float(history['accuracy'][-1])
     sweep[float(factor)] = {'final_loss': loss, 'final_accuracy': accuracy,
-                            'fitted': bool(loss <= cfg.overfit_max_loss and accuracy >= 1.0)}
+                            'fitted': bool(loss <= target and accuracy >= 1.0)}
   return sweep
 
 
