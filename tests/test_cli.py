@@ -271,8 +271,9 @@ async def _read_array_index_and_device_put():
 def test_a_library_exception_nobody_can_catch_reaches_log_txt_not_the_console(tmp_path, capfd):
   """Orbax's unawaited coroutines after a truncated checkpoint printed three 60-line
   tracebacks ('Exception ignored in: <coroutine ...>') through sys.unraisablehook."""
-  root = logging.getLogger()
+  root, absl = logging.getLogger(), logging.getLogger('absl')
   handlers, level, hook = list(root.handlers), root.level, sys.unraisablehook
+  absl_level = absl.level  # setup sets absl's verbosity to INFO: later tests count INFO lines
   try:
     console.setup(str(tmp_path))
     for _ in range(3):
@@ -286,6 +287,8 @@ def test_a_library_exception_nobody_can_catch_reaches_log_txt_not_the_console(tm
     for handler in handlers:
       root.addHandler(handler)
     root.setLevel(level)
+    absl.setLevel(absl_level)
+    logging.captureWarnings(False)
     sys.unraisablehook = hook
   err = capfd.readouterr().err
   assert 'Traceback' not in err and 'Exception ignored' not in err, err
