@@ -165,6 +165,29 @@ def test_a_rate_the_sweep_shows_far_better_is_named_even_without_a_fit():
   assert not found.startswith('most likely cause: learning rate'), found
 
 
+def test_weights_that_stopped_because_their_units_died_are_not_a_rate_too_small():
+  """The generator's learning rate x1000 on a GAP CNN: every ReLU of a layer died in the first
+  steps, no gradient moves the weights (update ratio 0), and the diagnosis said 'learning
+  rate far too small'. The sweep shows smaller rates fit: the rate is too large."""
+  overfit = symptom('overfit_one_batch', 'FAIL', losses=[2.3] * 10, accuracies=[0.1] * 10,
+                    max_loss=0.05, final_loss=2.3)
+  checks_ok = [symptom('gradient_flow', 'PASS', first_over_last={'init': 0.5}),
+               symptom('gradients', 'PASS')]
+  died = Verdict('dead_units', 'FAIL', 'dying ReLU: ...',
+                 {'finding': '100% of Conv_1 units died', 'dead_at_init': False})
+  sweep = {0.1: {'fitted': True, 'final_loss': 0.01, 'final_accuracy': 1.0},
+           10.0: {'fitted': False, 'final_loss': 2.3, 'final_accuracy': 0.1}}
+  found = diagnosis.explain([overfit, died, *checks_ok], sweep, update_ratio=0.0,
+                            configured_lr=1.0)[-1].summary
+  assert found.startswith('most likely cause: learning rate too large'), found
+  assert 'far too small' not in found
+  # the same tiny update ratio with healthy units is a rate too small
+  alive = Verdict('dead_units', 'PASS', '...', {'dead_at_init': False})
+  found = diagnosis.explain([overfit, alive, *checks_ok], {}, update_ratio=1e-7,
+                            configured_lr=1e-7)[-1].summary
+  assert found.startswith('most likely cause: learning rate far too small'), found
+
+
 def test_a_flipped_loss_sign_is_named_before_what_one_batch_s_curve_suggests():
   overfit = symptom('overfit_one_batch', 'FAIL', losses=[2.3] * 5 + [-120.0] * 5,
                     accuracies=[0.25] * 5 + [0.0] * 5, max_loss=0.05, final_loss=-120.0)

@@ -151,7 +151,13 @@ def learning_rate(verdicts, sweep: dict | None, update_ratio: float | None,
       own is not None and np.isfinite(r['final_loss']) and r['final_loss'] < 0.5 * own))
   larger, smaller = [f for f in better if f > 1], [f for f in better if f < 1]
   flowing = _passed(verdicts, 'gradient_flow') and _passed(verdicts, 'gradients')
-  tiny = update_ratio is not None and update_ratio < TINY_UPDATE_RATIO and flowing
+  # weights that stopped because the units feeding them died (a rate far too high kills
+  # ReLUs) do not move for want of gradient: that is no small rate
+  dead = verdicts.get('dead_units')
+  died = dead is not None and dead.status != 'PASS' and not dead.evidence.get('dead_at_init',
+                                                                               True)
+  tiny = (update_ratio is not None and 0 < update_ratio < TINY_UPDATE_RATIO and flowing
+          and not died)
   if tiny or larger and not smaller:
     parts = []
     if tiny:
