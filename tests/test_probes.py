@@ -147,6 +147,16 @@ def test_gradient_larger_than_its_weights_threshold(relative, status):
   assert v.status == status
   if status == 'FAIL':
     assert 'exploding gradients' in v.summary and 'the gradient of a is 12x' in v.summary
+    # one layer over the threshold: the words do not claim every layer
+    assert 'over 10x in 1 of 3 layers' in v.summary and 'at every layer' not in v.summary
+    assert v.evidence['layers_over'] == ['a']
+
+
+def test_every_layer_over_its_weights_is_called_an_init_too_large_at_every_layer():
+  found = {'grad_norm': {k: 20.0 for k in 'abc'}, 'weight_norm': {k: 1.0 for k in 'abc'}}
+  v = inside.gradient_flow(found, None, ['a', 'b', 'c'], 1e3, 10)
+  assert v.status == 'FAIL' and 'over 10x in 3 of 3 layers' in v.summary
+  assert 'initialised too large multiply activations and gradients at every layer' in v.summary
 
 
 def test_a_gradient_vanishing_at_init_only_passes():
@@ -202,7 +212,7 @@ def test_units_that_die_during_the_short_run_warn_and_fail_once_no_gradient_pass
   assert v.status == status, v.summary
   if status != 'PASS':
     assert 'died during the short run' in v.summary and '0.5' in v.summary
-    assert 'usual cause' in v.summary  # a likely cause, not the only one
+    assert inside.died_because(0.5) in v.summary  # a likely cause, not the only one
     share = after['sites']['Dense_0 relu']['gradient_share']
     assert (share < 0.1) == (status == 'FAIL')
 

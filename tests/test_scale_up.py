@@ -85,7 +85,8 @@ def test_the_rank_correlation_threshold_on_both_sides():
   assert nan.status == 'WARN' and 'nothing to check' in nan.summary
 
 
-def test_a_conclusion_inside_the_noise_at_scale_fades_and_does_not_warn():
+def test_conclusions_that_all_fade_at_scale_warn_and_one_that_holds_beside_a_fade_passes():
+  """'the small-scale trends hold' was PASSed when every conclusion faded and none held."""
   runs = lambda *values: [{'eval_accuracy': v, 'val_examples': 10 ** 6} for v in values]
   small = {'a': runs(0.80, 0.81), 'b': runs(0.90, 0.91)}
   large = {'a': runs(0.85, 0.90), 'b': runs(0.86, 0.91)}
@@ -94,7 +95,35 @@ def test_a_conclusion_inside_the_noise_at_scale_fades_and_does_not_warn():
   assert [c['fate'] for c in found] == ['fades']
   v = trends.verdict(['a', 'b'], [0.805, 0.905], [0.875, 0.885], found, 'eval_accuracy',
                      'x10', 0.5)
-  assert v.status == 'PASS' and '0 of 1 conclusions hold, 1 fade into the noise' in v.summary
+  assert v.status == 'WARN' and v.evidence['cause'] == 'all_fade', v.summary
+  assert v.summary.startswith('none of the 1 small-scale conclusions holds at the larger scale')
+  assert 'trends hold' not in v.summary
+  act, why = advice.act_or_ignore('scale_up', dataclasses.asdict(v))
+  assert 'inside the noise at the larger scale' in why and 'is not the order' not in why
+  held = dict(found[0], fate=trends.HOLDS)
+  v = trends.verdict(['a', 'b', 'c'], [0.805, 0.905, 0.5], [0.875, 0.885, 0.5],
+                     [found[0], held], 'eval_accuracy', 'x10', 0.0)
+  assert v.status == 'PASS' and '1 of 2 conclusions hold, 1 fade into the noise' in v.summary
+
+
+def test_the_advice_for_each_trends_warning_says_what_that_warning_found():
+  """Every trends_hold WARN's advice said the two orders differ, also where they are the
+  same (nothing to check, a group that diverged)."""
+  same = ['a', 'b'], [0.9, 0.8], [0.9, 0.8]
+  nothing = trends.verdict(*same, [], 'eval_accuracy', 'x10', 0.5)
+  assert nothing.evidence['small_order'] == nothing.evidence['large_order']
+  _, why = advice.act_or_ignore('scale_up', dataclasses.asdict(nothing))
+  assert 'add seeds' in why and 'is not the order' not in why, why
+  diverged = trends.verdict(*same, [], 'eval_accuracy', 'x10', 0.5, {'wide': 'NaN at step 3'})
+  assert diverged.status == 'WARN' and diverged.evidence['cause'] == 'diverged'
+  assert diverged.summary.startswith('wide diverged at the larger scale (NaN at step 3); of '
+                                     'the others: nothing to check')
+  _, why = advice.act_or_ignore('scale_up', dataclasses.asdict(diverged))
+  assert why.startswith('wide diverged at the larger scale') and 'is not the order' not in why
+  groups, small = ['a', 'b', 'c', 'd'], [0.9, 0.8, 0.7, 0.6]
+  swapped = trends.verdict(groups, small, [0.6, 0.7, 0.8, 0.9], [], 'eval_accuracy', 'x10', 0.5)
+  _, why = advice.act_or_ignore('scale_up', dataclasses.asdict(swapped))
+  assert swapped.evidence['cause'] == 'ranking' and 'is not the order at the larger' in why
 
 
 def test_a_folder_without_a_finished_compare_or_tune_stage_is_refused(compared, tmp_path):

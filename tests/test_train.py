@@ -181,6 +181,20 @@ def test_a_gap_that_a_block_of_relabelled_rows_explains_is_not_called_overfittin
   assert 'the gap comes from the labels' in explained.summary and 'regularis' not in \
       explained.summary.replace('regularising would only fit them worse', '')
   assert 'rows 0 to 699' in explained.summary
+  # the block explains only part of a larger gap: the rest is overfitting, said so
+  agreeing = max(structure['block']['accuracy_inside'], structure['block']['accuracy_outside'])
+  wide = train._gap_verdict({'train_accuracy': 1.0, 'eval_accuracy': 0.5}, 0.05)
+  wide.evidence['train_accuracy'] = agreeing + 0.3
+  part = train.gap_from_labels(wide, [confusions])
+  assert part.evidence['cause'] == 'labels_and_overfitting', part.summary
+  assert 'part of it comes from the labels' in part.summary and 'overfits too' in part.summary
+  assert 'the gap comes from the labels' not in part.summary
+  import dataclasses
+  from recipe_jax.report import advice
+  _, why = advice.act_or_ignore('train', dataclasses.asdict(part))
+  assert why.startswith('fix the labels first') and 'then regularise' in why, why
+  _, why = advice.act_or_ignore('train', dataclasses.asdict(explained))
+  assert 'regularising would not help' in why
   given, probabilities = structured_labels(pair=(7, 1))  # no block: overfitting advice stays
   structure = data_checks.label_structure(given, probabilities.argmax(1), np.arange(len(given)), 10)
   confusions = Verdict('confusions', 'WARN', '...', {'label_structure': structure})
@@ -219,15 +233,18 @@ def test_training_monitor_stays_quiet_on_a_clean_model(small_config, tmp_path):
 
 
 def test_monitor_names_what_got_worse_and_only_that():
-  from recipe_jax.diagnose import monitor
+  from recipe_jax.diagnose import inside, monitor
   first = {'layers/dead_fraction/Dense_1': 0.3, 'layers/grad_first_over_last': 0.5}
-  same = monitor.worse(first, 20, first, 40, 1e3, 'Dense_0')
+  same = monitor.worse(first, 20, first, 40, 1e3, 'Dense_0', 0.01)
   assert same == []
   now = {'layers/dead_fraction/Dense_1': 0.95, 'layers/grad_first_over_last': 2e-4}
-  found = dict(monitor.worse(first, 20, now, 40, 1e3, 'Dense_0'))
+  found = dict(monitor.worse(first, 20, now, 40, 1e3, 'Dense_0', 0.01))
   assert "Dense_1's ReLU units: 95% dead" in found[('dead', 'Dense_1')]
+  # hedged, with the other causes, in the same words as sanity's dead_units
+  assert inside.died_because(0.01) in found[('dead', 'Dense_1')]
+  assert 'may be too high' in inside.died_because(0.01) and 'drift' in inside.died_because(0.01)
   assert 'fell to 0.0002x' in found[('vanishing',)] and 'Dense_0' in found[('vanishing',)]
   near = {'layers/dead_fraction/Dense_1': 0.89, 'layers/grad_first_over_last': 1.1e-3}
-  assert monitor.worse(first, 20, near, 40, 1e3, 'Dense_0') == []  # just under each threshold
+  assert monitor.worse(first, 20, near, 40, 1e3, 'Dense_0', 0.01) == []  # just under each threshold
   dead_from_start = {'layers/dead_fraction/Dense_1': 0.95}  # sanity's business, not a change
-  assert monitor.worse(dead_from_start, 20, dead_from_start, 40, 1e3, 'Dense_0') == []
+  assert monitor.worse(dead_from_start, 20, dead_from_start, 40, 1e3, 'Dense_0', 0.01) == []

@@ -345,6 +345,7 @@ def label_pairs(given, predicted, num_classes: int, top: int = 5) -> list:
   per_class = np.maximum(np.bincount(given, minlength=num_classes), 1)
   order = np.argsort(-counts, axis=None)[:top]
   return [{'given': int(g), 'predicted': int(p), 'count': int(counts[g, p]),
+           'reverse_count': int(counts[p, g]),
            'share_of_class': float(counts[g, p] / per_class[g]),
            'share_of_errors': float(counts[g, p] / wrong.sum())}
           for g, p in zip(*np.unravel_index(order, counts.shape)) if counts[g, p]]
@@ -446,12 +447,22 @@ def describe_structure(structure: dict) -> str | None:
             'encodings merged, or a corrupted block')
   if dominant:
     named = '; '.join(f"{p['count']} labelled {p['given']} look like {p['predicted']} "
-                      f"({p['share_of_class']:.0%} of the {p['given']}s)" for p in dominant[:3])
+                      f"({p['share_of_class']:.0%} of the {p['given']}s, "
+                      f"{p.get('reverse_count', 0)} the other way)" for p in dominant[:3])
     share = sum(p['share_of_errors'] for p in dominant)
-    return (f'{share:.0%} of the disagreements are {len(dominant)} class pair(s): {named}: a '
-            'systematic confusion between these classes (an annotator or a mapping), not '
-            'random noise')
+    head = f'{share:.0%} of the disagreements are {len(dominant)} class pair(s): {named}: '
+    if all(both_ways(p) for p in dominant):
+      return head + ('confused both ways, as two classes that look alike are (a hard pair, '
+                     'not wrong labels): more examples of both, or inputs that tell them apart')
+    return head + ('one way much more than the other: labels mixed up (an annotator or a '
+                   'mapping) more likely than two classes that look alike, not random noise')
   return None
+
+
+def both_ways(pair: dict) -> bool:
+  """A class pair confused about as often in each direction: classes alike, not a mapping
+  (which moves one class's examples to the other, one way)."""
+  return pair.get('reverse_count', 0) >= 0.5 * pair['count']
 
 
 def label_noise(y, probabilities: np.ndarray, min_model_accuracy: float = 0.8,
@@ -493,7 +504,8 @@ def label_noise(y, probabilities: np.ndarray, min_model_accuracy: float = 0.8,
     evidence['cause'] = 'label encodings differ by rows'
     return Verdict('label_noise', 'FAIL', f'{checked}, and {found}', evidence)
   if found:
-    evidence['cause'] = 'systematic confusion'
+    alike = all(both_ways(p) for p in structure['dominant_pairs'])
+    evidence['cause'] = 'classes alike' if alike else 'systematic confusion'
     return Verdict('label_noise', 'WARN', f'{checked}; {found}', evidence)
   spread = (f'its disagreements are spread over class pairs (the largest, {structure["pairs"][0]["given"]}'
             f' as {structure["pairs"][0]["predicted"]}, takes {structure["pairs"][0]["share_of_errors"]:.0%})'

@@ -66,14 +66,24 @@ def gradient_flow(at_init: dict, after: dict | None, order: list[str], max_ratio
   if grown or inflated:
     relative = evidence[f'relative_{which}']
     worst = int(np.argmax(relative))
-    what = (f'{ratio:.2g}x larger at the first layer than at the last' if grown else
-            f'the gradient of {order[worst]} is {relative[worst]:.2g}x the norm of its weights '
-            f'(at least {relative.min():.2g}x in every layer)')
+    over = [order[i] for i in np.flatnonzero(relative > max_relative)]
+    evidence['layers_over'] = over
+    if grown:
+      what = f'{ratio:.2g}x larger at the first layer than at the last'
+      why = ('weights initialised too large multiply the gradient at every layer on its way '
+             'back')
+    else:
+      what = (f'the gradient of {order[worst]} is {relative[worst]:.2g}x the norm of its '
+              f'weights (over {max_relative:g}x in {len(over)} of {len(order)} layers)')
+      why = ('weights initialised too large multiply activations and gradients at every layer'
+             if len(over) == len(order) else
+             f'{", ".join(over[:3])}{"..." if len(over) > 3 else ""} get gradients far larger '
+             'than their weights: weights initialised too small for their inputs, or '
+             'activations that grew in the layers before')
     evidence['finding'], evidence['cause'] = what, 'exploding gradients'
-    return Verdict('gradient_flow', 'FAIL', f'exploding gradients: {what} ({line}). Weights '
-                   'initialised too large multiply activations and gradients at every layer: '
-                   'use a variance-preserving init (He for ReLU, Glorot for tanh), a '
-                   'normalisation layer, or clip gradients', evidence)
+    return Verdict('gradient_flow', 'FAIL', f'exploding gradients: {what} ({line}). The '
+                   f'likely cause: {why}; use a variance-preserving init (He for ReLU, Glorot '
+                   'for tanh), a normalisation layer, or clip gradients', evidence)
   return Verdict('gradient_flow', 'PASS', f'{line}: within {max_ratio:g}x, the gradient reaches '
                  f'the first layers; no layer\'s gradient exceeds {max_relative:g}x its weights',
                  evidence)
@@ -178,12 +188,16 @@ def dead_units(program, at_init: dict, after: dict | None, params, learning_rate
       else:
         why += ' (a bad init, or inputs far from zero mean)'
   else:
-    why = (f'they died during the short run{passing}: the usual cause is a learning rate too '
-           f'high ({learning_rate:g}) pushing ReLUs into the zero region for good (try 3-10x '
-           'lower, or a leaky ReLU); a drifting input or bias does it too')
+    why = f'they died during the short run{passing}: {died_because(learning_rate)}'
   evidence['finding'] = f'{line}; {why if stays_dead(row) else why.split(": ")[0]}'
   status = 'FAIL' if stays_dead(row) or collapsed(row) else 'WARN'
   return Verdict('dead_units', status, f'dying ReLU: {line}; {why}', evidence)
+
+
+def died_because(learning_rate: float) -> str:
+  """What kills ReLU units during training, hedged: the run alone does not tell which."""
+  return (f'the learning rate ({learning_rate:g}) may be too high for them (try 3-10x lower, '
+          'or a leaky ReLU); inputs or biases that drift during training kill units too')
 
 
 def _bias(params, layer: str):

@@ -92,7 +92,7 @@ class LayerMonitor:
 
   def _compare(self, step, now):
     for what, line in worse(self.first, self.first_step, now, step, self.max_gradient_ratio,
-                            self.order[0]):
+                            self.order[0], self.exp.config.optimizer.learning_rate):
       if what not in self.warned:
         self.warned.add(what)
         self.warnings.append(line)
@@ -102,7 +102,7 @@ class LayerMonitor:
 
 
 def worse(first: dict, first_step: int, now: dict, step: int, max_gradient_ratio: float,
-          first_layer: str) -> list[tuple]:
+          first_layer: str, learning_rate: float) -> list[tuple]:
   """What got worse between the first measurement and this one: (key, words) for each layer
   whose ReLU input went dead (a fraction reaching `inside.DIED_DURING_RUN`), and for a
   gradient that stopped reaching the first layer (first / last under 1 / max_gradient_ratio)."""
@@ -114,8 +114,8 @@ def worse(first: dict, first_step: int, now: dict, step: int, max_gradient_ratio
     if name.startswith('layers/dead_fraction/') and value >= inside.DIED_DURING_RUN > was:
       layer = name.split('/', 2)[-1]
       found.append((('dead', layer), f"{layer}'s ReLU units: {value:.0%} dead at step {step} "
-                    f'({was:.0%} at step {first_step}): the learning rate may be too high for '
-                    'them; lower it, or use a leaky ReLU'))
+                    f'({was:.0%} at step {first_step}): '
+                    f'{inside.died_because(learning_rate)}'))
     if name == 'layers/grad_first_over_last' and value < 1 / max_gradient_ratio <= was:
       fell = (f'fell to {value:.2g}x the last layer\'s' if value > 0 else 'fell to zero')
       found.append((('vanishing',), f'vanishing gradients: the gradient reaching the first '

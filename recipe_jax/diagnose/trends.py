@@ -60,9 +60,22 @@ def _pair_words(c: dict, metric: str) -> str:
 
 
 def verdict(groups: list, small_means: list, large_means: list, found: list, metric: str,
-            scale: str, min_rho: float) -> Verdict:
-  """WARN when a conclusion flips or the ranking's correlation is below `min_rho`; PASS with
-  what held (and what faded) otherwise."""
+            scale: str, min_rho: float, diverged: dict | None = None) -> Verdict:
+  """WARN when a group diverged at the larger scale (`diverged`: group -> error; the others
+  are compared without it), a conclusion flips, the ranking's correlation is below `min_rho`,
+  there was no conclusion to check, or every conclusion faded into the noise; PASS with what
+  held (and what faded) otherwise. evidence['cause'] says which."""
+  found_verdict = _verdict(groups, small_means, large_means, found, metric, scale, min_rho)
+  if not diverged:
+    return found_verdict
+  found_verdict.evidence.update(cause='diverged', of_the_others=found_verdict.evidence['cause'],
+                                diverged=diverged)
+  return Verdict('trends_hold', 'WARN', f'{", ".join(diverged)} diverged at the larger scale '
+                 f'({next(iter(diverged.values()))}); of the others: {found_verdict.summary}',
+                 found_verdict.evidence)
+
+
+def _verdict(groups, small_means, large_means, found, metric, scale, min_rho) -> Verdict:
   rho = rank_correlation(small_means, large_means)
   flips = [c for c in found if c['fate'] == FLIPS]
   fades = [c for c in found if c['fate'] == FADES]
@@ -76,6 +89,9 @@ def verdict(groups: list, small_means: list, large_means: list, found: list, met
               'flips': len(flips), 'fades': len(fades),
               'holds': len(found) - len(flips) - len(fades)}
   low_rho = rho is not None and rho < min_rho
+  evidence['cause'] = ('flips' if flips else 'ranking' if low_rho else
+                       'nothing_to_check' if not found and rho is None else
+                       'all_fade' if found and len(fades) == len(found) else None)
   if flips or low_rho:
     head = (f'{len(flips)} of {len(found)} conclusions flip at the larger scale ({scale})'
             if flips else f'the ranking does not hold at the larger scale ({scale})')
@@ -88,6 +104,12 @@ def verdict(groups: list, small_means: list, large_means: list, found: list, met
                    f'difference was beyond the noise at the small scale and {rank_words} '
                    f'(larger: {order(large_means)}); more seeds per group (compare.seeds) or '
                    'more groups would tell', evidence)
+  if evidence['cause'] == 'all_fade':
+    detail = '; '.join(_pair_words(c, metric) for c in fades[:3])
+    return Verdict('trends_hold', 'WARN', f'none of the {len(found)} small-scale conclusions '
+                   f'holds at the larger scale ({scale}): each fades into the noise. {detail}. '
+                   f'{rank_words} (larger: {order(large_means)}). What was decided at the small '
+                   'scale is not decided at this one', evidence)
   if not found:
     held = ('no difference was beyond the noise at the small scale, so no conclusion to '
             'check; ')

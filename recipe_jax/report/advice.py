@@ -138,6 +138,10 @@ def _train_val_gap(status, e):
   if e.get('cause') == 'labels':
     return True, ('fix the labels first (the inspect stage names the rows); regularising would '
                   'not help')
+  if e.get('cause') == 'labels_and_overfitting':
+    return True, ('fix the labels first (the inspect stage names the rows), then regularise: '
+                  f"where the labels agree the model still overfits by "
+                  f"{e.get('gap_where_labels_agree', math.nan):.3f}")
   return True, ('the model overfits: regularise (recipe step 4: more data, augmentation, weight '
                 'decay, dropout) and compare the variants')
 
@@ -179,6 +183,9 @@ def _test_saturation(status, e):
 
 
 def _seed_position(status, e):
+  if e.get('cause') == 'not_a_number':
+    return True, ('a run or a seed ended without a number (diverged, or no examples to '
+                  'measure): find which in its summary.json and fix that before placing seeds')
   spread = f"{e.get('mean', math.nan):.4f} +- {e.get('std', math.nan):.4f}"
   if e.get('lucky'):
     return True, (f'report the config as {spread} over seeds, not this run; a choice made on '
@@ -201,6 +208,16 @@ def _sensitive(status, e):
 
 
 def _trends_hold(status, e):
+  cause = e.get('cause')
+  if cause == 'diverged':
+    return True, (f"{', '.join(e.get('diverged', {}))} diverged at the larger scale: lower the "
+                  'learning rate or add warmup there before you compare it')
+  if cause == 'nothing_to_check':
+    return True, ('no small-scale difference was beyond the noise, so nothing was tested: add '
+                  'seeds (compare.seeds) or groups, then scale up again')
+  if cause == 'all_fade':
+    return True, ('the small-scale differences are inside the noise at the larger scale: they '
+                  'do not decide there; choose at the scale you will train at, or add seeds')
   return True, (f"the order at the small scale ({e.get('small_order')}) is not the order at the "
                 f"larger ({e.get('large_order')}): decide at the scale you will train at")
 
@@ -278,9 +295,11 @@ def next_steps(results: list) -> list:
                   'more steps, before any regularisation')
   gap = next((v for r in results for v in r['verdicts'] if v['check'] == 'train_val_gap'
               and v['status'] == 'WARN'), None)
-  if gap and gap['evidence'].get('cause') == 'labels':
+  if gap and gap['evidence'].get('cause') in ('labels', 'labels_and_overfitting'):
     steps.append('fix the labels: the train-validation gap comes from rows labelled another way '
-                 '(the inspect stage names them), not from overfitting')
+                 '(the inspect stage names them)' + (
+                     ', not from overfitting' if gap['evidence']['cause'] == 'labels' else
+                     ', and from overfitting: regularise after'))
   elif gap:
     steps.append('regularise: training accuracy exceeds validation by '
                  f"{gap['evidence'].get('gap', float('nan')):.3f}; compare augmentation, "

@@ -106,12 +106,7 @@ def finish(config, workdir: str, small: dict, large: dict, metric: str,
   small_means, large_means = [mean(small[n]) for n in names], [mean(large[n]) for n in names]
   found = trends.conclusions(small, large, lambda a, b: compare.difference(a, b, metric))
   verdict = trends.verdict(names, small_means, large_means, found, metric, scale,
-                           config.scale_up.min_rank_correlation)
-  if diverged:  # the rest is compared without them
-    verdict.status = 'WARN'
-    verdict.summary = (f'{", ".join(diverged)} diverged at the larger scale ('
-                       f'{next(iter(diverged.values()))}); of the others: {verdict.summary}')
-    verdict.evidence['diverged'] = diverged
+                           config.scale_up.min_rank_correlation, diverged)
   rows = [{'group': n, 'seeds': len(small[n]), f'small_{metric}': s, f'large_{metric}': g,
            'small_rank': _rank(small_means, metric).index(i) + 1,
            'large_rank': _rank(large_means, metric).index(i) + 1}
