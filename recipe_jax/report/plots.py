@@ -198,13 +198,14 @@ def loss_and_accuracy(path, steps, losses, accuracies, xlabel: str, target_loss=
                       series: dict | None = None):
   """Two panels over the same steps: the loss on a log scale (values below LOSS_FLOOR drawn at
   it, so a loss that reaches 0 does not vanish), the accuracy on a linear one. `series` adds
-  other runs' {label: (steps, losses, accuracies)} (a validation curve, say)."""
+  other runs' {label: (steps, losses, accuracies)} (a validation curve, say; one step: a
+  point)."""
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
   runs = {'training': (steps, losses, accuracies), **(series or {})}
   for i, (label, (x, loss, accuracy)) in enumerate(runs.items()):
-    ax_loss.plot(x, np.maximum(np.asarray(loss, float), LOSS_FLOOR), color=f'C{i}',
-                 linewidth=1.2, label=label)
-    ax_acc.plot(x, accuracy, color=f'C{i}', linewidth=1.2, label=label)
+    style = dict(color=f'C{i}', linewidth=1.2, label=label, marker='o' if len(x) == 1 else None)
+    ax_loss.plot(x, np.maximum(np.asarray(loss, float), LOSS_FLOOR), **style)
+    ax_acc.plot(x, accuracy, **style)
   if target_loss:
     ax_loss.axhline(target_loss, linestyle='--', color='gray', linewidth=1,
                     label=f'target loss {target_loss:g}')

@@ -353,9 +353,13 @@ def _overfit_one_batch(out, cfg, exp, signature):
       floor=floor, logit_range=float(np.max(logits.max(-1) - logits.min(-1))),
       num_classes=dataset.num_classes)
   curve = os.path.join(out, 'overfit_one_batch.png')
-  plots.loss_and_accuracy(curve, np.arange(1, len(history['loss']) + 1), history['loss'],
-                          history['accuracy'], f'training step on one batch of {len(y)} examples',
-                          target_loss=floor + cfg.overfit_max_loss)
+  steps = np.arange(1, len(history['loss']) + 1)
+  plots.loss_and_accuracy(curve, steps, history['loss'], history['accuracy'],
+                          f'training step on one batch of {len(y)} examples',
+                          target_loss=floor + cfg.overfit_max_loss,
+                          series={'eval mode (train=False), at the end': (
+                              steps[-1:], [verdict.evidence['eval_loss']],
+                              [verdict.evidence['eval_accuracy']])})
   probabilities = np.asarray(jax.nn.softmax(logits))
   predicted = probabilities.argmax(-1)
   verdict.evidence['labels'], verdict.evidence['predictions'] = y, predicted
