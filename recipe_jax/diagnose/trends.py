@@ -88,23 +88,23 @@ def _verdict(groups, small_means, large_means, found, metric, scale, min_rho) ->
               'small_order': order(small_means), 'large_order': order(large_means),
               'flips': len(flips), 'fades': len(fades),
               'holds': len(found) - len(flips) - len(fades)}
-  low_rho = rho is not None and rho < min_rho
-  evidence['cause'] = ('flips' if flips else 'ranking' if low_rho else
-                       'nothing_to_check' if not found and rho is None else
-                       'all_fade' if found and len(fades) == len(found) else None)
-  if flips or low_rho:
+  cause = evidence['cause'] = (
+      'flips' if flips else 'ranking' if rho is not None and rho < min_rho else
+      'nothing_to_check' if not found and rho is None else
+      'all_fade' if found and len(fades) == len(found) else None)
+  if cause in ('flips', 'ranking'):
     head = (f'{len(flips)} of {len(found)} conclusions flip at the larger scale ({scale})'
             if flips else f'the ranking does not hold at the larger scale ({scale})')
     detail = '; '.join(_pair_words(c, metric) for c in flips[:3])
     return Verdict('trends_hold', 'WARN', f'{head}: {rank_words} (small: {order(small_means)}; '
                    f'larger: {order(large_means)})' + (f'. {detail}' if detail else '') +
                    '. Choose at the scale you will train at, or rerun compare there', evidence)
-  if not found and rho is None:
+  if cause == 'nothing_to_check':
     return Verdict('trends_hold', 'WARN', f'nothing to check at the larger scale ({scale}): no '
                    f'difference was beyond the noise at the small scale and {rank_words} '
                    f'(larger: {order(large_means)}); more seeds per group (compare.seeds) or '
                    'more groups would tell', evidence)
-  if evidence['cause'] == 'all_fade':
+  if cause == 'all_fade':
     detail = '; '.join(_pair_words(c, metric) for c in fades[:3])
     return Verdict('trends_hold', 'WARN', f'none of the {len(found)} small-scale conclusions '
                    f'holds at the larger scale ({scale}): each fades into the noise. {detail}. '

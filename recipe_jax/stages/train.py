@@ -183,22 +183,21 @@ def gap_from_labels(gap: Verdict, analysed: list) -> Verdict:
   block = structure['block']
   agreeing = max(block['accuracy_inside'], block['accuracy_outside'])  # the well-labelled side
   left = e['train_accuracy'] - agreeing
-  head = (f"training accuracy exceeds validation by {e['gap']:.3f} (> {e['max_gap']:g})")
+  head = f"training accuracy exceeds validation by {e['gap']:.3f} (> {e['max_gap']:g})"
   evidence = {**e, 'label_structure': structure, 'accuracy_where_labels_agree': agreeing,
               'gap_where_labels_agree': left}
   if left <= e['max_gap']:
     return Verdict('train_val_gap', 'WARN', f'{head}, and the gap comes from the labels, not '
                    f'from overfitting: on validation, {found}; on the rows whose labels agree '
                    f'with the model, validation accuracy is {agreeing:.3f}, within '
-                   f'{e["max_gap"]:g} of training. Fix the '
-                   'labels first (the inspect stage names the rows); regularising would only '
-                   'fit them worse', {**evidence, 'cause': 'labels'})
+                   f'{e["max_gap"]:g} of training. Fix the labels first (the inspect stage '
+                   'names the rows); regularising would only fit them worse',
+                   {**evidence, 'cause': 'labels'})
   return Verdict('train_val_gap', 'WARN', f'{head}; part of it comes from the labels: on '
                  f'validation, {found}. On the rows whose labels agree with the model, '
                  f'validation accuracy is still {agreeing:.3f}, {left:.3f} under training: the '
-                 'model overfits too. Fix the '
-                 'labels first (the inspect stage names the rows), then regularise (recipe '
-                 'step 4)', {**evidence, 'cause': 'labels_and_overfitting'})
+                 'model overfits too. Fix the labels first (the inspect stage names the rows), '
+                 'then regularise (recipe step 4)', {**evidence, 'cause': 'labels_and_overfitting'})
 
 
 def training_curves(workdir: str, history: list) -> str | None:
