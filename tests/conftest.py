@@ -18,6 +18,29 @@ os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".st
 from recipe_jax.config import defaults  # noqa: E402 (after XLA_FLAGS)
 from recipe_jax.engine import training  # noqa: E402
 
+RECORD_VERDICTS = os.environ.get('RECIPE_JAX_RECORD_VERDICTS')  # a .jsonl path, or unset
+
+
+def record_verdicts(path: str) -> None:
+  """Appends every verdict built in this process (the test, check, status and cause) to `path`:
+  the record a refactor's behaviour is compared against (scripts/verdicts_preserved.py)."""
+  from recipe_jax.report import results
+  built = results.Verdict.__post_init__
+
+  def recorded(verdict):
+    built(verdict)
+    test = os.environ.get('PYTEST_CURRENT_TEST', '').rsplit(' (', 1)[0]
+    cause = getattr(verdict, 'cause', None) or verdict.evidence.get('cause')
+    with open(path, 'a') as f:
+      f.write(json.dumps({'test': test, 'check': verdict.check, 'status': verdict.status,
+                          'cause': cause if isinstance(cause, (str, type(None))) else str(cause),
+                          'summary': verdict.summary[:200]}) + '\n')
+  results.Verdict.__post_init__ = recorded
+
+
+if RECORD_VERDICTS:
+  record_verdicts(RECORD_VERDICTS)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STARTS_PROCESSES = re.compile(r'run_main\(|start_main\(|subprocess\.|Popen|running_server\(|'
                               r'gcs_emulator\.running|multiprocessing')
