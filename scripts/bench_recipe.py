@@ -6,7 +6,7 @@ machine: per-stage wall time and the whole, and the ensemble's test accuracy.
 Each side first runs once cold (a fresh HOME: no compilation cache, the dataset generated), then
 the two sides alternate `--pairs` times in fresh workdirs with their warm caches; pair i runs
 seed i (0, 1, 2, ...) on both sides, so the ensembles' test accuracy over the pairs is the
-figure README quotes over seeds. The base runs from `git archive BASE` (its own package first on
+figure docs/recipe.md (and README) quotes over seeds. The base runs from `git archive BASE` (its own package first on
 sys.path), in the same virtual environment. Stage times come from each workdir's log.txt
 ('recipe: <stage> done in M:SS', whole seconds). The last line: `ratio HEAD / base: X`, the median over pairs.
 """

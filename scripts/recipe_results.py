@@ -1,10 +1,10 @@
-"""README's "What the recipe found": the quickstart recipe for several seeds on this machine,
-its headline figures as mean +- std over the seeds, and its wall time.
+"""docs/recipe.md's "What the recipe found on MNIST-1D": the quickstart recipe for several seeds
+on this machine, its headline figures as mean +- std over the seeds, and its wall time.
 
   python scripts/recipe_results.py --workdir=/tmp/recipes [--seeds=0,1,2]
 
 Finished seeds are reused (the recipe resumes). Single-seed figures differ between CPU models
-(XLA:CPU's floating point differs), so README quotes the spread, which another machine
+(XLA:CPU's floating point differs), so docs/recipe.md quotes the spread, which another machine
 reproduces.
 """
 import argparse

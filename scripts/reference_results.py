@@ -1,8 +1,9 @@
 """Runs the reference configs for several seeds, records the results in
-scripts/reference_results.json, and rewrites README's reference table from that file.
+scripts/reference_results.json, and rewrites the reference table in docs/reference_results.md
+from that file.
 
   python scripts/reference_results.py --workdir=/tmp/reference [--seeds=0,1,2,3,4] [--configs=...]
-  python scripts/reference_results.py --readme-only   # README's table from the recorded file
+  python scripts/reference_results.py --table-only   # the docs page's table from the recorded file
 
 Finished runs are not redone (each run resumes from its own workdir). The file records the
 package versions and the CPU: single-seed bits (and so single-seed accuracies) are the same on
@@ -21,7 +22,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'scripts', 'reference_results.json')
-README = os.path.join(REPO, 'README.md')
+TABLE_PAGE = os.path.join(REPO, 'docs', 'reference_results.md')
 TABLE_START, TABLE_END = '<!-- reference table: scripts/reference_results.py -->', '<!-- end -->'
 REFERENCE = {  # config: (the paper's test accuracy or None, the target this project must reach)
     'configs/mnist1d/linear.py': (0.32, 0.31),
@@ -80,11 +81,11 @@ def table(results: dict) -> str:
   return '\n'.join(lines)
 
 
-def update_readme(results: dict) -> None:
-  with open(README) as f:
+def update_table(results: dict) -> None:
+  with open(TABLE_PAGE) as f:
     text = f.read()
   start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-  with open(README, 'w') as f:
+  with open(TABLE_PAGE, 'w') as f:
     f.write(text[:start] + '\n' + table(results) + '\n' + text[end:])
 
 
@@ -93,14 +94,14 @@ def main():
   parser.add_argument('--workdir')
   parser.add_argument('--seeds', default='0,1')
   parser.add_argument('--configs', default=','.join(REFERENCE))
-  parser.add_argument('--readme-only', action='store_true')
+  parser.add_argument('--table-only', '--readme-only', dest='table_only', action='store_true')
   args = parser.parse_args()
-  if args.readme_only:
+  if args.table_only:
     with open(RESULTS) as f:
-      update_readme(json.load(f))
+      update_table(json.load(f))
     return
   if not args.workdir:
-    parser.error('--workdir is required unless --readme-only')
+    parser.error('--workdir is required unless --table-only')
   # Bits differ between CPU models: the configs run here replace their recorded runs, the
   # others are kept, and a config run on another machine than the file's records its own.
   results = {'configs': {}, 'environment': environment()}
@@ -121,7 +122,7 @@ def main():
   results.pop('drift_case', None)
   with open(RESULTS, 'w') as f:
     json.dump(results, f, indent=2)
-  update_readme(results)
+  update_table(results)
   print(table(results))
 
 

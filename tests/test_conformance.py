@@ -8,7 +8,7 @@ compiled programs between stages), then `train`, and `evaluate` and `replicate` 
 `scale_up` of the recipe's tune trials. The rows are shared out between
 this process and one helper process (this file run as a script): compiling, most of a row's
 time, is single-threaded, and CI has 2 cores (the matrix: 7:02 in one process, 4:27 in two).
-README's models x stages table is checked against the same lists.
+docs/models.md's models x stages table is checked against the same lists.
 """
 import contextlib
 import io
@@ -237,8 +237,10 @@ def test_every_model_runs_every_stage(model, stage, rows):
     assert os.path.exists(os.path.join(workdir, name)), name
 
 
-def test_readme_table_lists_every_model_and_stage():
-  text = open(os.path.join(REPO, 'README.md')).read()
+def test_docs_models_table_lists_every_model_and_stage():
+  """docs/models.md's models x stages table (between its conformance matrix markers) has a row
+  per model and a column per stage, from the same lists the matrix runs."""
+  text = open(os.path.join(REPO, 'docs', 'models.md')).read()
   table = text[text.index('<!-- conformance matrix -->'):text.index('<!-- /conformance matrix -->')]
   header = [c.strip() for c in table.splitlines()[1].strip('|').split('|')]
   assert header[1:] == list(COLUMNS)

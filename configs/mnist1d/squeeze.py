@@ -1,6 +1,6 @@
 """Recipe step 6 on MNIST-1D: an ensemble of 5 regularised CNNs (configs/mnist1d/cnn_regularized.py,
 seeds 0-4), SWA and EMA of the best one, test-time augmentation, and a student a third as wide (width 8 of 25)
-distilled from the ensemble. README has the numbers."""
+distilled from the ensemble. docs/step6_squeeze.md has the numbers."""
 from recipe_jax.config import presets
 
 
