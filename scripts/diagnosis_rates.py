@@ -94,7 +94,9 @@ def defects_module():
 
 
 def run_one(key, config, workdir) -> dict:
+  from recipe_jax.report import words
   from recipe_jax.stages import sanity
+  sentence = getattr(words, 'sentence', lambda v: v.summary)  # --code=DIR: older code
   start = time.time()
   try:
     verdicts = sanity.run(config, workdir).verdicts
@@ -102,8 +104,21 @@ def run_one(key, config, workdir) -> dict:
     return {'statuses': {'crash': 'FAIL'}, 'summaries': {'crash': f'{type(e).__name__}: {e}'},
             'seconds': round(time.time() - start, 1)}
   return {'statuses': {v.check: v.status for v in verdicts},
-          'summaries': {v.check: v.summary for v in verdicts if v.status != 'PASS'},
+          'summaries': {v.check: sentence(v) for v in verdicts if v.status != 'PASS'},
+          # the cause codes (a checkout from before they existed has none: --code=DIR)
+          'causes': {v.check: v.cause for v in verdicts if getattr(v, 'cause', None)},
           'seconds': round(time.time() - start, 1)}
+
+
+def diagnosed(run: dict) -> str | None:
+  """The words of the diagnosis' most likely cause, from its code (from its sentence for a
+  record of older code); None when it names none."""
+  from recipe_jax.causes import CAUSES
+  if 'causes' in run:
+    code = run['causes'].get('diagnosis')
+    return CAUSES[code] if code and code != 'ambiguous' else None
+  cause = re.search(r'most likely cause: ([^.]+)\.', run['summaries'].get('diagnosis', ''))
+  return cause.group(1) if cause else None
 
 
 def scored(run: dict, named, quiet_when_clean=None) -> tuple[bool, bool]:
@@ -115,10 +130,9 @@ def scored(run: dict, named, quiet_when_clean=None) -> tuple[bool, bool]:
   detected = any(s == 'FAIL' or (s == 'WARN' and (quiet_when_clean is None or
                                                   c in quiet_when_clean))
                  for c, s in run['statuses'].items() if c not in NOT_COUNTED)
-  cause = re.search(r'most likely cause: ([^.]+)\.', run['summaries'].get('diagnosis', ''))
+  cause = diagnosed(run)
   if cause:
-    return detected, any(words in cause.group(1) for check, words in named
-                         if check == 'diagnosis')
+    return detected, any(words in cause for check, words in named if check == 'diagnosis')
   return detected, any(words in run['summaries'].get(check, '') for check, words in named
                        if check != 'diagnosis')
 

@@ -51,13 +51,14 @@ def sanity_config(model: str, dataset: str, seed: int, data_dir: str | None):
 
 def run_one(model, dataset, seed, workdir, data_dir) -> dict:
   """One sanity run: every verdict's status, what alarmed, and the layers identified."""
+  from recipe_jax.report import words
   from recipe_jax.stages import sanity
   start = time.time()
   verdicts = sanity.run(sanity_config(model, dataset, seed, data_dir), workdir).verdicts
   found = {v.check: v for v in verdicts}
-  alarms = {c: v.summary for c, v in found.items()
+  alarms = {c: words.sentence(v) for c, v in found.items()
             if v.status == 'FAIL' or (c == 'diagnosis' and v.status != 'PASS')}
-  warns = {c: v.summary for c, v in found.items()
+  warns = {c: words.sentence(v) for c, v in found.items()
            if v.status == 'WARN' and c not in NOT_COUNTED and c not in alarms}
   seen = found['activations_seen'].evidence if 'activations_seen' in found else {}
   inputs = [k for k in seen.get('layer_inputs', {}).values() if k['kind'] != 'input']

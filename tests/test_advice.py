@@ -9,8 +9,9 @@ from recipe_jax.report import advice
 
 def result(stage, *verdicts, metrics=None):
   return {'stage': stage, 'metrics': metrics or {},
-          'verdicts': [{'check': c, 'status': s, 'summary': summary, 'evidence': e}
-                       for c, s, summary, e in verdicts]}
+          'verdicts': [{'check': c, 'status': s, 'summary': summary, 'evidence': e,
+                        'cause': cause[0] if cause else None}
+                       for c, s, summary, e, *cause in verdicts]}
 
 
 def variant(name, delta, seed_noise, seeds=2, noise=None, status='WARN', split_noise=0.0):
@@ -73,8 +74,9 @@ def test_a_rising_learning_curve_asks_for_data_with_its_predicted_gain():
                                    {'gain_2x': 0.021, 'gain_2x_range': [0.015, 0.027]}))
   assert any(s.startswith('more data: doubling the training set would gain about 2.1%')
              for s in advice.next_steps([rising]))
-  flat = result('data_scaling', ('more_data', 'PASS', 'the fitted curve has flattened: ...',
-                                 {'gain_2x': 0.001, 'gain_2x_range': [0.0, 0.002]}))
+  flat = result('data_scaling', ('more_data', 'PASS', 'any words',  # read: the evidence
+                                 {'gain_2x': 0.001, 'gain_2x_range': [0.0, 0.002],
+                                  'flattened': True}))
   assert any(s.startswith('not more data') for s in advice.next_steps([flat]))
 
 
@@ -106,7 +108,7 @@ def test_a_model_that_cannot_fit_asks_for_capacity_after_fixing_the_fail():
     ('sanity', ('loss_at_init', 'FAIL', '', {}), True, 'a FAIL'),
     ('squeeze', ('tta', 'WARN', '', {}), False, 'did not pay'),
     ('squeeze', ('ensemble', 'WARN', '', {}), True, 'broken member'),
-    ('train', ('train_val_gap', 'WARN', '', {'cause': 'labels'}), True, 'fix the labels first'),
+    ('train', ('train_val_gap', 'WARN', '', {}, 'gap_from_labels'), True, 'fix the labels first'),
     ('train', ('train_val_gap', 'WARN', '', {'gap': 0.2}), True, 'regularise'),
     ('inspect', ('planted_unknown_check', 'WARN', '', {}), True, 'no rule says'),
     ('inspect', ('outliers', 'WARN', '', {'count': 1, 'examples': 3800}), False,
@@ -114,20 +116,20 @@ def test_a_model_that_cannot_fit_asks_for_capacity_after_fixing_the_fail():
     ('inspect', ('outliers', 'WARN', '', {'count': 38, 'examples': 3800}), False, '(1%)'),
     ('inspect', ('outliers', 'WARN', '', {'count': 39, 'examples': 3800}), True,
      'corrupted block'),
-    ('inspect', ('input_blocks_train', 'WARN', '', {'cause': 'block', 'first_row': 1200,
-                                                    'last_row': 1599}), True,
+    ('inspect', ('input_blocks_train', 'WARN', '', {'first_row': 1200,
+                                                    'last_row': 1599}, 'input_block'), True,
      'rows 1200 to 1599 differ'),
-    ('inspect', ('input_blocks_test', 'WARN', '', {'cause': 'trend'}), False, 'split by position'),
-    ('sanity', ('loss_signature', 'WARN', '', {'cause': 'floor', 'floor': 0.5}), False,
+    ('inspect', ('input_blocks_test', 'WARN', '', {}, 'input_trend'), False, 'split by position'),
+    ('sanity', ('loss_signature', 'WARN', '', {'floor': 0.5}, 'loss_floor'), False,
      'soft targets'),
-    ('sanity', ('loss_signature', 'WARN', '', {'cause': 'scaled', 'scale': 0.1}), False,
+    ('sanity', ('loss_signature', 'WARN', '', {'scale': 0.1}, 'loss_scaled'), False,
      'trains the same under Adam'),
-    ('sanity', ('loss_signature', 'FAIL', '', {'cause': 'targets_differ'}), True, 'a FAIL'),
+    ('sanity', ('loss_signature', 'FAIL', '', {}, 'targets_differ'), True, 'a FAIL'),
     ('sanity', ('overfit_one_batch', 'WARN', '', {}), True, 'more sanity.overfit_steps'),
 ])
 def test_every_warn_and_fail_gets_act_or_ignore_with_a_reason(stage, verdict, act, words):
-  decided = advice.act_or_ignore(stage, dict(zip(('check', 'status', 'summary', 'evidence'),
-                                                 verdict)))
+  decided = advice.act_or_ignore(stage, dict(zip(
+      ('check', 'status', 'summary', 'evidence', 'cause'), verdict)))
   assert decided[0] is act and words in decided[1]
 
 
@@ -141,7 +143,7 @@ def test_the_ensemble_is_named_with_its_gain_over_its_average_member_unless_it_w
 
 
 def test_a_gap_from_the_labels_asks_to_fix_them_not_to_regularise():
-  labels = result('train', ('train_val_gap', 'WARN', '', {'gap': 0.2, 'cause': 'labels'}))
+  labels = result('train', ('train_val_gap', 'WARN', '', {'gap': 0.2}, 'gap_from_labels'))
   steps = advice.next_steps([labels])
   assert steps[0].startswith('fix the labels') and not any('regularise' in s for s in steps)
   overfits = result('train', ('train_val_gap', 'WARN', '', {'gap': 0.2}))

@@ -182,7 +182,7 @@ def test_a_block_of_rows_with_another_label_encoding_is_named_with_its_rows(rema
   if status == 'FAIL':
     assert 'rows 700 to 1399' in v.summary or 'rows 0 to 699' in v.summary
     assert 'different label encodings merged' in v.summary
-    assert v.evidence['cause'] == 'label encodings differ by rows'
+    assert v.cause == 'labels_by_rows'
   else:
     assert 'labelled 9 look like 0' in v.summary and 'labels mixed up' in v.summary
 
@@ -191,7 +191,7 @@ def test_one_systematic_confusion_names_the_class_pair():
   given, probabilities = structured_labels(pair=(7, 1))
   v = data_checks.label_noise(given, probabilities)
   assert v.status == 'WARN' and 'labelled 1 look like 7' in v.summary
-  assert v.evidence['cause'] == 'systematic confusion'
+  assert v.cause == 'systematic_confusion'
   assert v.evidence['structure']['dominant_pairs'][0]['given'] == 1
 
 
@@ -207,7 +207,7 @@ def test_two_classes_confused_both_ways_are_called_alike_not_mislabelled():
   probabilities = np.full((1400, 10), 0.1 / 9)
   probabilities[np.arange(1400), predicted] = 0.9
   v = data_checks.label_noise(given, probabilities)
-  assert v.status == 'WARN' and v.evidence['cause'] == 'classes alike', v.summary
+  assert v.status == 'WARN' and v.cause == 'classes_alike', v.summary
   assert 'confused both ways' in v.summary and 'annotator' not in v.summary
   one_way = data_checks.label_noise(*structured_labels(pair=(7, 1)))
   assert 'one way much more than the other' in one_way.summary

@@ -87,6 +87,11 @@ def test_a_wrong_cause_named_by_the_diagnosis_is_a_misdiagnosis():
   quiet = {'statuses': {'batch_dependency': 'PASS', 'diagnosis': 'PASS'}, 'summaries': {}}
   assert diagnosis_rates.scored(quiet, named) == (False, False)
   assert diagnosis_rates.alarms({'statuses': {'x': 'WARN', 'diagnosis': 'PASS'}}) == (False, True)
+  # today's records carry the diagnosis' cause code: it decides, whatever the sentence says
+  coded = {**wrong, 'causes': {'diagnosis': 'examples_mixed'}}
+  assert diagnosis_rates.scored(coded, named) == (True, True)
+  coded = {**right, 'causes': {'diagnosis': 'lr_too_high'}}
+  assert diagnosis_rates.scored(coded, named) == (True, False)
 
 
 def test_a_warn_the_clean_model_raises_too_is_not_a_detection():

@@ -6,6 +6,7 @@ from test_conformance import synthetic_npz
 
 from recipe_jax.config import defaults
 from recipe_jax.diagnose import diagnosis
+from recipe_jax.report import words as report_words
 from recipe_jax.report.results import Verdict
 from recipe_jax.stages import sanity
 
@@ -64,7 +65,8 @@ def test_planted_defect_is_diagnosed_by_name(defect, npz, tmp_path):
   for w in words:
     assert w in found.summary, found.summary
   for symptom in found.evidence['symptoms']:  # each failed symptom points at the same cause
-    assert words[0] in verdicts[symptom].summary
+    assert verdicts[symptom].cause == found.cause
+    assert words[0] in report_words.sentence(verdicts[symptom])
 
 
 @pytest.mark.parametrize('model', ['helpers.planted_bugs:Correct', 'mlp', 'cnn1d'])
@@ -76,8 +78,8 @@ def test_clean_models_get_no_diagnosis(model, npz, tmp_path):
     assert verdicts[check].status == 'PASS', verdicts[check].summary
 
 
-def symptom(check, status='FAIL', **evidence):
-  return Verdict(check, status, f'{check} {status.lower()}', evidence)
+def symptom(check, status='FAIL', cause=None, **evidence):
+  return Verdict(check, status, f'{check} {status.lower()}', evidence, cause=cause)
 
 
 def test_no_measured_cause_is_called_ambiguous_and_lists_what_was_ruled_out():
@@ -89,11 +91,15 @@ def test_no_measured_cause_is_called_ambiguous_and_lists_what_was_ruled_out():
   # overfit PASS + dumb FAIL: the labels, not the net
   assert found.status == 'FAIL' and 'labels do not go with the inputs' in found.summary
   assert 'dead ReLUs' in found.summary and 'too little capacity' in found.summary
-  assert 'most likely cause: labels do not go with the inputs' in verdicts[0].summary
+  assert verdicts[0].cause == found.cause == 'labels_not_with_inputs'
+  assert 'most likely cause: labels do not go with the inputs' in report_words.sentence(
+      verdicts[0])
+  assert verdicts[0].summary == 'dumb_baselines fail'  # the check's own sentence, not rewritten
 
   verdicts = diagnosis.explain([symptom('decreasing_loss'), symptom('dead_units', 'PASS')])
   assert verdicts[-1].summary.startswith('ambiguous: decreasing_loss failed')
-  assert 'ambiguous' in verdicts[0].summary
+  assert verdicts[0].cause == verdicts[-1].cause == 'ambiguous'
+  assert 'ambiguous' in report_words.sentence(verdicts[0])
 
 
 def test_a_cause_without_a_failed_symptom_warns_and_ranks_first_the_most_specific():
@@ -191,7 +197,7 @@ def test_weights_that_stopped_because_their_units_died_are_not_a_rate_too_small(
 def test_a_flipped_loss_sign_is_named_before_what_one_batch_s_curve_suggests():
   overfit = symptom('overfit_one_batch', 'FAIL', losses=[2.3] * 5 + [-120.0] * 5,
                     accuracies=[0.25] * 5 + [0.0] * 5, max_loss=0.05, final_loss=-120.0)
-  signature = symptom('loss_signature', 'FAIL', cause='unbounded', floor=-300.0)
+  signature = symptom('loss_signature', 'FAIL', cause='loss_maximised', floor=-300.0)
   found = diagnosis.explain([overfit, signature])[-1].summary
   assert found.startswith('most likely cause: loss maximised (a sign flipped)'), found
   assert 'targets differ' not in found

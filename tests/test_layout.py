@@ -77,5 +77,26 @@ def test_one_training_loop_one_batch_order_one_list_of_stages():
 def test_every_module_sits_in_a_layer_package():
   packages = {n for n in modules() if os.path.isdir(os.path.join(REPO, *n.split('.')))}
   top = sorted(n for n in modules() if n.count('.') == 1 and n not in packages)
-  assert top == ['recipe_jax.console', 'recipe_jax.errors', 'recipe_jax.files',
-                 'recipe_jax.main', 'recipe_jax.worklog'], top  # the two commands, and the base
+  assert top == ['recipe_jax.causes', 'recipe_jax.console', 'recipe_jax.errors',
+                 'recipe_jax.files', 'recipe_jax.main', 'recipe_jax.worklog'], top
+  # the two commands, and the base
+
+
+# a verdict's sentence read anywhere: v.summary (not wandb's run.summary, nor a call such as
+# runs.summary(dir), nor TensorBoard's tf.summary), v['summary'], v.get('summary')
+READS_A_SENTENCE = r"(?<!\.run)(?<!tf)(?<!tensorboard)\.summary\b(?!\s*\()|\[['\"]summary['\"]\]|get\(['\"]summary['\"]"
+
+
+def test_no_module_outside_rendering_reads_a_verdicts_sentence():
+  """Decisions read a verdict's status, cause code and evidence; only the rendering modules
+  (report/) show its sentence. A rewording then cannot change a decision."""
+  readers = [n for n in where(READS_A_SENTENCE) if not n.startswith('recipe_jax.report.')]
+  assert readers == [], readers
+
+
+def test_the_sentence_pattern_finds_every_way_of_reading_it():
+  found = lambda text: bool(re.search(READS_A_SENTENCE, text))
+  assert found("if 'no bias' in init.summary:") and found("v['summary']")
+  assert found("verdict.get('summary', '')") and found('gradients.summary)')
+  assert not found('runs.summary(workdir)') and not found("self.run.summary['x'] = 1")
+  assert not found('tf.summary.scalar')

@@ -154,7 +154,7 @@ def test_the_seed_position_on_both_sides_of_the_interval():
 def test_the_advice_for_a_seed_that_gave_no_number_is_not_an_unlucky_seed():
   """A NaN metric was advised 'ignore: an unlucky seed, nan +- nan'."""
   v = replication.seed_position(float('nan'), [0.6, 0.61], 'eval_accuracy', 0.95, 1000)
-  assert v.status == 'WARN' and v.evidence['cause'] == 'not_a_number'
+  assert v.status == 'WARN' and v.cause == 'metric_not_finite'
   act, why = advice.act_or_ignore('replicate', dataclasses.asdict(v))
   assert act and 'unlucky' not in why and 'nan' not in why, why
   low = replication.seed_position(0.50, [0.59, 0.60, 0.61], 'eval_accuracy', 0.95, 1000)

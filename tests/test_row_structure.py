@@ -28,14 +28,14 @@ def test_a_shuffled_file_and_one_sorted_by_class_stay_quiet():
   assert blocks(x, y).status == 'PASS'
   order = np.argsort(y, kind='stable')
   v = blocks(x[order], y[order])
-  assert v.status == 'PASS' and v.evidence['cause'] is None, v.summary
+  assert v.status == 'PASS' and v.cause is None, v.summary
 
 
 def test_a_block_of_rows_scaled_is_named_by_its_rows_and_its_spread():
   x, y = blobs()
   x[BLOCK] *= 3  # raw values scaled: their class centres move too, so wider than 3x
   v = blocks(x, y)
-  assert v.status == 'WARN' and v.evidence['cause'] == 'block', v.summary
+  assert v.status == 'WARN' and v.cause == 'input_block', v.summary
   assert 'rows 600 to 799 of the train file (10% of the rows, 200)' in v.summary
   assert re.search(r'their inputs spread [34](\.\d)?x as wide', v.summary), v.summary
   assert 'not a trend' in v.summary
@@ -63,7 +63,7 @@ def test_a_slow_drift_along_the_rows_is_a_trend_not_a_block():
   x, y = blobs()
   x += (np.linspace(0, 1, N)[:, None] * 0.5 * x.std(0)).astype(np.float32)
   v = blocks(x, y)
-  assert v.status == 'WARN' and v.evidence['cause'] == 'trend', v.summary
+  assert v.status == 'WARN' and v.cause == 'input_trend', v.summary
   assert 'drift gradually' in v.summary and 'no abrupt block' in v.summary
 
 
@@ -72,9 +72,9 @@ def test_a_block_of_relabelled_rows_is_the_labels_not_the_inputs():
   y = y.copy()
   y[BLOCK] = (y[BLOCK] + 1) % CLASSES  # another label encoding in these rows
   v = blocks(x, y)
-  assert v.status == 'WARN' and v.evidence['cause'] == 'block'  # alone, it looks like inputs
+  assert v.status == 'WARN' and v.cause == 'input_block'  # alone, it looks like inputs
   v = blocks(x, y, label_block={'first_row': 600, 'last_row': 799})
-  assert v.status == 'PASS' and v.evidence['cause'] == 'labels' and 'label_noise' in v.summary
+  assert v.status == 'PASS' and v.cause == 'labels_block' and 'label_noise' in v.summary
 
 
 def test_rows_are_read_in_file_order():
@@ -83,7 +83,7 @@ def test_rows_are_read_in_file_order():
   x[BLOCK] *= 3
   shuffle = np.random.default_rng(1).permutation(N)
   v = row_structure.input_blocks(x[shuffle], y[shuffle], np.arange(N)[shuffle], CLASSES, 'train')
-  assert v.evidence['cause'] == 'block' and 'rows 600 to 799' in v.summary
+  assert v.cause == 'input_block' and 'rows 600 to 799' in v.summary
 
 
 def test_inputs_that_do_not_vary_within_their_classes_have_no_structure_to_find():

@@ -95,7 +95,7 @@ def test_conclusions_that_all_fade_at_scale_warn_and_one_that_holds_beside_a_fad
   assert [c['fate'] for c in found] == ['fades']
   v = trends.verdict(['a', 'b'], [0.805, 0.905], [0.875, 0.885], found, 'eval_accuracy',
                      'x10', 0.5)
-  assert v.status == 'WARN' and v.evidence['cause'] == 'all_fade', v.summary
+  assert v.status == 'WARN' and v.cause == 'trends_all_faded', v.summary
   assert v.summary.startswith('none of the 1 small-scale conclusions holds at the larger scale')
   assert 'trends hold' not in v.summary
   act, why = advice.act_or_ignore('scale_up', dataclasses.asdict(v))
@@ -115,7 +115,7 @@ def test_the_advice_for_each_trends_warning_says_what_that_warning_found():
   _, why = advice.act_or_ignore('scale_up', dataclasses.asdict(nothing))
   assert 'add seeds' in why and 'is not the order' not in why, why
   diverged = trends.verdict(*same, [], 'eval_accuracy', 'x10', 0.5, {'wide': 'NaN at step 3'})
-  assert diverged.status == 'WARN' and diverged.evidence['cause'] == 'diverged'
+  assert diverged.status == 'WARN' and diverged.cause == 'run_diverged'
   assert diverged.summary.startswith('wide diverged at the larger scale (NaN at step 3); of '
                                      'the others: nothing to check')
   _, why = advice.act_or_ignore('scale_up', dataclasses.asdict(diverged))
@@ -123,7 +123,7 @@ def test_the_advice_for_each_trends_warning_says_what_that_warning_found():
   groups, small = ['a', 'b', 'c', 'd'], [0.9, 0.8, 0.7, 0.6]
   swapped = trends.verdict(groups, small, [0.6, 0.7, 0.8, 0.9], [], 'eval_accuracy', 'x10', 0.5)
   _, why = advice.act_or_ignore('scale_up', dataclasses.asdict(swapped))
-  assert swapped.evidence['cause'] == 'ranking' and 'is not the order at the larger' in why
+  assert swapped.cause == 'trends_ranking' and 'is not the order at the larger' in why
 
 
 def test_a_folder_without_a_finished_compare_or_tune_stage_is_refused(compared, tmp_path):

@@ -177,7 +177,7 @@ def test_a_gap_that_a_block_of_relabelled_rows_explains_is_not_called_overfittin
   structure = data_checks.label_structure(given, probabilities.argmax(1), np.arange(len(given)), 10)
   confusions = Verdict('confusions', 'WARN', '...', {'label_structure': structure})
   explained = train.gap_from_labels(gap, [confusions])
-  assert explained.status == 'WARN' and explained.evidence['cause'] == 'labels'
+  assert explained.status == 'WARN' and explained.cause == 'gap_from_labels'
   assert 'the gap comes from the labels' in explained.summary and 'regularis' not in \
       explained.summary.replace('regularising would only fit them worse', '')
   assert 'rows 0 to 699' in explained.summary
@@ -186,7 +186,7 @@ def test_a_gap_that_a_block_of_relabelled_rows_explains_is_not_called_overfittin
   wide = train._gap_verdict({'train_accuracy': 1.0, 'eval_accuracy': 0.5}, 0.05)
   wide.evidence['train_accuracy'] = agreeing + 0.3
   part = train.gap_from_labels(wide, [confusions])
-  assert part.evidence['cause'] == 'labels_and_overfitting', part.summary
+  assert part.cause == 'gap_from_labels_and_overfitting', part.summary
   assert 'part of it comes from the labels' in part.summary and 'overfits too' in part.summary
   assert 'the gap comes from the labels' not in part.summary
   import dataclasses

@@ -92,7 +92,8 @@ def still_improving(history: list, tail_fraction: float = 0.25, min_gain: float 
   return gain, gain > min_gain
 
 
-def verdicts(counts, stats, ece, confusions, cfg, history=None, split='val') -> list:
+def verdicts(counts, stats, ece, confusions, cfg, history=None, split='val',
+             structure: dict | None = None) -> list:
   recall, support = stats['recall'], stats['support']
   present = support > 0
   median = float(np.median(recall[present]))
@@ -125,8 +126,16 @@ def verdicts(counts, stats, ece, confusions, cfg, history=None, split='val') -> 
                f'{worst} (recall {recall[worst]:.2f})')
   else:
     summary = f'accuracy {accuracy:.3f} on {split}: no mistakes'
-  found.append(Verdict('confusions', 'PASS', summary,
-                       {'top_confusions': confusions, 'accuracy': accuracy}))
+  evidence = {'top_confusions': confusions, 'accuracy': accuracy}
+  if structure is None:
+    found.append(Verdict('confusions', 'PASS', summary, evidence))
+  elif structure['block']:  # a row block names the labels; class pairs may be the task's own
+    found.append(Verdict('confusions', 'WARN', summary + '; ' + data_checks.describe_structure(
+        {**structure, 'dominant_pairs': []}), {**evidence, 'label_structure': structure},
+        cause='labels_by_rows'))
+  else:
+    found.append(Verdict('confusions', 'PASS', summary,
+                         {**evidence, 'label_structure': structure}))
   if history:
     gain, rising = still_improving(history)
     if gain is not None:
@@ -154,17 +163,11 @@ def write(directory: str, probs, labels, x, cfg, dataset=None, split: str = 'val
              ['class', 'precision', 'recall', 'f1', 'support'],
              [[c, *(f'{stats[k][c]:.4f}' for k in ('precision', 'recall', 'f1')),
                int(stats['support'][c])] for c in range(num_classes)])
-  found = verdicts(counts, stats, ece, confusions, cfg, history, split)
+  structure = None
   if dataset is not None and len(labels) == len(getattr(dataset, f'{split}_rows')):
     structure = data_checks.label_structure(labels, probs.argmax(-1),
                                             getattr(dataset, f'{split}_rows'), num_classes)
-    confused = next(v for v in found if v.check == 'confusions')
-    confused.evidence['label_structure'] = structure
-    if structure['block']:  # a row block names the labels; class pairs may be the task's own
-      confused.summary += '; ' + data_checks.describe_structure({**structure,
-                                                                'dominant_pairs': []})
-      if confused.status == 'PASS':
-        confused.status = 'WARN'
+  found = verdicts(counts, stats, ece, confusions, cfg, history, split, structure)
   images = {'confusions': [os.path.join(directory, 'confusion_matrix.png')],
             'calibration': [os.path.join(directory, 'reliability.png')]}
   plots.confusion(images['confusions'][0], counts, f'confusion on {split} ({len(labels)})')

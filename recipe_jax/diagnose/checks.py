@@ -98,7 +98,9 @@ def gradients(grad_fn, params, x, y, trained_params=None) -> Verdict:
   evidence = {'non_finite': non_finite, 'zero_gradient': zero,
               'norms': {p: float(np.linalg.norm(np.ravel(g))) for p, g in zip(paths, leaves)}}
   if non_finite:
-    return Verdict('gradients', 'FAIL', f'NaN/Inf gradients in {", ".join(non_finite)}', evidence)
+    evidence['finding'] = f'NaN/Inf gradients in {", ".join(non_finite)}'
+    return Verdict('gradients', 'FAIL', evidence['finding'], evidence,
+                   cause='non_finite_gradients', where=non_finite)
   note = ''
   if zero and trained_params is not None:
     later = dict(zip(paths, jax.tree.leaves(jax.device_get(grad_fn(trained_params(), x, y)))))
@@ -110,7 +112,7 @@ def gradients(grad_fn, params, x, y, trained_params=None) -> Verdict:
               f'{gated[0]}), and do after the short run')
   if zero:
     return Verdict('gradients', 'FAIL', f'parameters receive no gradient (dead or detached): '
-                   f'{", ".join(zero)}', evidence)
+                   f'{", ".join(zero)}', evidence, where=zero)
   return Verdict('gradients', 'PASS', f'all {len(leaves)} parameter arrays get finite, non-zero '
                  f'gradients{note}', evidence)
 
@@ -195,61 +197,59 @@ def loss_signature(loss_fn, labels, num_classes: int, logits: dict, builtin: boo
   evidence = {'ratios': ratios, 'floor': floor, 'lowest_at_labels': at_labels,
               'targets_kept_when_reordered': kept,
               'most_common_shift': shift,
-              'max_ratio_change': max_ratio_change, 'max_floor': max_floor, 'builtin': builtin,
-              'cause': None}
+              'max_ratio_change': max_ratio_change, 'max_floor': max_floor, 'builtin': builtin}
   said = ', '.join(f'{p} {r:.3g}x' for p, r in ratios.items())
   if not np.isfinite(floor):
-    evidence['cause'] = 'not_finite'
     return Verdict('loss_signature', 'FAIL', 'the loss becomes NaN or Inf on finite logits as '
-                   'they grow: a log of a probability that reaches 0?', evidence)
+                   'they grow: a log of a probability that reaches 0?', evidence,
+                   cause='loss_not_finite')
   if floor < -log_c:
-    evidence['cause'] = 'unbounded'
     return Verdict('loss_signature', 'FAIL', f'the loss falls without bound as the logits grow '
                    f'({floor:.3g} after {LOWEST_LOSS_STEPS} steps on free logits, where '
                    'cross-entropy stops at 0): a sign flipped, so training maximises the '
-                   'cross-entropy it means to minimise', evidence)
+                   'cross-entropy it means to minimise', evidence,
+                   cause='loss_maximised')
   if kept < 0.9:
-    evidence['cause'] = 'batch_dependent'
     return Verdict('loss_signature', 'FAIL', f'the loss\'s target for an example depends on '
                    f'the other examples of the batch: reordered, the class it is lowest at '
                    f'changes for {1 - kept:.0%} of them (lowest at the label for {at_labels:.0%}):'
                    ' it pairs examples with other examples\' labels (jnp.roll, a shuffle or '
-                   'a sort inside the loss)', evidence)
+                   'a sort inside the loss)', evidence,
+                   cause='targets_from_other_examples')
   if at_labels < min_at_labels:
-    evidence['cause'] = 'targets_differ'
     classes = sorted({int(c) for c in labels[predicted != labels]})
     return Verdict('loss_signature', 'FAIL', f'the loss is lowest at other classes than the '
                    f'labels for {1 - at_labels:.0%} of the examples (labels '
                    f"{', '.join(map(str, classes[:5]))}{'...' if len(classes) > 5 else ''}; "
                    f'over free logits the most common: class (label {shift:+d}) mod '
                    f'{num_classes}): it trains toward other targets (labels shifted or '
-                   're-encoded inside the loss, e.g. one_hot(labels - 1))', evidence)
+                   're-encoded inside the loss, e.g. one_hot(labels - 1))', evidence,
+                   cause='targets_differ')
   if floor > max_floor * log_c:
-    evidence['cause'] = 'floor'
     return Verdict('loss_signature', 'WARN', f'the lowest loss reachable on these labels is '
                    f'{floor:.3g} (cross-entropy reaches 0), at the labels: soft targets or label '
                    f'smoothing; overfit_one_batch aims at {floor:.3g} + its target, and a loss '
                    f'near {floor:.3g} is memorisation, not a stall (ratio to cross-entropy: '
-                   f'{said})', evidence)
+                   f'{said})', evidence,
+                   cause='loss_floor')
   values = list(ratios.values())
   if values and (max(values) - min(values)) <= max_ratio_change * max(values):
     mean = float(np.mean(values))
     evidence['scale'] = mean
     if abs(mean - 1) > max_ratio_change:
-      evidence['cause'] = 'scaled'
       guess = (f' (1/{num_classes}: a mean over the {num_classes} classes instead of a sum?)'
                if abs(mean * num_classes - 1) < max_ratio_change else '')
       return Verdict('loss_signature', 'WARN', f'the loss is {mean:.3g}x the cross-entropy at '
                      f'every point measured ({said}){guess}: it trains as cross-entropy with '
                      f'gradients {mean:.3g}x as large (Adam does not mind; SGD\'s learning rate '
-                     f'does), and loss_at_init expects {mean:.3g} x ln {num_classes}', evidence)
+                     f'does), and loss_at_init expects {mean:.3g} x ln {num_classes}', evidence,
+                   cause='loss_scaled')
     return Verdict('loss_signature', 'PASS', ('the built-in cross-entropy' if builtin else
                    'the cross-entropy') + f' ({said}), lowest at the labels, floor '
                    f'{floor:.2g}', evidence)
-  evidence['cause'] = 'other'
   return Verdict('loss_signature', 'PASS', f'not a multiple of the cross-entropy ({said}), '
                  f'but lowest at the labels ({at_labels:.0%}) with floor {floor:.2g}: another '
-                 'loss for the same targets', evidence)
+                 'loss for the same targets', evidence, cause='loss_not_cross_entropy')
 
 
 def expected_initial_loss(class_prior, log_prior_bias: bool, loss_fn=None, labels=None) -> float:
@@ -476,17 +476,17 @@ def inputs_before_net(x) -> Verdict:
   line = (f'batch {tuple(x.shape)}: min {evidence["min"]:.3g}, max {evidence["max"]:.3g}, mean '
           f'{mean:.3g}, std {std:.3g}')
   if evidence['non_finite']:
-    evidence['cause'] = 'non_finite'
     return Verdict('inputs_before_net', 'FAIL', f'{line}: {evidence["non_finite"]} NaN/Inf '
-                   'values', evidence)
+                   'values', evidence,
+                   cause='inputs_non_finite')
   if len(x) > 1 and np.all(x == x[:1]):
-    evidence['cause'] = 'identical'
     return Verdict('inputs_before_net', 'FAIL', f'{line}: every example is identical; the net '
-                   'cannot learn from these inputs', evidence)
+                   'cannot learn from these inputs', evidence,
+                   cause='inputs_identical')
   if rms > 3 or rms < 0.05:
-    evidence['cause'] = 'unnormalised'
     return Verdict('inputs_before_net', 'FAIL', f'{line}: far from unit scale (RMS {rms:.3g}); '
-                   'the pipeline looks unnormalised (set dataset.normalize=True)', evidence)
+                   'the pipeline looks unnormalised (set dataset.normalize=True)', evidence,
+                   cause='inputs_unnormalised')
   if abs(mean) > 0.5 or not 0.5 <= std <= 2:
     return Verdict('inputs_before_net', 'WARN', f'{line}: not standardised (mean 0, std 1); '
                    'training usually goes easier when it is', evidence)
@@ -559,7 +559,9 @@ def eval_consistency(apply_fn, params, x, keys) -> Verdict:
                     "key: its randomness comes from outside the pipeline's key streams, so runs "
                     'cannot be reproduced')
   if problems:
-    return Verdict('eval_consistency', 'FAIL', '; '.join(problems), evidence)
+    evidence['finding'] = '; '.join(problems)
+    return Verdict('eval_consistency', 'FAIL', evidence['finding'], evidence,
+                   cause='outputs_not_a_function')
   uses = ('train mode is random only through the pipeline\'s keys' if evidence['train_uses_the_key']
           else 'train mode is deterministic')
   return Verdict('eval_consistency', 'PASS', f'eval mode gives the same outputs twice and '

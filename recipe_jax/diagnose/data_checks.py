@@ -501,27 +501,26 @@ def label_noise(y, probabilities: np.ndarray, min_model_accuracy: float = 0.8,
   found = describe_structure(structure)
   checked = f'a cross-validated model reaches {accuracy:.1%}'
   if structure['block']:
-    evidence['cause'] = 'label encodings differ by rows'
-    return Verdict('label_noise', 'FAIL', f'{checked}, and {found}', evidence)
+    return Verdict('label_noise', 'FAIL', f'{checked}, and {found}', evidence,
+                   cause='labels_by_rows')
   if found:
     alike = all(both_ways(p) for p in structure['dominant_pairs'])
-    evidence['cause'] = 'classes alike' if alike else 'systematic confusion'
-    return Verdict('label_noise', 'WARN', f'{checked}; {found}', evidence)
+    return Verdict('label_noise', 'WARN', f'{checked}; {found}', evidence,
+                   cause='classes_alike' if alike else 'systematic_confusion')
   spread = (f'its disagreements are spread over class pairs (the largest, {structure["pairs"][0]["given"]}'
             f' as {structure["pairs"][0]["predicted"]}, takes {structure["pairs"][0]["share_of_errors"]:.0%})'
             ' and evenly along the rows' if structure['pairs'] else 'it agrees with every label')
   if accuracy < min_model_accuracy:
-    evidence['cause'] = 'hard task'
     return Verdict('label_noise', 'PASS', f'{checked} (< {min_model_accuracy:.0%}): too weak to '
                    f'judge single labels, and {spread}: the errors of a hard task, no sign of '
-                   'systematic label errors', evidence)
+                   'systematic label errors', evidence, cause='hard_task')
   if len(order):
-    evidence['cause'] = 'random label noise'
     named = ', '.join(f'row {rows[i]} (labelled {y[i]}, looks like {suggested[i]})'
                       for i in order[:NAMED])
     return Verdict('label_noise', 'WARN', f'{len(order)} train examples look mislabelled to a '
                    f'cross-validated model ({checked}; confident learning), the surest {named}; '
                    f'{spread}: random label noise, listed by how sure the model is '
-                   '(label_noise.png): relabel the sure ones or drop them', evidence)
+                   '(label_noise.png): relabel the sure ones or drop them', evidence,
+                   cause='random_label_noise')
   return Verdict('label_noise', 'PASS', f'no train example looks mislabelled ({checked}; '
                  'confident learning)', evidence)

@@ -55,12 +55,12 @@ def gradient_flow(at_init: dict, after: dict | None, order: list[str], max_ratio
   if all(r < 1 / max_ratio for r in ratios.values()):
     worst = int(np.argmin(steps))  # the steepest fall, going from the last layer back
     evidence['finding'] = f'{line}, {1 / ratio:.2g}x smaller over {len(order)} layers'
-    evidence['cause'] = 'vanishing gradients'
     return Verdict('gradient_flow', 'FAIL', f'vanishing gradients: {line}, {1 / ratio:.2g}x '
                    f'smaller over {len(order)} layers (steepest fall into {order[worst]}, '
                    f'{10 ** -steps[worst]:.2g}x per layer there). The first layers barely learn: '
                    'use ReLU-like activations, a normalisation layer, residual connections or a '
-                   'variance-preserving init', evidence)
+                   'variance-preserving init', evidence, cause='vanishing_gradients',
+                   where=[order[worst]])
   grown = all(r > max_ratio for r in ratios.values())
   inflated = all(r > max_relative for r in relatives.values())
   if grown or inflated:
@@ -80,10 +80,11 @@ def gradient_flow(at_init: dict, after: dict | None, order: list[str], max_ratio
              f'{", ".join(over[:3])}{"..." if len(over) > 3 else ""} get gradients far larger '
              'than their weights: weights initialised too small for their inputs, or '
              'activations that grew in the layers before')
-    evidence['finding'], evidence['cause'] = what, 'exploding gradients'
+    evidence['finding'] = what
     return Verdict('gradient_flow', 'FAIL', f'exploding gradients: {what} ({line}). The '
                    f'likely cause: {why}; use a variance-preserving init (He for ReLU, Glorot '
-                   'for tanh), a normalisation layer, or clip gradients', evidence)
+                   'for tanh), a normalisation layer, or clip gradients', evidence,
+                   cause='exploding_gradients', where=over or [order[worst]])
   return Verdict('gradient_flow', 'PASS', f'{line}: within {max_ratio:g}x, the gradient reaches '
                  f'the first layers; no layer\'s gradient exceeds {max_relative:g}x its weights',
                  evidence)
@@ -187,11 +188,14 @@ def dead_units(program, at_init: dict, after: dict | None, params, learning_rate
                'at 0')
       else:
         why += ' (a bad init, or inputs far from zero mean)'
+    evidence['finding'] = f'{line}; {why}'
   else:
-    why = f'they died during the short run{passing}: {died_because(learning_rate)}'
-  evidence['finding'] = f'{line}; {why if stays_dead(row) else why.split(": ")[0]}'
+    died = f'they died during the short run{passing}'
+    why = f'{died}: {died_because(learning_rate)}'
+    evidence['finding'] = f'{line}; {died}'
   status = 'FAIL' if stays_dead(row) or collapsed(row) else 'WARN'
-  return Verdict('dead_units', status, f'dying ReLU: {line}; {why}', evidence)
+  return Verdict('dead_units', status, f'dying ReLU: {line}; {why}', evidence, cause='dying_relu',
+                 where=[row['producer'] or worst])
 
 
 def died_because(learning_rate: float) -> str:
@@ -242,7 +246,8 @@ def saturation(program, at_init: dict, after: dict | None, max_fraction: float,
     return Verdict('saturation', 'FAIL', f'saturated units: {line}, where the slope is under a '
                    'few percent of its peak, so almost no gradient passes: initialise the '
                    'weights smaller (Xavier/Glorot for sigmoid and tanh), standardise the '
-                   'inputs, or use ReLU-like activations', evidence)
+                   'inputs, or use ReLU-like activations', evidence, cause='saturated_units',
+                   where=[row['producer'] or worst])
   if collapsed(row):
     line = (f"{row['after']:.0%} of {owner} are saturated after the short run and only "
             f"{row['share_after']:.0%} of the gradient arriving at them passes (FAIL under "
@@ -250,7 +255,8 @@ def saturation(program, at_init: dict, after: dict | None, max_fraction: float,
     evidence['finding'] = line
     return Verdict('saturation', 'FAIL', f'saturated units: {line}: the layers before them '
                    'stop learning; lower the learning rate, normalise the pre-activations '
-                   '(LayerNorm, BatchNorm), or use ReLU-like activations', evidence)
+                   '(LayerNorm, BatchNorm), or use ReLU-like activations', evidence,
+                   cause='saturated_units', where=[row['producer'] or worst])
   most = max(rows.values(), key=lambda r: max(r['init'], r.get('after', 0.0)))
   if most.get('after', 0.0) >= max_fraction:
     kind = most['kind'].replace('_', '-')
@@ -289,7 +295,7 @@ def symmetric_init(params, order: list[str], max_fraction: float) -> Verdict:
                  f"{layer}'s {found['units']} units start with {how} incoming weights, "
                  f"{found['groups']} distinct unit(s){others}; identical units get identical "
                  'gradients and stay copies: use a random init (the framework default)',
-                 evidence)
+                 evidence, cause='symmetric_init', where=list(copied))
 
 
 def update_ratios(series: dict) -> dict:

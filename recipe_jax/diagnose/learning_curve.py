@@ -88,7 +88,7 @@ def verdict(found: dict | None, cfg) -> Verdict:
                      f"{found['last_step_gain']:.1%}: the points cannot tell yet; add seeds, or "
                      'measure with more data before deciding', found)
     return Verdict('more_data', 'PASS', f'{flat}; more data of this kind will not help much, '
-                   'look at the model or the labels', found)
+                   'look at the model or the labels', {**found, 'flattened': True})
   if high - low > max(cfg.max_gain_range, abs(gain)):
     return Verdict('more_data', 'WARN', words + ': too uncertain to plan on; add seeds or '
                    'fractions', found)

@@ -32,8 +32,8 @@ def seed_position(original: float, others: list, metric: str, interval: float,
   if not np.all(np.isfinite(values)) or not np.isfinite(original):
     return Verdict('seed_position', 'WARN', f'seed {seed}: {words.metric_name(metric)} is not a '
                    f'number for the run ({original}) or a seed ({values.tolist()}): no spread '
-                   'to place it in', {'original': original, 'others': values.tolist(),
-                                      'cause': 'not_a_number'})
+                   'to place it in', {'original': original, 'others': values.tolist()},
+                   cause='metric_not_finite')
   n = len(values)
   mean, std = values.mean(), values.std(ddof=1)
   spread = max(std, resolution(metric, examples))
@@ -51,7 +51,7 @@ def seed_position(original: float, others: list, metric: str, interval: float,
                    f'seed {seed}: {name} {original:.4f} is one of the config\'s usual results '
                    f'({spread_words}; {better} of {n} did better)', evidence)
   lucky = selection.sign(metric) * (original - mean) > 0
-  evidence.update(lucky=lucky, cause='lucky_seed' if lucky else 'unlucky_seed')
+  evidence['lucky'] = lucky
   changed = ('' if reproduced else
              '; the same seed no longer gives it either (see reproduced): what changed since, '
              'not the seed, moved the result')
@@ -63,7 +63,8 @@ def seed_position(original: float, others: list, metric: str, interval: float,
     summary = (f'seed {seed} was an unlucky seed: {name} {original:.4f} is worse than what '
                f'the config gives ({spread_words}); the config is better than that run '
                f'says{changed}')
-  return Verdict('seed_position', 'WARN', summary, evidence)
+  return Verdict('seed_position', 'WARN', summary, evidence,
+                 cause='lucky_seed' if lucky else 'unlucky_seed')
 
 
 def reproduction(recorded: float, again: float, metric: str, seed: int,

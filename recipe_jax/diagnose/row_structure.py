@@ -114,8 +114,7 @@ def input_blocks(x, y, rows, num_classes: int, split: str, min_effect: float = 1
   x, y, rows = np.asarray(x)[order], np.asarray(y)[order], np.asarray(rows)[order]
   n = len(y)
   check = f'input_blocks_{split}'
-  evidence = {'rows_checked': int(n), 'min_effect': min_effect, 'min_trend': min_trend,
-              'cause': None}
+  evidence = {'rows_checked': int(n), 'min_effect': min_effect, 'min_trend': min_trend}
   if n < 50:
     return Verdict(check, 'PASS', f'{n} rows: too few to look for blocks', evidence)
   summaries, residual = _summaries(x, y, num_classes)
@@ -144,17 +143,16 @@ def input_blocks(x, y, rows, num_classes: int, split: str, min_effect: float = 1
                   trend_summary=trend[0], trend_r2=float(trend[1]))
   where = (f'rows {rows[start]} to {rows[end - 1]} of the {split} file ({inside / n:.0%} of '
            'the rows' + (f', {inside} of the {n} checked' if subsampled else f', {inside}') + ')')
+  rows_named = {'split': split, 'rows': [int(rows[start]), int(rows[end - 1])]}
   if abs(abrupt) >= min_effect and z >= min_z and label_block is not None:
     overlap = min(rows[end - 1], label_block['last_row']) - max(rows[start],
                                                                  label_block['first_row'])
     if overlap >= 0.5 * (rows[end - 1] - rows[start]):
-      evidence['cause'] = 'labels'
       return Verdict(check, 'PASS', f'{where} look different within their given classes, '
                      f"because their labels mean something else there (label_noise: rows "
                      f"{label_block['first_row']} to {label_block['last_row']}): not a block of "
-                     'the inputs', evidence)
+                     'the inputs', evidence, cause='labels_block', where=rows_named)
   if abs(abrupt) >= min_effect and z >= min_z:
-    evidence['cause'] = 'block'
     how = _how(x, y, residual, start, end, name, abrupt)
     evidence['features'] = how[1]
     return Verdict(check, 'WARN', f'{where} differ from the rest of the file: {how[0]} (effect '
@@ -162,16 +160,16 @@ def input_blocks(x, y, rows, num_classes: int, split: str, min_effect: float = 1
                    f'{min_effect:g}); an abrupt block, not a trend: rows processed '
                    'differently or from another source; the split comparisons see it as drift '
                    'and a model learns its statistics: check how those rows were made',
-                   evidence)
+                   evidence, cause='input_block',
+                   where={**rows_named, 'features': list(how[1])})
   if trend[1] >= min_trend:
-    evidence['cause'] = 'trend'
     return Verdict(check, 'WARN', f'the inputs drift gradually along the {split} file: a '
                    f'straight line along the rows explains {trend[1]:.0%} of the rows\' '
                    f'{_what(trend[0])} within their classes (no abrupt block: the largest, '
                    f'{where}, is {abs(abrupt):.1f} standard deviations once the trend is '
                    'removed): a trend, data gathered over time or by source in order; a split '
                    'by position (the last rows as test) would test on the drifted end',
-                   evidence)
+                   evidence, cause='input_trend', where={'split': split})
   return Verdict(check, 'PASS', f'no block of rows differs from the rest of the {split} file '
                  f'(largest: {where}, {abs(abrupt):.2f} standard deviations within their '
                  f'classes, block from {min_effect:g}) and no trend along the rows (R^2 '

@@ -64,18 +64,19 @@ def verdict(groups: list, small_means: list, large_means: list, found: list, met
   """WARN when a group diverged at the larger scale (`diverged`: group -> error; the others
   are compared without it), a conclusion flips, the ranking's correlation is below `min_rho`,
   there was no conclusion to check, or every conclusion faded into the noise; PASS with what
-  held (and what faded) otherwise. evidence['cause'] says which."""
-  found_verdict = _verdict(groups, small_means, large_means, found, metric, scale, min_rho)
+  held (and what faded) otherwise. The verdict's cause says which."""
+  status, said, cause, evidence = _conclusion(groups, small_means, large_means, found, metric,
+                                              scale, min_rho)
   if not diverged:
-    return found_verdict
-  found_verdict.evidence.update(cause='diverged', of_the_others=found_verdict.evidence['cause'],
-                                diverged=diverged)
+    return Verdict('trends_hold', status, said, evidence, cause=cause)
   return Verdict('trends_hold', 'WARN', f'{", ".join(diverged)} diverged at the larger scale '
-                 f'({next(iter(diverged.values()))}); of the others: {found_verdict.summary}',
-                 found_verdict.evidence)
+                 f'({next(iter(diverged.values()))}); of the others: {said}',
+                 {**evidence, 'of_the_others': cause, 'diverged': diverged},
+                 cause='run_diverged', where=list(diverged))
 
 
-def _verdict(groups, small_means, large_means, found, metric, scale, min_rho) -> Verdict:
+def _conclusion(groups, small_means, large_means, found, metric, scale, min_rho):
+  """(status, sentence, cause, evidence) of the groups that did not diverge."""
   rho = rank_correlation(small_means, large_means)
   flips = [c for c in found if c['fate'] == FLIPS]
   fades = [c for c in found if c['fate'] == FADES]
@@ -88,33 +89,31 @@ def _verdict(groups, small_means, large_means, found, metric, scale, min_rho) ->
               'small_order': order(small_means), 'large_order': order(large_means),
               'flips': len(flips), 'fades': len(fades),
               'holds': len(found) - len(flips) - len(fades)}
-  cause = evidence['cause'] = (
-      'flips' if flips else 'ranking' if rho is not None and rho < min_rho else
-      'nothing_to_check' if not found and rho is None else
-      'all_fade' if found and len(fades) == len(found) else None)
-  if cause in ('flips', 'ranking'):
+  cause = ('trends_flip' if flips else 'trends_ranking' if rho is not None and rho < min_rho else
+           'nothing_to_check' if not found and rho is None else
+           'trends_all_faded' if found and len(fades) == len(found) else None)
+  if cause in ('trends_flip', 'trends_ranking'):
     head = (f'{len(flips)} of {len(found)} conclusions flip at the larger scale ({scale})'
             if flips else f'the ranking does not hold at the larger scale ({scale})')
     detail = '; '.join(_pair_words(c, metric) for c in flips[:3])
-    return Verdict('trends_hold', 'WARN', f'{head}: {rank_words} (small: {order(small_means)}; '
-                   f'larger: {order(large_means)})' + (f'. {detail}' if detail else '') +
-                   '. Choose at the scale you will train at, or rerun compare there', evidence)
+    return ('WARN', f'{head}: {rank_words} (small: {order(small_means)}; larger: '
+            f'{order(large_means)})' + (f'. {detail}' if detail else '') +
+            '. Choose at the scale you will train at, or rerun compare there', cause, evidence)
   if cause == 'nothing_to_check':
-    return Verdict('trends_hold', 'WARN', f'nothing to check at the larger scale ({scale}): no '
-                   f'difference was beyond the noise at the small scale and {rank_words} '
-                   f'(larger: {order(large_means)}); more seeds per group (compare.seeds) or '
-                   'more groups would tell', evidence)
-  if cause == 'all_fade':
+    return ('WARN', f'nothing to check at the larger scale ({scale}): no difference was beyond '
+            f'the noise at the small scale and {rank_words} (larger: {order(large_means)}); '
+            'more seeds per group (compare.seeds) or more groups would tell', cause, evidence)
+  if cause == 'trends_all_faded':
     detail = '; '.join(_pair_words(c, metric) for c in fades[:3])
-    return Verdict('trends_hold', 'WARN', f'none of the {len(found)} small-scale conclusions '
-                   f'holds at the larger scale ({scale}): each fades into the noise. {detail}. '
-                   f'{rank_words} (larger: {order(large_means)}). What was decided at the small '
-                   'scale is not decided at this one', evidence)
+    return ('WARN', f'none of the {len(found)} small-scale conclusions holds at the larger '
+            f'scale ({scale}): each fades into the noise. {detail}. {rank_words} (larger: '
+            f'{order(large_means)}). What was decided at the small scale is not decided at this '
+            'one', cause, evidence)
   if not found:
     held = ('no difference was beyond the noise at the small scale, so no conclusion to '
             'check; ')
   else:
     held = (f'{len(found) - len(fades)} of {len(found)} conclusions hold'
             + (f', {len(fades)} fade into the noise' if fades else '') + '; ')
-  return Verdict('trends_hold', 'PASS', f'the small-scale trends hold at the larger scale '
-                 f'({scale}): {held}{rank_words} (larger: {order(large_means)})', evidence)
+  return ('PASS', f'the small-scale trends hold at the larger scale ({scale}): {held}'
+          f'{rank_words} (larger: {order(large_means)})', None, evidence)

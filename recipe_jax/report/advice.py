@@ -12,7 +12,9 @@ from recipe_jax.report import words
 
 def act_or_ignore(stage: str, verdict: dict) -> tuple[bool, str] | None:
   """(act, why) for a WARN or FAIL verdict; None for a PASS."""
-  status, check, evidence = verdict['status'], verdict['check'], verdict.get('evidence') or {}
+  status, check = verdict['status'], verdict['check']
+  # the rules read the verdict's numbers and its cause code (never its sentence)
+  evidence = {**(verdict.get('evidence') or {}), 'cause': verdict.get('cause')}
   if status == 'PASS':
     return None
   for prefix, rule in RULES.items():
@@ -135,10 +137,10 @@ def _more_data(status, e):
 
 
 def _train_val_gap(status, e):
-  if e.get('cause') == 'labels':
+  if e.get('cause') == 'gap_from_labels':
     return True, ('fix the labels first (the inspect stage names the rows); regularising would '
                   'not help')
-  if e.get('cause') == 'labels_and_overfitting':
+  if e.get('cause') == 'gap_from_labels_and_overfitting':
     return True, ('fix the labels first (the inspect stage names the rows), then regularise: '
                   f"where the labels agree the model still overfits by "
                   f"{e.get('gap_where_labels_agree', math.nan):.3f}")
@@ -147,7 +149,7 @@ def _train_val_gap(status, e):
 
 
 def _label_noise(status, e):
-  if status == 'WARN' and e.get('cause') == 'random label noise':
+  if status == 'WARN' and e.get('cause') == 'random_label_noise':
     return True, ('look at the listed examples (label_noise.png): relabel or drop those that are '
                   'wrong; a few percent of random noise only caps the accuracy')
   return None
@@ -183,11 +185,11 @@ def _test_saturation(status, e):
 
 
 def _seed_position(status, e):
-  if e.get('cause') == 'not_a_number':
+  if e.get('cause') == 'metric_not_finite':
     return True, ('a run or a seed ended without a number (diverged, or no examples to '
                   'measure): find which in its summary.json and fix that before placing seeds')
   spread = f"{e.get('mean', math.nan):.4f} +- {e.get('std', math.nan):.4f}"
-  if e.get('lucky'):
+  if e.get('cause') == 'lucky_seed':
     return True, (f'report the config as {spread} over seeds, not this run; a choice made on '
                   'this run alone (a variant, a trial) may rest on its luck: check it on seeds')
   return False, (f'an unlucky seed: the config gives {spread}, better than this run; nothing to '
@@ -209,13 +211,13 @@ def _sensitive(status, e):
 
 def _trends_hold(status, e):
   cause = e.get('cause')
-  if cause == 'diverged':
+  if cause == 'run_diverged':
     return True, (f"{', '.join(e.get('diverged', {}))} diverged at the larger scale: lower the "
                   'learning rate or add warmup there before you compare it')
   if cause == 'nothing_to_check':
     return True, ('no small-scale difference was beyond the noise, so nothing was tested: add '
                   'seeds (compare.seeds) or groups, then scale up again')
-  if cause == 'all_fade':
+  if cause == 'trends_all_faded':
     return True, ('the small-scale differences are inside the noise at the larger scale: they '
                   'do not decide there; choose at the scale you will train at, or add seeds')
   return True, (f"the order at the small scale ({e.get('small_order')}) is not the order at the "
@@ -225,11 +227,11 @@ def _trends_hold(status, e):
 def _loss_signature(status, e):
   if status != 'WARN':
     return None
-  if e.get('cause') == 'floor':
+  if e.get('cause') == 'loss_floor':
     return False, (f"the loss's floor ({e.get('floor', math.nan):.3g}) is its soft targets': "
                    'expected when they are deliberate (label smoothing), and every check aims at '
                    'it; act only if your loss should reach 0')
-  if e.get('cause') == 'scaled':
+  if e.get('cause') == 'loss_scaled':
     return False, (f"a constant multiple ({e.get('scale', math.nan):.3g}x) of the cross-entropy "
                    'trains the same under Adam; act if it was meant to be a sum, or with SGD, '
                    'whose learning rate it scales')
@@ -244,10 +246,10 @@ def _overfit_one_batch(status, e):
 
 
 def _input_blocks(status, e):
-  if e.get('cause') == 'block':
+  if e.get('cause') == 'input_block':
     return True, (f"rows {e.get('first_row')} to {e.get('last_row')} differ from the rest of "
                   'their file: find out how they were made, then reprocess or drop them')
-  if e.get('cause') == 'trend':
+  if e.get('cause') == 'input_trend':
     return False, ('validation is carved from the training file at random, so it drifts with '
                    'it; act if you split by position or your test data comes from the end')
   return None
@@ -295,10 +297,10 @@ def next_steps(results: list) -> list:
                   'more steps, before any regularisation')
   gap = next((v for r in results for v in r['verdicts'] if v['check'] == 'train_val_gap'
               and v['status'] == 'WARN'), None)
-  if gap and gap['evidence'].get('cause') in ('labels', 'labels_and_overfitting'):
+  if gap and gap.get('cause') in ('gap_from_labels', 'gap_from_labels_and_overfitting'):
     steps.append('fix the labels: the train-validation gap comes from rows labelled another way '
                  '(the inspect stage names them)' + (
-                     ', not from overfitting' if gap['evidence']['cause'] == 'labels' else
+                     ', not from overfitting' if gap['cause'] == 'gap_from_labels' else
                      ', and from overfitting: regularise after'))
   elif gap:
     steps.append('regularise: training accuracy exceeds validation by '
@@ -307,7 +309,7 @@ def next_steps(results: list) -> list:
   more = verdicts('data_scaling').get('more_data')
   if more and more['status'] == 'PASS':
     e = more['evidence']
-    if 'gain_2x' in e and not more['summary'].startswith('the fitted curve has flattened'):
+    if 'gain_2x' in e and not e.get('flattened'):
       steps.append(f"more data: doubling the training set would gain about {e['gain_2x']:.1%} "
                    f"accuracy (68% range {e['gain_2x_range'][0]:.1%} to "
                    f"{e['gain_2x_range'][1]:.1%})")

@@ -216,7 +216,7 @@ def _stage_section(stage_dir: str, result: dict) -> str:
     pictures = _pictures(stage_dir, own)
     shown.update(own)
     out.append(f'<div class="verdict">{_badge(v["status"])} <span class="check">'
-               f'{html.escape(v["check"])}</span>: {html.escape(v["summary"])}'
+               f'{html.escape(v["check"])}</span>: {html.escape(words.sentence(v))}'
                f'<details><summary>evidence</summary><pre>{html.escape(evidence)}</pre>'
                f'</details>{pictures}</div>')
   for name in result.get('files', []):

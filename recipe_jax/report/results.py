@@ -10,9 +10,10 @@ import numpy as np
 from absl import logging
 
 from recipe_jax import files
+from recipe_jax.causes import CAUSES
 from recipe_jax.engine import multihost
 from recipe_jax.errors import ChecksFailed
-from recipe_jax.report.words import headline
+from recipe_jax.report.words import headline, sentence
 
 STATUSES = ('PASS', 'WARN', 'FAIL')
 
@@ -21,12 +22,16 @@ STATUSES = ('PASS', 'WARN', 'FAIL')
 class Verdict:
   check: str
   status: str  # PASS | WARN | FAIL
-  summary: str
-  evidence: dict = dataclasses.field(default_factory=dict)
+  summary: str  # the check's own sentence; `words.sentence` adds what diagnosis found
+  evidence: dict = dataclasses.field(default_factory=dict)  # the numbers it decided on
+  cause: str | None = None  # a code of causes.CAUSES: what the check (or diagnosis) names
+  where: list | dict | str | None = None  # the layers, rows, classes or features it names
 
   def __post_init__(self):
     if self.status not in STATUSES:
       raise ValueError(f"status must be one of {STATUSES}, got '{self.status}'")
+    if self.cause is not None and self.cause not in CAUSES:
+      raise ValueError(f"cause '{self.cause}' is not in causes.CAUSES")
 
 
 def _jsonable(value):
@@ -91,14 +96,14 @@ def write(directory: str, title: str, verdicts: list, images: dict | None = None
   """verdicts.json, report.md (images inline, under the check that made them), console lines;
   only process 0 of a multi-host job writes the files."""
   for v in verdicts:
-    logging.info('%-4s %-22s %s', v.status, v.check, v.summary)
+    logging.info('%-4s %-22s %s', v.status, v.check, sentence(v))
   if not multihost.is_leader():
     return
   files.write_json(files.join(directory, 'verdicts.json'),
                    [_jsonable(dataclasses.asdict(v)) for v in verdicts])
   lines = [f'# {title}', '', ' · '.join(f'{n} {s}' for s, n in count(verdicts).items()), '']
   for v in verdicts:
-    lines += [f'## {v.status} {v.check}', '', v.summary, '']
+    lines += [f'## {v.status} {v.check}', '', sentence(v), '']
     for image in (images or {}).get(v.check, []):
       lines += [f'![{v.check}]({os.path.relpath(image, directory)})', '']
   files.write_text(files.join(directory, 'report.md'), '\n'.join(lines))

@@ -1,6 +1,8 @@
 """Numbers and metric names as a person reads them: in the console, the reports and the plots."""
 import numpy as np
 
+from recipe_jax.causes import CAUSES
+
 WORDS = {'eval': 'validation', 'val': 'validation', 'us': 'µs', 'ece': 'ECE', 'lr': 'LR',
          'swa': 'SWA', 'ema': 'EMA', 'tta': 'TTA',
          'sha256': 'SHA-256'}
@@ -58,3 +60,15 @@ def final_accuracy(metrics_by_stage: dict):
     if value is not None:
       return words, value
   return None
+
+
+def sentence(verdict) -> str:
+  """A verdict's sentence as every page and the console show it (a Verdict or its JSON dict):
+  the check's own words, and for a symptom the cause diagnosis found (`diagnosed`)."""
+  get = verdict.get if isinstance(verdict, dict) else lambda key: getattr(verdict, key)
+  said, cause = get('summary'), get('cause')
+  if not (get('evidence') or {}).get('diagnosed'):
+    return said
+  if cause == 'ambiguous':
+    return f'{said}; ambiguous (see diagnosis)'
+  return f'{said}; most likely cause: {CAUSES[cause]} (see diagnosis)'

@@ -24,6 +24,7 @@ from absl import logging
 from recipe_jax import files
 from recipe_jax.config import check as config_check
 from recipe_jax.errors import UserError
+from recipe_jax.report import words
 
 PROBE_TIMEOUT_S = 5.0  # a tracking server that does not answer this fast is not used
 # Each MLflow call's bounds (a user's own settings win): a server that stops answering mid-run
@@ -213,7 +214,7 @@ class _MLflow:
     for v in verdicts:
       self.client.set_tag(self.run_id, f'verdict.{v.check}', v.status)
     self.client.log_dict(self.run_id, {'columns': ['check', 'status', 'summary'], 'data': [
-        [v.check, v.status, v.summary] for v in verdicts]}, 'verdicts.json')
+        [v.check, v.status, words.sentence(v)] for v in verdicts]}, 'verdicts.json')
 
   @_warns
   def log_files(self, paths: list) -> None:
@@ -254,7 +255,7 @@ class _Wandb:
     for v in verdicts:
       self.run.summary[f'verdict.{v.check}'] = v.status
     self.run.log({'verdicts': wandb.Table(columns=['check', 'status', 'summary'],
-                                          data=[[v.check, v.status, v.summary]
+                                          data=[[v.check, v.status, words.sentence(v)]
                                                 for v in verdicts])})
 
   @_warns

@@ -145,7 +145,7 @@ def status(summary, result, inside: dict, run: str) -> str:
       return 'preempted'
     failed = [v for v in result.get('verdicts', []) if v.get('status') == 'FAIL']
     if failed:
-      first = ' '.join(str(failed[0].get('summary', '')).split())  # one line in a table
+      first = ' '.join(words.sentence(failed[0]).split())  # one line in a table
       return f"failed: {failed[0].get('check')}: {first[:60]}{'...' if len(first) > 60 else ''}"
     return 'finished'
   if summary is not None:

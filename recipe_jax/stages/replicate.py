@@ -103,9 +103,10 @@ def finish(config, workdir, original, recorded, summaries, planned, diverged) ->
   others = [s[metric] for s in summaries[SEEDS][1:]]
   reproduced = replication.reproduction(recorded[metric], again, metric, original.seed,
                                         changes_since(cfg.run_dir, original))
-  found = [reproduced, replication.seed_position(
-      recorded[metric], others, metric, cfg.interval, recorded.get('val_examples'),
-      original.seed, reproduced.status == 'PASS')]
+  position = replication.seed_position(recorded[metric], others, metric, cfg.interval,
+                                       recorded.get('val_examples'), original.seed,
+                                       reproduced.status == 'PASS')
+  found = [reproduced, position]
   rows = compare.table({compare.BASELINE if n == SEEDS else n: s for n, s in summaries.items()},
                        {compare.BASELINE if n == SEEDS else n: o for n, (_, o) in planned.items()},
                        metric)
@@ -114,7 +115,7 @@ def finish(config, workdir, original, recorded, summaries, planned, diverged) ->
   compare.write_csv(os.path.join(out, 'results.csv'), rows)
   _write_table(os.path.join(out, 'results.md'), rows, metric, recorded[metric], original.seed)
   image = os.path.join(out, 'spread.png')
-  low, high = found[1].evidence.get('interval', (recorded[metric], recorded[metric]))  # NaN: none
+  low, high = position.evidence.get('interval', (recorded[metric], recorded[metric]))  # NaN: none
   plots.spread(image, {n: [s[metric] for s in group] for n, group in summaries.items()},
                words.metric_name(metric), (f'the run (seed {original.seed})', recorded[metric]),
                (f'one more seed, {cfg.interval:.0%} of the time', low, high))

@@ -337,7 +337,7 @@ def _overfit_one_batch(out, cfg, exp, signature):
   # Without augmentation: the point is to memorise these exact examples.
   state, history = exp.run_steps(x, y, cfg.overfit_steps, batch_size=len(y), augmentation=None)
   floor = 0.0
-  if signature is not None and signature.evidence.get('cause') == 'floor':
+  if signature is not None and signature.cause == 'loss_floor':
     floor = float(np.mean(checks.lowest_loss(exp.loss_fn, y, dataset.num_classes)[1]))
   fitted = lambda h: h['loss'][-1] <= floor + cfg.overfit_max_loss and h['accuracy'][-1] >= 1
   if not fitted(history) and checks.still_falling(history['loss']) >= checks.STILL_FALLING:

@@ -192,12 +192,13 @@ def gap_from_labels(gap: Verdict, analysed: list) -> Verdict:
                    f'with the model, validation accuracy is {agreeing:.3f}, within '
                    f'{e["max_gap"]:g} of training. Fix the labels first (the inspect stage '
                    'names the rows); regularising would only fit them worse',
-                   {**evidence, 'cause': 'labels'})
+                   evidence, cause='gap_from_labels')
   return Verdict('train_val_gap', 'WARN', f'{head}; part of it comes from the labels: on '
                  f'validation, {found}. On the rows whose labels agree with the model, '
                  f'validation accuracy is still {agreeing:.3f}, {left:.3f} under training: the '
                  'model overfits too. Fix the labels first (the inspect stage names the rows), '
-                 'then regularise (recipe step 4)', {**evidence, 'cause': 'labels_and_overfitting'})
+                 'then regularise (recipe step 4)', evidence,
+                 cause='gap_from_labels_and_overfitting')
 
 
 def training_curves(workdir: str, history: list) -> str | None:
