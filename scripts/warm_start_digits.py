@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recipe_jax.config import presets  # noqa: E402
 from recipe_jax.data import datasets as data
-from recipe_jax.stages import train  # noqa: E402
+from recipe_jax.runs import driver  # noqa: E402
 
 
 def digits_arrays():
@@ -54,7 +54,7 @@ def main():
   source = save(os.path.join(args.workdir, 'digits_0_4.npz'), x_train[low], y_train[low],
                 x_test[y_test < 5], y_test[y_test < 5])
   pretrained = os.path.join(args.workdir, 'pretrained')
-  train.run_training(config(source, 1500, 0, 64), pretrained)
+  driver.run_training(config(source, 1500, 0, 64), pretrained)
   rows = []
   for shots in (int(s) for s in args.shots.split(',')):
     picked = np.concatenate([np.flatnonzero(y_train == c)[:shots] for c in range(5, 10)])
@@ -68,7 +68,7 @@ def main():
       accuracies = []
       for seed in (int(s) for s in args.seeds.split(',')):
         run_dir = os.path.join(args.workdir, f'{shots}_{name.replace(" ", "_")}_{seed}')
-        summary = train.run_training(
+        summary = driver.run_training(
             config(target, args.steps, seed, batch, init_from, freeze), run_dir)
         accuracies.append(summary['test_accuracy'])
       result[name] = np.mean(accuracies)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from recipe_jax.diagnose import noise
 from recipe_jax.report import advice
 
 
@@ -32,7 +33,7 @@ def variant(name, delta, seed_noise, seeds=2, noise=None, status='WARN', split_n
     (0.004, math.inf, math.inf, 1, None)])
 def test_seeds_to_resolve_a_difference_inside_the_noise(delta, seed_noise, split_noise, seeds,
                                                         needed):
-  assert advice.seeds_to_resolve(delta, seed_noise, split_noise, seeds) == needed
+  assert noise.seeds_to_resolve(delta, seed_noise, split_noise, seeds) == needed
 
 
 def test_a_difference_inside_the_validation_splits_error_asks_for_a_larger_split_not_seeds():
@@ -43,7 +44,7 @@ def test_a_difference_inside_the_validation_splits_error_asks_for_a_larger_split
   steps = advice.next_steps(found)
   assert not any('more seeds' in s for s in steps)
   assert 'a larger validation split to judge dropout: its +0.0525' in steps[0]
-  assert advice.split_factor(0.05, 0.1) == '4' and advice.split_factor(0.1, 0.1) == '1'
+  assert noise.split_factor(0.05, 0.1) == '4' and noise.split_factor(0.1, 0.1) == '1'
   nothing = advice.act_or_ignore('compare', dict(zip(
       ('check', 'status', 'summary', 'evidence'), variant('same', 0.0, 0.01, split_noise=0.02))))
   assert nothing == (False, 'no difference at all from the baseline: the change does nothing here')

@@ -7,9 +7,10 @@ import os
 import pytest
 
 from recipe_jax.config import check as config_check, defaults, selection
+from recipe_jax.diagnose import noise
 from recipe_jax.errors import UserError
 from recipe_jax.stages import compare
-from recipe_jax.stages import train
+from recipe_jax.runs import driver
 
 
 @pytest.fixture
@@ -42,8 +43,8 @@ def test_compare_tabulates_variants_and_does_not_redo_finished_runs(compare_conf
   assert os.path.getsize(tmp_path / 'compare' / 'curves.png') > 1000
 
   trained = []
-  real_run = train.run_training
-  monkeypatch.setattr(train, 'run_training', lambda c, d: trained.append(d) or real_run(c, d))
+  real_run = driver.run_training
+  monkeypatch.setattr(driver, 'run_training', lambda c, d: trained.append(d) or real_run(c, d))
   os.remove(tmp_path / 'compare/smooth/seed_0/summary.json')  # as if it had been killed
   again = compare.run(compare_config, str(tmp_path))
   again = [{'mean': again.metrics['baseline_eval_accuracy']},
@@ -67,7 +68,7 @@ def test_the_noise_flag_compares_the_delta_with_twice_its_standard_error():
     return [{'eval_accuracy': a, 'train_accuracy': 1.0, 'test_accuracy': a} for a in accuracies]
   summaries = {'baseline': runs(0.90, 0.91, 0.92), 'better': runs(0.95, 0.96, 0.97),
                'same': runs(0.905, 0.915, 0.925)}
-  rows = {r['variant']: r for r in compare.table(summaries, {k: {} for k in summaries},
+  rows = {r['variant']: r for r in noise.group_rows(summaries, {k: {} for k in summaries},
                                                  'eval_accuracy')}
   assert rows['better']['noise'] == 'beyond noise'
   assert rows['better']['delta'] == pytest.approx(0.05)
@@ -82,7 +83,7 @@ def test_seeds_that_agree_exactly_do_not_make_every_difference_significant():
     return [{'eval_accuracy': accuracy, 'train_accuracy': 1.0, 'test_accuracy': accuracy,
              'val_examples': 200}] * 2
   summaries = {'baseline': runs(0.900), 'one_more': runs(0.905), 'much_better': runs(0.99)}
-  rows = {r['variant']: r for r in compare.table(summaries, {k: {} for k in summaries},
+  rows = {r['variant']: r for r in noise.group_rows(summaries, {k: {} for k in summaries},
                                                  'eval_accuracy')}
   assert rows['one_more']['noise'] == 'inside noise'  # binomial error of 200 examples: ~0.03
   assert rows['much_better']['noise'] == 'beyond noise'
@@ -146,7 +147,7 @@ def test_a_loss_metric_picks_the_lowest_and_calls_a_lower_loss_better():
   summaries = {name: [{'eval_loss': loss + noise, 'eval_accuracy': 0.5, 'train_accuracy': 0.6,
                        'test_accuracy': 0.5, 'history': []} for noise in (0.0, 0.001, 0.002)]
                for name, loss in (('baseline', 0.5), ('better', 0.3), ('worse', 0.7))}
-  rows = compare.table(summaries, {n: {} for n in summaries}, 'eval_loss')
+  rows = noise.group_rows(summaries, {n: {} for n in summaries}, 'eval_loss')
   verdicts = {v.check: v.status for v in compare.verdicts(rows, 'eval_loss')}
   assert verdicts == {'variant_better': 'PASS', 'variant_worse': 'WARN'}
   assert selection.best(rows, 'eval_loss', lambda r: r['mean'])['variant'] == 'better'

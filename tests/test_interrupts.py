@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import REPO, cli_flags, run_main, start_main
+from recipe_jax.diagnose import analysis
 from recipe_jax.engine import loop
 from recipe_jax.report import results as report
 from recipe_jax.runs import finished as runs
@@ -191,7 +192,7 @@ def test_ctrl_c_in_evaluate_leaves_the_evaluated_run_as_it_was(small_config, tmp
   before = {os.path.join(d, f): os.path.getsize(os.path.join(d, f))
             for d, _, names in os.walk(tmp_path / 'train') for f in names}
   small_config.stage, small_config.evaluate.run_dir = 'evaluate', str(tmp_path / 'train')
-  monkeypatch.setattr(evaluate, 'analyse', ctrl_c_on_call(evaluate.analyse, 1))
+  monkeypatch.setattr(analysis, 'analyse', ctrl_c_on_call(analysis.analyse, 1))
   with pytest.raises(KeyboardInterrupt):
     evaluate.run(small_config, str(tmp_path / 'evaluate'))
   after = {os.path.join(d, f): os.path.getsize(os.path.join(d, f))

@@ -100,3 +100,12 @@ def test_the_sentence_pattern_finds_every_way_of_reading_it():
   assert found("verdict.get('summary', '')") and found('gradients.summary)')
   assert not found('runs.summary(workdir)') and not found("self.run.summary['x'] = 1")
   assert not found('tf.summary.scalar')
+
+
+def test_no_stage_imports_another_stage():
+  """What several stages share (training runs, the noise rule, tables) sits below them; the
+  recipe finds the stages through the one stage list (importlib), not by importing them."""
+  sources = modules()
+  stages = {n for n in sources if n.startswith('recipe_jax.stages.')}
+  found = {n: sorted(imports(sources[n], set(sources)) & stages - {n}) for n in stages}
+  assert {n: d for n, d in found.items() if d} == {}

@@ -14,7 +14,8 @@ from recipe_jax.config import check as config_check, defaults
 from recipe_jax.diagnose import replication
 from recipe_jax.errors import UserError
 from recipe_jax.report import advice
-from recipe_jax.stages import replicate, train
+from recipe_jax.runs import driver
+from recipe_jax.stages import replicate
 
 
 def noisy_npz(path, label_noise=0.4, seed=0):
@@ -52,7 +53,7 @@ def seeds(tmp_path_factory):
   found = {}
   for seed in range(8):
     run_dir = str(base / f'seed_{seed}')
-    found[seed] = (run_dir, train.run_training(config_check.variant(config, {}, seed),
+    found[seed] = (run_dir, driver.run_training(config_check.variant(config, {}, seed),
                                                run_dir)['eval_accuracy'])
   return config, found
 

@@ -11,7 +11,8 @@ from conftest import cli_flags, read_summary, run_main, train_and_evaluate
 from recipe_jax.config import check as config_check
 from recipe_jax.runs import store as run_store
 from recipe_jax.errors import UserError
-from recipe_jax.stages import compare, train
+from recipe_jax.runs import driver
+from recipe_jax.stages import compare
 
 
 def file_hashes(directory):
@@ -46,17 +47,17 @@ def test_a_changed_config_on_a_finished_run_is_one_line_and_every_file_stays(sma
 
 def test_what_may_change_on_resume_is_accepted_and_logged(small_config, tmp_path, caplog):
   workdir = str(tmp_path)
-  train.run_training(small_config, workdir)
+  driver.run_training(small_config, workdir)
   small_config.num_train_steps, small_config.eval_every_steps = 90, 45
   with caplog.at_level('INFO'):
-    summary = train.run_training(small_config, workdir)
+    summary = driver.run_training(small_config, workdir)
   assert summary['step'] == 90 and summary['resumed_from_step'] == 60
   [line] = [r.getMessage() for r in caplog.records if 'continuing with' in r.getMessage()]
   assert 'num_train_steps: 60 -> 90' in line and 'eval_every_steps: 30 -> 45' in line
   assert json.load(open(tmp_path / 'config.json'))['num_train_steps'] == 90
   small_config.num_train_steps = 30  # shorter: the run has gone past it
   with pytest.raises(UserError, match=r'num_train_steps: 90 -> 30 \(only a larger value'):
-    train.run_training(small_config, workdir)
+    driver.run_training(small_config, workdir)
 
 
 def test_other_data_under_the_same_name_is_refused(small_config, tmp_path):
@@ -67,11 +68,11 @@ def test_other_data_under_the_same_name_is_refused(small_config, tmp_path):
   np.savez(path, **arrays)
   small_config.dataset.name = f'npz:{path}'
   small_config.num_train_steps = 20
-  train.run_training(small_config, str(tmp_path / 'run'))
+  driver.run_training(small_config, str(tmp_path / 'run'))
   arrays['y_train'] = (arrays['y_train'] + 1) % 3  # the labels changed, the name did not
   np.savez(path, **arrays)
   with pytest.raises(UserError, match=r'holds a run of another config: data: .*sha256=.* -> '):
-    train.run_training(small_config, str(tmp_path / 'run'))
+    driver.run_training(small_config, str(tmp_path / 'run'))
 
 
 def test_a_restore_of_other_shapes_is_named_and_nothing_is_quarantined(small_config, tmp_path):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from recipe_jax.diagnose import saturation
+from recipe_jax.diagnose import noise, saturation
 
 
 def planted(n=1000, errors=30, a_only=0, b_only=0, seed=0):
@@ -85,5 +85,5 @@ def test_an_empty_test_split_is_a_warning_not_a_crash():
 
 
 def test_the_interval_is_wilsons():
-  low, high = saturation.accuracy_interval(np.array([True] * 97 + [False] * 3))
+  low, high = noise.accuracy_interval(np.array([True] * 97 + [False] * 3))
   assert low == pytest.approx(0.9154, abs=1e-3) and high == pytest.approx(0.9897, abs=1e-3)

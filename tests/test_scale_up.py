@@ -9,7 +9,7 @@ import os
 import pytest
 
 from recipe_jax.config import check as config_check
-from recipe_jax.diagnose import trends
+from recipe_jax.diagnose import noise, trends
 from recipe_jax.errors import UserError
 from recipe_jax.model import models
 from recipe_jax.report import advice, results as report
@@ -90,7 +90,7 @@ def test_conclusions_that_all_fade_at_scale_warn_and_one_that_holds_beside_a_fad
   runs = lambda *values: [{'eval_accuracy': v, 'val_examples': 10 ** 6} for v in values]
   small = {'a': runs(0.80, 0.81), 'b': runs(0.90, 0.91)}
   large = {'a': runs(0.85, 0.90), 'b': runs(0.86, 0.91)}
-  found = trends.conclusions(small, large, lambda x, y: compare.difference(x, y,
+  found = trends.conclusions(small, large, lambda x, y: noise.difference(x, y,
                                                                           'eval_accuracy'))
   assert [c['fate'] for c in found] == ['fades']
   v = trends.verdict(['a', 'b'], [0.805, 0.905], [0.875, 0.885], found, 'eval_accuracy',

@@ -7,7 +7,7 @@ import pytest
 
 from recipe_jax.engine import experiment, side_by_side
 from recipe_jax.runs import finished as runs
-from recipe_jax.stages import train
+from recipe_jax.runs import driver
 
 SEEDS = (0, 1, 2)
 
@@ -51,8 +51,8 @@ def test_side_by_side_runs_end_as_ordinary_runs_close_to_the_runs_alone(config, 
   dirs = [str(tmp_path / 'together' / f'seed_{s}') for s in SEEDS]
   assert side_by_side.train(configs, dirs) == side_by_side.FINISHED
   for c, d in zip(configs, dirs):
-    summary = train.run_training(c, d)  # finds the run at its last step: final evaluation only
-    alone = train.run_training(c, str(tmp_path / 'alone' / f'seed_{c.seed}'))
+    summary = driver.run_training(c, d)  # finds the run at its last step: final evaluation only
+    alone = driver.run_training(c, str(tmp_path / 'alone' / f'seed_{c.seed}'))
     assert summary['finished'] and summary['step'] == 40 and summary['resumed_from_step'] == 40
     assert [h['step'] for h in summary['history']] == [20, 40]
     assert summary['history'][0].keys() == alone['history'][0].keys()
@@ -78,7 +78,7 @@ def test_side_by_side_is_bit_reproducible_and_resumes_exactly(config, tmp_path):
   side_by_side.train(seed_configs(config), again)
   side_by_side.train(seed_configs(config, num_train_steps=20), resumed)
   assert side_by_side.train(seed_configs(config), resumed) == side_by_side.FINISHED
-  shas = {name: [train.run_training(c, d)['params_sha256']
+  shas = {name: [driver.run_training(c, d)['params_sha256']
                  for c, d in zip(seed_configs(config), dirs)]
           for name, dirs in (('straight', straight), ('again', again), ('resumed', resumed))}
   assert shas['straight'] == shas['again'] == shas['resumed']

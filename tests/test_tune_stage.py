@@ -10,7 +10,8 @@ import pytest
 from conftest import (cli_flags, read_summary, run_main, start_main, wait_for_checkpoint,
                       wait_until_a_trial_is_stale)
 from recipe_jax.errors import UserError
-from recipe_jax.stages import train, tune
+from recipe_jax.runs import driver
+from recipe_jax.stages import tune
 
 SPACE = {'optimizer.learning_rate': {'type': 'float', 'low': 1e-3, 'high': 3e-2, 'log': True},
          'model.width': {'type': 'int', 'low': 16, 'high': 64}}
@@ -43,7 +44,7 @@ def test_study_writes_its_tables_and_a_best_config_that_reproduces_the_best_tria
   best = result.metrics['best_trial']
   best_config = load_config_file(out / 'best_config.py')
   best_config.dataset.data_dir = data_dir
-  again = train.run_training(best_config, str(tmp_path / 'again'))
+  again = driver.run_training(best_config, str(tmp_path / 'again'))
   assert again['params_sha256'] == read_summary(out / f'trial_{best}')['params_sha256']
 
   tune.run(tune_config, str(tmp_path))  # restarting a finished study adds no trials

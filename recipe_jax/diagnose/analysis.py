@@ -20,10 +20,11 @@ import numpy as np
 
 from recipe_jax import files
 from recipe_jax.data import datasets as data
-from recipe_jax.engine import multihost
+from recipe_jax.engine import evaluate, multihost
 from recipe_jax.diagnose import data_checks
 from recipe_jax.report import plots, words
 from recipe_jax.report.results import Verdict
+from recipe_jax.runs import finished as runs
 
 
 def confusion_matrix(labels, predicted, num_classes: int) -> np.ndarray:
@@ -199,3 +200,22 @@ def _write_csv(path: str, header: list, rows: list) -> None:
     out = csv.writer(f)
     out.writerow(header)
     out.writerows(rows)
+
+
+def written(workdir: str, images: dict) -> list:
+  """The analysis files written (no mistakes: no most_confident_wrong.png), workdir-relative."""
+  return ['analysis/per_class.csv', *(os.path.relpath(p, workdir)
+                                      for paths in images.values() for p in paths)]
+
+
+def analyse(exp, state, workdir: str, history=None) -> tuple:
+  """(verdicts, images, metrics) of `state` on the configured split, files in DIR/analysis/."""
+  cfg = exp.config.analysis
+  x, y = runs.split_arrays(exp.dataset, cfg.split)
+  probs = evaluate.probabilities(exp, state, x)
+  found, images = write(os.path.join(workdir, 'analysis'), probs, y, x, cfg,
+                                 exp.dataset, cfg.split, history)
+  evidence = {v.check: v.evidence for v in found}
+  metrics = {f'{cfg.split}_accuracy': evidence['confusions']['accuracy'],
+             f'{cfg.split}_ece': evidence['calibration']['ece']}
+  return found, images, metrics

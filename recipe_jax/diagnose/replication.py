@@ -9,9 +9,9 @@ functions of the numbers ("replicate their results closely, then multiple times"
   and data records), which is the cause to look at before any seed statistics.
 """
 import numpy as np
-from scipy import stats
 
 from recipe_jax.config import selection
+from recipe_jax.diagnose import noise
 from recipe_jax.report import words
 from recipe_jax.report.results import Verdict
 
@@ -35,10 +35,8 @@ def seed_position(original: float, others: list, metric: str, interval: float,
                    'to place it in', {'original': original, 'others': values.tolist()},
                    cause='metric_not_finite')
   n = len(values)
-  mean, std = values.mean(), values.std(ddof=1)
+  mean, std, low, high = noise.prediction_interval(values, interval, resolution(metric, examples))
   spread = max(std, resolution(metric, examples))
-  half = stats.t.ppf(0.5 + interval / 2, n - 1) * spread * np.sqrt(1 + 1 / n)
-  low, high = mean - half, mean + half
   better = int(np.sum(selection.sign(metric) * (values - original) > 0))
   name = words.metric_name(metric)
   spread_words = (f'{n} other seeds give {mean:.4f} +- {std:.4f}, and one more seed falls in '

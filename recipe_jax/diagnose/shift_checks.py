@@ -8,7 +8,7 @@ train vs test and train vs validation. Large splits are subsampled to `max_examp
 import numpy as np
 from scipy import stats
 
-from recipe_jax.diagnose import data_checks
+from recipe_jax.diagnose import data_checks, noise
 from recipe_jax.report.results import Verdict
 
 MAX_LISTED = 20
@@ -291,9 +291,7 @@ def train_to_test(x_train, y_train, x_other, y_other, num_classes: int, names: t
   predicted = probabilities.argmax(-1)
   ref_accuracy = float(np.mean(predicted[in_ref] == y[in_ref]))
   other_accuracy = float(np.mean(predicted[~in_ref] == y[~in_ref]))
-  error = np.sqrt(ref_accuracy * (1 - ref_accuracy) / in_ref.sum()
-                  + other_accuracy * (1 - other_accuracy) / (~in_ref).sum())
-  z = (ref_accuracy - other_accuracy) / max(error, 1e-9)
+  z = noise.splits_apart(ref_accuracy, int(in_ref.sum()), other_accuracy, int((~in_ref).sum()))
   confusion = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(confusion, (y[~in_ref], predicted[~in_ref]), 1)
   moved = [(int(t), int(confusion[t].argmax()), float(confusion[t].max() / confusion[t].sum()))

@@ -9,7 +9,7 @@ near-zero gradient's rounding into an lr-sized step of either sign); a side-by-s
 itself bit-reproducible.
 
 The seeds end as ordinary run directories. This loop saves each seed's checkpoints with its
-`RunProgress` (history, best eval, first loss); `train.run_training` then finds each run at
+`RunProgress` (history, best eval, first loss); `driver.run_training` then finds each run at
 its last step and writes the summary, test metrics and error analysis exactly as for a run
 trained alone. A restart resumes side by side when every seed's latest checkpoint is at the
 same step; anything this loop does not handle (a diverged seed, seeds at different steps)
@@ -79,7 +79,7 @@ def why_not(configs: list) -> str | None:
 
 def train_unfinished(configs: list, run_dirs: list) -> bool:
   """compare and squeeze: trains the runs not finished yet side by side where that is on and
-  possible (they then only need their final evaluation, `train.run_training`); False when
+  possible (they then only need their final evaluation, `driver.run_training`); False when
   SIGTERM stopped them."""
   todo = [(c, d) for c, d in zip(configs, run_dirs) if run_store.reusable_summary(d, c) is None]
   why = why_not([c for c, _ in todo]) if todo else 'none left'
@@ -144,7 +144,7 @@ def _seed_slice(tree, i: int):
 
 
 def _loop(exp, seeds, states, progress: list, managers: list, writers: list) -> str:
-  """The loop of `train.run_training` with each hook done for every seed."""
+  """The loop of `driver.run_training` with each hook done for every seed."""
   config, mesh, dataset = exp.config, exp.mesh, exp.dataset
   orders = [batches.BatchOrder(s, len(dataset.y_train), config.batch_size) for s in seeds]
   train_step = exp.train_step(orders[0].steps_per_epoch, side_by_side=True)

@@ -7,6 +7,7 @@ say the same.
 """
 import math
 
+from recipe_jax.diagnose import noise
 from recipe_jax.report import words
 
 
@@ -55,31 +56,13 @@ def resolving(e: dict):
   ('split', times the validation examples), ('nothing', None) for no difference at all, or
   None without an estimate."""
   delta = e.get('delta')
-  needed = seeds_to_resolve(delta, e.get('seed_noise_level'), e.get('split_noise_level'),
+  needed = noise.seeds_to_resolve(delta, e.get('seed_noise_level'), e.get('split_noise_level'),
                             e.get('seeds') or 0)
   if needed is None:
     return None
   if needed != math.inf:
     return 'seeds', needed
-  return ('split', split_factor(delta, e['split_noise_level'])) if delta else ('nothing', None)
-
-
-def seeds_to_resolve(delta, seed_noise, split_noise, seeds: int):
-  """Seeds per arm at which `delta` would lie beyond the noise: the seeds' part (twice their
-  standard error) falls as 1/sqrt(seeds), the validation split's part does not. None without an
-  estimate; inf when the split's part alone already covers the difference."""
-  finite = lambda v: v is not None and math.isfinite(v)
-  if seeds < 2 or not finite(seed_noise):
-    return None
-  if not delta or (finite(split_noise) and split_noise >= abs(delta)):
-    return math.inf
-  return max(seeds + 1, math.ceil(seeds * (seed_noise / abs(delta)) ** 2))
-
-
-def split_factor(delta, split_noise) -> str:
-  """How many times the validation examples would put `delta` beyond the split's error (which
-  falls as 1/sqrt(examples)), rounded up to a tenth."""
-  return f'{math.ceil(round(10 * (split_noise / abs(delta)) ** 2, 6)) / 10:g}'
+  return ('split', noise.split_factor(delta, e['split_noise_level'])) if delta else ('nothing', None)
 
 
 def _learning_rate(status, e):

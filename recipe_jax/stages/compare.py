@@ -8,7 +8,6 @@ it, and a finished one is not redone). Output: compare/results.{md,csv} with the
 metric's mean +- std, the delta against the baseline and whether it is inside noise, the
 train/validation gap, and compare/curves.png (validation curves overlaid, seed means).
 """
-import csv
 import json
 import os
 import time
@@ -17,35 +16,27 @@ import numpy as np
 import optuna
 from absl import logging
 
-from recipe_jax import console, files
+from recipe_jax import files
 from recipe_jax.config import check as config_check, selection
-from recipe_jax.report import plots, results as report
-from recipe_jax.runs import store as run_store, finished as runs, studies
+from recipe_jax.diagnose import noise
+from recipe_jax.report import plots, results as report, tables
+from recipe_jax.runs import driver, store as run_store, finished as runs, studies
 from recipe_jax.report import words
 from recipe_jax.report.results import StageResult, Verdict
-from recipe_jax.stages import train
-
-BASELINE = 'baseline'
-
 
 def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'compare')
   files = ['compare/results.md', 'compare/curves.png', 'compare/report.md']
-  variants = {BASELINE: {}, **config_check.decoded(config, 'compare.variants')}
+  variants = {noise.BASELINE: {}, **config_check.decoded(config, 'compare.variants')}
   seeds = range(config.seed, config.seed + config.compare.seeds)
   if config.compare.storage and not run_through_study(config, out, variants, seeds):
     return StageResult('compare', [], {}, files, finished=False)  # others still train
-  summaries = {}
-  progress = console.StageProgress('compare', len(variants) * len(seeds))
-  for name, overrides in variants.items():
-    found = train.train_runs(
-        'compare', [config_check.variant(config, overrides, s) for s in seeds],
-        [os.path.join(out, name, f'seed_{s}') for s in seeds], progress,
-        sum(map(len, summaries.values())))
-    if found is None:  # preempted: a restart resumes here
-      return StageResult('compare', [], {}, files, finished=False)
-    summaries[name] = found
-  rows = table(summaries, variants, config.compare.metric)
+  summaries = driver.train_groups('compare', {name: [(
+      [config_check.variant(config, overrides, s) for s in seeds],
+      [os.path.join(out, name, f'seed_{s}') for s in seeds])] for name, overrides in variants.items()})
+  if summaries is None:  # preempted: a restart resumes here
+    return StageResult('compare', [], {}, files, finished=False)
+  rows = noise.group_rows(summaries, variants, config.compare.metric)
   _write(out, rows, config.compare.metric)
   _curves(os.path.join(out, 'curves.png'), summaries, config.compare.metric)
   for row in rows:
@@ -101,7 +92,7 @@ def run_through_study(config, out: str, variants: dict, seeds) -> bool:
     trial.suggest_categorical('variant', list(variants))
     trial.suggest_int('seed', min(seeds), max(seeds))
     logging.info('compare: training %s, seed %d (trial %d)', variant, seed, trial.number)
-    summary = train.run_training(config_check.variant(config, variants[variant], seed),
+    summary = driver.run_training(config_check.variant(config, variants[variant], seed),
                                  trial.user_attrs['run_dir'])
     if not summary['finished']:
       preempted.append(trial.number)
@@ -148,74 +139,19 @@ def _stop_when_queue_empty(study, trial) -> None:
 
 
 
-def difference(base: list, other: list, metric: str) -> dict:
-  """`other`'s mean `metric` minus `base`'s (lists of run summaries), and whether that delta is
-  beyond the noise: more than twice its standard error. That error is the seeds' spread,
-  2 * sqrt(std_b^2 / n_b + std_v^2 / n_v), but never below what the validation split's size
-  allows for an accuracy (the binomial error sqrt(p (1 - p) / n_val) of each mean): two seeds
-  that happen to agree, or a handful of validation examples, measure no difference finer than
-  that. Fewer than 2 seeds: no estimate, so every delta is inside."""
-  def binomial_variance(summaries, mean):
-    if not metric.endswith('accuracy'):
-      return 0.0
-    examples = min((s.get('val_examples') or 0) for s in summaries)
-    return mean * (1 - mean) / examples if examples else 0.0
-
-  b = np.array([s[metric] for s in base], np.float64)
-  v = np.array([s[metric] for s in other], np.float64)
-  delta = v.mean() - b.mean()
-  noise = seed_noise = split_noise = float('inf')
-  if min(len(b), len(v)) > 1:
-    seeds = b.var(ddof=1) / len(b) + v.var(ddof=1) / len(v)
-    split = binomial_variance(base, b.mean()) + binomial_variance(other, v.mean())
-    seed_noise, split_noise = 2 * np.sqrt(seeds), 2 * np.sqrt(split)
-    noise = max(seed_noise, split_noise)
-  return {'delta': delta, 'noise': 'inside noise' if abs(delta) <= noise else 'beyond noise',
-          'noise_level': noise,
-          # the seeds' part falls with more seeds, the validation split's does not
-          'seed_noise_level': seed_noise, 'split_noise_level': split_noise}
-
-
-def table(summaries: dict, variants: dict, metric: str) -> list:
-  """One row per variant: metric mean/std over seeds, delta vs baseline and whether it is
-  beyond the noise (`difference`), the train - validation gap."""
-  def values(name, key):
-    return np.array([s[key] for s in summaries[name]], np.float64)
-
-  rows = []
-  for name in summaries:
-    v = values(name, metric)
-    gap = values(name, 'train_accuracy') - values(name, 'eval_accuracy')
-    against = difference(summaries[BASELINE], summaries[name], metric)
-    if name == BASELINE:
-      against['noise'] = ''
-    rows.append({'variant': name, 'overrides': json.dumps(variants[name]), 'seeds': len(v),
-                 'mean': v.mean(), 'std': v.std(ddof=1) if len(v) > 1 else 0.0, **against,
-                 'train_val_gap': gap.mean(),
-                 'test_accuracy': values(name, 'test_accuracy').mean()})
-  return rows
-
-
-def write_csv(path: str, rows: list) -> None:
-  with files.writing_text(path) as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-    writer.writeheader()
-    writer.writerows(rows)
-
-
 def _write(out: str, rows: list, metric: str) -> None:
-  write_csv(os.path.join(out, 'results.csv'), rows)
-  lines = [f'# Compare: {metric}, mean +- std over seeds', '',
-           f'| variant | overrides | seeds | {metric} | delta vs baseline | beyond the noise? |'
-           ' train - val gap | test accuracy |', '|---|---|---|---|---|---|---|---|']
+  tables.write_csv(os.path.join(out, 'results.csv'), rows)
+  cells = []
   for r in rows:
     overrides = ', '.join(f'{k}={v}' for k, v in json.loads(r['overrides']).items()) or '(none)'
     spread = f"+- {r['std']:.4f}" if r['seeds'] > 1 else '(1 seed)'
-    delta = '' if r['variant'] == BASELINE else f"{r['delta']:+.4f}"
-    lines.append(f"| {r['variant']} | {overrides} | {r['seeds']} | {r['mean']:.4f} {spread} | "
-                 f"{delta} | {r['noise'] or '-'} | {r['train_val_gap']:.4f} | "
-                 f"{r['test_accuracy']:.4f} |")
-  lines += ['', '![validation curves](curves.png)', '']
+    delta = '' if r['variant'] == noise.BASELINE else f"{r['delta']:+.4f}"
+    cells.append([r['variant'], overrides, r['seeds'], f"{r['mean']:.4f} {spread}", delta,
+                  r['noise'] or '-', f"{r['train_val_gap']:.4f}", f"{r['test_accuracy']:.4f}"])
+  lines = [f'# Compare: {metric}, mean +- std over seeds', '',
+           *tables.markdown(['variant', 'overrides', 'seeds', metric, 'delta vs baseline',
+                             'beyond the noise?', 'train - val gap', 'test accuracy'], cells),
+           '', '![validation curves](curves.png)', '']
   files.write_text(os.path.join(out, 'results.md'), '\n'.join(lines))
 
 

@@ -6,19 +6,14 @@ train runs in data_scaling/fraction_<f>/seed_<s>/ (resumable, finished runs reus
 error = a * n^-b + c to the validation error and says what 2x and 4x the data would gain
 (`recipe_jax.diagnose.learning_curve`). Output: learning_curve.png, results.csv, the `more_data` verdict.
 """
-import csv
 import os
 
 import numpy as np
-from absl import logging
-
-from recipe_jax import console, files
 from recipe_jax.config import check as config_check
 from recipe_jax.diagnose import learning_curve
-from recipe_jax.report import plots, results as report
-from recipe_jax.runs import store as run_store
+from recipe_jax.report import plots, results as report, tables
+from recipe_jax.runs import driver
 from recipe_jax.report.results import StageResult
-from recipe_jax.stages import train
 
 FILES = ['data_scaling/learning_curve.png', 'data_scaling/results.csv',
          'data_scaling/report.md']
@@ -33,28 +28,20 @@ def fractions(config) -> list:
 def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'data_scaling')
   seeds = range(config.seed, config.seed + config.data_scaling.seeds)
-  points = []
-  progress = console.StageProgress('data_scaling', len(fractions(config)) * len(seeds))
-  for fraction in fractions(config):
-    for seed in seeds:
-      run_dir = os.path.join(out, f'fraction_{fraction:g}', f'seed_{seed}')
-      summary = run_store.reusable_summary(run_dir, _subset_config(config, fraction, seed))
-      trained = summary is None
-      if trained:
-        logging.info('data_scaling: training on %g of the training split, seed %d', fraction, seed)
-        summary = train.run_training(_subset_config(config, fraction, seed), run_dir)
-        if not summary['finished']:
-          return StageResult('data_scaling', [], {}, FILES, finished=False)
-      progress.done(len(points) + 1, trained)
-      points.append({'fraction': fraction, 'seed': seed,
-                     'examples': summary['train_examples'],
-                     'eval_accuracy': summary['eval_accuracy'],
-                     'test_accuracy': summary['test_accuracy']})
+  summaries = driver.train_groups('data_scaling', {fraction: [(
+      [_subset_config(config, fraction, seed) for seed in seeds],
+      [os.path.join(out, f'fraction_{fraction:g}', f'seed_{seed}') for seed in seeds])]
+      for fraction in fractions(config)})
+  if summaries is None:  # preempted: the same command resumes it
+    return StageResult('data_scaling', [], {}, FILES, finished=False)
+  points = [{'fraction': fraction, 'seed': seed, 'examples': summary['train_examples'],
+             'eval_accuracy': summary['eval_accuracy'], 'test_accuracy': summary['test_accuracy']}
+            for fraction, found in summaries.items() for seed, summary in zip(seeds, found)]
   examples = [p['examples'] for p in points]
   errors = [1 - p['eval_accuracy'] for p in points]
   found = learning_curve.fit(examples, errors, seed=config.seed)
   verdict = learning_curve.verdict(found, config.data_scaling)
-  _write_csv(os.path.join(out, 'results.csv'), points)
+  tables.write_csv(os.path.join(out, 'results.csv'), points)
   image = _plot(os.path.join(out, 'learning_curve.png'), examples, errors, found)
   metrics = {'largest_n': max(examples),
              'eval_accuracy_at_largest': float(np.mean([p['eval_accuracy'] for p in points
@@ -70,13 +57,6 @@ def _subset_config(config, fraction: float, seed: int):
   return config_check.variant(config, {
       'dataset.train_fraction': fraction * config.dataset.train_fraction,
       'dataset.subset_seed': seed}, seed)
-
-
-def _write_csv(path: str, points: list) -> None:
-  with files.writing_text(path) as f:
-    writer = csv.DictWriter(f, list(points[0]))
-    writer.writeheader()
-    writer.writerows(points)
 
 
 def _plot(path: str, examples, errors, found) -> str:

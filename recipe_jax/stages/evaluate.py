@@ -6,8 +6,6 @@ with `--config.analysis.split=test`, and never to select anything. Only this sta
 whether the test split still resolves the model (`diagnose.saturation`: errors left, the
 accuracy's interval); a train run's own analysis does not.
 """
-import os
-
 from recipe_jax.diagnose import analysis, saturation
 from recipe_jax.engine import experiment
 from recipe_jax.report import results as report
@@ -16,25 +14,6 @@ from recipe_jax.errors import UserError
 from recipe_jax.report.results import StageResult
 from recipe_jax.engine import evaluate
 
-
-
-def written(workdir: str, images: dict) -> list:
-  """The analysis files written (no mistakes: no most_confident_wrong.png), workdir-relative."""
-  return ['analysis/per_class.csv', *(os.path.relpath(p, workdir)
-                                      for paths in images.values() for p in paths)]
-
-
-def analyse(exp, state, workdir: str, history=None) -> tuple:
-  """(verdicts, images, metrics) of `state` on the configured split, files in DIR/analysis/."""
-  cfg = exp.config.analysis
-  x, y = runs.split_arrays(exp.dataset, cfg.split)
-  probs = evaluate.probabilities(exp, state, x)
-  found, images = analysis.write(os.path.join(workdir, 'analysis'), probs, y, x, cfg,
-                                 exp.dataset, cfg.split, history)
-  evidence = {v.check: v.evidence for v in found}
-  metrics = {f'{cfg.split}_accuracy': evidence['confusions']['accuracy'],
-             f'{cfg.split}_ece': evidence['calibration']['ece']}
-  return found, images, metrics
 
 
 def run_config(config):
@@ -55,10 +34,10 @@ def run(config, workdir: str) -> StageResult:
   exp = experiment.build(run_config(config))
   state = runs.restore_final_state(exp, run_dir, config.evaluate.step)
   done = runs.summary(run_dir) or {}
-  found, images, metrics = analyse(exp, state, workdir, done.get('history'))
+  found, images, metrics = analysis.analyse(exp, state, workdir, done.get('history'))
   metrics['step'] = int(state.step)
   test_predictions = evaluate.probabilities(exp, state, exp.dataset.x_test).argmax(-1)
   found.append(saturation.verdict(exp.dataset.y_test,
                                   {f'the model at step {int(state.step)}': test_predictions}))
-  return report.finish(workdir, StageResult('evaluate', found, metrics, written(workdir, images)),
+  return report.finish(workdir, StageResult('evaluate', found, metrics, analysis.written(workdir, images)),
                        f'Evaluate: {run_dir} at step {int(state.step)}', images)

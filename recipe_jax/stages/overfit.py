@@ -11,8 +11,7 @@ from recipe_jax import files
 from recipe_jax.model import models
 from recipe_jax.report import results as report
 from recipe_jax.report.results import StageResult, Verdict
-from recipe_jax.runs import store as run_store
-from recipe_jax.stages import train
+from recipe_jax.runs import driver, store as run_store
 
 TRUSTED = {'optimizer.name': 'adam', 'optimizer.learning_rate': 3e-4,
            'optimizer.schedule': 'constant', 'optimizer.warmup_steps': 0,
@@ -72,7 +71,7 @@ def run(config, workdir: str) -> StageResult:
   run_store.claim(out, config, 'overfit')  # as main and recipe do: the stage's keys, not the run's
   with config.unlocked():
     config.eval_train_split = True  # so a restart does not see this as a change of config
-  summary = train.run_training(config, out, claim=False)
+  summary = driver.run_training(config, out, claim=False)
   files = ['overfit/report.md', 'overfit/summary.json']
   if not summary['finished']:  # preempted: the next start resumes and then judges
     return StageResult('overfit', [], {'step': summary['step']}, files, finished=False)

@@ -14,15 +14,14 @@ import re
 
 import numpy as np
 
-from recipe_jax import console, files
+from recipe_jax import files
 from recipe_jax.config import check as config_check, selection
 from recipe_jax.data import sources
-from recipe_jax.diagnose import replication
-from recipe_jax.errors import DivergenceError, UserError
-from recipe_jax.report import plots, results as report, words
+from recipe_jax.diagnose import noise, replication
+from recipe_jax.errors import UserError
+from recipe_jax.report import plots, results as report, tables, words
 from recipe_jax.report.results import StageResult, Verdict
-from recipe_jax.runs import finished as runs, provenance
-from recipe_jax.stages import compare, train
+from recipe_jax.runs import driver, finished as runs, provenance
 
 FILES = ['replicate/results.md', 'replicate/results.csv', 'replicate/spread.png',
          'replicate/report.md']
@@ -72,28 +71,17 @@ def run(config, workdir: str) -> StageResult:
     except UserError as e:
       raise UserError(f'replicate.perturbations: {name} makes a config that cannot run: '
                       f'{e}') from None
-  progress = console.StageProgress('replicate', len(planned) * len(seeds))
-  summaries, diverged = {}, {}
+  batched = {}
   for name, (folder, _) in planned.items():
     run_dirs = [os.path.join(out, folder, f'seed_{s}') for s in seeds]
     # the run's own seed trains alone, as the run did: seeds side by side (GPU, TPU) would
     # reassociate its floats and look like a change
     batches = ([0], list(range(1, len(seeds)))) if name == SEEDS else (range(len(seeds)),)
-    found = []
-    try:
-      for batch in batches:
-        trained = train.train_runs('replicate', [configs[name][i] for i in batch],
-                                   [run_dirs[i] for i in batch], progress,
-                                   sum(map(len, summaries.values())) + len(found))
-        if trained is None:  # preempted: the same command resumes here
-          return StageResult('replicate', [], {}, FILES, finished=False)
-        found += trained
-    except DivergenceError as e:
-      if name == SEEDS:  # the run's own config diverges on another seed: that is the answer
-        raise
-      diverged[name] = str(e)
-      continue
-    summaries[name] = found
+    batched[name] = [([configs[name][i] for i in b], [run_dirs[i] for i in b]) for b in batches]
+  diverged = {}  # the run's own config diverging on another seed is the answer: it raises
+  summaries = driver.train_groups('replicate', batched, diverged, fatal=(SEEDS,))
+  if summaries is None:  # preempted: the same command resumes here
+    return StageResult('replicate', [], {}, FILES, finished=False)
   return finish(config, workdir, original, recorded, summaries, planned, diverged)
 
 
@@ -107,12 +95,12 @@ def finish(config, workdir, original, recorded, summaries, planned, diverged) ->
                                        recorded.get('val_examples'), original.seed,
                                        reproduced.status == 'PASS')
   found = [reproduced, position]
-  rows = compare.table({compare.BASELINE if n == SEEDS else n: s for n, s in summaries.items()},
-                       {compare.BASELINE if n == SEEDS else n: o for n, (_, o) in planned.items()},
-                       metric)
+  rows = noise.group_rows({noise.BASELINE if n == SEEDS else n: s for n, s in summaries.items()},
+                          {noise.BASELINE if n == SEEDS else n: o
+                           for n, (_, o) in planned.items()}, metric)
   rows[0]['variant'] = SEEDS
   found += sensitivity(rows, metric, diverged)
-  compare.write_csv(os.path.join(out, 'results.csv'), rows)
+  tables.write_csv(os.path.join(out, 'results.csv'), rows)
   _write_table(os.path.join(out, 'results.md'), rows, metric, recorded[metric], original.seed)
   image = os.path.join(out, 'spread.png')
   low, high = position.evidence.get('interval', (recorded[metric], recorded[metric]))  # NaN: none
@@ -189,15 +177,16 @@ def sensitivity(rows: list, metric: str, diverged: dict | None = None) -> list:
 
 
 def _write_table(path: str, rows: list, metric: str, original: float, seed: int) -> None:
-  lines = [f'# Replicate: {metric}, mean +- std over seeds', '',
-           f'The run itself (seed {seed}): {original:.4f}', '',
-           f'| runs | seeds | {metric} | delta vs the config | beyond the noise? | test accuracy |',
-           '|---|---|---|---|---|---|']
+  cells = []
   for r in rows:
     delta = '' if r['variant'] == SEEDS else f"{r['delta']:+.4f}"
     test = '' if r['test_accuracy'] is None or r['test_accuracy'] != r['test_accuracy'] else (
         f"{r['test_accuracy']:.4f}")
-    lines.append(f"| {r['variant']} | {r['seeds']} | {r['mean']:.4f} +- {r['std']:.4f} | "
-                 f"{delta} | {r['noise'] or '-'} | {test} |")
-  lines += ['', '![spread over seeds](spread.png)', '']
+    cells.append([r['variant'], r['seeds'], f"{r['mean']:.4f} +- {r['std']:.4f}", delta,
+                  r['noise'] or '-', test])
+  lines = [f'# Replicate: {metric}, mean +- std over seeds', '',
+           f'The run itself (seed {seed}): {original:.4f}', '',
+           *tables.markdown(['runs', 'seeds', metric, 'delta vs the config', 'beyond the noise?',
+                             'test accuracy'], cells),
+           '', '![spread over seeds](spread.png)', '']
   files.write_text(path, '\n'.join(lines))

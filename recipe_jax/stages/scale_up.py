@@ -9,19 +9,17 @@ verdict: Spearman's rank correlation of the groups at both scales, and every con
 difference beyond noise at the small scale) that holds, fades or flips
 (`recipe_jax.diagnose.trends`). Output: scale_up/results.{md,csv}, scale_up/trends.png.
 """
-import csv
 import os
 
 import numpy as np
 
-from recipe_jax import console, files
+from recipe_jax import files
 from recipe_jax.config import check as config_check, selection
-from recipe_jax.diagnose import trends
+from recipe_jax.diagnose import noise, trends
 from recipe_jax.errors import DivergenceError, UserError
-from recipe_jax.report import plots, results as report, words
+from recipe_jax.report import plots, results as report, tables, words
 from recipe_jax.report.results import StageResult
-from recipe_jax.runs import finished as runs
-from recipe_jax.stages import compare, train
+from recipe_jax.runs import driver, finished as runs
 
 FILES = ['scale_up/results.md', 'scale_up/results.csv', 'scale_up/trends.png',
          'scale_up/report.md']
@@ -78,19 +76,12 @@ def run(config, workdir: str) -> StageResult:
       configs[name] = [scaled(config, runs.load_config(d)) for d in run_dirs]
     except UserError as e:
       raise UserError(f'scale_up.changes on {name}: {e}') from None
-  progress = console.StageProgress('scale_up', sum(map(len, groups.values())))
-  large, diverged = {}, {}
-  for name, group in configs.items():
-    try:
-      found = train.train_runs('scale_up', group,
-                               [os.path.join(out, name, f'seed_{c.seed}') for c in group],
-                               progress, sum(map(len, large.values())))
-    except DivergenceError as e:  # an answer too: this group does not survive the scale
-      diverged[name] = str(e)
-      continue
-    if found is None:  # preempted: the same command resumes here
-      return StageResult('scale_up', [], {}, FILES, finished=False)
-    large[name] = found
+  diverged = {}  # an answer too: a group that does not survive the scale
+  large = driver.train_groups('scale_up', {name: [(group, [
+      os.path.join(out, name, f'seed_{c.seed}') for c in group])] for name, group in configs.items()},
+                              diverged)
+  if large is None:  # preempted: the same command resumes here
+    return StageResult('scale_up', [], {}, FILES, finished=False)
   if not large:
     raise DivergenceError(f'every run diverged at the larger scale ({diverged})')
   return finish(config, workdir, {n: small[n] for n in large}, large, metric, diverged)
@@ -104,7 +95,7 @@ def finish(config, workdir: str, small: dict, large: dict, metric: str,
   names = list(small)
   mean = lambda runs_: float(np.mean([s[metric] for s in runs_]))
   small_means, large_means = [mean(small[n]) for n in names], [mean(large[n]) for n in names]
-  found = trends.conclusions(small, large, lambda a, b: compare.difference(a, b, metric))
+  found = trends.conclusions(small, large, lambda a, b: noise.difference(a, b, metric))
   verdict = trends.verdict(names, small_means, large_means, found, metric, scale,
                            config.scale_up.min_rank_correlation, diverged)
   rows = [{'group': n, 'seeds': len(small[n]), f'small_{metric}': s, f'large_{metric}': g,
@@ -132,15 +123,11 @@ def _rank(means: list, metric: str) -> list:
 
 
 def _write(out: str, rows: list, found: list, metric: str, scale: str) -> None:
-  with files.writing_text(os.path.join(out, 'results.csv')) as f:
-    writer = csv.DictWriter(f, list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  tables.write_csv(os.path.join(out, 'results.csv'), rows)
   lines = [f'# Scale up: {metric} at the small scale and at the larger ({scale})', '',
-           '| group | seeds | small | rank | larger | rank |', '|---|---|---|---|---|---|']
-  for r in rows:
-    lines.append(f"| {r['group']} | {r['seeds']} | {r[f'small_{metric}']:.4f} | "
-                 f"{r['small_rank']} | {r[f'large_{metric}']:.4f} | {r['large_rank']} |")
+           *tables.markdown(['group', 'seeds', 'small', 'rank', 'larger', 'rank'], [
+               [r['group'], r['seeds'], f"{r[f'small_{metric}']:.4f}", r['small_rank'],
+                f"{r[f'large_{metric}']:.4f}", r['large_rank']] for r in rows])]
   lines += ['', '## Conclusions (differences beyond noise at the small scale)', '']
   lines += [f"- {c['fate']}: {c['b']} - {c['a']} = {c['small']['delta']:+.4f} -> "
             f"{c['large']['delta']:+.4f} (noise +-{c['large']['noise_level']:.4f})"

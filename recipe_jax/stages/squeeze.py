@@ -17,7 +17,6 @@ comma-separated run directories. Then, on validation (selection) and test (repor
   student trained on labels alone, with parameter counts and inference time per example;
 - the error analysis of the ensemble on validation (squeeze/analysis/, `recipe_jax.diagnose.analysis`).
 """
-import csv
 import os
 import time
 
@@ -29,11 +28,10 @@ from recipe_jax import console, files
 from recipe_jax.config import check as config_check
 from recipe_jax.diagnose import analysis, ensembles, saturation, weight_averaging
 from recipe_jax.engine import experiment, loop, side_by_side
-from recipe_jax.report import plots, results as report
-from recipe_jax.runs import store as run_store, finished as runs
+from recipe_jax.report import plots, results as report, tables
+from recipe_jax.runs import driver, store as run_store, finished as runs
 from recipe_jax.errors import UserError
 from recipe_jax.report.results import StageResult, Verdict
-from recipe_jax.stages import train
 from recipe_jax.engine import evaluate
 
 FILES = ['squeeze/results.md', 'squeeze/results.csv', 'squeeze/ensemble_gain.png',
@@ -80,7 +78,7 @@ def train_members(config, members: list) -> bool:
       raise UserError(f'squeeze member {run_dir} has not finished training; finish it '
                       '(rerun its train command) or leave it out')
     logging.info('squeeze: training member %s', name)
-    if not train.run_training(member_config, run_dir)['finished']:
+    if not driver.run_training(member_config, run_dir)['finished']:
       return False
     progress.done(number)
   return True
@@ -221,7 +219,7 @@ def _distill(config, out: str, loaded: list, overrides: dict, bins: int):
     run_dir = os.path.join(out, key)
     if not run_store.reusable_summary(run_dir, student_config):
       logging.info('squeeze: training the %s', name)
-      if not train.run_training(student_config, run_dir, exp=student)['finished']:
+      if not driver.run_training(student_config, run_dir, exp=student)['finished']:
         return None
     state = runs.restore_final_state(exp, run_dir)
     found.append(row(name, evaluate.probabilities(exp, state, exp.dataset.x_val),
@@ -290,14 +288,9 @@ def _gain_plot(out: str, loaded: list, dataset) -> str:
 
 
 def _write_tables(out: str, table: list) -> None:
-  with files.writing_text(os.path.join(out, 'results.csv')) as f:
-    writer = csv.DictWriter(f, ['name', *COLUMNS], extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(table)
-  lines = ['| model | ' + ' | '.join(COLUMNS) + ' |', '|---' * (len(COLUMNS) + 1) + '|']
-  for r in table:
-    cells = [_cell(r.get(k)) for k in COLUMNS]
-    lines.append(f"| {r['name']} | " + ' | '.join(cells) + ' |')
+  tables.write_csv(os.path.join(out, 'results.csv'), table, ['name', *COLUMNS])
+  lines = tables.markdown(['model', *COLUMNS],
+                          [[r['name'], *(_cell(r.get(k)) for k in COLUMNS)] for r in table])
   files.write_text(os.path.join(out, 'results.md'), '\n'.join(lines) + '\n')
 
 

@@ -10,80 +10,17 @@ WARN for other schedules, whose shape changes), and the error analysis of the fi
 """
 import os
 
-import numpy as np
-from absl import logging
-
-from recipe_jax import console, files
-from recipe_jax.diagnose import data_checks, monitor
-from recipe_jax.engine import experiment, multihost, side_by_side, training
+from recipe_jax.diagnose import analysis, data_checks, noise
+from recipe_jax.engine import experiment
 from recipe_jax.errors import DivergenceError
 from recipe_jax.model import optim
 from recipe_jax.report import plots, results as report, words
 from recipe_jax.report.results import StageResult, Verdict
-from recipe_jax.runs import finished as runs, store as run_store, tracking
-from recipe_jax.stages import evaluate
+from recipe_jax.runs import driver, finished as runs
 
 HEADLINE = ('test_accuracy', 'eval_accuracy', 'best_eval_accuracy', 'train_accuracy', 'step',
             'wall_s')
 FILES = ['summary.json', 'config.json', 'checkpoints', 'train/report.md']
-
-
-def write_json(path: str, obj) -> None:
-  if multihost.is_leader():
-    files.write_json(path, obj)  # whole or not at all
-
-
-def run_training(config, workdir: str, on_eval=None, exp=None, claim: bool = True) -> dict:
-  """Trains (or resumes) the run in workdir and returns its summary (summary.json). A workdir
-  that holds a run of another config is refused before anything is written (`run_store`);
-  `claim=False`: a stage claimed it already, for this run."""
-  if claim:
-    run_store.claim(workdir, config)
-  with tracking.tracked(config, workdir) as tracked_run:
-    def after_eval(step, row):
-      if tracked_run:
-        tracked_run.log_evals([row])
-      if on_eval:
-        on_eval(step, row)
-    exp = exp or experiment.build(config)
-    watch = None
-    if config.monitor_layers and config.eval_every_steps > 0:
-      watch = lambda writer: monitor.LayerMonitor(exp, writer, config.eval_every_steps,
-                                                  config.sanity.max_gradient_ratio)
-    summary = training.train_and_evaluate(exp, workdir, after_eval, watch)
-    write_json(os.path.join(workdir, 'summary.json'), summary)
-    if tracked_run:  # evals of a run trained side by side, or none left to log
-      tracked_run.log_evals(summary['history'])
-      if not summary['finished']:
-        tracked_run.status = 'KILLED'
-  console.run_ended(workdir, words.headline(
-      {k: summary[k] for k in ('eval_accuracy', 'test_accuracy', 'step', 'wall_s')
-       if summary.get(k) is not None}))
-  return summary
-
-
-def train_runs(stage: str, configs: list, run_dirs: list, progress=None,
-               before: int = 0) -> list | None:
-  """The summaries of these runs (compare's seeds, replicate's, scale_up's), training those not
-  finished yet (seeds side by side where that is on) and reusing the others; None when one was
-  preempted (the same command resumes it). `progress` counts `before` runs done already."""
-  if not side_by_side.train_unfinished(configs, run_dirs):
-    return None
-  found = []
-  for config, run_dir in zip(configs, run_dirs):
-    summary = run_store.reusable_summary(run_dir, config)
-    trained = summary is None
-    if trained:
-      logging.info('%s: training %s, seed %d', stage, run_dir, config.seed)
-      summary = run_training(config, run_dir)
-      if not summary['finished']:
-        return None
-    else:
-      logging.info('%s: %s already finished, not redone', stage, run_dir)
-    found.append(summary)
-    if progress:
-      progress.done(before + len(found), trained)
-  return found
 
 
 def extension_verdict(previous: dict | None, config) -> Verdict | None:
@@ -141,8 +78,7 @@ def val_vs_test(summary: dict, z_max: float = 3.0) -> Verdict:
   the two splits' sizes allows (z > z_max): the test split is not what validation measured."""
   val, test = summary['eval_accuracy'], summary['test_accuracy']
   n_val, n_test = summary['val_examples'], summary['test_examples']
-  error = np.sqrt(val * (1 - val) / n_val + test * (1 - test) / n_test)
-  z = (val - test) / max(error, 1e-9)
+  z = noise.splits_apart(val, n_val, test, n_test)
   evidence = {'eval_accuracy': val, 'test_accuracy': test, 'val_examples': n_val,
               'test_examples': n_test, 'z': float(z), 'z_max': z_max}
   line = (f'test accuracy {test:.1%} against validation {val:.1%} ({n_test} and {n_val} '
@@ -219,7 +155,7 @@ def run(config, workdir: str) -> StageResult:
   extended = extension_verdict(runs.summary(workdir), config)
   exp = experiment.build(config)
   try:
-    summary = run_training(config, workdir, exp=exp)
+    summary = driver.run_training(config, workdir, exp=exp)
   except DivergenceError as e:
     report.finish(workdir, StageResult('train', [Verdict('finished', 'FAIL', str(e))], {},
                                        FILES[1:]), title)
@@ -233,10 +169,10 @@ def run(config, workdir: str) -> StageResult:
     found.append(extended)
   if summary['finished'] and config.analysis.enabled:
     state = runs.restore_final_state(exp, workdir)
-    analysed, images, _ = evaluate.analyse(exp, state, workdir, summary['history'])
+    analysed, images, _ = analysis.analyse(exp, state, workdir, summary['history'])
     found = [gap_from_labels(v, analysed) if v.check == 'train_val_gap' else v for v in found]
     found += analysed
-    looked_at += evaluate.written(workdir, images)
+    looked_at += analysis.written(workdir, images)
   if curves:
     images['finished'] = [curves]
   result = StageResult('train', found, metrics, looked_at, finished=summary['finished'])

@@ -21,12 +21,11 @@ from absl import logging
 from recipe_jax import console, files
 from recipe_jax.config import check as config_check, selection
 from recipe_jax.engine import multihost
-from recipe_jax.report import plots, results as report
-from recipe_jax.runs import studies
+from recipe_jax.report import plots, results as report, tables
+from recipe_jax.runs import driver, studies
 from recipe_jax.errors import DivergenceError
 from recipe_jax.report import words
 from recipe_jax.report.results import StageResult, Verdict
-from recipe_jax.stages import compare, train
 
 EDGE = 0.1  # a best value in the outer 10% of a numeric range suggests widening it
 
@@ -146,7 +145,7 @@ def _follow(config) -> StageResult:
         raise optuna.TrialPruned(f'pruned at step {step}')
 
     try:
-      train.run_training(config_check.variant(config, message['overrides']),
+      driver.run_training(config_check.variant(config, message['overrides']),
                          message['run_dir'], report_eval)
     except (optuna.TrialPruned, DivergenceError):
       pass  # process 0 records it
@@ -187,7 +186,7 @@ def make_objective(config, space: dict, out: str, study, preempted: list):
         raise optuna.TrialPruned(f'pruned at step {step}')
 
     try:
-      summary = train.run_training(config_check.variant(config, overrides), run_dir,
+      summary = driver.run_training(config_check.variant(config, overrides), run_dir,
                                    report_eval)
     except DivergenceError as e:
       trial.set_user_attr('fail_reason', str(e))
@@ -310,13 +309,11 @@ def _write_tables(out: str, trials, space: dict, metric: str) -> list:
                  'wall_s': t.user_attrs.get('wall_s'),
                  'resumed_from_step': t.user_attrs.get('resumed_from_step'),
                  'note': t.user_attrs.get('fail_reason', '')[:80]})
-  compare.write_csv(os.path.join(out, 'trials.csv'), rows)
-  lines = [f'# Tune: trials ranked by {metric}', '', '| ' + ' | '.join(rows[0]) + ' |',
-           '|---' * len(rows[0]) + '|'] if rows else ['# Tune: no trial finished']
-  for row in rows:
-    lines.append('| ' + ' | '.join(f'{v:.4g}' if isinstance(v, float) else
-                                   '-' if v is None or v == '' else str(v)
-                                   for v in row.values()) + ' |')
+  tables.write_csv(os.path.join(out, 'trials.csv'), rows)
+  cell = lambda v: f'{v:.4g}' if isinstance(v, float) else '-' if v is None or v == '' else v
+  lines = ([f'# Tune: trials ranked by {metric}', '',
+            *tables.markdown(list(rows[0]), [[cell(v) for v in r.values()] for r in rows])]
+           if rows else ['# Tune: no trial finished'])
   files.write_text(os.path.join(out, 'results.md'), '\n'.join(lines) + '\n')
   return rows
 
