@@ -5,7 +5,7 @@ import pytest
 from test_conformance import synthetic_npz
 
 from recipe_jax.config import defaults
-from recipe_jax.diagnose import diagnosis
+from recipe_jax.diagnose import diagnosis, registry
 from recipe_jax.report import words as report_words
 from recipe_jax.report.results import Verdict
 from recipe_jax.stages import sanity
@@ -64,6 +64,8 @@ def test_planted_defect_is_diagnosed_by_name(defect, npz, tmp_path):
   assert found.status in ('FAIL', 'WARN')
   for w in words:
     assert w in found.summary, found.summary
+  for v in verdicts.values():  # every cause is one its check registers
+    assert v.cause is None or v.cause in registry.find('sanity', v.check).causes, v
   for symptom in found.evidence['symptoms']:  # each failed symptom points at the same cause
     assert verdicts[symptom].cause == found.cause
     assert words[0] in report_words.sentence(verdicts[symptom])

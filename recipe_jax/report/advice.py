@@ -7,7 +7,7 @@ say the same.
 """
 import math
 
-from recipe_jax.diagnose import noise
+from recipe_jax.diagnose import noise, registry
 from recipe_jax.report import words
 
 
@@ -18,6 +18,11 @@ def act_or_ignore(stage: str, verdict: dict) -> tuple[bool, str] | None:
   evidence = {**(verdict.get('evidence') or {}), 'cause': verdict.get('cause')}
   if status == 'PASS':
     return None
+  registered = registry.find(stage, check)
+  if registered is not None and registered.advice is not None:
+    found = registered.advice(status, evidence)
+    if found:
+      return found
   for prefix, rule in RULES.items():
     if check.startswith(prefix):
       found = rule(status, evidence)
@@ -79,29 +84,6 @@ def _calibration(status, e):
   return True, ('act if you use the probabilities (thresholds, ranking, abstaining): '
                 'temperature scaling or the ensemble fixes them; ignore if only the top class '
                 'matters')
-
-
-def _activations_seen(status, e):
-  if e.get('program_read') is False:
-    return True, ("the model's program could not be read, so dead units and saturation went "
-                  'unjudged: log.txt names the operation it stopped at')
-  return False, ('layers inside a lifted loop (nn.scan: a GRU, a scanned stack) cannot be '
-                 'recorded; the gradient checks still see every kernel')
-
-
-def _loss_at_init(status, e):
-  if status == 'WARN':
-    return False, ('the initial logits are a little large, so the first steps only shrink them; '
-                   'it costs a few steps (a zero-initialised last layer starts at the expected '
-                   'loss)')
-  return None
-
-
-def _init_well(status, e):
-  if status == 'WARN':
-    return False, ('the model starts away from the class priors; it costs only the first steps '
-                   '(model.log_prior_output_bias=True sets them where the model has a bias)')
-  return None
 
 
 def _squeeze(status, e):
@@ -207,27 +189,6 @@ def _trends_hold(status, e):
                 f"larger ({e.get('large_order')}): decide at the scale you will train at")
 
 
-def _loss_signature(status, e):
-  if status != 'WARN':
-    return None
-  if e.get('cause') == 'loss_floor':
-    return False, (f"the loss's floor ({e.get('floor', math.nan):.3g}) is its soft targets': "
-                   'expected when they are deliberate (label smoothing), and every check aims at '
-                   'it; act only if your loss should reach 0')
-  if e.get('cause') == 'loss_scaled':
-    return False, (f"a constant multiple ({e.get('scale', math.nan):.3g}x) of the cross-entropy "
-                   'trains the same under Adam; act if it was meant to be a sum, or with SGD, '
-                   'whose learning rate it scales')
-  return None
-
-
-def _overfit_one_batch(status, e):
-  if status == 'WARN':
-    return True, ('one batch was still being learned when the steps ran out: rerun with more '
-                  'sanity.overfit_steps before trusting that the model can memorise')
-  return None
-
-
 def _input_blocks(status, e):
   if e.get('cause') == 'input_block':
     return True, (f"rows {e.get('first_row')} to {e.get('last_row')} differ from the rest of "
@@ -240,10 +201,8 @@ def _input_blocks(status, e):
 
 RULES = {'variant_': lambda s, e: _variant(s, e) if s == 'WARN' else None,
          'input_blocks_': _input_blocks,
-         'loss_signature': _loss_signature, 'overfit_one_batch': _overfit_one_batch,
          'learning_rate': _learning_rate, 'calibration': _calibration,
-         'activations_seen': _activations_seen, 'loss_at_init': _loss_at_init,
-         'init_well': _init_well, 'ensemble': _ensemble, 'distillation': _squeeze,
+         'ensemble': _ensemble, 'distillation': _squeeze,
          'weight_averaging': _squeeze, 'tta': _squeeze,
          'more_data': _more_data, 'train_val_gap': _train_val_gap, 'label_noise': _label_noise,
          'outliers': _outliers, 'test_saturation': _test_saturation,

@@ -14,7 +14,7 @@ from absl import logging
 
 from recipe_jax import console, files
 from recipe_jax.data import datasets as data_lib
-from recipe_jax.diagnose import checks, diagnosis, inside, probes
+from recipe_jax.diagnose import checks, diagnosis, inside, probes, registry
 from recipe_jax.engine import batches, experiment, loop, rng, state as state_lib, steps, training
 from recipe_jax.engine.mesh import require_divisible
 from recipe_jax.errors import UserError
@@ -23,10 +23,8 @@ from recipe_jax.report import plots, results as report
 from recipe_jax.report.results import StageResult, Verdict
 
 FILES = ['sanity/report.md', 'sanity/verdicts.json']
-CHECKS = ('fixed_seed', 'loss_at_init', 'loss_signature', 'init_well', 'inputs_before_net',
-          'batch_dependency', 'eval_consistency', 'gradients', 'activations_seen',
-          'gradient_flow', 'dead_units', 'saturation', 'symmetric_init', 'dumb_baselines',
-          'decreasing_loss', 'prediction_dynamics', 'overfit_one_batch', 'human_baseline')
+# the registered checks, in their order; the diagnosis reads them all after they ran
+CHECKS = tuple(c for c in registry.names('sanity') if c != 'diagnosis')
 UPDATE_RATIO_POINTS = 50  # per-layer update ratios recorded over a short run
 
 
