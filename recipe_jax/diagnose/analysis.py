@@ -21,10 +21,12 @@ import numpy as np
 from recipe_jax import files
 from recipe_jax.data import datasets as data
 from recipe_jax.engine import evaluate, multihost
-from recipe_jax.diagnose import data_checks
-from recipe_jax.report import plots, words
-from recipe_jax.report.results import Verdict
+from recipe_jax.diagnose import analysis_checks, data_checks, registry
+from recipe_jax.report import plots
 from recipe_jax.runs import finished as runs
+
+FAMILY = 'recipe_jax.diagnose.analysis_checks'
+still_improving = analysis_checks.still_improving
 
 
 def confusion_matrix(labels, predicted, num_classes: int) -> np.ndarray:
@@ -82,70 +84,13 @@ def most_confident_wrong(probs: np.ndarray, labels, k: int) -> np.ndarray:
   return wrong[np.argsort(-confidence, kind='stable')[:k]]
 
 
-def still_improving(history: list, tail_fraction: float = 0.25, min_gain: float = 0.005):
-  """(gain, rising): validation accuracy at the last eval minus the best before the last
-  `tail_fraction` of the evals; rising when the gain is above `min_gain`."""
-  accuracies = [h['eval_accuracy'] for h in history if 'eval_accuracy' in h]
-  if len(accuracies) < 4:
-    return None, False
-  split = max(1, int(round(len(accuracies) * (1 - tail_fraction))))
-  gain = float(np.mean(accuracies[-2:]) - max(accuracies[:split]))
-  return gain, gain > min_gain
-
-
 def verdicts(counts, stats, ece, confusions, cfg, history=None, split='val',
              structure: dict | None = None) -> list:
-  recall, support = stats['recall'], stats['support']
-  present = support > 0
-  median = float(np.median(recall[present]))
-  neglected = [int(c) for c in np.flatnonzero(present & (recall < median - cfg.max_recall_gap))]
-  evidence = {'recall': recall.tolist(), 'median_recall': median, 'max_recall_gap': cfg.max_recall_gap,
-              'neglected_classes': neglected}
-  if neglected:
-    names = ', '.join(f'{c} ({recall[c]:.2f})' for c in neglected)
-    found = [Verdict('class_recall', 'WARN', f'recall of class {names} is more than '
-                     f'{cfg.max_recall_gap:g} below the median {median:.2f}: look at its '
-                     'examples and labels (most_confident_wrong.png)', evidence)]
-  else:
-    found = [Verdict('class_recall', 'PASS', f'every class within {cfg.max_recall_gap:g} of '
-                     f'the median recall {median:.2f} (lowest {recall[present].min():.2f})',
-                     evidence)]
-  cal = {'ece': ece, 'max_ece': cfg.max_ece}
-  found.append(Verdict('calibration', 'WARN' if ece > cfg.max_ece else 'PASS',
-                       f'expected calibration error {words.beside(ece, cfg.max_ece)} on '
-                       f'{split} ' + (
-                           f'(> {cfg.max_ece:g}): probabilities are not confidences; an '
-                           'ensemble or temperature scaling helps' if ece > cfg.max_ece
-                           else f'(warn above {cfg.max_ece:g})'), cal))
-  accuracy = float(np.trace(counts) / counts.sum())
-  if confusions:
-    worst = int(np.argmin(np.where(present, recall, np.inf)))
-    confused = '; '.join(f"{c['true']} read as {c['predicted']} {c['count']}x "
-                         f"({c['fraction_of_class']:.0%} of class {c['true']})"
-                         for c in confusions[:3])
-    summary = (f'accuracy {accuracy:.3f} on {split}; most confused: {confused}; weakest class '
-               f'{worst} (recall {recall[worst]:.2f})')
-  else:
-    summary = f'accuracy {accuracy:.3f} on {split}: no mistakes'
-  evidence = {'top_confusions': confusions, 'accuracy': accuracy}
-  if structure is None:
-    found.append(Verdict('confusions', 'PASS', summary, evidence))
-  elif structure['block']:  # a row block names the labels; class pairs may be the task's own
-    found.append(Verdict('confusions', 'WARN', summary + '; ' + data_checks.describe_structure(
-        {**structure, 'dominant_pairs': []}), {**evidence, 'label_structure': structure},
-        cause='labels_by_rows'))
-  else:
-    found.append(Verdict('confusions', 'PASS', summary,
-                         {**evidence, 'label_structure': structure}))
-  if history:
-    gain, rising = still_improving(history)
-    if gain is not None:
-      found.append(Verdict('still_improving', 'PASS', (
-          f'validation accuracy still rising at the end (+{gain:.3f} over the best before the '
-          'last quarter): leave it training (a larger num_train_steps resumes this run)'
-          if rising else f'validation accuracy has levelled off ({gain:+.3f} in the last '
-                         'quarter of the evals)'), {'gain': gain, 'rising': rising}))
-  return found
+  """The error analysis' verdicts: the registered checks of its family, in order."""
+  measured = analysis_checks.Measured(counts, stats, ece, confusions, cfg, history, split,
+                                      structure)
+  found = [check.run(measured) for check in registry.family(FAMILY)]
+  return [v for v in found if v is not None]
 
 
 def write(directory: str, probs, labels, x, cfg, dataset=None, split: str = 'val',

@@ -80,12 +80,6 @@ def _learning_rate(status, e):
   return None
 
 
-def _calibration(status, e):
-  return True, ('act if you use the probabilities (thresholds, ranking, abstaining): '
-                'temperature scaling or the ensemble fixes them; ignore if only the top class '
-                'matters')
-
-
 def _squeeze(status, e):
   return False, ('this squeeze did not pay on this model: deploy without it (the others of '
                  'the stage still stand)')
@@ -201,7 +195,7 @@ def _input_blocks(status, e):
 
 RULES = {'variant_': lambda s, e: _variant(s, e) if s == 'WARN' else None,
          'input_blocks_': _input_blocks,
-         'learning_rate': _learning_rate, 'calibration': _calibration,
+         'learning_rate': _learning_rate,
          'ensemble': _ensemble, 'distillation': _squeeze,
          'weight_averaging': _squeeze, 'tta': _squeeze,
          'more_data': _more_data, 'train_val_gap': _train_val_gap, 'label_noise': _label_noise,
