@@ -181,3 +181,20 @@ def test_evaluate_into_the_run_directory_itself_keeps_the_runs_config(trained_ru
   assert result.returncode == 0, result.stderr[-2000:]
   assert open(os.path.join(workdir, 'config.json')).read() == before
   assert report.read_result(os.path.join(workdir, 'evaluate', 'result.json')).metrics['step'] == 600
+
+
+def test_errors_held_by_one_class_warn_and_spread_errors_pass():
+  """The check added last (one entry in analysis_checks.py): near its threshold both ways."""
+  cfg = defaults.get_config().analysis
+
+  def found(errors_of_class_0, errors_of_class_1):
+    counts = np.diag([100, 100, 100]).astype(np.int64)
+    counts[0, 1], counts[1, 2] = errors_of_class_0, errors_of_class_1
+    verdicts = analysis.verdicts(counts, analysis.per_class(counts), 0.0, [], cfg)
+    return {v.check: v for v in verdicts}.get('errors_in_one_class')
+
+  assert found(11, 9).status == 'WARN' and 'class 0 holds 55% of the 20 errors' in found(
+      11, 9).summary
+  assert found(11, 9).where == [0]
+  assert found(10, 10).status == 'PASS'  # 50%: not over
+  assert found(10, 9) is None  # 19 errors: too few to say

@@ -95,6 +95,32 @@ def still_improving_verdict(m: Measured) -> Verdict | None:
                      'of the evals)'), {'gain': gain, 'rising': rising})
 
 
+MAX_ERROR_SHARE = 0.5  # one true class holding more of the errors than this
+MIN_ERRORS = 20  # fewer errors: a share says little
+
+
+def errors_in_one_class(m: Measured) -> Verdict | None:
+  errors = m.counts.sum(1) - np.diag(m.counts)  # per true class
+  total = int(errors.sum())
+  if total < MIN_ERRORS:
+    return None
+  worst = int(np.argmax(errors))
+  share = float(errors[worst] / total)
+  evidence = {'errors_by_class': errors.tolist(), 'errors': total, 'share': share,
+              'max_share': MAX_ERROR_SHARE}
+  said = f'class {worst} holds {share:.0%} of the {total} errors on {m.split}'
+  if share > MAX_ERROR_SHARE:
+    return Verdict('errors_in_one_class', 'WARN', f'{said} (WARN over {MAX_ERROR_SHARE:.0%}): '
+                   'the errors are one class\'s, not the model\'s in general', evidence,
+                   where=[worst])
+  return Verdict('errors_in_one_class', 'PASS', said, evidence)
+
+
+def _errors_in_one_class_advice(status, e):
+  return True, ('look at that class first (most_confident_wrong.png, its labels, its share of '
+                'the training data): fixing it is most of what is left to gain')
+
+
 def _calibration_advice(status, e):
   return True, ('act if you use the probabilities (thresholds, ranking, abstaining): '
                 'temperature scaling or the ensemble fixes them; ignore if only the top class '
@@ -115,4 +141,7 @@ CHECKS = (
     Check('still_improving', STAGES, 'validation accuracy over the last quarter of the evals',
           'never WARNs: says whether it was still rising (leave it training) or levelled off',
           run=still_improving_verdict),
+    Check('errors_in_one_class', STAGES, "the largest true class's share of the split's errors",
+          f'WARN when one class holds more than {MAX_ERROR_SHARE:.0%} of them (from '
+          f'{MIN_ERRORS} errors)', advice=_errors_in_one_class_advice, run=errors_in_one_class),
 )
