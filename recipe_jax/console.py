@@ -115,7 +115,7 @@ def sync_log() -> None:
   """Sends the local copy of a remote workdir's log.txt up (only process 0)."""
   if _remote_log is None or not local_log():
     return
-  from recipe_jax.engine import multihost
+  from recipe_jax import multihost
   for handler in pylogging.getLogger().handlers:
     handler.flush()
   if multihost.is_leader():

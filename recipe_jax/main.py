@@ -153,7 +153,7 @@ def main(argv):
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
       join_cluster(jax, config)
     enable_compilation_cache(config.compilation_cache_dir)
-    from recipe_jax.engine import multihost
+    from recipe_jax import multihost
     from recipe_jax.runs import provenance
     provenance.started_by(sys.argv, config_flags.get_config_filename(flags.FLAGS['config']))
     if config.stage != 'train':  # a train run claims its workdir itself (run_training)

@@ -94,7 +94,7 @@ def defects_module():
 
 
 def run_one(key, config, workdir) -> dict:
-  from recipe_jax.report import words
+  from recipe_jax import words
   from recipe_jax.stages import sanity
   sentence = getattr(words, 'sentence', lambda v: v.summary)  # --code=DIR: older code
   start = time.time()

@@ -18,7 +18,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from recipe_jax.report import results as report  # noqa: E402
+from recipe_jax.verdicts import read_result  # noqa: E402
 
 FIGURES = {  # stage: metrics quoted
     'lr_find': ('suggestion',),
@@ -46,7 +46,7 @@ def main():
   for seed in (int(s) for s in args.seeds.split(',')):
     workdir = os.path.join(args.workdir, f'seed_{seed}')
     seconds = run_seed(workdir, seed)
-    results = {stage: report.read_result(os.path.join(workdir, stage, 'result.json'))
+    results = {stage: read_result(os.path.join(workdir, stage, 'result.json'))
                for stage in ('inspect', 'sanity', *FIGURES)}
     found[seed] = {'seconds': seconds, 'counts': {s: r.counts() for s, r in results.items()},
                    'best_variant': results['compare'].metrics.get('best_variant'),

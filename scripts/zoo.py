@@ -51,7 +51,7 @@ def sanity_config(model: str, dataset: str, seed: int, data_dir: str | None):
 
 def run_one(model, dataset, seed, workdir, data_dir) -> dict:
   """One sanity run: every verdict's status, what alarmed, and the layers identified."""
-  from recipe_jax.report import words
+  from recipe_jax import words
   from recipe_jax.stages import sanity
   start = time.time()
   verdicts = sanity.run(sanity_config(model, dataset, seed, data_dir), workdir).verdicts

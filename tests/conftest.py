@@ -24,8 +24,8 @@ RECORD_VERDICTS = os.environ.get('RECIPE_JAX_RECORD_VERDICTS')  # a .jsonl path,
 def record_verdicts(path: str) -> None:
   """Appends every verdict built in this process (the test, check, status and cause) to `path`:
   the record a refactor's behaviour is compared against (scripts/verdicts_preserved.py)."""
-  from recipe_jax.report import results
-  built = results.Verdict.__post_init__
+  from recipe_jax import verdicts
+  built = verdicts.Verdict.__post_init__
 
   def recorded(verdict):
     built(verdict)
@@ -35,7 +35,7 @@ def record_verdicts(path: str) -> None:
       f.write(json.dumps({'test': test, 'check': verdict.check, 'status': verdict.status,
                           'cause': cause if isinstance(cause, (str, type(None))) else str(cause),
                           'summary': verdict.summary[:200]}) + '\n')
-  results.Verdict.__post_init__ = recorded
+  verdicts.Verdict.__post_init__ = recorded
 
 
 if RECORD_VERDICTS:

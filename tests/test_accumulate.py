@@ -44,7 +44,8 @@ def test_short_runs_of_sanity_lr_find_and_swa_honour_accumulate_steps(small_conf
   """Every training goes through the one engine, so the short runs (sanity's checks, lr_find's
   seeds alone or side by side, SWA) split their batches as configured too."""
   from recipe_jax.diagnose import weight_averaging
-  from recipe_jax.engine import side_by_side, steps
+  from recipe_jax.engine import steps
+  from recipe_jax.runs import side_by_side
   compiled = []
   real = steps.compile_train_step
   monkeypatch.setattr(steps, 'compile_train_step', lambda settings, *args, **kwargs: (

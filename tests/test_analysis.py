@@ -8,11 +8,13 @@ import pytest
 from recipe_jax.config import defaults
 from recipe_jax.diagnose import analysis
 from recipe_jax.engine import experiment
-from recipe_jax.report import plots, results as report, words
+from recipe_jax.report import error_analysis, plots
+from recipe_jax import words
 from recipe_jax.runs import finished as runs
 from recipe_jax.errors import UserError
 from recipe_jax.engine import evaluate
 from recipe_jax.stages import evaluate as evaluate_stage, train
+from recipe_jax.verdicts import read_result
 
 # Six examples, three classes; predictions 0, 0, 1, 1, 0, 2 (two mistakes).
 LABELS = np.array([0, 0, 0, 1, 1, 2])
@@ -135,7 +137,7 @@ def test_a_planted_systematic_confusion_is_the_top_confusion_and_warns(trained_r
   labels = exp.dataset.y_val.copy()
   threes = np.flatnonzero(labels == 3)
   labels[threes[::2]] = 5  # half of class 3 labelled 5: the model (rightly) says 3
-  found, _ = analysis.write(str(tmp_path), probs, labels, exp.dataset.x_val, config.analysis)
+  found, _ = error_analysis.write(str(tmp_path), probs, labels, exp.dataset.x_val, config.analysis)
   top = next(v for v in found if v.check == 'confusions').evidence['top_confusions'][0]
   assert (top['true'], top['predicted']) == (5, 3)
   assert top['count'] >= 0.8 * len(threes[::2])
@@ -159,7 +161,7 @@ def test_evaluate_stage_analyses_a_run_without_retraining(trained_run, tmp_path)
   test_accuracy = saturated.evidence['accuracy']
   assert test_accuracy == pytest.approx(summary['test_accuracy'], abs=1e-6)
   assert saturated.evidence['interval_95'][0] < test_accuracy < saturated.evidence['interval_95'][1]
-  assert report.read_result(str(tmp_path / 'evaluate' / 'result.json')).stage == 'evaluate'
+  assert read_result(str(tmp_path / 'evaluate' / 'result.json')).stage == 'evaluate'
   assert os.path.exists(tmp_path / 'analysis' / 'confusion_matrix.png')
   c.evaluate.step = 300  # an earlier checkpoint
   assert evaluate_stage.run(c, str(tmp_path / "at300")).metrics['step'] == 300
@@ -180,7 +182,7 @@ def test_evaluate_into_the_run_directory_itself_keeps_the_runs_config(trained_ru
                     f'--config.dataset.data_dir={config.dataset.data_dir}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert open(os.path.join(workdir, 'config.json')).read() == before
-  assert report.read_result(os.path.join(workdir, 'evaluate', 'result.json')).metrics['step'] == 600
+  assert read_result(os.path.join(workdir, 'evaluate', 'result.json')).metrics['step'] == 600
 
 
 def test_errors_held_by_one_class_warn_and_spread_errors_pass():

@@ -6,8 +6,8 @@ import pytest
 from test_layout import modules
 
 from recipe_jax.causes import CAUSES
-from recipe_jax.report import words
-from recipe_jax.report.results import Verdict
+from recipe_jax import words
+from recipe_jax.verdicts import Verdict
 
 
 def test_a_verdict_refuses_a_cause_outside_the_vocabulary():

@@ -22,6 +22,7 @@ from recipe_jax.report import results as report
 from recipe_jax.model import models
 from recipe_jax.engine import state as state_lib
 from recipe_jax.engine import loop
+from recipe_jax.verdicts import StageResult, Verdict
 
 CONFIG = '--config=configs/mnist1d/mlp.py'
 
@@ -300,13 +301,13 @@ def test_a_library_exception_nobody_can_catch_reaches_log_txt_not_the_console(tm
 
 @pytest.mark.parametrize('stage, counted', [('recipe', 'stages'), ('sanity', 'checks')])
 def test_the_closing_line_says_whether_it_counts_stages_or_checks(stage, counted):
-  verdicts = [report.Verdict(f'c{i}', s, '') for i, s in enumerate(('PASS', 'WARN', 'PASS'))]
-  first = report.closing_lines(report.StageResult(stage, verdicts, {}, []), '/w')[0]
+  verdicts = [Verdict(f'c{i}', s, '') for i, s in enumerate(('PASS', 'WARN', 'PASS'))]
+  first = report.closing_lines(StageResult(stage, verdicts, {}, []), '/w')[0]
   assert first == f'{stage} finished: 3 {counted}: 2 PASS, 1 WARN, 0 FAIL'
 
 
 def test_a_stopped_stage_gives_no_next_steps_its_verdicts_are_not_all_in():
-  stopped = report.StageResult('compare', [], {}, [], finished=False)
+  stopped = StageResult('compare', [], {}, [], finished=False)
   lines = report.closing_lines(stopped, '/w')
   assert lines[0] == ('compare stopped (resume with the same command): 0 checks: 0 PASS, 0 WARN, '
                       '0 FAIL')

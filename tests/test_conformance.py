@@ -31,6 +31,7 @@ from recipe_jax.errors import ChecksFailed, DivergenceError, UserError
 from recipe_jax.model import keys, models
 from recipe_jax.report import results as report
 from recipe_jax.stages import recipe
+from recipe_jax.verdicts import read_result
 
 USER_ROWS = {'helpers.nnx_models:CNN': 'sequence',  # NNX, BatchNorm and Dropout
              'helpers.nnx_models:LinenCNN': 'sequence',  # a user's Linen, BatchNorm and Dropout
@@ -132,7 +133,7 @@ def compute_row(model, base, npz_dir):
       workdir = os.path.join(base, stage)
       cells[stage] = (exit_code(module, stage_config, workdir), workdir)
   for stage in RECIPE_COLUMNS:  # run by the recipe in its own folder
-    found = report.read_result(os.path.join(base, 'recipe', stage, 'result.json'))
+    found = read_result(os.path.join(base, 'recipe', stage, 'result.json'))
     cells[stage] = (1 if any(v.status == 'FAIL' for v in found.verdicts) else 0,
                     os.path.join(base, 'recipe'))
   compiled.forget()  # a row's programs serve no other row
@@ -228,7 +229,7 @@ def rows(request, tmp_path_factory):
 def test_every_model_runs_every_stage(model, stage, rows):
   row = rows(model)
   code, workdir = row['cells'][stage]
-  result = report.read_result(os.path.join(workdir, stage, 'result.json'))
+  result = read_result(os.path.join(workdir, stage, 'result.json'))
   verdicts = {v.check: f'{v.status} {v.summary}' for v in result.verdicts}
   assert not [v for v in verdicts.values() if 'could not run' in v], verdicts
   assert 'Traceback' not in row['log'], row['log'][-3000:]

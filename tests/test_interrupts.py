@@ -10,12 +10,12 @@ import time
 import pytest
 
 from conftest import REPO, cli_flags, run_main, start_main
-from recipe_jax.diagnose import analysis
+from recipe_jax.report import error_analysis
 from recipe_jax.engine import loop
-from recipe_jax.report import results as report
 from recipe_jax.runs import finished as runs
 from recipe_jax.stages import (compare, data_scaling, evaluate, inspect, lr_find, recipe,
                                replicate, sanity, train)
+from recipe_jax.verdicts import read_result
 from test_sanity_stage import sanity_config
 
 
@@ -57,7 +57,7 @@ def ctrl_c_in_training_run(monkeypatch, run: int, after_steps: int = 3):
 def saved(workdir, stage):
   with open(os.path.join(workdir, stage, 'verdicts.json')) as f:
     checks = [v['check'] for v in json.load(f)]
-  return checks, report.read_result(os.path.join(workdir, stage, 'result.json'))
+  return checks, read_result(os.path.join(workdir, stage, 'result.json'))
 
 
 def test_ctrl_c_in_sanity_saves_the_checks_done(data_dir, tmp_path, monkeypatch):
@@ -99,7 +99,7 @@ def test_ctrl_c_in_a_recipe_stage_that_saves_nothing_keeps_the_recipes_state(
   monkeypatch.setattr(sanity, 'run', ctrl_c_on_call(sanity.run, 1))
   result = recipe.run(small_config, str(tmp_path))
   assert not result.finished and loop.stopped_by() == 'SIGINT'
-  assert report.read_result(os.path.join(tmp_path, 'inspect', 'result.json')).finished
+  assert read_result(os.path.join(tmp_path, 'inspect', 'result.json')).finished
   assert os.path.isfile(tmp_path / 'report.html')
 
 
@@ -127,7 +127,7 @@ def test_a_real_ctrl_c_in_a_recipe_with_an_earlier_fail_exits_130_not_1(data_dir
   assert 'Traceback' not in output and 'KeyboardInterrupt' not in output
   assert output.strip().splitlines()[-1] == ('recipe_jax: error: interrupted (Ctrl-C) after '
                                              'saving what was done; the same command resumes')
-  assert report.read_result(str(tmp_path / 'run' / 'sanity' / 'result.json')).counts()['FAIL']
+  assert read_result(str(tmp_path / 'run' / 'sanity' / 'result.json')).counts()['FAIL']
   with open(tmp_path / 'run' / 'lr_find' / 'curves.json') as f:
     assert 1 <= len(json.load(f)['per_seed']) < 50
 
@@ -192,7 +192,7 @@ def test_ctrl_c_in_evaluate_leaves_the_evaluated_run_as_it_was(small_config, tmp
   before = {os.path.join(d, f): os.path.getsize(os.path.join(d, f))
             for d, _, names in os.walk(tmp_path / 'train') for f in names}
   small_config.stage, small_config.evaluate.run_dir = 'evaluate', str(tmp_path / 'train')
-  monkeypatch.setattr(analysis, 'analyse', ctrl_c_on_call(analysis.analyse, 1))
+  monkeypatch.setattr(error_analysis, 'analyse', ctrl_c_on_call(error_analysis.analyse, 1))
   with pytest.raises(KeyboardInterrupt):
     evaluate.run(small_config, str(tmp_path / 'evaluate'))
   after = {os.path.join(d, f): os.path.getsize(os.path.join(d, f))

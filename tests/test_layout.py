@@ -78,7 +78,9 @@ def test_every_module_sits_in_a_layer_package():
   packages = {n for n in modules() if os.path.isdir(os.path.join(REPO, *n.split('.')))}
   top = sorted(n for n in modules() if n.count('.') == 1 and n not in packages)
   assert top == ['recipe_jax.causes', 'recipe_jax.console', 'recipe_jax.errors',
-                 'recipe_jax.files', 'recipe_jax.main', 'recipe_jax.worklog'], top
+                 'recipe_jax.files', 'recipe_jax.main', 'recipe_jax.multihost', 'recipe_jax.rng',
+                 'recipe_jax.trees', 'recipe_jax.verdicts', 'recipe_jax.words',
+                 'recipe_jax.worklog'], top
   # the two commands, and the base
 
 
@@ -89,8 +91,10 @@ READS_A_SENTENCE = r"(?<!\.run)(?<!tf)(?<!tensorboard)\.summary\b(?!\s*\()|\[['\
 
 def test_no_module_outside_rendering_reads_a_verdicts_sentence():
   """Decisions read a verdict's status, cause code and evidence; only the rendering modules
-  (report/) show its sentence. A rewording then cannot change a decision."""
-  readers = [n for n in where(READS_A_SENTENCE) if not n.startswith('recipe_jax.report.')]
+  (report/, and words.sentence, the one place a sentence is put together) show it. A
+  rewording then cannot change a decision."""
+  readers = [n for n in where(READS_A_SENTENCE)
+             if not n.startswith('recipe_jax.report.') and n != 'recipe_jax.words']
   assert readers == [], readers
 
 
@@ -109,3 +113,33 @@ def test_no_stage_imports_another_stage():
   stages = {n for n in sources if n.startswith('recipe_jax.stages.')}
   found = {n: sorted(imports(sources[n], set(sources)) & stages - {n}) for n in stages}
   assert {n: d for n, d in found.items() if d} == {}
+
+
+# The floors, bottom first: a module imports only from its own floor or below.
+FLOORS = (('errors', 'causes', 'files', 'words', 'verdicts', 'rng', 'trees', 'multihost'),
+          ('console',), ('data',), ('model',), ('engine',), ('config',), ('diagnose',),
+          ('runs',), ('report',), ('stages',), ('main', 'worklog'))
+
+
+def floor(module: str) -> int | None:
+  if module == 'recipe_jax':  # the package's face: it holds no code
+    return 0
+  room = module.split('.')[1]
+  return next((i for i, rooms in enumerate(FLOORS) if room in rooms), None)
+
+
+def upward_imports(sources: dict) -> list:
+  return sorted((n, d) for n, text in sources.items() for d in imports(text, set(sources))
+                if floor(d) > floor(n))
+
+
+def test_every_import_goes_down_the_floors_or_stays_on_its_own():
+  sources = modules()
+  assert [n for n in sources if floor(n) is None] == []  # every room sits on a floor
+  assert upward_imports(sources) == []
+
+
+def test_the_floor_check_finds_a_planted_upward_import():
+  planted = {'recipe_jax.model.x': 'from recipe_jax.report import plots',
+             'recipe_jax.report.plots': 'from recipe_jax import files', 'recipe_jax.files': ''}
+  assert upward_imports(planted) == [('recipe_jax.model.x', 'recipe_jax.report.plots')]

@@ -106,7 +106,7 @@ def test_a_process_other_than_0_writes_no_file_but_its_checkpoints(small_config,
   """Every file of a train run except orbax's (which orbax coordinates itself) comes from one
   writer: run as process 1 would, the workdir holds nothing else."""
   import types
-  from recipe_jax.engine import multihost
+  from recipe_jax import multihost
   from recipe_jax.stages import train
   # The process index is what a second host has; is_leader itself decides from it.
   monkeypatch.setattr(multihost, 'jax', types.SimpleNamespace(process_index=lambda: 1))

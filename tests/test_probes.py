@@ -11,7 +11,7 @@ from helpers import nnx_models as user_nnx, planted_bugs, zoo
 from recipe_jax.diagnose import inside, probes
 from recipe_jax.engine import state as state_lib
 from recipe_jax.model import layers, losses, models, nnx_models
-from recipe_jax.report.results import Verdict
+from recipe_jax.verdicts import Verdict
 
 KEY = jax.random.key(3)
 

@@ -12,9 +12,9 @@ import pytest
 
 from helpers import browser
 from conftest import REPO, cli_flags, load_config, read_summary, run_main, start_main
-from recipe_jax.report import results as report
 from recipe_jax.errors import ChecksFailed, UserError
 from recipe_jax.stages import recipe
+from recipe_jax.verdicts import read_result
 
 
 def short_digits_recipe(data_dir):
@@ -46,12 +46,12 @@ def test_a_short_digits_recipe_runs_every_stage_and_hands_its_findings_on(finish
   c, workdir, result = finished_recipe
   assert [v.check for v in result.verdicts] == [f'stage_{s}' for s in recipe.STAGES]
   for stage in recipe.STAGES:
-    assert report.read_result(os.path.join(workdir, stage, 'result.json')).finished
-  suggestion = report.read_result(os.path.join(workdir, 'lr_find', 'result.json')
+    assert read_result(os.path.join(workdir, stage, 'result.json')).finished
+  suggestion = read_result(os.path.join(workdir, 'lr_find', 'result.json')
                                   ).metrics['suggestion']
   overfit_config = json.load(open(os.path.join(workdir, 'overfit', 'config.json')))
   assert overfit_config['optimizer']['learning_rate'] == pytest.approx(suggestion)
-  tuned = report.read_result(os.path.join(workdir, 'tune', 'result.json'))
+  tuned = read_result(os.path.join(workdir, 'tune', 'result.json'))
   member = json.load(open(os.path.join(workdir, 'squeeze', 'members', 'seed_0', 'config.json')))
   for key, value in tuned.metrics['best_params'].items():
     section, name = key.split('.')
@@ -94,7 +94,7 @@ def test_one_stage_alone_gets_what_the_earlier_stages_found(finished_recipe, tmp
   c = c.copy_and_resolve_references()
   c.recipe.stages = 'squeeze'
   recipe.run(c, str(tmp_path / 'copy'))
-  tuned = report.read_result(os.path.join(workdir, 'tune', 'result.json'))
+  tuned = read_result(os.path.join(workdir, 'tune', 'result.json'))
   member = json.load(open(tmp_path / 'copy' / 'squeeze' / 'members' / 'seed_0' / 'config.json'))
   for key, value in tuned.metrics['best_params'].items():
     section, name = key.split('.')
@@ -204,7 +204,7 @@ def test_a_recipe_stopped_mid_stage_finishes_like_one_that_never_stopped(never_s
 
 def test_compares_winner_goes_on_only_beyond_seed_noise():
   from recipe_jax.config import defaults
-  from recipe_jax.report.results import StageResult, Verdict
+  from recipe_jax.verdicts import StageResult, Verdict
   c = defaults.get_config()
   c.compare.variants = json.dumps({'shift': {'augment.shift': 5}, 'dropout': {'model.dropout': 0.1}})
   beyond = StageResult('compare', [Verdict('variant_shift', 'PASS', ''),
@@ -239,8 +239,8 @@ def test_a_finished_stage_with_another_config_is_refused_and_rerun_redoes_what_i
   kept = sorted(p.name for p in copy.iterdir() if '.before-' in p.name)
   assert [k.split('.before-')[0] for k in kept] == ['lr_find', 'overfit']
   assert [v.check for v in again.verdicts] == [f'stage_{s}' for s in recipe.STAGES]  # all kept
-  old = report.read_result(os.path.join(workdir, 'lr_find', 'result.json'))
-  new = report.read_result(copy / 'lr_find' / 'result.json')
+  old = read_result(os.path.join(workdir, 'lr_find', 'result.json'))
+  new = read_result(copy / 'lr_find' / 'result.json')
   assert new.metrics['suggestion'] != old.metrics['suggestion']
   overfit_config = json.load(open(copy / 'overfit' / 'config.json'))
   assert overfit_config['optimizer']['learning_rate'] == pytest.approx(new.metrics['suggestion'])
@@ -266,8 +266,8 @@ def test_the_reports_reproduce_command_reruns_its_stage_and_keeps_the_recipes_re
   assert 'lr_find is redone' in rerun.stderr and 'recipe: lr_find starts' in rerun.stderr
   [kept] = [p for p in workdir.iterdir() if p.name.startswith('lr_find.before-')]
   assert file_contents(kept) == before  # the earlier results, moved aside whole
-  assert report.read_result(workdir / 'lr_find' / 'result.json').finished  # and made anew
-  recipe_result = report.read_result(workdir / 'recipe' / 'result.json')
+  assert read_result(workdir / 'lr_find' / 'result.json').finished  # and made anew
+  recipe_result = read_result(workdir / 'recipe' / 'result.json')
   assert [v.check for v in recipe_result.verdicts] == ['stage_inspect', 'stage_lr_find']
 
 
@@ -312,7 +312,7 @@ def assert_next_steps_on_top_and_a_line_for_every_warn_and_fail(workdir, text):
   assert text.index('Next steps') < 2500, text[:2500]  # after the headline and the stage table
   for stage in recipe.STAGES:  # every WARN and FAIL: one line saying act or ignore, and why
     path = os.path.join(workdir, stage, 'result.json')
-    for v in report.read_result(path).verdicts if os.path.exists(path) else []:
+    for v in read_result(path).verdicts if os.path.exists(path) else []:
       if v.status != 'PASS':
         assert re.search(rf'{v.status} {stage} {v.check}: (act|ignore) \u2014 \w', text), (
             stage, v.check)

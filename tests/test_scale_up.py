@@ -12,8 +12,9 @@ from recipe_jax.config import check as config_check
 from recipe_jax.diagnose import noise, trends
 from recipe_jax.errors import UserError
 from recipe_jax.model import models
-from recipe_jax.report import advice, results as report
+from recipe_jax.report import advice
 from recipe_jax.stages import compare, scale_up
+from recipe_jax.verdicts import read_result
 from test_replicate import noisy_npz, short_config
 
 
@@ -136,7 +137,7 @@ def test_a_folder_without_a_finished_compare_or_tune_stage_is_refused(compared, 
     scaled_up(stage, workdir, tmp_path / 'b', {'num_train_steps': 'x2'})
   unfinished = tmp_path / 'unfinished'
   os.makedirs(unfinished / 'compare')
-  found = report.read_result(os.path.join(workdir, 'compare', 'result.json'))
+  found = read_result(os.path.join(workdir, 'compare', 'result.json'))
   found.finished = False
   json.dump(found.to_json(), open(unfinished / 'compare' / 'result.json', 'w'))
   with pytest.raises(UserError, match='its compare stage has not finished'):

@@ -5,7 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from recipe_jax.engine import experiment, side_by_side
+from recipe_jax.engine import experiment
+from recipe_jax.runs import side_by_side
 from recipe_jax.runs import finished as runs
 from recipe_jax.runs import driver
 

@@ -11,6 +11,7 @@ from recipe_jax.engine import mesh
 from recipe_jax.errors import DivergenceError, UserError
 from recipe_jax.engine import loop
 from recipe_jax.engine import evaluate
+from recipe_jax.verdicts import read_result
 
 SUMMARY_KEYS = {'stage', 'step', 'train_loss', 'eval_loss', 'eval_accuracy', 'best_eval_accuracy',
                 'params_sha256', 'wall_s', 'examples_per_s'}
@@ -112,10 +113,9 @@ def test_batches_must_split_evenly_over_devices():
 
 
 def test_train_stage_writes_its_result_with_verdicts(small_config, tmp_path):
-  from recipe_jax.report import results as report
   from recipe_jax.stages import train
   result = train.run(small_config, str(tmp_path))
-  saved = report.read_result(str(tmp_path / 'train' / 'result.json'))
+  saved = read_result(str(tmp_path / 'train' / 'result.json'))
   assert saved == result and saved.finished
   assert [v.check for v in saved.verdicts][:2] == ['finished', 'train_val_gap']
   assert saved.verdicts[0].status == 'PASS'
@@ -169,7 +169,7 @@ def test_compiled_program_caches_are_bounded_and_forget_empties_them():
 def test_a_gap_that_a_block_of_relabelled_rows_explains_is_not_called_overfitting():
   from test_data_checks import structured_labels
   from recipe_jax.diagnose import data_checks
-  from recipe_jax.report.results import Verdict
+  from recipe_jax.verdicts import Verdict
   from recipe_jax.stages import train
   gap = train._gap_verdict({'train_accuracy': 1.0, 'eval_accuracy': 0.8}, 0.05)
   assert 'regularise' in gap.summary

@@ -5,7 +5,7 @@ import pytest
 from conftest import cli_flags, run_main, train_and_evaluate
 from recipe_jax.data import datasets as data
 from recipe_jax.engine import checkpoints, experiment
-from recipe_jax.model import warm_start
+from recipe_jax.engine import warm_start
 from recipe_jax.errors import UserError
 
 

@@ -242,3 +242,9 @@ class Rows:
     if self.mean is None:
       return x  # raw: for the statistics
     return np.asarray((x - self.mean) / self.std, np.float32)
+
+
+def split_arrays(dataset, split: str):
+  if split not in ('val', 'test', 'train'):
+    raise UserError(f"analysis.split='{split}'; use val (default), test or train")
+  return getattr(dataset, f'x_{split}'), getattr(dataset, f'y_{split}')

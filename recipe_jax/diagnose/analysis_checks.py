@@ -7,8 +7,8 @@ import numpy as np
 
 from recipe_jax.diagnose import data_checks
 from recipe_jax.diagnose.check_unit import Check
-from recipe_jax.report import words
-from recipe_jax.report.results import Verdict
+from recipe_jax import words
+from recipe_jax.verdicts import Verdict
 
 STAGES = ('train', 'evaluate', 'squeeze')  # squeeze: the ensemble's analysis
 

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from recipe_jax.engine import trees
+from recipe_jax import trees
 from recipe_jax.model import losses as losses_lib, models
-from recipe_jax.report.results import Verdict
+from recipe_jax.verdicts import Verdict
 
 
 def input_dependency(apply_fn, params, x, y, loss_fn, train: bool):

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from recipe_jax.report import words
-from recipe_jax.report.results import Verdict
+from recipe_jax import words
+from recipe_jax.verdicts import Verdict
 
 MAX_LISTED = 100  # indices listed in evidence per finding
 NAMED = 3  # examples named in a verdict's sentence

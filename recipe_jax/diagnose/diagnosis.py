@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 
 from recipe_jax.causes import CAUSES
-from recipe_jax.report.results import Verdict
+from recipe_jax.verdicts import Verdict
 
 SYMPTOMS = ('dumb_baselines', 'decreasing_loss', 'overfit_one_batch')
 HEALTHY_UPDATE_RATIO = 1e-3  # cs231n's rule of thumb for a step's update against the weights

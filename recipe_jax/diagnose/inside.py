@@ -8,7 +8,7 @@ sigmoid/tanh units, and symmetric (constant or zero) init.
 import numpy as np
 
 from recipe_jax.diagnose import probes
-from recipe_jax.report.results import Verdict
+from recipe_jax.verdicts import Verdict
 
 
 def _norms(measured, order, key):

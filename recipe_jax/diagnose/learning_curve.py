@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 from scipy import optimize
 
-from recipe_jax.report.results import Verdict
+from recipe_jax.verdicts import Verdict
 
 
 def power_law(n, a, b, c):

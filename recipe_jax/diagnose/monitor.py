@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from recipe_jax.diagnose import inside, probes
-from recipe_jax.engine import rng
+from recipe_jax import rng
 
 
 def _local(tree):

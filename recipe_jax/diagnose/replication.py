@@ -12,8 +12,8 @@ import numpy as np
 
 from recipe_jax.config import selection
 from recipe_jax.diagnose import noise
-from recipe_jax.report import words
-from recipe_jax.report.results import Verdict
+from recipe_jax import words
+from recipe_jax.verdicts import Verdict
 
 
 def resolution(metric: str, examples: int | None) -> float:

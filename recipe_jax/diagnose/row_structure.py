@@ -13,7 +13,7 @@ too: a block that stays once the trend is removed is abrupt, one that does not i
 import numpy as np
 
 from recipe_jax.diagnose import data_checks
-from recipe_jax.report.results import Verdict
+from recipe_jax.verdicts import Verdict
 
 COMPONENTS = 4  # principal components of the within-class features, beside mean and spread
 CUTS = 40  # equal cuts of the rows between which blocks are tried

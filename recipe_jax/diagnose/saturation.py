@@ -11,7 +11,7 @@ the share of examples they disagree on; Connor 1987).
 import numpy as np
 
 from recipe_jax.diagnose import noise
-from recipe_jax.report.results import Verdict
+from recipe_jax.verdicts import Verdict
 
 MIN_ERRORS = 20  # fewer errors left: every later improvement is a handful of examples
 

@@ -9,7 +9,7 @@ import numpy as np
 from scipy import stats
 
 from recipe_jax.diagnose import data_checks, noise
-from recipe_jax.report.results import Verdict
+from recipe_jax.verdicts import Verdict
 
 MAX_LISTED = 20
 MAX_MODEL_FEATURES = 256  # the small MLPs see at most this many: a fixed random projection

@@ -12,8 +12,8 @@ import numpy as np
 from scipy import stats
 
 from recipe_jax.config import selection
-from recipe_jax.report import words
-from recipe_jax.report.results import Verdict
+from recipe_jax import words
+from recipe_jax.verdicts import Verdict
 
 HOLDS, FADES, FLIPS = 'holds', 'fades', 'flips'
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recipe_jax.engine import rng
+from recipe_jax import rng
 from recipe_jax.model import optim
 from recipe_jax.engine import training
 from recipe_jax.engine import state as state_lib

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from recipe_jax.engine import rng
+from recipe_jax import rng
 from recipe_jax.engine.mesh import AXIS, put_replicated
 from recipe_jax.errors import UserError
 

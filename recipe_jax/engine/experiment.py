@@ -11,10 +11,12 @@ import numpy as np
 from absl import logging
 
 from recipe_jax.data import datasets as data_lib
-from recipe_jax.engine import evaluate, rng, state as state_lib, steps, training
+from recipe_jax.engine import evaluate, state as state_lib, steps, training
+from recipe_jax import rng
 from recipe_jax.engine.mesh import AXIS, Mesh, make_mesh, put_replicated, require_divisible
 from recipe_jax.errors import UserError
-from recipe_jax.model import augment, losses, models, optim, warm_start
+from recipe_jax.model import augment, losses, models, optim
+from recipe_jax.engine import warm_start
 
 KEEP = object()  # "as configured", for arguments where None means "off"
 

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from recipe_jax.engine import compiled, rng
+from recipe_jax.engine import compiled
+from recipe_jax import rng
 from recipe_jax.engine.mesh import AXIS
-from recipe_jax.engine.trees import replace_leaf
+from recipe_jax.trees import replace_leaf
 from recipe_jax.model import models, user_code
 
 

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from recipe_jax.engine import compiled, rng
+from recipe_jax.engine import compiled
+from recipe_jax import rng
 from recipe_jax.engine.batches import slice_start
 from recipe_jax.engine.mesh import AXIS, needs_one_at_a_time, one_at_a_time
 from recipe_jax.engine.state import apply_model

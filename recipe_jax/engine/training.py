@@ -11,12 +11,12 @@ import numpy as np
 from absl import logging
 
 from recipe_jax import console
-from recipe_jax.engine import (batches, checkpoints, evaluate, loop, multihost, steps,
-                               tensorboard_writer)
+from recipe_jax.engine import batches, checkpoints, evaluate, loop, steps, tensorboard_writer
+from recipe_jax import multihost
 from recipe_jax.engine.mesh import put_replicated
-from recipe_jax.engine.trees import params_sha256
+from recipe_jax.trees import params_sha256
 from recipe_jax.errors import UserError
-from recipe_jax.model import warm_start
+from recipe_jax.engine import warm_start
 
 
 @dataclasses.dataclass

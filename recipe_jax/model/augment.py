@@ -9,7 +9,7 @@ import collections
 import jax
 import jax.numpy as jnp
 
-from recipe_jax.engine import rng
+from recipe_jax import rng
 
 Settings = collections.namedtuple(
     'Settings', 'shift scale noise crop_padding flip mixup cutmix num_classes')

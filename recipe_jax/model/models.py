@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recipe_jax.model import keys, nnx_models, user_code
-from recipe_jax.engine.trees import get_leaf, replace_leaf
+from recipe_jax.trees import get_leaf, replace_leaf
 from recipe_jax.errors import UserError
 
 

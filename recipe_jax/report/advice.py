@@ -8,7 +8,7 @@ say the same.
 import math
 
 from recipe_jax.diagnose import noise, registry
-from recipe_jax.report import words
+from recipe_jax import words
 
 
 def act_or_ignore(stage: str, verdict: dict) -> tuple[bool, str] | None:

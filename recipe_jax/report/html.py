@@ -14,7 +14,8 @@ import sys
 
 from recipe_jax import files
 from recipe_jax.config import check as config_check
-from recipe_jax.report import advice, words
+from recipe_jax.report import advice
+from recipe_jax import words
 
 # Pictures of many examples each: folded under their verdict, one click away.
 EXAMPLE_GRIDS = ('samples_per_class.png', 'class_means.png', 'inputs_before_net.png',
@@ -79,7 +80,7 @@ def render(workdir: str) -> str:
 def write(workdir: str) -> str:
   """Writes DIR/report.html (atomically; in a multi-host job only process 0) and returns its
   path."""
-  from recipe_jax.engine import multihost
+  from recipe_jax import multihost
   path = os.path.join(workdir, 'report.html')
   if not multihost.is_leader():
     return path

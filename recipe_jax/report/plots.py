@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from recipe_jax import files  # noqa: E402
-from recipe_jax.engine import multihost
+from recipe_jax import multihost
 
 
 def save(fig, path) -> None:

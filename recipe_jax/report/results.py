@@ -6,74 +6,13 @@ special case anywhere."""
 import dataclasses
 import os
 
-import numpy as np
 from absl import logging
 
 from recipe_jax import files
-from recipe_jax.causes import CAUSES
-from recipe_jax.engine import multihost
+from recipe_jax import multihost
 from recipe_jax.errors import ChecksFailed
-from recipe_jax.report.words import headline, sentence
-
-STATUSES = ('PASS', 'WARN', 'FAIL')
-
-
-@dataclasses.dataclass
-class Verdict:
-  check: str
-  status: str  # PASS | WARN | FAIL
-  summary: str  # the check's own sentence; `words.sentence` adds what diagnosis found
-  evidence: dict = dataclasses.field(default_factory=dict)  # the numbers it decided on
-  cause: str | None = None  # a code of causes.CAUSES: what the check (or diagnosis) names
-  where: list | dict | str | None = None  # the layers, rows, classes or features it names
-
-  def __post_init__(self):
-    if self.status not in STATUSES:
-      raise ValueError(f"status must be one of {STATUSES}, got '{self.status}'")
-    if self.cause is not None and self.cause not in CAUSES:
-      raise ValueError(f"cause '{self.cause}' is not in causes.CAUSES")
-
-
-def _jsonable(value):
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.ndarray):
-    return _jsonable(value.tolist())
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
-
-
-@dataclasses.dataclass
-class StageResult:
-  stage: str
-  verdicts: list  # of Verdict
-  metrics: dict  # the stage's headline numbers, e.g. {'test_accuracy': 0.92}
-  files: list  # paths the stage wrote that a person would open, relative to the workdir
-  finished: bool = True  # False when preempted: a restart continues the stage
-  images: dict = dataclasses.field(default_factory=dict)  # check -> pictures, workdir-relative
-
-  def counts(self) -> dict:
-    return count(self.verdicts)
-
-  def to_json(self) -> dict:
-    return _jsonable({**dataclasses.asdict(self), 'counts': self.counts()})
-
-
-def count(verdicts: list) -> dict:
-  """{'PASS': n, 'WARN': n, 'FAIL': n}."""
-  return {s: sum(v.status == s for v in verdicts) for s in STATUSES}
-
-
-def read_result(path: str) -> StageResult:
-  """A `result.json` back as a StageResult."""
-  raw = files.read_json(path)
-  raw.pop('counts', None)
-  raw['verdicts'] = [Verdict(**v) for v in raw['verdicts']]
-  return StageResult(**raw)
-
+from recipe_jax.verdicts import StageResult, count, jsonable
+from recipe_jax.words import headline, sentence
 
 def finish(workdir: str, result: StageResult, title: str, images: dict | None = None
            ) -> StageResult:
@@ -100,7 +39,7 @@ def write(directory: str, title: str, verdicts: list, images: dict | None = None
   if not multihost.is_leader():
     return
   files.write_json(files.join(directory, 'verdicts.json'),
-                   [_jsonable(dataclasses.asdict(v)) for v in verdicts])
+                   [jsonable(dataclasses.asdict(v)) for v in verdicts])
   lines = [f'# {title}', '', ' · '.join(f'{n} {s}' for s, n in count(verdicts).items()), '']
   for v in verdicts:
     lines += [f'## {v.status} {v.check}', '', sentence(v), '']

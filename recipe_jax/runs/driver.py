@@ -9,9 +9,11 @@ from absl import logging
 
 from recipe_jax import console, files
 from recipe_jax.diagnose import monitor
-from recipe_jax.engine import experiment, multihost, side_by_side, training
+from recipe_jax.engine import experiment, training
+from recipe_jax import multihost
+from recipe_jax.runs import side_by_side
 from recipe_jax.errors import DivergenceError
-from recipe_jax.report import words
+from recipe_jax import words
 from recipe_jax.runs import store as run_store, tracking
 
 

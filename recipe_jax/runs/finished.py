@@ -65,12 +65,6 @@ def restore_final_state(exp, run_dir: str, step: int | None = None):
                   f'{exp.config.max_to_keep}); pass --config.evaluate.step=N of one that exists')
 
 
-def split_arrays(dataset, split: str):
-  if split not in ('val', 'test', 'train'):
-    raise UserError(f"analysis.split='{split}'; use val (default), test or train")
-  return getattr(dataset, f'x_{split}'), getattr(dataset, f'y_{split}')
-
-
 def best_trials(tune_dir: str, top_k: int, metric: str, key: str) -> list:
   """The run directories of the `top_k` best finished trials of the tune stage whose --workdir
   is `tune_dir`, by its validation `metric`, best first (`key`: the setting, for the error)."""

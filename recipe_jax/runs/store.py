@@ -93,7 +93,7 @@ def claim(directory: str, config, stage: str | None = None) -> None:
   """Records `config` (and the identity of its data) as what `directory` holds, after checking
   that what it held before, if anything, is the same run (`check`). A restart rewrites the
   record only for a change MAY_CHANGE allows (a longer run); the same config writes nothing."""
-  from recipe_jax.engine import multihost
+  from recipe_jax import multihost
   data, allowed = _check(directory, config, stage)
   fresh = not files.exists(files.join(directory, 'config.json'))
   if multihost.is_leader() and (fresh or allowed):

@@ -24,7 +24,7 @@ from absl import logging
 from recipe_jax import files
 from recipe_jax.config import check as config_check
 from recipe_jax.errors import UserError
-from recipe_jax.report import words
+from recipe_jax import words
 
 PROBE_TIMEOUT_S = 5.0  # a tracking server that does not answer this fast is not used
 # Each MLflow call's bounds (a user's own settings win): a server that stops answering mid-run
@@ -41,7 +41,7 @@ def _flat_config(config) -> dict:
 
 
 def _is_leader() -> bool:
-  from recipe_jax.engine import multihost
+  from recipe_jax import multihost
   return multihost.is_leader()
 
 

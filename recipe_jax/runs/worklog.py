@@ -19,7 +19,7 @@ from recipe_jax import files
 from recipe_jax.config import check as config_check, defaults
 from recipe_jax.errors import UserError
 from recipe_jax.runs import provenance, store
-from recipe_jax.report import words
+from recipe_jax import words
 
 COLUMNS = ('time', 'run', 'stage', 'status', 'changed from the defaults',
            'changed from the run before', 'headline', 'checks', 'size', 'wall', 'commit')

@@ -21,8 +21,8 @@ from recipe_jax.config import check as config_check, selection
 from recipe_jax.diagnose import noise
 from recipe_jax.report import plots, results as report, tables
 from recipe_jax.runs import driver, store as run_store, finished as runs, studies
-from recipe_jax.report import words
-from recipe_jax.report.results import StageResult, Verdict
+from recipe_jax import words
+from recipe_jax.verdicts import StageResult, Verdict
 
 def run(config, workdir: str) -> StageResult:
   out = os.path.join(workdir, 'compare')

@@ -13,7 +13,7 @@ from recipe_jax.config import check as config_check
 from recipe_jax.diagnose import learning_curve
 from recipe_jax.report import plots, results as report, tables
 from recipe_jax.runs import driver
-from recipe_jax.report.results import StageResult
+from recipe_jax.verdicts import StageResult
 
 FILES = ['data_scaling/learning_curve.png', 'data_scaling/results.csv',
          'data_scaling/report.md']

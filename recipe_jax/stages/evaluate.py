@@ -6,12 +6,12 @@ with `--config.analysis.split=test`, and never to select anything. Only this sta
 whether the test split still resolves the model (`diagnose.saturation`: errors left, the
 accuracy's interval); a train run's own analysis does not.
 """
-from recipe_jax.diagnose import analysis, saturation
+from recipe_jax.diagnose import saturation
 from recipe_jax.engine import experiment
-from recipe_jax.report import results as report
+from recipe_jax.report import error_analysis, results as report
 from recipe_jax.runs import finished as runs
 from recipe_jax.errors import UserError
-from recipe_jax.report.results import StageResult
+from recipe_jax.verdicts import StageResult
 from recipe_jax.engine import evaluate
 
 
@@ -34,10 +34,10 @@ def run(config, workdir: str) -> StageResult:
   exp = experiment.build(run_config(config))
   state = runs.restore_final_state(exp, run_dir, config.evaluate.step)
   done = runs.summary(run_dir) or {}
-  found, images, metrics = analysis.analyse(exp, state, workdir, done.get('history'))
+  found, images, metrics = error_analysis.analyse(exp, state, workdir, done.get('history'))
   metrics['step'] = int(state.step)
   test_predictions = evaluate.probabilities(exp, state, exp.dataset.x_test).argmax(-1)
   found.append(saturation.verdict(exp.dataset.y_test,
                                   {f'the model at step {int(state.step)}': test_predictions}))
-  return report.finish(workdir, StageResult('evaluate', found, metrics, analysis.written(workdir, images)),
+  return report.finish(workdir, StageResult('evaluate', found, metrics, error_analysis.written(workdir, images)),
                        f'Evaluate: {run_dir} at step {int(state.step)}', images)

@@ -10,7 +10,7 @@ from recipe_jax.data import datasets as data_lib
 from recipe_jax.diagnose import data_checks, row_structure, shift_checks
 from recipe_jax.engine import loop
 from recipe_jax.report import plots, results as report
-from recipe_jax.report.results import StageResult
+from recipe_jax.verdicts import StageResult
 
 CHECK_GROUPS = 8  # `checked` calls in run()
 

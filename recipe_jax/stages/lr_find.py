@@ -19,9 +19,10 @@ import optax
 from absl import logging
 
 from recipe_jax import files
-from recipe_jax.engine import experiment, loop, side_by_side
+from recipe_jax.engine import experiment, loop
+from recipe_jax.runs import side_by_side
 from recipe_jax.report import plots, results as report
-from recipe_jax.report.results import StageResult, Verdict
+from recipe_jax.verdicts import StageResult, Verdict
 
 RULE = ('steepest descent of the EMA-smoothed loss against log(lr), before the smoothed '
         'minimum, on the curve cut where the smoothed loss exceeds stop_factor x its running '

@@ -10,7 +10,7 @@ import os
 from recipe_jax import files
 from recipe_jax.model import models
 from recipe_jax.report import results as report
-from recipe_jax.report.results import StageResult, Verdict
+from recipe_jax.verdicts import StageResult, Verdict, read_result
 from recipe_jax.runs import driver, store as run_store
 
 TRUSTED = {'optimizer.name': 'adam', 'optimizer.learning_rate': 3e-4,
@@ -45,7 +45,7 @@ def _same(a, b) -> bool:
 def lr_find_suggestion(workdir: str) -> float | None:
   """The learning rate an lr_find stage in this workdir suggested, if it ran."""
   path = files.join(workdir, 'lr_find', 'result.json')
-  return report.read_result(path).metrics.get('suggestion') if files.exists(path) else None
+  return read_result(path).metrics.get('suggestion') if files.exists(path) else None
 
 
 def fits_training_set(summary: dict, target: float, model_name: str, width) -> Verdict:

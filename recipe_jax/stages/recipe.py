@@ -26,8 +26,8 @@ from recipe_jax.engine import loop
 from recipe_jax.report import html as html_report, results as report
 from recipe_jax.runs import store as run_store
 from recipe_jax.errors import ChecksFailed, UserError
-from recipe_jax.report import words
-from recipe_jax.report.results import StageResult, Verdict
+from recipe_jax import words
+from recipe_jax.verdicts import StageResult, Verdict, read_result
 
 STAGES = config_check.RECIPE_STAGES
 GATED = ('inspect', 'sanity')
@@ -116,7 +116,7 @@ def _move_aside(workdir: str, stage: str, why: str) -> None:
 def _finished_result(workdir: str, stage: str) -> StageResult | None:
   path = files.join(workdir, stage, 'result.json')
   if files.exists(path):
-    result = report.read_result(path)
+    result = read_result(path)
     if result.finished:
       return result
   return None

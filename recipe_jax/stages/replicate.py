@@ -19,8 +19,9 @@ from recipe_jax.config import check as config_check, selection
 from recipe_jax.data import sources
 from recipe_jax.diagnose import noise, replication
 from recipe_jax.errors import UserError
-from recipe_jax.report import plots, results as report, tables, words
-from recipe_jax.report.results import StageResult, Verdict
+from recipe_jax.report import plots, results as report, tables
+from recipe_jax import words
+from recipe_jax.verdicts import StageResult, Verdict
 from recipe_jax.runs import driver, finished as runs, provenance
 
 FILES = ['replicate/results.md', 'replicate/results.csv', 'replicate/spread.png',

@@ -15,12 +15,13 @@ from absl import logging
 from recipe_jax import console, files
 from recipe_jax.data import datasets as data_lib
 from recipe_jax.diagnose import checks, diagnosis, inside, probes, registry
-from recipe_jax.engine import batches, experiment, loop, rng, state as state_lib, steps, training
+from recipe_jax.engine import batches, experiment, loop, state as state_lib, steps, training
+from recipe_jax import rng
 from recipe_jax.engine.mesh import require_divisible
 from recipe_jax.errors import UserError
 from recipe_jax.model import models, optim, user_code
 from recipe_jax.report import plots, results as report
-from recipe_jax.report.results import StageResult, Verdict
+from recipe_jax.verdicts import StageResult, Verdict
 
 FILES = ['sanity/report.md', 'sanity/verdicts.json']
 # the registered checks, in their order; the diagnosis reads them all after they ran

@@ -17,8 +17,9 @@ from recipe_jax import files
 from recipe_jax.config import check as config_check, selection
 from recipe_jax.diagnose import noise, trends
 from recipe_jax.errors import DivergenceError, UserError
-from recipe_jax.report import plots, results as report, tables, words
-from recipe_jax.report.results import StageResult
+from recipe_jax.report import plots, results as report, tables
+from recipe_jax import words
+from recipe_jax.verdicts import StageResult, read_result
 from recipe_jax.runs import driver, finished as runs
 
 FILES = ['scale_up/results.md', 'scale_up/results.csv', 'scale_up/trends.png',
@@ -36,7 +37,7 @@ def source_runs(config) -> tuple:
                     f'--workdir of a finished {source} stage' + (
                         ' (or scale_up.source=tune for a tune stage)' if source == 'compare'
                         else ''))
-  if not report.read_result(result_path).finished:
+  if not read_result(result_path).finished:
     raise UserError(f'{key}: its {source} stage has not finished; let it finish (the same '
                     'command resumes it), then scale it up')
   stage_config = runs.load_config(files.join(from_dir, source))

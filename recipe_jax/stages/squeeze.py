@@ -26,12 +26,13 @@ from absl import logging
 
 from recipe_jax import console, files
 from recipe_jax.config import check as config_check
-from recipe_jax.diagnose import analysis, ensembles, saturation, weight_averaging
-from recipe_jax.engine import experiment, loop, side_by_side
-from recipe_jax.report import plots, results as report, tables
+from recipe_jax.diagnose import ensembles, saturation, weight_averaging
+from recipe_jax.engine import experiment, loop
+from recipe_jax.runs import side_by_side
+from recipe_jax.report import error_analysis, plots, results as report, tables
 from recipe_jax.runs import driver, store as run_store, finished as runs
 from recipe_jax.errors import UserError
-from recipe_jax.report.results import StageResult, Verdict
+from recipe_jax.verdicts import StageResult, Verdict
 from recipe_jax.engine import evaluate
 
 FILES = ['squeeze/results.md', 'squeeze/results.csv', 'squeeze/ensemble_gain.png',
@@ -138,7 +139,7 @@ def run(config, workdir: str) -> StageResult:
                                                best_row['name']: best['test'].argmax(-1)})]
   images = {'ensemble': [_gain_plot(out, loaded, dataset)]}
   # Where is the final model (the ensemble) still confused? On validation, as for a train run.
-  confused, pictures = analysis.write(os.path.join(out, 'analysis'), ensemble_val, dataset.y_val,
+  confused, pictures = error_analysis.write(os.path.join(out, 'analysis'), ensemble_val, dataset.y_val,
                                      dataset.x_val, config.analysis, dataset, 'val')
   found += [v for v in confused if v.check != 'still_improving']
   images.update(pictures)

@@ -10,12 +10,13 @@ WARN for other schedules, whose shape changes), and the error analysis of the fi
 """
 import os
 
-from recipe_jax.diagnose import analysis, data_checks, noise
+from recipe_jax.diagnose import data_checks, noise
 from recipe_jax.engine import experiment
 from recipe_jax.errors import DivergenceError
 from recipe_jax.model import optim
-from recipe_jax.report import plots, results as report, words
-from recipe_jax.report.results import StageResult, Verdict
+from recipe_jax.report import error_analysis, plots, results as report
+from recipe_jax import words
+from recipe_jax.verdicts import StageResult, Verdict
 from recipe_jax.runs import driver, finished as runs
 
 HEADLINE = ('test_accuracy', 'eval_accuracy', 'best_eval_accuracy', 'train_accuracy', 'step',
@@ -169,10 +170,10 @@ def run(config, workdir: str) -> StageResult:
     found.append(extended)
   if summary['finished'] and config.analysis.enabled:
     state = runs.restore_final_state(exp, workdir)
-    analysed, images, _ = analysis.analyse(exp, state, workdir, summary['history'])
+    analysed, images, _ = error_analysis.analyse(exp, state, workdir, summary['history'])
     found = [gap_from_labels(v, analysed) if v.check == 'train_val_gap' else v for v in found]
     found += analysed
-    looked_at += analysis.written(workdir, images)
+    looked_at += error_analysis.written(workdir, images)
   if curves:
     images['finished'] = [curves]
   result = StageResult('train', found, metrics, looked_at, finished=summary['finished'])

@@ -20,12 +20,12 @@ from absl import logging
 
 from recipe_jax import console, files
 from recipe_jax.config import check as config_check, selection
-from recipe_jax.engine import multihost
+from recipe_jax import multihost
 from recipe_jax.report import plots, results as report, tables
 from recipe_jax.runs import driver, studies
 from recipe_jax.errors import DivergenceError
-from recipe_jax.report import words
-from recipe_jax.report.results import StageResult, Verdict
+from recipe_jax import words
+from recipe_jax.verdicts import StageResult, Verdict
 
 EDGE = 0.1  # a best value in the outer 10% of a numeric range suggests widening it
 
