@@ -47,14 +47,17 @@ CAUSE_CODES = {
 
 
 def code_of(check: str, cause, summary: str):
-  """Today's code for a recorded cause; the diagnosis' from its words where it had no code."""
-  if check == 'diagnosis' and cause is None:
+  """Today's code for a recorded cause. The diagnosis' cause is compared by its words (before
+  the codes its sentence named it; two codes share the words 'targets not a function of the
+  inputs')."""
+  if check == 'diagnosis':
     from recipe_jax.causes import CAUSES
+    if cause is not None:
+      return CAUSES[cause]
     said = re.search(r'most likely cause: ([^.]+)\.', summary or '')
-    by_words = {w: c for c, w in CAUSES.items() if c != 'targets_from_other_examples'}
-    return by_words.get(said.group(1)) if said else (
-        'ambiguous' if (summary or '').startswith(('ambiguous', 'no symptom failed, but inside '
-                                                   'the net: ambiguous')) else None)
+    if said:
+      return said.group(1)
+    return 'ambiguous' if 'ambiguous' in (summary or '')[:60] else None
   for (prefix, old), new in CAUSE_CODES.items():
     if check.startswith(prefix) and cause == old:
       return new
@@ -77,12 +80,12 @@ def reduced(path: str) -> dict:
 
 
 def differences(before: dict, after: dict) -> list:
-  """[(test, check, before, after)] for the tests both records ran, where the statuses differ,
-  or a cause before is not among the causes after (checks that name a cause only now are not
-  differences: they said nothing structured before)."""
+  """[(test, check, before, after)] for the tests both records ran, where a check of before
+  gives other statuses after, or a cause before is not among the causes after (a check that
+  names a cause only now, or a check new since, is no difference)."""
   out = []
   for test in sorted(set(before) & set(after)):
-    for check in sorted(set(before[test]) | set(after[test])):
+    for check in sorted(before[test]):
       b, a = before[test].get(check, [[], []]), after[test].get(check, [[], []])
       if b[0] != a[0] or not set(b[1]) <= set(a[1]):
         out.append((test, check, b, a))

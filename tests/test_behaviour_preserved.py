@@ -34,6 +34,8 @@ def test_the_same_tests_give_the_same_statuses_and_causes_as_before_the_refactor
     ({'t': {'x': [['PASS'], []]}}, False),
     ({'t': {'x': [['WARN'], []]}}, True),  # another status
     ({'t': {'x': [['PASS'], ['lr_too_high']]}}, False),  # a cause named only now
+    ({'t': {'x': [['PASS'], []], 'new': [['WARN'], []]}}, False),  # a check added since
+    ({'t': {}}, True),  # a check gone
 ])
 def test_the_comparison_sees_a_changed_status_and_a_lost_cause(record, differs):
   before = {'t': {'x': [['PASS'], []]}}

@@ -6,7 +6,7 @@ from test_conformance import synthetic_npz
 
 from recipe_jax.config import defaults
 from recipe_jax.diagnose import diagnosis, registry
-from recipe_jax.report import words as report_words
+from recipe_jax import words as report_words
 from recipe_jax.verdicts import Verdict
 from recipe_jax.stages import sanity
 
