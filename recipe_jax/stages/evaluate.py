@@ -39,5 +39,5 @@ def run(config, workdir: str) -> StageResult:
   test_predictions = evaluate.probabilities(exp, state, exp.dataset.x_test).argmax(-1)
   found.append(saturation.verdict(exp.dataset.y_test,
                                   {f'the model at step {int(state.step)}': test_predictions}))
-  return report.finish(workdir, StageResult('evaluate', found, metrics, error_analysis.written(workdir, images)),
-                       f'Evaluate: {run_dir} at step {int(state.step)}', images)
+  result = StageResult('evaluate', found, metrics, error_analysis.written(workdir, images))
+  return report.finish(workdir, result, f'Evaluate: {run_dir} at step {int(state.step)}', images)

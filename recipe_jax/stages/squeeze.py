@@ -139,8 +139,9 @@ def run(config, workdir: str) -> StageResult:
                                                best_row['name']: best['test'].argmax(-1)})]
   images = {'ensemble': [_gain_plot(out, loaded, dataset)]}
   # Where is the final model (the ensemble) still confused? On validation, as for a train run.
-  confused, pictures = error_analysis.write(os.path.join(out, 'analysis'), ensemble_val, dataset.y_val,
-                                     dataset.x_val, config.analysis, dataset, 'val')
+  confused, pictures = error_analysis.write(os.path.join(out, 'analysis'), ensemble_val,
+                                            dataset.y_val, dataset.x_val, config.analysis,
+                                            dataset, 'val')
   found += [v for v in confused if v.check != 'still_improving']
   images.update(pictures)
   squeeze = config.squeeze
