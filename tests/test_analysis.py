@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recipe_jax.config import defaults
-from recipe_jax.diagnose import analysis
+from recipe_jax.diagnose import analysis, analysis_checks
 from recipe_jax.engine import experiment
 from recipe_jax.report import error_analysis, plots
 from recipe_jax import words
@@ -85,8 +85,8 @@ def test_top_confusions_and_most_confident_wrong_are_sorted_and_really_wrong():
 def test_still_improving_tells_a_rising_curve_from_a_flat_one():
   rising = [{'eval_accuracy': a} for a in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)]
   flat = [{'eval_accuracy': a} for a in (0.5, 0.9, 0.91, 0.9, 0.91, 0.9, 0.9, 0.905)]
-  assert analysis.still_improving(rising)[1]
-  assert not analysis.still_improving(flat)[1]
+  assert analysis_checks.still_improving(rising)[1]
+  assert not analysis_checks.still_improving(flat)[1]
 
 
 @pytest.fixture(scope='module')

@@ -2,23 +2,15 @@
 
 Pure numpy on (probabilities, labels): the confusion matrix, per-class precision / recall / F1,
 calibration (expected calibration error with equal-mass bins), the most confident mistakes, and
-the verdicts of the registered family (analysis_checks.py); report/error_analysis.py writes
-them into DIR/analysis/ with their pictures:
-
-- `class_recall`: WARN when a class's recall is more than `analysis.max_recall_gap` below the
-  median recall of all classes (a class the model neglects; look at its examples and labels);
-- `calibration`: WARN when the ECE exceeds `analysis.max_ece` (0.05): the probabilities are
-  not to be read as confidences (temperature scaling or an ensemble helps);
-- `confusions`: the top confusions in words;
-- `still_improving`: whether validation accuracy was still rising at the end of the run
-  ("leave it training").
+the verdicts of the registered family (analysis_checks.py: each check's what and when is
+described there once); report/error_analysis.py writes them into DIR/analysis/ with their
+pictures.
 """
 import numpy as np
 
 from recipe_jax.diagnose import analysis_checks, registry
 
 FAMILY = 'recipe_jax.diagnose.analysis_checks'
-still_improving = analysis_checks.still_improving
 
 
 def confusion_matrix(labels, predicted, num_classes: int) -> np.ndarray:
